@@ -1,0 +1,159 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"sluice/internal/admin"
+	"sluice/internal/ca"
+	"sluice/internal/config"
+	"sluice/internal/proxy"
+)
+
+// runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
+// config that does not validate is refused and the running one stays.
+func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, cfgPath := flags("run", "run [-c FILE]", stderr, stderr)
+	if done, err := parse(fs, args); done {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	log := newLogger(stderr, cfg.Log, level)
+
+	dataDir := cfg.Path(cfg.DataDir)
+	root, err := ca.OpenRoot(dataDir, time.Now)
+	if err != nil {
+		return err
+	}
+	if root.Created {
+		log.Info("created a new CA; clients must trust it (eval \"$(sluice env)\")", "cert", ca.CertPath(dataDir))
+	}
+
+	reg := prometheus.NewRegistry()
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Name: "config_reloads_total", Help: "Config reloads by result (ok, error).",
+	}, []string{"result"})
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "sluice", Name: "build_info", Help: "Always 1; the version label says which build runs.",
+	}, []string{"version"})
+	buildInfo.WithLabelValues(Version()).Set(1)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), reloads, buildInfo)
+
+	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	lns, err := listen(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, ln := range lns {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}()
+	for name, ln := range map[string]net.Listener{"proxy": lns[0], "proxy_tls": lns[1], "admin": lns[2]} {
+		if ln != nil {
+			log.Info("listening", "listener", name, "addr", ln.Addr().String())
+		}
+	}
+	log.Info("sluice started", "version", Version(), "config", configName(*cfgPath), "hosts", len(cfg.Hosts), "data_dir", dataDir)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(gctx, lns[0], lns[1]) })
+	if lns[2] != nil {
+		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log})
+		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				log.Info("shutting down", "grace", cfg.Timeouts.Shutdown.D().String())
+				return nil
+			case <-hup:
+				next, err := loadConfig(*cfgPath)
+				if err == nil {
+					err = srv.Reload(next)
+				}
+				if err != nil {
+					reloads.WithLabelValues("error").Inc()
+					log.Error("config reload refused; the running config stays", "config", configName(*cfgPath), "error", err.Error())
+					continue
+				}
+				reloads.WithLabelValues("ok").Inc()
+				if next.Listen != cfg.Listen || next.DataDir != cfg.DataDir {
+					log.Warn("listen and data_dir changes take effect after a restart")
+				}
+				level.Set(parseLevel(next.Log.Level))
+				log.Info("config reloaded", "config", configName(*cfgPath), "hosts", len(next.Hosts))
+			}
+		}
+	})
+	return g.Wait()
+}
+
+func configName(path string) string {
+	if path == "" {
+		return "(embedded default)"
+	}
+	return path
+}
+
+// listen opens the proxy, proxy_tls and admin listeners (nil when off).
+func listen(l config.Listen) ([]net.Listener, error) {
+	lns := make([]net.Listener, 3)
+	for i, a := range []struct{ key, addr string }{{"proxy", l.Proxy}, {"proxy_tls", l.ProxyTLS}, {"admin", l.Admin}} {
+		if a.addr == config.Off {
+			continue
+		}
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			for _, prev := range lns[:i] {
+				if prev != nil {
+					prev.Close()
+				}
+			}
+			return nil, fmt.Errorf("listen.%s: %w", a.key, err)
+		}
+		lns[i] = ln
+	}
+	return lns, nil
+}
+
+func newLogger(w io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
+	level.Set(parseLevel(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	l.UnmarshalText([]byte(s)) // validated by config
+	return l
+}

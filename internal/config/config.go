@@ -1,0 +1,275 @@
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole gateway configuration. It is plain data: Load fills it
+// from YAML, Validate checks it, and the components parse what they need.
+type Config struct {
+	Listen Listen `yaml:"listen"`
+	// DataDir holds the CA, the client CA bundle and later the blob store.
+	// A leading "~/" is the user's home. Default "~/.local/share/sluice".
+	DataDir string `yaml:"data_dir"`
+	// HostsFile is a plain list of host patterns, one per line, "#" starts a
+	// comment; each becomes an intercepted host entry unless Hosts lists it too.
+	HostsFile string `yaml:"hosts_file,omitempty"`
+	// Hosts maps a host pattern (exact name, or "*.suffix" for every name
+	// under suffix) to what sluice does with it. A host not listed is denied.
+	Hosts    map[string]*Host `yaml:"hosts"`
+	Timeouts Timeouts         `yaml:"timeouts"`
+	CA       CA               `yaml:"ca"`
+	Log      Log              `yaml:"log"`
+
+	// Dir is the directory that relative paths in the file are resolved
+	// against: the config file's own directory, or the working directory
+	// for the embedded default.
+	Dir string `yaml:"-"`
+}
+
+// Listen holds the listener addresses (IP:port). "off" disables a listener.
+type Listen struct {
+	// Proxy is the forward proxy (CONNECT and absolute-URI HTTP). Default "127.0.0.1:3128".
+	Proxy string `yaml:"proxy"`
+	// ProxyTLS is an optional forward proxy whose client hop is TLS (an
+	// "https://" proxy URL), with a certificate from sluice's CA. Default off.
+	ProxyTLS string `yaml:"proxy_tls,omitempty"`
+	// Admin serves /healthz, /metrics and /ca.pem. Default "127.0.0.1:9090".
+	Admin string `yaml:"admin"`
+}
+
+// Off is the listener address that disables a listener.
+const Off = "off"
+
+// Host is one entry of Config.Hosts. A nil *Host (a key with no value) takes
+// every default.
+type Host struct {
+	// Mode is intercept (default), tunnel or deny.
+	Mode Mode `yaml:"mode,omitempty"`
+	// Profile names an embedded API profile (see Profiles).
+	Profile string `yaml:"profile,omitempty"`
+	// Ports the client may reach on this host. Default [443], plus 80 when PlainHTTP.
+	Ports []uint16 `yaml:"ports,omitempty,flow"`
+	// PlainHTTP allows unencrypted absolute-URI requests ("GET http://...").
+	PlainHTTP bool `yaml:"plain_http,omitempty"`
+	// UpstreamCA is a PEM file of extra roots trusted for this host's
+	// upstream certificate, on top of the system roots.
+	UpstreamCA string `yaml:"upstream_ca,omitempty"`
+	// AllowPrivate lets the upstream resolve to loopback, private,
+	// link-local or metadata addresses, which are refused otherwise.
+	AllowPrivate bool `yaml:"allow_private,omitempty"`
+	// ConnectTo dials this host:port instead of the host's own address; the
+	// upstream certificate is still verified against the requested name.
+	ConnectTo string `yaml:"connect_to,omitempty"`
+}
+
+// Timeouts bounds each phase of a connection.
+type Timeouts struct {
+	// Dial bounds resolving and connecting to an upstream. Default 10s.
+	Dial Duration `yaml:"dial"`
+	// TLSHandshake bounds each TLS handshake, client side and upstream side. Default 10s.
+	TLSHandshake Duration `yaml:"tls_handshake"`
+	// ResponseHeader bounds the wait for an upstream's response headers. Default 60s.
+	ResponseHeader Duration `yaml:"response_header"`
+	// ClientIdle closes a client keep-alive connection idle this long. Default 120s.
+	ClientIdle Duration `yaml:"client_idle"`
+	// TunnelIdle closes a tunnel with no traffic either way for this long. Default 10m.
+	TunnelIdle Duration `yaml:"tunnel_idle"`
+	// Shutdown is how long in-flight requests may run after SIGTERM. Default 15s.
+	Shutdown Duration `yaml:"shutdown"`
+}
+
+// CA configures the certificate authority that signs intercepted hosts.
+type CA struct {
+	// LeafValidity is the lifetime of a minted leaf; leaves are re-minted
+	// when a quarter of it remains. Default 168h (7 days).
+	LeafValidity Duration `yaml:"leaf_validity"`
+	// LeafCacheSize caps the cached leaf certificates (LRU). Default 1024.
+	LeafCacheSize int `yaml:"leaf_cache_size"`
+}
+
+// Log configures the log output (stderr).
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
+	Format string `yaml:"format"`
+	// Queries logs the query strings of requests. They often carry API keys
+	// and signatures, so they are left out unless this is true.
+	Queries bool `yaml:"queries,omitempty"`
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML returns the embedded default configuration file.
+func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
+
+// Default returns the embedded default configuration, with relative paths
+// resolved against the working directory.
+func Default() (*Config, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(defaultYAML, "(embedded default)", wd)
+	if err != nil {
+		return nil, fmt.Errorf("embedded default config: %w", err)
+	}
+	return c, nil
+}
+
+// Load reads, decodes and validates the config file at path. Every problem
+// is reported at once, each with its line number.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, path, dir)
+}
+
+// Parse decodes and validates a config file's contents. name labels the
+// errors; dir is where relative paths in it resolve.
+func Parse(data []byte, name, dir string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fileError(name, err)
+	}
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a typo is an error, not a silent default
+	var errs []error
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		// A TypeError leaves the rest of the document decoded: go on, so
+		// that every problem is reported at once. Anything else is fatal.
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fileError(name, err)
+		}
+		errs = append(errs, fileError(name, err))
+	}
+	c.Dir = dir
+	c.applyDefaults()
+	if c.HostsFile != "" {
+		if err := c.loadHostsFile(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, located(name, &root, c.validate())...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// fileError prefixes each line of a YAML decoding error with the file name,
+// so that "line 3: ..." reads "sluice.yaml:3: ...".
+func fileError(name string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		errs := make([]error, 0, len(te.Errors))
+		for _, e := range te.Errors {
+			e = unknownField.ReplaceAllString(e, `unknown key "$1"`)
+			errs = append(errs, errors.New(name+":"+strings.TrimPrefix(e, "line ")))
+		}
+		return errors.Join(errs...)
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		return errors.New(name + ":" + rest)
+	}
+	return fmt.Errorf("%s: %s", name, msg)
+}
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// applyDefaults fills every unset field that has a default.
+func (c *Config) applyDefaults() {
+	setString(&c.Listen.Proxy, "127.0.0.1:3128")
+	setString(&c.Listen.Admin, "127.0.0.1:9090")
+	setString(&c.Listen.ProxyTLS, Off)
+	setString(&c.DataDir, "~/.local/share/sluice")
+	setDuration(&c.Timeouts.Dial, 10*time.Second)
+	setDuration(&c.Timeouts.TLSHandshake, 10*time.Second)
+	setDuration(&c.Timeouts.ResponseHeader, 60*time.Second)
+	setDuration(&c.Timeouts.ClientIdle, 120*time.Second)
+	setDuration(&c.Timeouts.TunnelIdle, 10*time.Minute)
+	setDuration(&c.Timeouts.Shutdown, 15*time.Second)
+	setDuration(&c.CA.LeafValidity, 7*24*time.Hour)
+	if c.CA.LeafCacheSize == 0 {
+		c.CA.LeafCacheSize = 1024
+	}
+	setString(&c.Log.Level, "info")
+	setString(&c.Log.Format, "json")
+	if c.Hosts == nil {
+		c.Hosts = map[string]*Host{}
+	}
+	for k, h := range c.Hosts {
+		if h == nil {
+			h = &Host{}
+			c.Hosts[k] = h
+		}
+		if h.Mode == "" {
+			h.Mode = ModeIntercept
+		}
+		if len(h.Ports) == 0 {
+			h.Ports = []uint16{443}
+			if h.PlainHTTP {
+				h.Ports = append(h.Ports, 80)
+			}
+		}
+	}
+}
+
+func setString(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
+}
+
+func setDuration(p *Duration, v time.Duration) {
+	if *p == 0 {
+		*p = Duration(v)
+	}
+}
+
+// Path resolves a path from the config file: "~/" is the home directory and
+// a relative path is relative to c.Dir.
+func (c *Config) Path(p string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	if filepath.IsAbs(p) || c.Dir == "" {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+// Marshal renders c as YAML, as `sluice check` prints it.
+func (c *Config) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}

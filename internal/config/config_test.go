@@ -1,0 +1,161 @@
+package config
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/internal/testpki"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func TestDefaultIsValid(t *testing.T) {
+	c, err := Default()
+	if err != nil {
+		t.Fatalf("Default(): %v", err)
+	}
+	if c.Listen.Proxy != "127.0.0.1:3128" || c.Listen.Admin != "127.0.0.1:9090" || c.DataDir == "" {
+		t.Errorf("Default() listen %+v data_dir %q, want proxy 127.0.0.1:3128, admin 127.0.0.1:9090 and a data dir", c.Listen, c.DataDir)
+	}
+	if h := c.Hosts["api.binance.com"]; h == nil || h.Mode != ModeIntercept || !slices.Equal(h.Ports, []uint16{443}) {
+		t.Errorf("Default() api.binance.com = %+v, want intercepted on 443", h)
+	}
+	if c.Timeouts.Dial.D() != 10*time.Second || c.CA.LeafValidity.D() != 7*24*time.Hour {
+		t.Errorf("defaults not filled: %+v %+v", c.Timeouts, c.CA)
+	}
+}
+
+// TestIssueExample loads the config shape users are told to write.
+func TestIssueExample(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile("testdata/issue-example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sluice.yaml")
+	os.WriteFile(path, data, 0o644)
+	os.WriteFile(filepath.Join(dir, "test-ca.pem"), testpki.NewCA(t, "test").CertPEM, 0o644)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got := c.Hosts["github.com"].Mode; got != ModeTunnel {
+		t.Errorf("github.com mode = %q, want tunnel", got)
+	}
+	in := c.Hosts["api.internal.test"]
+	if in.Mode != ModeIntercept || !in.AllowPrivate || in.ConnectTo != "127.0.0.1:8443" {
+		t.Errorf("api.internal.test = %+v", in)
+	}
+	if got, want := c.Path(c.DataDir), filepath.Join(dir, "sluice-data"); got != want {
+		t.Errorf("data dir resolves to %q, want %q (relative to the config file)", got, want)
+	}
+}
+
+// TestErrorsGolden checks that every problem of a bad file is reported at
+// once, each with its line. Run with -update to rewrite the golden files.
+func TestErrorsGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad-*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no testdata/bad-*.yaml")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			_, err := Load(f)
+			if err == nil {
+				t.Fatalf("Load(%s) succeeded, want errors", f)
+			}
+			got := []byte(err.Error() + "\n")
+			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
+			if *update {
+				os.WriteFile(golden, got, 0o644)
+			}
+			want, _ := os.ReadFile(golden)
+			if !bytes.Equal(got, want) {
+				t.Errorf("Load(%s) errors:\n%s\nwant:\n%s", f, got, want)
+			}
+		})
+	}
+}
+
+func TestHostsFile(t *testing.T) {
+	_, err := Load("testdata/good-hostsfile.yaml")
+	if err == nil || !strings.Contains(err.Error(), "hosts.txt:6:") || !strings.Contains(err.Error(), "not a host!") {
+		t.Fatalf("Load with a bad line 6 in hosts.txt: err = %v, want it named with file and line", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "hosts.txt"), []byte("# list\napi.binance.com\nFAPI.binance.com.  # futures\n*.myshopify.com\n\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "c.yaml"), []byte("hosts_file: hosts.txt\nhosts:\n  api.binance.com: {mode: tunnel}\n"), 0o644)
+	c, err := Load(filepath.Join(dir, "c.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]Mode{"api.binance.com": ModeTunnel, "fapi.binance.com": ModeIntercept, "*.myshopify.com": ModeIntercept} {
+		if h := c.Hosts[host]; h == nil || h.Mode != want {
+			t.Errorf("hosts[%q] = %+v, want mode %s", host, h, want)
+		}
+	}
+}
+
+func TestPlainHTTPAddsPort80(t *testing.T) {
+	c, err := Parse([]byte("hosts:\n  deb.debian.org: {plain_http: true}\n  a.test:\n"), "t.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Hosts["deb.debian.org"].Ports; !slices.Equal(got, []uint16{443, 80}) {
+		t.Errorf("plain_http entry ports = %v, want [443 80]", got)
+	}
+	if got := c.Hosts["a.test"]; got == nil || got.Mode != ModeIntercept {
+		t.Errorf("entry without a value = %+v, want the defaults", got)
+	}
+}
+
+// TestMarshalRoundTrip checks that what `sluice check` prints loads back
+// to the same config.
+func TestMarshalRoundTrip(t *testing.T) {
+	c, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c)
+}
+
+func roundTrip(t *testing.T, c *Config) {
+	t.Helper()
+	out, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse(out, "printed", c.Dir)
+	if err != nil {
+		t.Fatalf("printed config does not load: %v\n%s", err, out)
+	}
+	out2, _ := again.Marshal()
+	if !bytes.Equal(out, out2) {
+		t.Errorf("printed config changed on reload:\n%s\nthen:\n%s", out, out2)
+	}
+}
+
+// FuzzParse: any input either fails with an error or loads into a config
+// that prints and reloads unchanged. Never a panic.
+func FuzzParse(f *testing.F) {
+	f.Add(DefaultYAML())
+	for _, p := range []string{"testdata/issue-example.yaml", "testdata/bad-many.yaml", "testdata/bad-mode.yaml"} {
+		data, _ := os.ReadFile(p)
+		f.Add(data)
+	}
+	f.Add([]byte("hosts:\n  a.test: {mode: tunnel, ports: [8443]}\ntimeouts: {dial: 1s}\n"))
+	f.Add([]byte("hosts: [1, 2]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, "fuzz.yaml", t.TempDir())
+		if err != nil {
+			return
+		}
+		roundTrip(t, c)
+	})
+}

@@ -1,0 +1,51 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Duration is a time.Duration written as "30s", "5m" or "168h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string. Errors carry the line and do
+// not stop the decoding, so every bad value in a file is reported at once.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (examples: 500ms, 30s, 5m, 168h)", n.Line, n.Value)}}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string such as "30s".
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Mode is what sluice does with the traffic for a host.
+type Mode string
+
+const (
+	// ModeIntercept terminates TLS with a leaf from sluice's CA, reads and
+	// forwards each request over a fresh verified connection.
+	ModeIntercept Mode = "intercept"
+	// ModeTunnel splices CONNECT byte for byte; only host and port are checked.
+	ModeTunnel Mode = "tunnel"
+	// ModeDeny refuses the host.
+	ModeDeny Mode = "deny"
+)
+
+// UnmarshalYAML accepts the three modes only.
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	switch v := Mode(n.Value); v {
+	case ModeIntercept, ModeTunnel, ModeDeny:
+		*m = v
+		return nil
+	}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: mode %q is not one of intercept, tunnel, deny", n.Line, n.Value)}}
+}

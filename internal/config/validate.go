@@ -1,0 +1,206 @@
+package config
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sluice/internal/hostport"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// FieldError is a problem with one config value, named by its key path.
+type FieldError struct {
+	// Keys is the path from the document root, e.g. ["hosts", "a.com", "ports"].
+	Keys []string
+	Err  error
+}
+
+func (e *FieldError) Error() string { return KeyPath(e.Keys...) + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// KeyPath renders keys as a user would find them: hosts."*.a.com".mode.
+func KeyPath(keys ...string) string {
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		if strings.ContainsAny(k, ".*: ") {
+			k = strconv.Quote(k)
+		}
+		b.WriteString(k)
+	}
+	return b.String()
+}
+
+func fieldErr(err error, keys ...string) error { return &FieldError{Keys: keys, Err: err} }
+
+// validate checks the whole config and returns every problem found.
+func (c *Config) validate() []error {
+	var errs []error
+	add := func(err error, keys ...string) { errs = append(errs, fieldErr(err, keys...)) }
+
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"proxy", c.Listen.Proxy}, {"proxy_tls", c.Listen.ProxyTLS}, {"admin", c.Listen.Admin},
+	} {
+		if l.addr == Off {
+			if l.key == "proxy" {
+				add(errors.New("the forward proxy listener cannot be off"), "listen", l.key)
+			}
+			continue
+		}
+		ap, err := netip.ParseAddrPort(l.addr)
+		if err != nil {
+			add(fmt.Errorf("%q is not IP:port (example: 127.0.0.1:3128)", l.addr), "listen", l.key)
+			continue
+		}
+		if other, dup := seen[ap.String()]; dup && ap.Port() != 0 {
+			add(fmt.Errorf("%s is also listen.%s", l.addr, other), "listen", l.key)
+		}
+		seen[ap.String()] = l.key
+	}
+
+	normalized := map[string]string{}
+	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
+		h := c.Hosts[pattern]
+		norm, err := hostport.ParsePattern(pattern)
+		if err != nil {
+			add(err, "hosts", pattern)
+			continue
+		}
+		if other, dup := normalized[norm]; dup {
+			add(fmt.Errorf("same host as %q", other), "hosts", pattern)
+		}
+		normalized[norm] = pattern
+		errs = append(errs, h.validate(c, pattern)...)
+	}
+
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"dial", c.Timeouts.Dial}, {"tls_handshake", c.Timeouts.TLSHandshake},
+		{"response_header", c.Timeouts.ResponseHeader}, {"client_idle", c.Timeouts.ClientIdle},
+		{"tunnel_idle", c.Timeouts.TunnelIdle}, {"shutdown", c.Timeouts.Shutdown},
+	} {
+		if d.v <= 0 {
+			add(errors.New("must be positive"), "timeouts", d.key)
+		}
+	}
+	if v := c.CA.LeafValidity.D(); v < time.Hour || v > 397*24*time.Hour {
+		add(errors.New("must be between 1h and 9528h (397 days, the browser limit)"), "ca", "leaf_validity")
+	}
+	if c.CA.LeafCacheSize < 1 {
+		add(errors.New("must be at least 1"), "ca", "leaf_cache_size")
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		add(fmt.Errorf("%q is not one of debug, info, warn, error", c.Log.Level), "log", "level")
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		add(fmt.Errorf("%q is not one of json, text", c.Log.Format), "log", "format")
+	}
+	return errs
+}
+
+func (h *Host) validate(c *Config, pattern string) []error {
+	var errs []error
+	add := func(err error, key string) { errs = append(errs, fieldErr(err, "hosts", pattern, key)) }
+	for _, p := range h.Ports {
+		if p == 0 {
+			add(errors.New("port 0 is not a port"), "ports")
+		}
+	}
+	if h.Profile != "" && !slices.Contains(ProfileNames(), h.Profile) {
+		add(fmt.Errorf("unknown profile %q (known: %s)", h.Profile, strings.Join(ProfileNames(), ", ")), "profile")
+	}
+	if h.ConnectTo != "" {
+		if _, err := hostport.Parse(h.ConnectTo, 0); err != nil {
+			add(err, "connect_to")
+		}
+	}
+	if h.UpstreamCA != "" {
+		if err := checkPEMFile(c.Path(h.UpstreamCA)); err != nil {
+			add(fmt.Errorf("%s: %w", h.UpstreamCA, err), "upstream_ca")
+		}
+	}
+	if strings.HasPrefix(pattern, "*.") && h.ConnectTo != "" {
+		add(errors.New("a wildcard entry cannot have one connect_to address for many hosts"), "connect_to")
+	}
+	return errs
+}
+
+func checkPEMFile(path string) error {
+	data, err := os.ReadFile(path)
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		return pe.Err // the caller names the file as the config wrote it
+	} else if err != nil {
+		return err
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(data) {
+		return errors.New("holds no PEM certificate")
+	}
+	return nil
+}
+
+// located prefixes each validation error with name:line, found by walking
+// the YAML document along the error's key path, and sorts them by line.
+// Errors whose key is absent from the file (a default) get the name only.
+func located(name string, root *yaml.Node, errs []error) []error {
+	type lineErr struct {
+		line int
+		err  error
+	}
+	les := make([]lineErr, 0, len(errs))
+	for _, err := range errs {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			if line := lineOf(root, fe.Keys); line > 0 {
+				les = append(les, lineErr{line, fmt.Errorf("%s:%d: %w", name, line, err)})
+				continue
+			}
+		}
+		les = append(les, lineErr{0, fmt.Errorf("%s: %w", name, err)})
+	}
+	slices.SortStableFunc(les, func(a, b lineErr) int { return a.line - b.line })
+	out := make([]error, len(les))
+	for i, le := range les {
+		out[i] = le.err
+	}
+	return out
+}
+
+// lineOf returns the line of the deepest key of keys found in the document.
+func lineOf(n *yaml.Node, keys []string) int {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	for _, k := range keys {
+		if n.Kind != yaml.MappingNode {
+			return line
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == k {
+				line, next = n.Content[i].Line, n.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}

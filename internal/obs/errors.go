@@ -1,0 +1,77 @@
+package obs
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// Error is an answer sluice writes itself. Msg, Host and Detail go to the
+// client; Err is for the operator's log only.
+type Error struct {
+	Status int
+	Msg    string // short and stable: "host not allowed"
+	Host   string
+	Detail string // what happened and how to change it
+	// ProxyStatus is the RFC 9209 error type, e.g. "destination_ip_prohibited".
+	ProxyStatus string
+	Err         error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Msg + ": " + e.Err.Error()
+	}
+	return e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// WriteError answers with e as JSON {"error", "host", "detail"}, a
+// Proxy-Status header (RFC 9209), and records it for the access log.
+func WriteError(w http.ResponseWriter, r *http.Request, e *Error) {
+	rec := RecordFrom(r.Context())
+	if rec.Reason == "" {
+		rec.Reason = e.Msg
+	}
+	if e.Err != nil {
+		rec.Err = e.Err
+	}
+	body, _ := json.Marshal(struct {
+		Error  string `json:"error"`
+		Host   string `json:"host,omitempty"`
+		Detail string `json:"detail,omitempty"`
+	}{e.Msg, e.Host, e.Detail})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	h.Set("Cache-Control", "no-store")
+	ps := "sluice"
+	if e.ProxyStatus != "" {
+		ps += "; error=" + e.ProxyStatus
+	}
+	if e.Detail != "" {
+		ps += "; details=" + sfString(e.Detail)
+	}
+	h.Set("Proxy-Status", ps)
+	w.WriteHeader(e.Status)
+	w.Write(append(body, '\n'))
+}
+
+// sfString encodes s as a structured-field string (RFC 8941): printable
+// ASCII only, with '"' and '\\' escaped.
+func sfString(s string) string {
+	b := make([]byte, 0, len(s)+2)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20 || c > 0x7e:
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(append(b, '"'))
+}

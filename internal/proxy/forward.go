@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"syscall"
+
+	"sluice/internal/config"
+	"sluice/internal/dialer"
+	"sluice/internal/hostport"
+	"sluice/internal/obs"
+	"sluice/internal/policy"
+)
+
+// serveAbsolute handles "GET http://host/path" on the forward listener.
+func (s *Server) serveAbsolute(w http.ResponseWriter, r *http.Request) {
+	scheme, port := policy.HTTP, uint16(80)
+	switch r.URL.Scheme {
+	case "http":
+	case "https": // the client asks sluice to make the TLS connection
+		scheme, port = policy.HTTPS, 443
+	default:
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "unsupported scheme", Host: r.URL.Host,
+			Detail: fmt.Sprintf("scheme %q: sluice forwards http and https", r.URL.Scheme)})
+		return
+	}
+	hp, err := hostport.Parse(r.URL.Host, port)
+	if err != nil {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad host", Host: r.URL.Host, Detail: err.Error()})
+		return
+	}
+	ctx := context.WithValue(r.Context(), targetKey{}, target{hp: hp, scheme: scheme})
+	s.inner.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// checkHost refuses a request inside an intercepted CONNECT whose Host (or
+// :authority) is not the CONNECT target: an allowed tunnel must not carry
+// requests for another host.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t, _ := targetFrom(r.Context())
+		if hp, err := hostport.Parse(r.Host, t.hp.Port); err != nil || hp != t.hp {
+			rec := obs.RecordFrom(r.Context())
+			rec.Decision, rec.Host = "deny", t.hp.String()
+			obs.WriteError(w, r, &obs.Error{Status: http.StatusMisdirectedRequest, Msg: "host does not match the CONNECT target", Host: r.Host,
+				Detail:      fmt.Sprintf("this connection was opened with CONNECT %s; a request for %q needs its own CONNECT", t.hp, r.Host),
+				ProxyStatus: "http_request_denied"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type routeKey struct{}
+
+// route is what checkPolicy decided for a request, for the forwarder.
+type route struct {
+	target   target
+	upstream *upstream
+	rec      *obs.Record
+}
+
+// checkPolicy decides the request's target against the current config and
+// refuses it, or passes it on with its upstream.
+func (s *Server) checkPolicy(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t, ok := targetFrom(r.Context())
+		if !ok {
+			obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: errors.New("request without target")})
+			return
+		}
+		rec := obs.RecordFrom(r.Context())
+		rec.Host = t.hp.String()
+		st := s.state.Load()
+		d := st.policy.Decide(t.hp, t.scheme)
+		record(rec, d)
+		if d.Action == policy.Tunnel && t.scheme == policy.HTTPS {
+			// Reading the request would be interception, which the entry forbids.
+			d.Action, d.Reason = policy.Deny, "host is tunneled, not intercepted"
+			d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
+			rec.Decision, rec.Reason = "deny", d.Reason
+		}
+		if d.Action == policy.Deny {
+			writeDenied(w, r, d)
+			return
+		}
+		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: t, upstream: st.upstreams[d.Entry.Pattern], rec: rec})
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+var bufferPool = &pool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+type pool struct{ p sync.Pool }
+
+func (p *pool) Get() []byte  { return *p.p.Get().(*[]byte) }
+func (p *pool) Put(b []byte) { p.p.Put(&b) }
+
+// newForwarder returns the reverse proxy that sends each request to its
+// route's upstream. httputil.ReverseProxy removes the hop-by-hop headers
+// (RFC 9110 section 7.6.1), streams bodies both ways and handles upgrades.
+func (s *Server) newForwarder() http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			rt := pr.In.Context().Value(routeKey{}).(*route)
+			if rt.target.scheme == policy.HTTP {
+				pr.Out.URL.Scheme, pr.Out.URL.Host = "http", rt.target.hp.Authority(80)
+			} else {
+				pr.Out.URL.Scheme, pr.Out.URL.Host = "https", rt.target.hp.Authority(443)
+			}
+			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
+		},
+		Transport:    roundTripper(s.roundTrip),
+		ErrorHandler: s.proxyError,
+		BufferPool:   bufferPool,
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (s *Server) roundTrip(r *http.Request) (*http.Response, error) {
+	rt := r.Context().Value(routeKey{}).(*route)
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		rt.rec.UpstreamAddr = info.Conn.RemoteAddr().String()
+	}}
+	return rt.upstream.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+}
+
+// proxyError answers a request whose upstream could not be reached.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	rec := obs.RecordFrom(r.Context())
+	if r.Context().Err() != nil {
+		rec.Status, rec.Reason, rec.Err = 499, "client closed the request", err
+		return
+	}
+	s.writeUpstreamError(w, r, rec.Host, err)
+}
+
+// writeUpstreamError maps a dial, TLS or HTTP failure to 403, 502 or 504
+// with a reason the client can act on.
+func (s *Server) writeUpstreamError(w http.ResponseWriter, r *http.Request, host string, err error) {
+	e := classify(err)
+	e.Host = host
+	s.metrics.upstreamErrors.WithLabelValues(e.ProxyStatus).Inc()
+	obs.WriteError(w, r, e)
+}
+
+func classify(err error) *obs.Error {
+	var (
+		urlErr   *url.Error
+		dnsErr   *net.DNSError
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		netErr   net.Error
+		dialErr  *dialer.Error
+	)
+	if errors.As(err, &urlErr) { // its text repeats the URL, query and all
+		err = urlErr.Err
+	}
+	e := &obs.Error{Status: http.StatusBadGateway, Err: err, Detail: err.Error()}
+	switch {
+	case errors.Is(err, dialer.ErrForbidden):
+		e.Status, e.Msg, e.ProxyStatus = http.StatusForbidden, "upstream address not allowed", "destination_ip_prohibited"
+		if errors.As(err, &dialErr) {
+			e.Detail = fmt.Sprintf("%s resolves to %s, which sluice does not connect to (SSRF guard): %v; if this host is meant to be private, set allow_private: true in its hosts entry", dialErr.Host, dialErr.Addr, dialErr.Err)
+		}
+	case errors.As(err, &dnsErr):
+		e.Msg, e.ProxyStatus = "upstream host not found", "dns_error"
+		if dnsErr.IsTimeout {
+			e.Status, e.ProxyStatus = http.StatusGatewayTimeout, "dns_timeout"
+		}
+	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
+		e.Msg, e.ProxyStatus = "upstream certificate not trusted", "tls_certificate_error"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		e.Msg, e.ProxyStatus = "upstream refused the connection", "connection_refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		e.Status, e.Msg, e.ProxyStatus = http.StatusGatewayTimeout, "upstream timed out", "connection_timeout"
+		if errors.As(err, &dialErr) && dialErr.Op != "connect" {
+			e.ProxyStatus = "dns_timeout"
+		} else if !errors.As(err, &dialErr) {
+			e.ProxyStatus = "http_response_timeout"
+		}
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		e.Msg, e.ProxyStatus = "upstream closed the connection", "connection_terminated"
+	case isTLSError(err):
+		e.Msg, e.ProxyStatus = "upstream TLS handshake failed", "tls_protocol_error"
+	default:
+		e.Msg, e.ProxyStatus = "upstream error", "destination_unavailable"
+	}
+	return e
+}
+
+func isTLSError(err error) bool {
+	var alert tls.AlertError
+	var rh tls.RecordHeaderError
+	return errors.As(err, &alert) || errors.As(err, &rh)
+}

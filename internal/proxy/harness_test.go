@@ -1,0 +1,302 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/ca"
+	"sluice/internal/config"
+	"sluice/internal/proxy"
+)
+
+// harness runs a proxy.Server on loopback listeners for one test.
+type harness struct {
+	t         *testing.T
+	srv       *proxy.Server
+	proxyAddr string
+	tlsAddr   string
+	root      *ca.Root
+	dir       string
+	logs      *syncBuffer
+	resolver  *fakeResolver
+	reg       *prometheus.Registry
+}
+
+// newHarness starts sluice with the given hosts section (YAML, indented
+// under "hosts:") and optional extra top-level YAML.
+func newHarness(t *testing.T, hostsYAML string, extra ...string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, proxy_tls: 127.0.0.1:0, admin: \"off\"}\ndata_dir: %s\n%s\nhosts:\n%s\n",
+		dir, strings.Join(extra, "\n"), hostsYAML)
+	cfg, err := config.Parse([]byte(doc), "test.yaml", dir)
+	if err != nil {
+		t.Fatalf("config.Parse:\n%s\nerror: %v", doc, err)
+	}
+	root, err := ca.OpenRoot(dir, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, root: root, dir: dir, logs: &syncBuffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
+	log := slog.New(slog.NewJSONHandler(io.MultiWriter(h.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listenLoopback(t)
+	tlsLn := listenLoopback(t)
+	h.proxyAddr, h.tlsAddr = ln.Addr().String(), tlsLn.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.srv.Serve(ctx, ln, tlsLn) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return h
+}
+
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// pool trusts sluice's CA plus the given extra PEMs.
+func (h *harness) pool(extra ...[]byte) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(h.root.CertPEM)
+	for _, e := range extra {
+		p.AppendCertsFromPEM(e)
+	}
+	return p
+}
+
+// client returns an HTTP client that uses sluice as its proxy and trusts its CA.
+func (h *harness) client(h2 bool) *http.Client {
+	tr := &http.Transport{
+		Proxy:             http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr}),
+		TLSClientConfig:   &tls.Config{RootCAs: h.pool()},
+		ForceAttemptHTTP2: h2,
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	h.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// errorBody is the JSON sluice answers its own errors with.
+type errorBody struct {
+	Error  string `json:"error"`
+	Host   string `json:"host"`
+	Detail string `json:"detail"`
+}
+
+func decodeError(t *testing.T, body []byte) errorBody {
+	t.Helper()
+	var e errorBody
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("error body %q is not JSON: %v", body, err)
+	}
+	return e
+}
+
+// get does a GET and returns the status and body.
+func get(t *testing.T, c *http.Client, rawURL string) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := c.Get(rawURL)
+	if err != nil {
+		t.Fatalf("GET %s: %v", rawURL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read body: %v", rawURL, err)
+	}
+	return resp, body
+}
+
+// connect sends a raw CONNECT and returns the response.
+func connect(t *testing.T, proxyAddr, target string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", target, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
+}
+
+// echo is the test upstream: it answers JSON describing the request.
+type echoReply struct {
+	Method  string      `json:"method"`
+	Host    string      `json:"host"`
+	Path    string      `json:"path"`
+	Query   string      `json:"query"`
+	Proto   string      `json:"proto"`
+	Body    string      `json:"body"`
+	Headers http.Header `json:"headers"`
+}
+
+func echoHandler(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Connection", "X-Hop")
+	w.Header().Set("X-Hop", "must not reach the client")
+	json.NewEncoder(w).Encode(echoReply{r.Method, r.Host, r.URL.Path, r.URL.RawQuery, r.Proto, string(body), r.Header})
+}
+
+// fakeResolver stands in for DNS for the test's invented names and counts
+// every lookup, so tests can prove that a denied host was never resolved.
+type fakeResolver struct {
+	mu      sync.Mutex
+	hosts   map[string][]netip.Addr
+	lookups []string
+}
+
+func (r *fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lookups = append(r.lookups, host)
+	if a, ok := r.hosts[host]; ok {
+		return a, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func (r *fakeResolver) set(host string, addrs ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range addrs {
+		r.hosts[host] = append(r.hosts[host], netip.MustParseAddr(a))
+	}
+}
+
+func (r *fakeResolver) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.lookups)
+}
+
+// countingListener accepts TCP connections and counts them.
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func newCountingListener(t *testing.T) *countingListener {
+	cl := &countingListener{Listener: listenLoopback(t)}
+	go func() {
+		for {
+			c, err := cl.Listener.Accept()
+			if err != nil {
+				return
+			}
+			cl.accepted.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { cl.Listener.Close() })
+	return cl
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// accessLines returns the access-log lines ("msg":"request") logged so far.
+func (h *harness) accessLines() []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "request" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// waitFor polls cond for up to 5 s; for state that settles after a
+// response was already delivered (an access line written after the body).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for range 500 {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// metric returns the value of the counter or gauge name with the given
+// label name/value pair, or 0 if it has not been set.
+func (h *harness) metric(name, label, value string) float64 {
+	h.t.Helper()
+	families, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					if m.Counter != nil {
+						return m.GetCounter().GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,39 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	sessions        *prometheus.GaugeVec
+	upstreamErrors  *prometheus.CounterVec
+	handshakeErrors prometheus.Counter
+	refused         *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "sessions",
+			Help: "Open client connections taken over from CONNECT, by kind (tunnel, intercept).",
+		}, []string{"kind"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "upstream_errors_total",
+			Help: "Failures to reach an upstream, by RFC 9209 error type.",
+		}, []string{"kind"}),
+		handshakeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "client_handshake_errors_total",
+			Help: "Intercepted CONNECTs whose client TLS handshake failed (often: the client does not trust the CA).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "dialer", Name: "refused_addresses_total",
+			Help: "Upstream addresses refused by the SSRF guard, by address class.",
+		}, []string{"class"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.sessions, m.upstreamErrors, m.handshakeErrors, m.refused} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
