@@ -41,7 +41,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "run":
-		return runCmd(ctx, rest, stderr)
+		return runCmd(ctx, rest, stdout, stderr)
 	case "check":
 		return checkCmd(rest, stdout, stderr)
 	case "ca":

@@ -23,8 +23,8 @@ import (
 
 // runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
 // config that does not validate is refused and the running one stays.
-func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
-	fs, cfgPath := flags("run", "run [-c FILE]", stderr, stderr)
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("run", "run [-c FILE]", stdout, stderr)
 	if done, err := parse(fs, args); done {
 		return err
 	}
@@ -74,6 +74,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Info("listening", "listener", name, "addr", ln.Addr().String())
 		}
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log.Info("sluice started", "version", Version(), "config", configName(*cfgPath), "hosts", len(cfg.Hosts), "data_dir", dataDir)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -84,9 +87,6 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	g.Go(func() error {
 		for {
 			select {

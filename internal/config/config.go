@@ -133,7 +133,7 @@ func Default() (*Config, error) {
 // Load reads, decodes and validates the config file at path. Every problem
 // is reported at once, each with its line number.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -272,4 +272,32 @@ func (c *Config) Marshal() ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), enc.Close()
+}
+
+// maxFileSize bounds every file the config names; they are small text files.
+const maxFileSize = 16 << 20
+
+// ReadFile reads a file named by the config: a regular file of at most
+// 16 MiB, so that a path such as /dev/zero or a FIFO is an error, not a hang.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("%s is larger than %d MiB", path, maxFileSize>>20)
+	}
+	return data, nil
 }

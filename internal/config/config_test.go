@@ -151,8 +151,9 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("hosts:\n  a.test: {mode: tunnel, ports: [8443]}\ntimeouts: {dial: 1s}\n"))
 	f.Add([]byte("hosts: [1, 2]\n"))
+	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(data, "fuzz.yaml", t.TempDir())
+		c, err := Parse(data, "fuzz.yaml", dir)
 		if err != nil {
 			return
 		}

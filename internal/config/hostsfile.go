@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"sluice/internal/hostport"
@@ -16,7 +15,7 @@ import (
 // list and the YAML the exceptions.
 func (c *Config) loadHostsFile() error {
 	path := c.Path(c.HostsFile)
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return fieldErr(err, "hosts_file")
 	}

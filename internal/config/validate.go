@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -141,7 +140,7 @@ func (h *Host) validate(c *Config, pattern string) []error {
 }
 
 func checkPEMFile(path string) error {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		return pe.Err // the caller names the file as the config wrote it
 	} else if err != nil {

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -107,12 +108,20 @@ func NormalizeHost(h string) (string, error) {
 		}
 		return ip.Unmap().String(), nil
 	}
+	if !utf8.ValidString(h) {
+		return "", fmt.Errorf("%q: host name is not valid UTF-8", h)
+	}
 	name := strings.TrimSuffix(h, ".")
 	ascii, err := profile.ToASCII(name)
 	if err != nil {
 		return "", fmt.Errorf("%q: not a valid host name: %w", h, err)
 	}
 	ascii = strings.ToLower(ascii)
+	// The ASCII form must itself be a valid name that maps to itself, so
+	// that normalising is idempotent and every later parse agrees.
+	if again, err := profile.ToASCII(ascii); err != nil || again != ascii {
+		return "", fmt.Errorf("%q: not a valid host name", h)
+	}
 	if len(ascii) == 0 || len(ascii) > 253 {
 		return "", fmt.Errorf("%q: host name must be 1 to 253 characters", h)
 	}

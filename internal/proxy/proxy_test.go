@@ -105,7 +105,7 @@ func TestDeniedHostsAreNeverResolvedOrDialed(t *testing.T) {
 
 	for _, tt := range []struct {
 		name, target, wantFix string
-		plain               bool
+		plain                 bool
 	}{
 		{"unlisted host", "evil.test:443", `add "evil.test" to hosts`, false},
 		{"deny entry", "blocked.test:443", `hosts."blocked.test".mode`, false},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"sluice/internal/config"
@@ -57,7 +56,7 @@ func newUpstream(cfg *config.Config, e *policy.Entry, d *dialer.Dialer) (*upstre
 		return nil, fmt.Errorf("system roots: %w", err)
 	}
 	if e.Host.UpstreamCA != "" {
-		pem, err := os.ReadFile(cfg.Path(e.Host.UpstreamCA))
+		pem, err := config.ReadFile(cfg.Path(e.Host.UpstreamCA))
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,376 @@
+package app
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"sluice/internal/testenv"
+	"sluice/internal/testpki"
+)
+
+// running is one `sluice run` inside the test process.
+type running struct {
+	t      *testing.T
+	cfg    string
+	dir    string
+	stderr *lineBuffer
+	cancel context.CancelFunc
+	done   chan error
+	addrs  map[string]string // listener -> address
+}
+
+// startRun writes cfg (with %s for the data dir) and runs `sluice run -c`.
+func startRun(t *testing.T, cfgYAML string) *running {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &running{t: t, cfg: path, dir: dir, stderr: &lineBuffer{}, done: make(chan error, 1), addrs: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		r.done <- Run(ctx, []string{"run", "-c", path}, io.Discard, io.MultiWriter(r.stderr, t.Output()))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+			t.Error("sluice run did not stop within 30s of its context ending")
+		}
+	})
+	r.waitLog("sluice started")
+	for _, l := range r.stderr.lines() {
+		var m map[string]string
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "listening" {
+			r.addrs[m["listener"]] = m["addr"]
+		}
+	}
+	return r
+}
+
+// waitLog waits until a log line contains s (sluice logs each step it takes).
+func (r *running) waitLog(s string) {
+	r.t.Helper()
+	for range 1000 {
+		if strings.Contains(r.stderr.String(), s) {
+			return
+		}
+		select {
+		case err := <-r.done:
+			r.t.Fatalf("sluice run exited (%v) before logging %q:\n%s", err, s, r.stderr)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	r.t.Fatalf("no log line with %q after 10s:\n%s", s, r.stderr)
+}
+
+func (r *running) client() *http.Client {
+	pem, err := os.ReadFile(filepath.Join(r.dir, "data", "ca.pem"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tr := &http.Transport{
+		Proxy:           http.ProxyURL(&url.URL{Scheme: "http", Host: r.addrs["proxy"]}),
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+	}
+	r.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+}
+
+type lineBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lineBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lineBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lineBuffer) lines() []string { return strings.Split(l.String(), "\n") }
+
+// upstream starts a TLS upstream for the given names and returns the
+// config lines of a hosts entry for each name.
+func upstream(t *testing.T, h http.Handler, names ...string) string {
+	upCA := testpki.NewCA(t, "upstream CA")
+	srv := upCA.Upstream(t, h, names...)
+	caPath := upCA.WritePEM(t, t.TempDir())
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %s: {upstream_ca: %s, connect_to: %s, allow_private: true}\n", n, caPath, srv.Listener.Addr())
+	}
+	return b.String()
+}
+
+func baseConfig(hosts string) string {
+	return "listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nhosts:\n" + hosts
+}
+
+func status(t *testing.T, c *http.Client, u string) int {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestRunEndToEnd(t *testing.T) {
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pong") }), "api.test")
+	r := startRun(t, baseConfig(hosts))
+	c := r.client()
+	if got := status(t, c, "https://api.test/ping"); got != 200 {
+		t.Errorf("allowed host: status %d, want 200", got)
+	}
+	if _, err := c.Get("https://denied.test/"); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Errorf("denied host: err %v, want the CONNECT refused with 403", err)
+	}
+
+	admin := "http://" + r.addrs["admin"]
+	plain := &http.Client{Timeout: 5 * time.Second}
+	resp, err := plain.Get(admin + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /healthz: %v %v", resp, err)
+	}
+	resp, _ = plain.Get(admin + "/metrics")
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="mitm"} 1`, `decision="deny"`, "sluice_ca_leaves_minted_total 1"} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	resp, _ = plain.Get(admin + "/ca.pem")
+	caPEM, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	onDisk, _ := os.ReadFile(filepath.Join(r.dir, "data", "ca.pem"))
+	if !bytes.Equal(caPEM, onDisk) {
+		t.Error("/ca.pem differs from the CA in the data dir")
+	}
+}
+
+func TestReloadOnSIGHUP(t *testing.T) {
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), "a.test", "b.test")
+	lines := strings.SplitAfter(hosts, "\n")
+	r := startRun(t, baseConfig(lines[0]))
+	c := r.client()
+	if got := status(t, c, "https://a.test/"); got != 200 {
+		t.Fatalf("a.test: status %d, want 200", got)
+	}
+	if _, err := c.Get("https://b.test/"); err == nil {
+		t.Fatal("b.test allowed before it was added")
+	}
+
+	os.WriteFile(r.cfg, []byte(baseConfig(hosts)), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	r.waitLog("config reloaded")
+	if got := status(t, c, "https://b.test/"); got != 200 {
+		t.Errorf("b.test after reload: status %d, want 200", got)
+	}
+
+	os.WriteFile(r.cfg, []byte(baseConfig(hosts)+"  c.test: {mode: intercpet}\n"), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	r.waitLog("config reload refused")
+	if !strings.Contains(r.stderr.String(), `sluice.yaml:7: mode \"intercpet\"`) {
+		t.Errorf("refused reload does not log the error with its line:\n%s", r.stderr)
+	}
+	c.CloseIdleConnections()
+	if got := status(t, c, "https://b.test/"); got != 200 {
+		t.Errorf("b.test after a refused reload: status %d, want 200 (the running config stays)", got)
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+		io.WriteString(w, "finished")
+	}), "slow.test")
+	r := startRun(t, baseConfig(hosts))
+	c := r.client()
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := c.Get("https://slow.test/")
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- result{string(b), err}
+	}()
+	<-started
+	r.cancel() // SIGTERM, as main turns it into a cancelled context
+	r.waitLog("shutting down")
+	close(release)
+	if res := <-got; res.err != nil || res.body != "finished" {
+		t.Errorf("in-flight request during shutdown: %q, %v; want it to finish", res.body, res.err)
+	}
+	if err := <-r.done; err != nil {
+		t.Errorf("Run after shutdown = %v, want nil (exit 0)", err)
+	}
+	r.done <- nil // for the cleanup
+}
+
+func TestRunRefusesReadableCAKey(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(baseConfig("  a.test: {}\n")), 0o644)
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(dir, "data", "ca.key"), 0o640)
+	err := Run(context.Background(), []string{"run", "-c", cfg}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "readable by others") {
+		t.Errorf("run with a group-readable CA key: %v, want a refusal", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("hosts:\n  api.binance.com: {profile: binance}\n"), 0o644)
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"check", "-c", good}, &out, io.Discard); err != nil {
+		t.Fatalf("check good: %v", err)
+	}
+	if !strings.Contains(out.String(), "proxy: 127.0.0.1:3128") || !strings.Contains(out.String(), "mode: intercept") {
+		t.Errorf("check does not print the effective config:\n%s", out.String())
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("hosts:\n  a.test: {mode: nope}\n  b.test: {ports: [0]}\nlisten: {proxy: nowhere}\n"), 0o644)
+	err := Run(context.Background(), []string{"check", "-c", bad}, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("check bad: no error")
+	}
+	for _, want := range []string{"bad.yaml:2:", "bad.yaml:3:", "bad.yaml:4:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("check bad: %v\nwant an error at %s", err, want)
+		}
+	}
+	if err := Run(context.Background(), []string{"check"}, io.Discard, io.Discard); err != nil {
+		t.Errorf("check of the embedded default: %v", err)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"check", "--help"}, {"ca", "export", "--help"}, {"env", "--help"}, {"version"}} {
+		var out bytes.Buffer
+		if err := Run(context.Background(), args, &out, io.Discard); err != nil || out.Len() == 0 {
+			t.Errorf("sluice %v: err %v, output %q; want usage on stdout and success", args, err, out.String())
+		}
+	}
+	if err := Run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard); err == nil {
+		t.Error("unknown command accepted")
+	}
+}
+
+func TestCAExport(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte(baseConfig("  a.test: {}\n")), 0o644)
+	var pem bytes.Buffer
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg}, &pem, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(pem.String(), "-----BEGIN CERTIFICATE-----") || strings.Contains(pem.String(), "PRIVATE") {
+		t.Errorf("ca export pem: %q", pem.String())
+	}
+	p12 := filepath.Join(dir, "ca.p12")
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg, "--format", "p12", "-o", p12}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p12); err != nil || fi.Size() == 0 {
+		t.Errorf("ca export p12 wrote nothing: %v", err)
+	}
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg, "--format", "der"}, io.Discard, io.Discard); err == nil {
+		t.Error("ca export --format der accepted")
+	}
+}
+
+// envFrom runs `sluice env` and returns its exports as KEY=VALUE pairs.
+func envFrom(t *testing.T, cfg string) []string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"env", "-c", cfg}, &out, io.Discard); err != nil {
+		t.Fatalf("sluice env: %v", err)
+	}
+	var env []string
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		kv, ok := strings.CutPrefix(sc.Text(), "export ")
+		if !ok {
+			t.Fatalf("sluice env printed %q, want only export lines", sc.Text())
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		env = append(env, k+"="+strings.Trim(v, "'"))
+	}
+	return env
+}
+
+// TestPythonRequestsWithSluiceEnv runs Python requests with nothing but the
+// environment `sluice env` prints: it must reach an intercepted host.
+func TestPythonRequestsWithSluiceEnv(t *testing.T) {
+	python := pythonWithRequests(t)
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "via "+r.Host) }), "api.test")
+	r := startRun(t, baseConfig(hosts))
+	env := envFrom(t, r.cfg)
+	for i, kv := range env {
+		if strings.HasPrefix(strings.ToUpper(kv), "HTTPS_PROXY=") || strings.HasPrefix(strings.ToUpper(kv), "HTTP_PROXY=") {
+			k, _, _ := strings.Cut(kv, "=")
+			env[i] = k + "=http://" + r.addrs["proxy"] // the test's port, not the config's :0
+		}
+	}
+	cmd := exec.Command(python, "-c", `import requests; r = requests.get("https://api.test/x", timeout=10); print(r.status_code, r.text)`)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "200 via api.test" {
+		t.Errorf("python requests with sluice env: %v\n%s", err, out)
+	}
+}
+
+func pythonWithRequests(t *testing.T) string {
+	for _, p := range []string{"python3", "/usr/bin/python3"} {
+		if exec.Command(p, "-c", "import requests").Run() == nil {
+			return p
+		}
+	}
+	testenv.RequireTool(t, "python3-requests")
+	return ""
+}

@@ -1,0 +1,64 @@
+package policy
+
+import (
+	"testing"
+
+	"sluice/internal/config"
+	"sluice/internal/hostport"
+)
+
+func TestDecide(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+hosts:
+  api.binance.com: {}
+  "*.myshopify.com": {}
+  "*.eu.myshopify.com": {mode: tunnel}
+  github.com: {mode: tunnel}
+  blocked.test: {mode: deny}
+  deb.debian.org: {plain_http: true}
+  alt.test: {ports: [8443]}
+`), "t.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(cfg.Hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, target string
+		scheme       Scheme
+		want         Action
+		rule         string
+	}{
+		{"exact host", "api.binance.com:443", HTTPS, Intercept, "api.binance.com"},
+		{"wildcard", "shop1.myshopify.com:443", HTTPS, Intercept, "*.myshopify.com"},
+		{"wildcard, deeper", "a.b.myshopify.com:443", HTTPS, Intercept, "*.myshopify.com"},
+		{"longest wildcard wins", "x.eu.myshopify.com:443", HTTPS, Tunnel, "*.eu.myshopify.com"},
+		{"wildcard excludes the apex", "myshopify.com:443", HTTPS, Deny, ""},
+		{"suffix is not a label boundary", "evilmyshopify.com:443", HTTPS, Deny, ""},
+		{"tunnel", "github.com:443", HTTPS, Tunnel, "github.com"},
+		{"deny entry", "blocked.test:443", HTTPS, Deny, "blocked.test"},
+		{"unlisted", "evil.test:443", HTTPS, Deny, ""},
+		{"wrong port", "api.binance.com:8443", HTTPS, Deny, "api.binance.com"},
+		{"custom port", "alt.test:8443", HTTPS, Intercept, "alt.test"},
+		{"custom port replaces 443", "alt.test:443", HTTPS, Deny, "alt.test"},
+		{"plain http allowed", "deb.debian.org:80", HTTP, Intercept, "deb.debian.org"},
+		{"plain http not allowed", "api.binance.com:443", HTTP, Deny, "api.binance.com"},
+		{"metadata IP", "169.254.169.254:80", HTTP, Deny, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hp, err := hostport.Parse(tt.target, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := p.Decide(hp, tt.scheme)
+			if d.Action != tt.want || d.Rule() != tt.rule {
+				t.Errorf("Decide(%q) = %v by %q (%s), want %v by %q", tt.target, d.Action, d.Rule(), d.Reason, tt.want, tt.rule)
+			}
+			if d.Action == Deny && (d.Reason == "" || d.Fix == "") {
+				t.Errorf("Decide(%q) denied without reason %q or fix %q", tt.target, d.Reason, d.Fix)
+			}
+		})
+	}
+}
