@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -373,4 +374,48 @@ func pythonWithRequests(t *testing.T) string {
 	}
 	testenv.RequireTool(t, "python3-requests")
 	return ""
+}
+
+// TestShutdownClosesTunnels: a tunnel carries no request boundary to wait
+// for, so shutdown closes it and Run still returns promptly with nil.
+func TestShutdownClosesTunnels(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	r := startRun(t, baseConfig(fmt.Sprintf("  git.test: {mode: tunnel, connect_to: %s, allow_private: true}\n", echo.Addr())))
+	c, err := net.Dial("tcp", r.addrs["proxy"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "CONNECT git.test:443 HTTP/1.1\r\nHost: git.test:443\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	fmt.Fprint(c, "ping\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("through the tunnel: %q %v", line, err)
+	}
+	r.cancel()
+	if err := <-r.done; err != nil {
+		t.Errorf("Run = %v, want nil", err)
+	}
+	r.done <- nil
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadString('\n'); err != io.EOF {
+		t.Errorf("tunnel after shutdown: read err %v, want EOF (closed by sluice)", err)
+	}
 }

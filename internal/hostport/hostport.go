@@ -112,15 +112,18 @@ func NormalizeHost(h string) (string, error) {
 		return "", fmt.Errorf("%q: host name is not valid UTF-8", h)
 	}
 	name := strings.TrimSuffix(h, ".")
-	ascii, err := profile.ToASCII(name)
-	if err != nil {
-		return "", fmt.Errorf("%q: not a valid host name: %w", h, err)
-	}
-	ascii = strings.ToLower(ascii)
-	// The ASCII form must itself be a valid name that maps to itself, so
-	// that normalising is idempotent and every later parse agrees.
-	if again, err := profile.ToASCII(ascii); err != nil || again != ascii {
-		return "", fmt.Errorf("%q: not a valid host name", h)
+	ascii := name
+	if !plainASCII(name) { // IDNA mapping is costly; most API hosts need none
+		var err error
+		if ascii, err = profile.ToASCII(name); err != nil {
+			return "", fmt.Errorf("%q: not a valid host name: %w", h, err)
+		}
+		ascii = strings.ToLower(ascii)
+		// The ASCII form must itself be a valid name that maps to itself, so
+		// that normalising is idempotent and every later parse agrees.
+		if again, err := profile.ToASCII(ascii); err != nil || again != ascii {
+			return "", fmt.Errorf("%q: not a valid host name", h)
+		}
 	}
 	if len(ascii) == 0 || len(ascii) > 253 {
 		return "", fmt.Errorf("%q: host name must be 1 to 253 characters", h)
@@ -144,6 +147,18 @@ func NormalizeHost(h string) (string, error) {
 		return "", fmt.Errorf("%q: not a valid IP address or host name", h)
 	}
 	return ascii, nil
+}
+
+// plainASCII reports whether name is already lowercase LDH ASCII without
+// punycode labels, which IDNA would return unchanged.
+func plainASCII(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return !strings.HasPrefix(name, "xn--") && !strings.Contains(name, ".xn--")
 }
 
 var profile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))

@@ -29,7 +29,7 @@ import (
 
 // harness runs a proxy.Server on loopback listeners for one test.
 type harness struct {
-	t         *testing.T
+	t         testing.TB
 	srv       *proxy.Server
 	proxyAddr string
 	tlsAddr   string
@@ -42,7 +42,7 @@ type harness struct {
 
 // newHarness starts sluice with the given hosts section (YAML, indented
 // under "hosts:") and optional extra top-level YAML.
-func newHarness(t *testing.T, hostsYAML string, extra ...string) *harness {
+func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, proxy_tls: 127.0.0.1:0, admin: \"off\"}\ndata_dir: %s\n%s\nhosts:\n%s\n",
@@ -56,7 +56,11 @@ func newHarness(t *testing.T, hostsYAML string, extra ...string) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, root: root, dir: dir, logs: &syncBuffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
-	log := slog.New(slog.NewJSONHandler(io.MultiWriter(h.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var logTo io.Writer = io.MultiWriter(h.logs, t.Output())
+	if _, ok := t.(*testing.B); ok {
+		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
+	}
+	log := slog.New(slog.NewJSONHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +80,7 @@ func newHarness(t *testing.T, hostsYAML string, extra ...string) *harness {
 	return h
 }
 
-func listenLoopback(t *testing.T) net.Listener {
+func listenLoopback(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -20,7 +20,7 @@ import (
 
 // upstreamEntry returns a hosts entry that intercepts name and reaches the
 // test upstream srv, trusting the upstream's own CA.
-func upstreamEntry(t *testing.T, name, caPath, addr string, extra ...string) string {
+func upstreamEntry(_ testing.TB, name, caPath, addr string, extra ...string) string {
 	return fmt.Sprintf("  %s:\n    upstream_ca: %s\n    connect_to: %s\n    allow_private: true\n%s", name, caPath, addr,
 		strings.Join(extra, ""))
 }
