@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +29,7 @@ type running struct {
 	t      *testing.T
 	cfg    string
 	dir    string
-	stderr *lineBuffer
+	stderr *testenv.Buffer
 	cancel context.CancelFunc
 	done   chan error
 	addrs  map[string]string // listener -> address
@@ -44,7 +43,7 @@ func startRun(t *testing.T, cfgYAML string) *running {
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &running{t: t, cfg: path, dir: dir, stderr: &lineBuffer{}, done: make(chan error, 1), addrs: map[string]string{}}
+	r := &running{t: t, cfg: path, dir: dir, stderr: &testenv.Buffer{}, done: make(chan error, 1), addrs: map[string]string{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() {
@@ -59,7 +58,7 @@ func startRun(t *testing.T, cfgYAML string) *running {
 		}
 	})
 	r.waitLog("sluice started")
-	for _, l := range r.stderr.lines() {
+	for _, l := range strings.Split(r.stderr.String(), "\n") {
 		var m map[string]string
 		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "listening" {
 			r.addrs[m["listener"]] = m["addr"]
@@ -98,25 +97,6 @@ func (r *running) client() *http.Client {
 	r.t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
 }
-
-type lineBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lineBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lineBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *lineBuffer) lines() []string { return strings.Split(l.String(), "\n") }
 
 // upstream starts a TLS upstream for the given names and returns the
 // config lines of a hosts entry for each name.

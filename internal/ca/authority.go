@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"golang.org/x/sync/singleflight"
+	"sluice/internal/metrics"
 )
 
 // Options configures an Authority.
@@ -75,12 +77,8 @@ func New(root *Root, opts Options) (*Authority, error) {
 			Help: "Leaf certificate lookups by result (hit, miss).",
 		}, []string{"result"}),
 	}
-	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{a.minted, a.lookup} {
-			if err := opts.Registerer.Register(c); err != nil {
-				return nil, err
-			}
-		}
+	if err := metrics.Register(opts.Registerer, a.minted, a.lookup); err != nil {
+		return nil, err
 	}
 	return a, nil
 }

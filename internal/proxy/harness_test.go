@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,6 +24,7 @@ import (
 	"sluice/internal/ca"
 	"sluice/internal/config"
 	"sluice/internal/proxy"
+	"sluice/internal/testenv"
 )
 
 // harness runs a proxy.Server on loopback listeners for one test.
@@ -35,7 +35,7 @@ type harness struct {
 	tlsAddr   string
 	root      *ca.Root
 	dir       string
-	logs      *syncBuffer
+	logs      *testenv.Buffer
 	resolver  *fakeResolver
 	reg       *prometheus.Registry
 }
@@ -55,7 +55,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, root: root, dir: dir, logs: &syncBuffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
+	h := &harness{t: t, root: root, dir: dir, logs: &testenv.Buffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
 	var logTo io.Writer = io.MultiWriter(h.logs, t.Output())
 	if _, ok := t.(*testing.B); ok {
 		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
@@ -235,23 +235,6 @@ func newCountingListener(t *testing.T) *countingListener {
 	}()
 	t.Cleanup(func() { cl.Listener.Close() })
 	return cl
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // accessLines returns the access-log lines ("msg":"request") logged so far.

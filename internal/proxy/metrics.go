@@ -1,16 +1,20 @@
 package proxy
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
 
-type metrics struct {
+	"sluice/internal/metrics"
+)
+
+type proxyMetrics struct {
 	sessions        *prometheus.GaugeVec
 	upstreamErrors  *prometheus.CounterVec
 	handshakeErrors prometheus.Counter
 	refused         *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
+	m := &proxyMetrics{
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "sluice", Subsystem: "proxy", Name: "sessions",
 			Help: "Open client connections taken over from CONNECT, by kind (tunnel, intercept).",
@@ -28,12 +32,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Upstream addresses refused by the SSRF guard, by address class.",
 		}, []string{"class"}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.sessions, m.upstreamErrors, m.handshakeErrors, m.refused} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
+	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors, m.refused); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

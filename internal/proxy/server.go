@@ -66,7 +66,7 @@ type Server struct {
 	mu       sync.Mutex
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
 
-	metrics *metrics
+	metrics *proxyMetrics
 }
 
 // New builds a Server from a validated config. It starts nothing.

@@ -2,8 +2,10 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -21,4 +23,24 @@ func RequireTool(t testing.TB, name string) string {
 	}
 	t.Skipf("skipping: %s is not installed (apt-get install %s)", name, name)
 	return ""
+}
+
+// Buffer is a bytes.Buffer that goroutines may write concurrently, for
+// capturing a component's log while a test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
