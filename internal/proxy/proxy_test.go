@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"sluice/internal/config"
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
 )
@@ -418,4 +419,41 @@ func TestCurlThroughSluice(t *testing.T) {
 	if !strings.Contains(string(out), "403") && !strings.Contains(string(out), "CONNECT tunnel failed, response 403") {
 		t.Errorf("curl to a denied host: %s (err %v), want a 403 on CONNECT", out, err)
 	}
+}
+
+// TestPolicyRecheckedPerRequest: a reload that removes a host refuses the
+// next request on an already intercepted keep-alive connection.
+func TestPolicyRecheckedPerRequest(t *testing.T) {
+	upCA := testpki.NewCA(t, "upstream CA")
+	up := upCA.Upstream(t, http.HandlerFunc(echoHandler), "api.test")
+	entry := upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String())
+	h := newHarness(t, entry+"  other.test: {}\n")
+	c := h.client(false)
+	if resp, body := get(t, c, "https://api.test/a"); resp.StatusCode != 200 {
+		t.Fatalf("before reload: status %d %s", resp.StatusCode, body)
+	}
+	cfg, err := config.Parse([]byte("hosts:\n  other.test: {}\n"), "reload.yaml", h.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := get(t, c, "https://api.test/b") // same intercepted connection
+	if resp.StatusCode != http.StatusForbidden || decodeError(t, body).Error != "host not listed" {
+		t.Errorf("after the host was removed: status %d %s, want 403 host not listed", resp.StatusCode, body)
+	}
+	if n := connectCount(h); n != 1 {
+		t.Errorf("client opened %d CONNECTs, want the one keep-alive connection reused", n)
+	}
+}
+
+func connectCount(h *harness) int {
+	n := 0
+	for _, l := range h.accessLines() {
+		if l["mode"] == "connect" {
+			n++
+		}
+	}
+	return n
 }
