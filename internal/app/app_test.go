@@ -11,11 +11,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -397,5 +399,33 @@ func TestShutdownClosesTunnels(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := br.ReadString('\n'); err != io.EOF {
 		t.Errorf("tunnel after shutdown: read err %v, want EOF (closed by sluice)", err)
+	}
+}
+
+// TestReverseListener: requests to listen.reverse reach the backend, with
+// X-Forwarded-For, and are cached as an RFC 9111 shared cache.
+func TestReverseListener(t *testing.T) {
+	var hits atomic.Int64
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Cache-Control", "max-age=60")
+		fmt.Fprintf(w, "host=%s xff=%s", r.Host, r.Header.Get("X-Forwarded-For"))
+	}))
+	defer backend.Close()
+	r := startRun(t, fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: \"off\", reverse: {addr: 127.0.0.1:0, backend: %s}}\ndata_dir: data\nhosts: {}\n", backend.URL))
+	base := "http://" + r.addrs["reverse"]
+	for i, want := range []string{"MISS", "HIT"} {
+		resp, err := http.Get(base + "/doc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Cache"); got != want || !strings.Contains(string(body), "xff=127.0.0.1") {
+			t.Errorf("request %d: X-Cache %q body %q, want %s and X-Forwarded-For set", i, got, body, want)
+		}
+	}
+	if hits.Load() != 1 {
+		t.Errorf("backend hits %d, want 1", hits.Load())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -69,7 +70,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		}
 	}()
-	for name, ln := range map[string]net.Listener{"proxy": lns[0], "proxy_tls": lns[1], "admin": lns[2]} {
+	for name, ln := range map[string]net.Listener{"proxy": lns[0], "proxy_tls": lns[1], "admin": lns[2], "reverse": lns[3]} {
 		if ln != nil {
 			log.Info("listening", "listener", name, "addr", ln.Addr().String())
 		}
@@ -82,7 +83,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(gctx, lns[0], lns[1]) })
+	g.Go(func() error {
+		return srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
+	})
 	if lns[2] != nil {
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
@@ -104,8 +107,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 					continue
 				}
 				reloads.WithLabelValues("ok").Inc()
-				if next.Listen != cfg.Listen || next.DataDir != cfg.DataDir {
-					log.Warn("listen and data_dir changes take effect after a restart")
+				if !reflect.DeepEqual(next.Listen, cfg.Listen) || next.DataDir != cfg.DataDir ||
+					next.Cache.MaxBytes != cfg.Cache.MaxBytes || next.Cache.MaxObjectBytes != cfg.Cache.MaxObjectBytes || next.Cache.FetchTimeout != cfg.Cache.FetchTimeout {
+					log.Warn("changes to listen, data_dir and the cache limits take effect after a restart")
 				}
 				level.Set(parseLevel(next.Log.Level))
 				log.Info("config reloaded", "config", configName(*cfgPath), "hosts", len(next.Hosts))
@@ -122,10 +126,14 @@ func configName(path string) string {
 	return path
 }
 
-// listen opens the proxy, proxy_tls and admin listeners (nil when off).
+// listen opens the proxy, proxy_tls, admin and reverse listeners (nil when off).
 func listen(l config.Listen) ([]net.Listener, error) {
-	lns := make([]net.Listener, 3)
-	for i, a := range []struct{ key, addr string }{{"proxy", l.Proxy}, {"proxy_tls", l.ProxyTLS}, {"admin", l.Admin}} {
+	reverse := config.Off
+	if l.Reverse != nil {
+		reverse = l.Reverse.Addr
+	}
+	lns := make([]net.Listener, 4)
+	for i, a := range []struct{ key, addr string }{{"proxy", l.Proxy}, {"proxy_tls", l.ProxyTLS}, {"admin", l.Admin}, {"reverse.addr", reverse}} {
 		if a.addr == config.Off {
 			continue
 		}

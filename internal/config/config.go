@@ -28,6 +28,7 @@ type Config struct {
 	// Hosts maps a host pattern (exact name, or "*.suffix" for every name
 	// under suffix) to what sluice does with it. A host not listed is denied.
 	Hosts    map[string]*Host `yaml:"hosts"`
+	Cache    CacheConfig      `yaml:"cache"`
 	Timeouts Timeouts         `yaml:"timeouts"`
 	CA       CA               `yaml:"ca"`
 	Log      Log              `yaml:"log"`
@@ -47,6 +48,21 @@ type Listen struct {
 	ProxyTLS string `yaml:"proxy_tls,omitempty"`
 	// Admin serves /healthz, /metrics and /ca.pem. Default "127.0.0.1:9090".
 	Admin string `yaml:"admin"`
+	// Reverse is an optional reverse-proxy listener in front of one backend.
+	Reverse *Reverse `yaml:"reverse,omitempty"`
+}
+
+// Reverse is a reverse-proxy listener: every request to Addr goes to Backend.
+type Reverse struct {
+	// Addr is the listener's IP:port.
+	Addr string `yaml:"addr"`
+	// Backend is the origin, "http://host:port" or "https://host:port"
+	// (verified against the system roots plus BackendCA).
+	Backend string `yaml:"backend"`
+	// BackendCA is a PEM file of extra roots for an https backend.
+	BackendCA string `yaml:"backend_ca,omitempty"`
+	// Cache is how responses are cached; default standard (RFC 9111).
+	Cache *HostCache `yaml:"cache,omitempty"`
 }
 
 // Off is the listener address that disables a listener.
@@ -72,6 +88,8 @@ type Host struct {
 	// ConnectTo dials this host:port instead of the host's own address; the
 	// upstream certificate is still verified against the requested name.
 	ConnectTo string `yaml:"connect_to,omitempty"`
+	// Cache is "rules", "standard" or "off", or a mapping with rules; see HostCache.
+	Cache *HostCache `yaml:"cache,omitempty"`
 }
 
 // Timeouts bounds each phase of a connection.
@@ -215,6 +233,25 @@ func (c *Config) applyDefaults() {
 	if c.CA.LeafCacheSize == 0 {
 		c.CA.LeafCacheSize = 1024
 	}
+	if r := c.Listen.Reverse; r != nil {
+		if r.Cache == nil {
+			r.Cache = &HostCache{Mode: CacheStandard}
+		}
+		for i := range r.Cache.Rules {
+			r.Cache.Rules[i].applyDefaults()
+		}
+	}
+	if c.Cache.MaxBytes == 0 {
+		c.Cache.MaxBytes = 256 << 20
+	}
+	if c.Cache.MaxObjectBytes == 0 {
+		c.Cache.MaxObjectBytes = 8 << 20
+	}
+	if c.Cache.StaleIfError == nil {
+		d := Duration(60 * time.Second)
+		c.Cache.StaleIfError = &d
+	}
+	setDuration(&c.Cache.FetchTimeout, 60*time.Second)
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "json")
 	if c.Hosts == nil {
@@ -227,6 +264,11 @@ func (c *Config) applyDefaults() {
 		}
 		if h.Mode == "" {
 			h.Mode = ModeIntercept
+		}
+		if h.Cache != nil {
+			for i := range h.Cache.Rules {
+				h.Cache.Rules[i].applyDefaults()
+			}
 		}
 		if len(h.Ports) == 0 {
 			h.Ports = []uint16{443}

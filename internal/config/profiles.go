@@ -1,27 +1,106 @@
 package config
 
 import (
+	"bytes"
 	"embed"
+	"fmt"
 	"path"
 	"slices"
 	"strings"
+	"sync"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Profiles are embedded YAML files, one per API (profiles/NAME.yaml), that
-// carry what sluice knows about that API. A host entry names one with
-// `profile: NAME`. Today a profile documents the API's hosts; the cache,
-// throttle and filter rules of later capabilities are added to the same files.
+// carry what sluice knows about that API: its hosts and the cache rules of
+// its public endpoints. A host entry names one with `profile: NAME`.
 //
 //go:embed profiles/*.yaml
 var profileFS embed.FS
 
+// Profile is one embedded API profile.
+type Profile struct {
+	Name  string   `yaml:"name"`
+	Docs  string   `yaml:"docs"`
+	Hosts []string `yaml:"hosts"`
+	Cache struct {
+		Rules []CacheRule `yaml:"rules"`
+	} `yaml:"cache"`
+}
+
+// Profiles returns the embedded profiles by name. They are parsed once;
+// callers must not modify them.
+var Profiles = sync.OnceValues(func() (map[string]*Profile, error) {
+	entries, err := profileFS.ReadDir("profiles")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*Profile{}
+	for _, e := range entries {
+		data, err := profileFS.ReadFile("profiles/" + e.Name())
+		if err != nil {
+			return nil, err
+		}
+		p := &Profile{}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(p); err != nil {
+			return nil, fmt.Errorf("profile %s: %w", e.Name(), err)
+		}
+		if want := strings.TrimSuffix(e.Name(), path.Ext(e.Name())); p.Name != want {
+			return nil, fmt.Errorf("profile %s: name %q, want %q", e.Name(), p.Name, want)
+		}
+		for i := range p.Cache.Rules {
+			if err := p.Cache.Rules[i].validate(); err != nil {
+				return nil, fmt.Errorf("profile %s: cache.rules[%d]: %w", p.Name, i, err)
+			}
+			p.Cache.Rules[i].applyDefaults()
+		}
+		out[p.Name] = p
+	}
+	return out, nil
+})
+
 // ProfileNames lists the embedded profiles, sorted.
 func ProfileNames() []string {
-	entries, _ := profileFS.ReadDir("profiles") // embedded: cannot fail
-	names := make([]string, 0, len(entries))
-	for _, e := range entries {
-		names = append(names, strings.TrimSuffix(e.Name(), path.Ext(e.Name())))
+	ps, _ := Profiles() // embedded and tested: cannot fail
+	names := make([]string, 0, len(ps))
+	for n := range ps {
+		names = append(names, n)
 	}
 	slices.Sort(names)
 	return names
 }
+
+// CacheFor returns how a host entry is cached: its mode and its rules,
+// the entry's own first, then its profile's.
+func CacheFor(h *Host) (CacheMode, []CacheRule) {
+	var profileRules []CacheRule
+	if ps, _ := Profiles(); h.Profile != "" && ps[h.Profile] != nil {
+		profileRules = ps[h.Profile].Cache.Rules
+	}
+	return h.Cache.resolve(profileRules)
+}
+
+// resolve returns the mode and rules of hc (nil: none) followed by
+// extra rules; without a mode it is rules if there are any, else off.
+func (hc *HostCache) resolve(extra []CacheRule) (CacheMode, []CacheRule) {
+	var mode CacheMode
+	var rules []CacheRule
+	if hc != nil {
+		mode = hc.Mode
+		rules = append(rules, hc.Rules...)
+	}
+	rules = append(rules, extra...)
+	if mode == "" {
+		mode = CacheOff
+		if len(rules) > 0 {
+			mode = CacheRules
+		}
+	}
+	return mode, rules
+}
+
+// CacheFor returns how the reverse listener's responses are cached.
+func (r *Reverse) CacheFor() (CacheMode, []CacheRule) { return r.Cache.resolve(nil) }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"maps"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +71,10 @@ func (c *Config) validate() []error {
 		seen[ap.String()] = l.key
 	}
 
+	if r := c.Listen.Reverse; r != nil {
+		errs = append(errs, r.validate(c, seen)...)
+	}
+
 	normalized := map[string]string{}
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
 		h := c.Hosts[pattern]
@@ -96,6 +101,12 @@ func (c *Config) validate() []error {
 		if d.v <= 0 {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
+	}
+	if c.Cache.MaxObjectBytes > c.Cache.MaxBytes {
+		add(errors.New("must not exceed cache.max_bytes"), "cache", "max_object_bytes")
+	}
+	if *c.Cache.StaleIfError < 0 {
+		add(errors.New("must not be negative"), "cache", "stale_if_error")
 	}
 	if v := c.CA.LeafValidity.D(); v < time.Hour || v > 397*24*time.Hour {
 		add(errors.New("must be between 1h and 9528h (397 days, the browser limit)"), "ca", "leaf_validity")
@@ -131,6 +142,16 @@ func (h *Host) validate(c *Config, pattern string) []error {
 	if h.UpstreamCA != "" {
 		if err := checkPEMFile(c.Path(h.UpstreamCA)); err != nil {
 			add(fmt.Errorf("%s: %w", h.UpstreamCA, err), "upstream_ca")
+		}
+	}
+	if h.Cache != nil {
+		for i, r := range h.Cache.Rules {
+			if err := r.validate(); err != nil {
+				errs = append(errs, fieldErr(err, "hosts", pattern, "cache", "rules", strconv.Itoa(i)))
+			}
+		}
+		if h.Cache.StaleIfError != nil && *h.Cache.StaleIfError < 0 {
+			add(errors.New("stale_if_error must not be negative"), "cache")
 		}
 	}
 	if strings.HasPrefix(pattern, "*.") && h.ConnectTo != "" {
@@ -202,4 +223,40 @@ func lineOf(n *yaml.Node, keys []string) int {
 		n = next
 	}
 	return line
+}
+
+func (r *Reverse) validate(c *Config, seen map[string]string) []error {
+	var errs []error
+	add := func(err error, key string) { errs = append(errs, fieldErr(err, "listen", "reverse", key)) }
+	if ap, err := netip.ParseAddrPort(r.Addr); err != nil {
+		add(fmt.Errorf("%q is not IP:port (example: 127.0.0.1:8080)", r.Addr), "addr")
+	} else if other, dup := seen[ap.String()]; dup && ap.Port() != 0 {
+		add(fmt.Errorf("%s is also listen.%s", r.Addr, other), "addr")
+	}
+	u, err := url.Parse(r.Backend)
+	switch {
+	case err != nil:
+		add(err, "backend")
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		add(fmt.Errorf("%q: want http://host:port or https://host:port", r.Backend), "backend")
+	case u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil:
+		add(fmt.Errorf("%q: the backend is an origin only, without path, query or user", r.Backend), "backend")
+	default:
+		if _, err := hostport.Parse(u.Host, 80); err != nil {
+			add(err, "backend")
+		}
+	}
+	if r.BackendCA != "" {
+		if err := checkPEMFile(c.Path(r.BackendCA)); err != nil {
+			add(fmt.Errorf("%s: %w", r.BackendCA, err), "backend_ca")
+		}
+	}
+	if r.Cache != nil {
+		for i, ru := range r.Cache.Rules {
+			if err := ru.validate(); err != nil {
+				errs = append(errs, fieldErr(err, "listen", "reverse", "cache", "rules", strconv.Itoa(i)))
+			}
+		}
+	}
+	return errs
 }

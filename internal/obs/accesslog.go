@@ -124,9 +124,9 @@ func clientIP(remoteAddr string) string {
 	return remoteAddr
 }
 
-// secretParam reports whether a query parameter name looks like it carries
+// SecretName reports whether a header or query parameter name looks like it carries
 // a credential (apiKey, signature, access_token, passphrase, ...).
-func secretParam(name string) bool {
+func SecretName(name string) bool {
 	n := strings.ToLower(name)
 	for _, s := range []string{"key", "sign", "token", "secret", "pass", "auth", "session", "cred"} {
 		if strings.Contains(n, s) {
@@ -140,7 +140,7 @@ func secretParam(name string) bool {
 // replaced by "REDACTED".
 func RedactQuery(q url.Values) string {
 	for k, vs := range q {
-		if secretParam(k) {
+		if SecretName(k) {
 			for i := range vs {
 				vs[i] = "REDACTED"
 			}

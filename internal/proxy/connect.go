@@ -249,6 +249,8 @@ type target struct {
 	scheme policy.Scheme
 	// intercepted marks requests inside a CONNECT, whose Host must match hp.
 	intercepted bool
+	// reverse marks requests to the reverse listener's backend.
+	reverse bool
 }
 
 func targetFrom(ctx context.Context) (target, bool) {

@@ -67,7 +67,6 @@ type routeKey struct{}
 type route struct {
 	target   target
 	upstream *upstream
-	rec      *obs.Record
 }
 
 // checkPolicy decides the request's target against the current config and
@@ -94,7 +93,32 @@ func (s *Server) checkPolicy(next http.Handler) http.Handler {
 			writeDenied(w, r, d)
 			return
 		}
-		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: t, upstream: st.upstreams[d.Entry.Pattern], rec: rec})
+		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: t, upstream: st.upstreams[d.Entry.Pattern]})
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// cacheStage answers from the response cache, or fills it, per the
+// route's cache rules.
+func (s *Server) cacheStage(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt := r.Context().Value(routeKey{}).(*route)
+		s.cache.Handle(w, r, rt.target.hp.String(), rt.upstream.cache, next)
+	})
+}
+
+// routeReverse sends every request of the reverse listener to its backend.
+func (s *Server) routeReverse(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := s.state.Load()
+		rec := obs.RecordFrom(r.Context())
+		if st.reverse == nil {
+			obs.WriteError(w, r, &obs.Error{Status: http.StatusServiceUnavailable, Msg: "no backend",
+				Detail: "listen.reverse was removed from the config; restart sluice to close this listener"})
+			return
+		}
+		rec.Host, rec.Decision, rec.Rule = st.reverseTarget.hp.String(), "reverse", "listen.reverse"
+		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: st.reverseTarget, upstream: st.reverse})
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
@@ -119,6 +143,9 @@ func (s *Server) newForwarder() http.Handler {
 				pr.Out.URL.Scheme, pr.Out.URL.Host = "https", rt.target.hp.Authority(443)
 			}
 			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
+			if rt.target.reverse {
+				pr.SetXForwarded() // a backend wants to know its real client
+			}
 		},
 		Transport:    roundTripper(s.roundTrip),
 		ErrorHandler: s.proxyError,
@@ -133,8 +160,9 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 
 func (s *Server) roundTrip(r *http.Request) (*http.Response, error) {
 	rt := r.Context().Value(routeKey{}).(*route)
+	rec := obs.RecordFrom(r.Context())
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		rt.rec.UpstreamAddr = info.Conn.RemoteAddr().String()
+		rec.UpstreamAddr = info.Conn.RemoteAddr().String()
 	}}
 	return rt.upstream.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
 }

@@ -70,7 +70,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	h.proxyAddr, h.tlsAddr = ln.Addr().String(), tlsLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- h.srv.Serve(ctx, ln, tlsLn) }()
+	go func() { done <- h.srv.Serve(ctx, proxy.Listeners{Proxy: ln, ProxyTLS: tlsLn}) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -275,6 +275,9 @@ func (h *harness) metric(name, label, value string) float64 {
 			continue
 		}
 		for _, m := range f.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					if m.Counter != nil {

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"sluice/internal/ca"
+	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
 	"sluice/internal/hostport"
@@ -57,6 +58,8 @@ type Server struct {
 	state     atomic.Pointer[state]
 
 	forward  *http.Server // the proxy listeners' server
+	reverse  *http.Server // the reverse-proxy listener's server
+	cache    *cache.Cache
 	mitm     *http.Server // serves requests inside intercepted CONNECTs
 	inner    http.Handler // policy, then forwarding; shared by both servers
 	mitmLn   *connListener
@@ -108,14 +111,31 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	cc := opts.Config.Cache
+	s.cache, err = cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes),
+		FetchTimeout: cc.FetchTimeout.D(), Now: opts.Now, Log: opts.Log.With("component", "cache"), Registerer: opts.Registerer})
+	if err != nil {
+		return nil, err
+	}
 	queries := func() bool { return s.state.Load().cfg.Log.Queries }
 	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
-	inner := Chain(s.newForwarder(), s.checkPolicy)
+	// The order of the stages: policy first (the cheapest refusal), then
+	// the cache, which answers or coalesces before anything goes upstream.
+	inner := Chain(s.newForwarder(), s.checkPolicy, s.cacheStage)
 	t := opts.Config.Timeouts
 	s.forward = &http.Server{
 		Handler: Chain(http.HandlerFunc(s.dispatch),
 			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "forward", Queries: queries}),
 			obs.Recover(opts.Log)),
+		ReadHeaderTimeout: t.TLSHandshake.D(),
+		IdleTimeout:       t.ClientIdle.D(),
+		ErrorLog:          errLog,
+	}
+	s.reverse = &http.Server{
+		Handler: Chain(Chain(s.newForwarder(), s.cacheStage),
+			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "reverse", Queries: queries}),
+			obs.Recover(opts.Log),
+			s.routeReverse),
 		ReadHeaderTimeout: t.TLSHandshake.D(),
 		IdleTimeout:       t.ClientIdle.D(),
 		ErrorLog:          errLog,
@@ -163,11 +183,17 @@ func (s *Server) allowLeaf(host string) error {
 	return nil
 }
 
-// Serve runs the proxy on ln (and the HTTPS-proxy listener tlsLn, if not
-// nil) until ctx ends, then shuts down gracefully within timeouts.shutdown:
-// listeners close at once, in-flight requests finish, then tunnels and
-// intercepted connections still open are closed.
-func (s *Server) Serve(ctx context.Context, ln, tlsLn net.Listener) error {
+// Listeners are the sockets Serve serves; nil ones are off.
+type Listeners struct {
+	Proxy    net.Listener
+	ProxyTLS net.Listener // the HTTPS-proxy listener
+	Reverse  net.Listener
+}
+
+// Serve runs the listeners until ctx ends, then shuts down gracefully
+// within timeouts.shutdown: listeners close at once, in-flight requests
+// finish, then tunnels and intercepted connections still open are closed.
+func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	g, gctx := errgroup.WithContext(ctx)
 	serve := func(srv *http.Server, l net.Listener) {
 		g.Go(func() error {
@@ -177,9 +203,14 @@ func (s *Server) Serve(ctx context.Context, ln, tlsLn net.Listener) error {
 			return nil
 		})
 	}
-	serve(s.forward, ln)
-	if tlsLn != nil {
-		serve(s.forward, tls.NewListener(tlsLn, &tls.Config{
+	if lns.Proxy != nil {
+		serve(s.forward, lns.Proxy)
+	}
+	if lns.Reverse != nil {
+		serve(s.reverse, lns.Reverse)
+	}
+	if lns.ProxyTLS != nil {
+		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// http/1.1 only: CONNECT over HTTP/2 cannot be hijacked
 			NextProtos:     []string{"http/1.1"},
@@ -193,7 +224,7 @@ func (s *Server) Serve(ctx context.Context, ln, tlsLn net.Listener) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), grace)
 		defer cancel()
 		var wg sync.WaitGroup
-		for _, srv := range []*http.Server{s.forward, s.mitm} {
+		for _, srv := range []*http.Server{s.forward, s.reverse, s.mitm} {
 			wg.Go(func() {
 				if err := srv.Shutdown(sctx); err != nil {
 					srv.Close()

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
+	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
 	"sluice/internal/hostport"
@@ -20,13 +22,18 @@ type state struct {
 	cfg       *config.Config
 	policy    *policy.Policy
 	upstreams map[string]*upstream // by policy.Entry.Pattern
+	// reverse is the reverse listener's backend (nil without one).
+	reverse       *upstream
+	reverseTarget target
 }
 
 // upstream is how sluice reaches the hosts of one entry: its own dialer
-// route and a pooled, verifying transport (HTTP/2 when the upstream offers it).
+// route, a pooled, verifying transport (HTTP/2 when the upstream offers
+// it) and its cache rules.
 type upstream struct {
 	route     dialer.Route
 	transport *http.Transport
+	cache     *cache.Rules
 }
 
 func (s *Server) newState(cfg *config.Config) (*state, error) {
@@ -41,32 +48,58 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		if e.Host.Mode == config.ModeDeny {
 			continue
 		}
-		u, err := newUpstream(cfg, e, d)
+		mode, rules := config.CacheFor(&e.Host)
+		u, err := newUpstream(cfg, e.Host.UpstreamCA, dialer.Route{AllowPrivate: e.Host.AllowPrivate}, e.Host.ConnectTo, d)
+		if err == nil {
+			u.cache, err = cache.Compile(mode, rules, cfg.StaleWindow(&e.Host))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("hosts.%s: %w", e.Key, err)
 		}
 		st.upstreams[e.Pattern] = u
 	}
+	if r := cfg.Listen.Reverse; r != nil {
+		// The backend is the operator's own server, usually on a private
+		// address: the SSRF guard is for what clients ask, not for this.
+		u, err := newUpstream(cfg, r.BackendCA, dialer.Route{AllowPrivate: true}, "", d)
+		if err == nil {
+			mode, rules := r.CacheFor()
+			u.cache, err = cache.Compile(mode, rules, cfg.Cache.StaleIfError.D())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listen.reverse: %w", err)
+		}
+		backend, _ := url.Parse(r.Backend) // validated by config
+		scheme, port := policy.HTTP, uint16(80)
+		if backend.Scheme == "https" {
+			scheme, port = policy.HTTPS, 443
+		}
+		hp, err := hostport.Parse(backend.Host, port)
+		if err != nil {
+			return nil, fmt.Errorf("listen.reverse.backend: %w", err)
+		}
+		st.reverse, st.reverseTarget = u, target{hp: hp, scheme: scheme, reverse: true}
+	}
 	return st, nil
 }
 
-func newUpstream(cfg *config.Config, e *policy.Entry, d *dialer.Dialer) (*upstream, error) {
+func newUpstream(cfg *config.Config, extraCA string, route dialer.Route, connectTo string, d *dialer.Dialer) (*upstream, error) {
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		return nil, fmt.Errorf("system roots: %w", err)
 	}
-	if e.Host.UpstreamCA != "" {
-		pem, err := config.ReadFile(cfg.Path(e.Host.UpstreamCA))
+	if extraCA != "" {
+		pem, err := config.ReadFile(cfg.Path(extraCA))
 		if err != nil {
 			return nil, err
 		}
 		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream_ca %s holds no PEM certificate", e.Host.UpstreamCA)
+			return nil, fmt.Errorf("%s holds no PEM certificate", extraCA)
 		}
 	}
-	u := &upstream{route: dialer.Route{AllowPrivate: e.Host.AllowPrivate}}
-	if e.Host.ConnectTo != "" {
-		hp, err := hostport.Parse(e.Host.ConnectTo, 0)
+	u := &upstream{route: route}
+	if connectTo != "" {
+		hp, err := hostport.Parse(connectTo, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -101,5 +134,8 @@ func newUpstream(cfg *config.Config, e *policy.Entry, d *dialer.Dialer) (*upstre
 func (st *state) close() {
 	for _, u := range st.upstreams {
 		u.transport.CloseIdleConnections()
+	}
+	if st.reverse != nil {
+		st.reverse.transport.CloseIdleConnections()
 	}
 }

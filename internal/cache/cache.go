@@ -1,0 +1,182 @@
+// Package cache is sluice's in-memory HTTP response cache.
+//
+// Per host it either follows forced-TTL rules (from the host entry and its
+// API profile: one upstream call per key per TTL, whatever the upstream's
+// Cache-Control says) or behaves as an RFC 9111 shared cache
+// (`cache: standard`). Concurrent misses for one key are coalesced into one
+// upstream request whose response every waiter gets; the fetch runs
+// detached, so a waiter that disconnects cancels nobody else's. When the
+// upstream fails, an entry expired by at most stale_if_error is served
+// instead. Memory is bounded (cache.max_bytes, LRU).
+//
+// Config keys: cache.max_bytes, cache.max_object_bytes, cache.stale_if_error,
+// cache.fetch_timeout; per host: cache (rules | standard | off, or
+// {mode, rules, stale_if_error}).
+//
+// Metrics: sluice_cache_requests_total{result}, sluice_cache_coalesced_total,
+// sluice_cache_fills_total{outcome}, sluice_cache_evictions_total,
+// sluice_cache_bytes, sluice_cache_entries.
+package cache
+
+import (
+	"container/list"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/metrics"
+)
+
+// Options configures a Cache.
+type Options struct {
+	// MaxBytes bounds the memory of all entries.
+	MaxBytes int64
+	// MaxObjectBytes is the largest body stored.
+	MaxObjectBytes int64
+	// FetchTimeout bounds one detached upstream fetch.
+	FetchTimeout time.Duration
+	// Now is the clock; nil is time.Now.
+	Now        func() time.Time
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Cache holds responses for every host. It is safe for concurrent use.
+type Cache struct {
+	opts Options
+
+	mu      sync.Mutex
+	lru     *list.List               // of *entry, most recently used first
+	entries map[string]*list.Element // by variant key
+	size    int64
+	flights map[string]*flight
+
+	requests  *prometheus.CounterVec
+	coalesced prometheus.Counter
+	fills     *prometheus.CounterVec
+	evictions prometheus.Counter
+	bytesG    prometheus.GaugeFunc
+	entriesG  prometheus.GaugeFunc
+}
+
+// entry is one stored response.
+type entry struct {
+	key    string
+	status int
+	header http.Header // without Set-Cookie and hop-by-hop fields
+	body   []byte
+	// stored is when the response was received; expires ends its freshness.
+	stored  time.Time
+	expires time.Time
+	// dead is when it may no longer be served, even stale.
+	dead time.Time
+	// pass marks a key not to cache (its response was too large) until expires.
+	pass bool
+	// std holds what standard mode needs; nil in rules mode.
+	std *stdMeta
+	// index, in standard mode, makes this the entry of a URL's variants.
+	index *variants
+}
+
+func (e *entry) cost() int64 {
+	n := int64(len(e.key) + len(e.body) + 128)
+	for k, vs := range e.header {
+		n += int64(len(k))
+		for _, v := range vs {
+			n += int64(len(v) + 16)
+		}
+	}
+	return n
+}
+
+// New returns an empty Cache.
+func New(opts Options) (*Cache, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	c := &Cache{opts: opts, lru: list.New(), entries: map[string]*list.Element{}, flights: map[string]*flight{}}
+	c.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "requests_total",
+		Help: "Requests to cached hosts by result: hit, miss, stale (served after an upstream failure), bypass.",
+	}, []string{"result"})
+	c.coalesced = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "coalesced_total",
+		Help: "Requests that waited for another request's upstream fetch instead of sending their own.",
+	})
+	c.fills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "fills_total",
+		Help: "Upstream fetches made to fill the cache, by outcome: stored, not_stored, too_large, revalidated.",
+	}, []string{"outcome"})
+	c.evictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "evictions_total",
+		Help: "Entries evicted to stay within cache.max_bytes.",
+	})
+	c.bytesG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "bytes", Help: "Memory held by cached responses (estimate).",
+	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.size) })
+	c.entriesG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "entries", Help: "Cached responses.",
+	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.lru.Len()) })
+	if err := metrics.Register(opts.Registerer, c.requests, c.coalesced, c.fills, c.evictions, c.bytesG, c.entriesG); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// get returns the entry for key, or nil once it is dead.
+func (c *Cache) get(key string, now time.Time) *entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[key]
+	if !ok {
+		return nil
+	}
+	e := el.Value.(*entry)
+	if !now.Before(e.dead) {
+		c.removeLocked(el)
+		return nil
+	}
+	c.lru.MoveToFront(el)
+	return e
+}
+
+// put stores e (replacing its key's entry) and evicts the least recently
+// used entries until the cache fits in MaxBytes again.
+func (c *Cache) put(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[e.key]; ok {
+		c.removeLocked(el)
+	}
+	c.entries[e.key] = c.lru.PushFront(e)
+	c.size += e.cost()
+	for c.size > c.opts.MaxBytes && c.lru.Len() > 1 {
+		c.removeLocked(c.lru.Back())
+		c.evictions.Inc()
+	}
+}
+
+func (c *Cache) remove(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[key]; ok {
+		c.removeLocked(el)
+	}
+}
+
+func (c *Cache) removeLocked(el *list.Element) {
+	e := el.Value.(*entry)
+	c.lru.Remove(el)
+	delete(c.entries, e.key)
+	c.size -= e.cost()
+}
+
+// Len returns the number of entries.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
+}

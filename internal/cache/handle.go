@@ -1,0 +1,309 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"sluice/internal/config"
+	"sluice/internal/obs"
+)
+
+// Handle answers r from the cache of host (its "host:port") when rules
+// allow, or fetches it through next (the rest of the chain, which reaches
+// the upstream) and stores the answer.
+func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, host string, rules *Rules, next http.Handler) {
+	switch {
+	case !rules.Enabled():
+		next.ServeHTTP(w, r)
+	case rules.mode == config.CacheStandard:
+		c.handleStandard(w, r, host, rules, next)
+	default:
+		c.handleRules(w, r, host, rules, next)
+	}
+}
+
+func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string, rules *Rules, next http.Handler) {
+	ru := rules.match(r)
+	if ru == nil || r.Header.Get("Range") != "" || !ru.public && hasCredentials(r) {
+		c.bypass(w, r, next)
+		return
+	}
+	key := Key(r.Method, host, r.URL, ru.ignore)
+	now := c.opts.Now()
+	e := c.get(key, now)
+	switch {
+	case e != nil && e.pass && now.Before(e.expires):
+		c.bypass(w, r, next)
+		return
+	case e != nil && !e.pass && now.Before(e.expires):
+		c.serve(w, r, e, "HIT", now)
+		return
+	case r.Method == http.MethodHead:
+		// A HEAD miss cannot fill a GET entry: pass it on.
+		c.bypass(w, r, next)
+		return
+	}
+	res, ok := c.fetch(w, r, key, next, nil, func(f *fetched) *entry {
+		if f.tooLarge {
+			return &entry{key: key, pass: true, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl)}
+		}
+		if !ru.storable(f.status) {
+			return nil
+		}
+		return &entry{key: key, status: f.status, header: f.header, body: f.body,
+			stored: f.at, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl + rules.stale)}
+	})
+	if !ok {
+		return // the client went away while waiting
+	}
+	c.deliver(w, r, res, e, rules.stale)
+}
+
+// deliver answers with a fetch's result: the response itself, or the stale
+// entry old when the upstream failed and old is within the stale window.
+func (c *Cache) deliver(w http.ResponseWriter, r *http.Request, res *fetched, old *entry, stale time.Duration) {
+	now := c.opts.Now()
+	if res.failed() && old != nil && !old.pass && old.std.allowsStale() && now.Before(old.expires.Add(stale)) {
+		c.serve(w, r, old, "STALE", now)
+		return
+	}
+	if res.tooLarge {
+		c.bypass(w, r, res.next)
+		return
+	}
+	if res.entry != nil && !res.entry.pass {
+		c.serve(w, r, res.entry, "MISS", now)
+		if res.leader == r {
+			addSetCookie(w, res.setCookie)
+		}
+		return
+	}
+	c.requests.WithLabelValues("miss").Inc()
+	obs.RecordFrom(r.Context()).Cache = "miss"
+	h := w.Header()
+	for k, vs := range res.header {
+		h[k] = vs
+	}
+	if res.leader == r {
+		addSetCookie(w, res.setCookie)
+	}
+	h.Set("X-Cache", "MISS")
+	h.Set("Content-Length", strconv.Itoa(len(res.body)))
+	w.WriteHeader(res.status)
+	if r.Method != http.MethodHead {
+		w.Write(res.body)
+	}
+}
+
+func addSetCookie(w http.ResponseWriter, cookies []string) {
+	// Set-Cookie goes only to the client whose request fetched it; it is never stored.
+	for _, v := range cookies {
+		w.Header().Add("Set-Cookie", v)
+	}
+}
+
+// bypass sends r upstream without the cache.
+func (c *Cache) bypass(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	c.requests.WithLabelValues("bypass").Inc()
+	obs.RecordFrom(r.Context()).Cache = "bypass"
+	w.Header().Set("X-Cache", "BYPASS")
+	next.ServeHTTP(w, r)
+}
+
+// serve answers from e; HEAD gets the headers only.
+func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *entry, result string, now time.Time) {
+	c.requests.WithLabelValues(map[string]string{"HIT": "hit", "MISS": "miss", "STALE": "stale"}[result]).Inc()
+	obs.RecordFrom(r.Context()).Cache = map[string]string{"HIT": "hit", "MISS": "miss", "STALE": "stale"}[result]
+	h := w.Header()
+	for k, vs := range e.header {
+		h[k] = vs
+	}
+	h.Set("X-Cache", result)
+	h.Set("Age", strconv.FormatInt(int64(e.age(now)/time.Second), 10))
+	h.Set("Content-Length", strconv.Itoa(len(e.body)))
+	w.WriteHeader(e.status)
+	if r.Method != http.MethodHead {
+		w.Write(e.body)
+	}
+}
+
+// age is how old the response is, as the Age header reports it.
+func (e *entry) age(now time.Time) time.Duration {
+	if e.std != nil {
+		return e.std.currentAge(now)
+	}
+	return max(now.Sub(e.stored), 0)
+}
+
+// fetched is the outcome of one upstream fetch, shared by its waiters.
+type fetched struct {
+	status    int
+	header    http.Header
+	body      []byte
+	setCookie []string
+	at        time.Time
+	tooLarge  bool
+	// entry is what was stored (nil if nothing was).
+	entry *entry
+	// leader is the request that started the fetch.
+	leader *http.Request
+	next   http.Handler
+}
+
+// failed reports whether the upstream failed: sluice could not reach it, or
+// it answered 5xx, 429 or 418 (an exchange's rate limit or IP ban).
+func (f *fetched) failed() bool {
+	return f.status >= 500 || f.status == http.StatusTooManyRequests || f.status == http.StatusTeapot
+}
+
+type flight struct {
+	done chan struct{}
+	res  *fetched
+}
+
+// fetch coalesces concurrent fetches of key: the first request starts one
+// detached upstream fetch, and it and every later request for key wait for
+// its result. prepare (optional) adds the cache's own validators to the
+// upstream request; store decides what to keep. ok is false when r's
+// client gave up waiting.
+func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next http.Handler, prepare func(*http.Request), store func(*fetched) *entry) (res *fetched, ok bool) {
+	c.mu.Lock()
+	f, joined := c.flights[key]
+	if !joined {
+		f = &flight{done: make(chan struct{})}
+		c.flights[key] = f
+	}
+	c.mu.Unlock()
+	if joined {
+		c.coalesced.Inc()
+	} else {
+		go c.run(f, key, r, next, prepare, store)
+	}
+	select {
+	case <-f.done:
+		return f.res, true
+	case <-r.Context().Done():
+		rec := obs.RecordFrom(r.Context())
+		rec.Status, rec.Reason = 499, "client closed the request while the cache was filling"
+		return nil, false
+	}
+}
+
+// run performs a fetch on a context detached from the client's, so that
+// its client leaving does not cancel it for the other waiters.
+func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, prepare func(*http.Request), store func(*fetched) *entry) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), c.opts.FetchTimeout)
+	defer cancel()
+	rec := &obs.Record{}
+	out := r.Clone(obs.WithRecord(ctx, rec))
+	out.Method = http.MethodGet
+	out.Body, out.ContentLength = http.NoBody, 0
+	// The fill must bring a whole response to store, whatever this one
+	// client made conditional or partial; the client's conditions are
+	// evaluated against the stored response afterwards.
+	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
+		out.Header.Del(h)
+	}
+	if prepare != nil {
+		prepare(out)
+	}
+	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes}
+	aborted := c.serveInto(rw, out, next, key)
+	res := rw.result(aborted)
+	res.leader, res.next, res.at = r, next, c.opts.Now()
+	res.entry = store(res)
+	switch {
+	case res.entry == nil:
+		c.fills.WithLabelValues("not_stored").Inc()
+	case res.tooLarge:
+		c.fills.WithLabelValues("too_large").Inc()
+	default:
+		c.fills.WithLabelValues("stored").Inc()
+	}
+	if res.entry != nil {
+		c.put(res.entry)
+	}
+	c.mu.Lock()
+	delete(c.flights, key)
+	c.mu.Unlock()
+	obs.RecordFrom(r.Context()).UpstreamAddr = rec.UpstreamAddr
+	f.res = res
+	close(f.done)
+}
+
+// serveInto runs out through next into rw. It reports whether the response
+// was aborted midway: the upstream body failed or grew past the limit.
+func (c *Cache) serveInto(rw *recorder, out *http.Request, next http.Handler, key string) (aborted bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			aborted = true
+			if p != http.ErrAbortHandler {
+				c.opts.Log.Error("cache fill panicked", "key", key, "panic", fmt.Sprint(p))
+			}
+		}
+	}()
+	next.ServeHTTP(rw, out)
+	return false
+}
+
+var errTooLarge = errors.New("response larger than cache.max_object_bytes")
+
+// recorder is the ResponseWriter of a fill: it keeps the response in
+// memory up to limit bytes and fails the write beyond, which aborts the
+// upstream body.
+type recorder struct {
+	header   http.Header
+	status   int
+	body     bytes.Buffer
+	limit    int64
+	tooLarge bool
+}
+
+func (rw *recorder) Header() http.Header { return rw.header }
+
+// result turns what was recorded into a fetch result: a response too large
+// to keep, a synthetic 502 for an aborted one (never a truncated body), or
+// the response without its Set-Cookie.
+func (rw *recorder) result(aborted bool) *fetched {
+	switch {
+	case rw.tooLarge:
+		return &fetched{tooLarge: true}
+	case aborted:
+		return &fetched{status: http.StatusBadGateway, header: http.Header{"Content-Type": {"application/json"}},
+			body: []byte(`{"error":"upstream response aborted","detail":"the upstream response ended before it was complete"}` + "\n")}
+	}
+	if rw.status == 0 {
+		rw.status = http.StatusOK
+	}
+	res := &fetched{status: rw.status, body: rw.body.Bytes(), setCookie: rw.header.Values("Set-Cookie")}
+	rw.header.Del("Set-Cookie")
+	rw.header.Del("X-Cache")
+	res.header = rw.header
+	return res
+}
+
+func (rw *recorder) WriteHeader(code int) {
+	if rw.status != 0 || code < 200 {
+		return // informational responses are not stored
+	}
+	rw.status = code
+	if n, err := strconv.ParseInt(rw.header.Get("Content-Length"), 10, 64); err == nil && n > rw.limit {
+		rw.tooLarge = true
+	}
+}
+
+func (rw *recorder) Write(p []byte) (int, error) {
+	if rw.status == 0 {
+		rw.WriteHeader(http.StatusOK)
+	}
+	if rw.tooLarge || int64(rw.body.Len()+len(p)) > rw.limit {
+		rw.tooLarge = true
+		return 0, errTooLarge
+	}
+	return rw.body.Write(p)
+}

@@ -1,0 +1,157 @@
+package cache
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"sluice/internal/config"
+	"sluice/internal/obs"
+)
+
+// Rules is one host's compiled cache behaviour. It is immutable.
+type Rules struct {
+	mode  config.CacheMode
+	rules []rule
+	// stale is how long past expiry an entry may be served when the upstream fails.
+	stale time.Duration
+}
+
+type rule struct {
+	prefix   string
+	re       *regexp.Regexp
+	get      bool
+	head     bool
+	ttl      time.Duration
+	ignore   []string // sorted
+	public   bool
+	statuses []int
+}
+
+// Compile turns a host's cache mode and rules (validated by config) into Rules.
+func Compile(mode config.CacheMode, rs []config.CacheRule, stale time.Duration) (*Rules, error) {
+	out := &Rules{mode: mode, stale: stale}
+	for i, r := range rs {
+		cr := rule{prefix: r.Path, ttl: r.TTL.D(), ignore: r.IgnoreParams, public: r.Public, statuses: r.Statuses}
+		if r.PathRegex != "" {
+			re, err := regexp.Compile(r.PathRegex)
+			if err != nil {
+				return nil, fmt.Errorf("cache rule %d: %w", i, err)
+			}
+			cr.re = re
+		}
+		cr.get = slices.Contains(r.Methods, http.MethodGet)
+		cr.head = slices.Contains(r.Methods, http.MethodHead)
+		out.rules = append(out.rules, cr)
+	}
+	return out, nil
+}
+
+// Enabled reports whether anything is cached for the host.
+func (rs *Rules) Enabled() bool { return rs != nil && rs.mode != config.CacheOff }
+
+// match returns the first rule for r, or nil.
+func (rs *Rules) match(r *http.Request) *rule {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return nil
+	}
+	for i := range rs.rules {
+		ru := &rs.rules[i]
+		if r.Method == http.MethodGet && !ru.get || r.Method == http.MethodHead && !ru.head {
+			continue
+		}
+		if ru.re != nil && ru.re.MatchString(r.URL.Path) || ru.re == nil && strings.HasPrefix(r.URL.Path, ru.prefix) {
+			return ru
+		}
+	}
+	return nil
+}
+
+func (ru *rule) storable(status int) bool { return slices.Contains(ru.statuses, status) }
+
+// Key returns the cache key of a request to host: method (HEAD shares GET's
+// entries), host, path and the query with its parameters sorted, less the
+// ignored ones, so that parameter order does not split entries.
+func Key(method, host string, u *url.URL, ignore []string) string {
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	var b strings.Builder
+	b.WriteString(method)
+	b.WriteByte(' ')
+	b.WriteString(host)
+	b.WriteString(u.EscapedPath())
+	if q := canonicalQuery(u.RawQuery, ignore); q != "" {
+		b.WriteByte('?')
+		b.WriteString(q)
+	}
+	return b.String()
+}
+
+// canonicalQuery sorts the parameters by name (keeping the order of
+// repeated ones, which can matter) and drops the ignored ones. Parameters
+// are compared in their decoded form, so "%41" and "A" are one key.
+func canonicalQuery(raw string, ignore []string) string {
+	if raw == "" {
+		return ""
+	}
+	type param struct{ k, v string }
+	var ps []param
+	for part := range strings.SplitSeq(raw, "&") {
+		if part == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(part, "=")
+		if dk, err := url.QueryUnescape(k); err == nil {
+			k = dk
+		}
+		if dv, err := url.QueryUnescape(v); err == nil {
+			v = dv
+		}
+		if _, skip := slices.BinarySearch(ignore, k); skip {
+			continue
+		}
+		ps = append(ps, param{k, v})
+	}
+	slices.SortStableFunc(ps, func(a, b param) int { return strings.Compare(a.k, b.k) })
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(url.QueryEscape(p.k))
+		b.WriteByte('=')
+		b.WriteString(url.QueryEscape(p.v))
+	}
+	return b.String()
+}
+
+// credentialHeaders are request headers that identify a caller; a request
+// carrying one gets a personal answer unless the rule marks the data public.
+var credentialHeaders = []string{"Authorization", "Cookie", "X-Mbx-Apikey", "X-Bapi-Api-Key", "X-Bapi-Sign",
+	"Ok-Access-Key", "Ok-Access-Sign", "Api-Key", "Api-Sign", "Cb-Access-Key", "X-Shopify-Access-Token", "X-Api-Key"}
+
+// hasCredentials reports whether r carries an API key, a signature, a
+// token or a cookie, in a header or in the query.
+func hasCredentials(r *http.Request) bool {
+	for _, h := range credentialHeaders {
+		if r.Header.Get(h) != "" {
+			return true
+		}
+	}
+	for name := range r.Header {
+		if obs.SecretName(name) {
+			return true
+		}
+	}
+	for name := range r.URL.Query() {
+		if obs.SecretName(name) {
+			return true
+		}
+	}
+	return false
+}

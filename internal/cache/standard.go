@@ -1,0 +1,430 @@
+package cache
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sluice/internal/obs"
+)
+
+// stdMeta is what a standard-mode entry keeps to compute its age and
+// freshness (RFC 9111 section 4.2) and to revalidate it (section 4.3).
+type stdMeta struct {
+	requestTime, responseTime time.Time
+	dateValue                 time.Time
+	ageValue                  time.Duration
+	lifetime                  time.Duration
+	// noCache: stored, but revalidated before every use.
+	noCache bool
+	// mustRevalidate: never served stale (must-revalidate, proxy-revalidate, s-maxage).
+	mustRevalidate bool
+	// staleIfError is the response's own stale-if-error (RFC 5861), if any.
+	staleIfError time.Duration
+	etag         string
+	lastModified string
+}
+
+// allowsStale reports whether the entry may be served stale after an
+// upstream failure. Rules-mode entries (nil meta) always may.
+func (m *stdMeta) allowsStale() bool { return m == nil || !m.mustRevalidate && !m.noCache }
+
+// currentAge is RFC 9111 section 4.2.3's current_age.
+func (m *stdMeta) currentAge(now time.Time) time.Duration {
+	apparent := max(m.responseTime.Sub(m.dateValue), 0)
+	corrected := m.ageValue + m.responseTime.Sub(m.requestTime)
+	return max(apparent, corrected) + max(now.Sub(m.responseTime), 0)
+}
+
+// variants is the index entry stored under a URL's primary key: the
+// request fields its latest response varies on, and the variant keys in use.
+type variants struct {
+	names []string // canonical, sorted; ["*"] for Vary: *
+	keys  map[string]bool
+}
+
+func primaryKey(host string, u *url.URL) string {
+	return "STD " + host + u.RequestURI()
+}
+
+func variantKey(primary string, names []string, h http.Header) string {
+	var b strings.Builder
+	b.WriteString(primary)
+	b.WriteByte(0)
+	for _, n := range names {
+		b.WriteString(n)
+		b.WriteByte(':')
+		b.WriteString(normalizeFieldValue(h.Values(n)))
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// normalizeFieldValue joins a field's lines as one list with the
+// whitespace around commas removed, so equivalent spellings match.
+func normalizeFieldValue(vs []string) string {
+	var parts []string
+	for _, v := range vs {
+		for p := range strings.SplitSeq(v, ",") {
+			parts = append(parts, strings.TrimSpace(p))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func varyNames(h http.Header) []string {
+	var names []string
+	for _, v := range h.Values("Vary") {
+		for n := range strings.SplitSeq(v, ",") {
+			if n = strings.TrimSpace(n); n == "*" {
+				return []string{"*"}
+			} else if n != "" {
+				names = append(names, http.CanonicalHeaderKey(n))
+			}
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// heuristicStatus lists the status codes that are cacheable by default
+// (RFC 9110 section 15.1).
+func heuristicStatus(status int) bool {
+	switch status {
+	case 200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501:
+		return true
+	}
+	return false
+}
+
+// storable is RFC 9111 section 3 for a shared cache.
+func storable(r *http.Request, reqCC directives, status int, h http.Header) bool {
+	if r.Method != http.MethodGet || status < 200 || status == http.StatusPartialContent || status == http.StatusNotModified {
+		return false
+	}
+	cc := parseCacheControl(h)
+	switch {
+	case reqCC.has("no-store"), cc.has("no-store"), cc.has("private"):
+		return false
+	case r.Header.Get("Authorization") != "" && !cc.has("must-revalidate") && !cc.has("public") && !cc.has("s-maxage"):
+		return false
+	case slices.Equal(varyNames(h), []string{"*"}):
+		return false
+	}
+	return cc.has("public") || cc.has("max-age") || cc.has("s-maxage") || h.Get("Expires") != "" || heuristicStatus(status)
+}
+
+// newStdMeta computes the freshness of a response received at responseTime
+// for a request sent at requestTime (RFC 9111 section 4.2.1).
+func newStdMeta(status int, h http.Header, requestTime, responseTime time.Time) *stdMeta {
+	cc := parseCacheControl(h)
+	m := &stdMeta{requestTime: requestTime, responseTime: responseTime,
+		noCache:        cc.has("no-cache"),
+		mustRevalidate: cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("s-maxage"),
+		etag:           h.Get("ETag"), lastModified: h.Get("Last-Modified")}
+	date, ok := parseHTTPDate(h.Get("Date"))
+	if !ok {
+		date = responseTime
+	}
+	m.dateValue = date
+	if a, err := strconv.ParseInt(strings.TrimSpace(h.Get("Age")), 10, 64); err == nil && a >= 0 {
+		m.ageValue = time.Duration(min(a, 1<<31)) * time.Second
+	}
+	if d, ok := cc.seconds("stale-if-error"); ok {
+		m.staleIfError = d
+	}
+	if d, ok := cc.seconds("s-maxage"); ok {
+		m.lifetime = d
+	} else if d, ok := cc.seconds("max-age"); ok {
+		m.lifetime = d
+	} else if exp := h.Get("Expires"); exp != "" {
+		if t, ok := parseHTTPDate(exp); ok {
+			m.lifetime = max(t.Sub(date), 0)
+		}
+	} else if lm, ok := parseHTTPDate(m.lastModified); ok && (heuristicStatus(status) || cc.has("public")) {
+		m.lifetime = max(date.Sub(lm)/10, 0) // the customary 10% heuristic
+	}
+	return m
+}
+
+// usable reports whether a stored entry may answer r without contacting
+// the upstream (RFC 9111 section 4, with the request's directives).
+func usable(e *entry, r *http.Request, reqCC directives, now time.Time) bool {
+	m := e.std
+	if m.noCache || reqCC.has("no-cache") || len(reqCC) == 0 && hasToken(r.Header.Values("Pragma"), "no-cache") {
+		return false
+	}
+	age := m.currentAge(now)
+	left := m.lifetime - age
+	if d, ok := reqCC.seconds("max-age"); ok && age > d {
+		return false
+	}
+	if d, ok := reqCC.seconds("min-fresh"); ok && left < d {
+		return false
+	}
+	if left > 0 {
+		return true
+	}
+	if v, ok := reqCC["max-stale"]; ok && !m.mustRevalidate {
+		d, _ := reqCC.seconds("max-stale")
+		return v == "" || -left <= d
+	}
+	return false
+}
+
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for p := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(p), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// unsafeMethod: a successful response to one invalidates what is stored
+// for its URL (RFC 9111 section 4.4).
+func unsafeMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return false
+	}
+	return true
+}
+
+func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host string, rules *Rules, next http.Handler) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if !unsafeMethod(r.Method) {
+			c.bypass(w, r, next)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		c.bypass(sw, r, next)
+		if sw.status < 400 {
+			c.invalidate(host, r.URL)
+			for _, f := range []string{"Location", "Content-Location"} {
+				if u, err := r.URL.Parse(sw.Header().Get(f)); err == nil && sw.Header().Get(f) != "" && u.Host == r.URL.Host {
+					c.invalidate(host, u)
+				}
+			}
+		}
+		return
+	}
+	reqCC := parseCacheControl(r.Header)
+	now := c.opts.Now()
+	primary := primaryKey(host, r.URL)
+	key := primary + "\x00" // the key before the Vary of a response is known
+	var e *entry
+	if idx := c.get(primary, now); idx != nil && idx.index != nil && !slices.Equal(idx.index.names, []string{"*"}) {
+		key = variantKey(primary, idx.index.names, r.Header)
+		e = c.get(key, now)
+	}
+	if e != nil && usable(e, r, reqCC, now) {
+		c.serveStandard(w, r, e, "HIT", now)
+		return
+	}
+	if reqCC.has("only-if-cached") {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusGatewayTimeout, Msg: "not in cache", Host: host,
+			Detail: "the request said only-if-cached and no usable response is stored"})
+		return
+	}
+	if r.Method == http.MethodHead {
+		c.bypass(w, r, next)
+		return
+	}
+	old := e
+	var requestTime time.Time
+	prepare := func(out *http.Request) {
+		requestTime = c.opts.Now()
+		if old != nil && old.std.etag != "" {
+			out.Header.Set("If-None-Match", old.std.etag)
+		}
+		if old != nil && old.std.lastModified != "" {
+			out.Header.Set("If-Modified-Since", old.std.lastModified)
+		}
+	}
+	res, ok := c.fetch(w, r, key, next, prepare, func(f *fetched) *entry {
+		if f.status == http.StatusNotModified && old != nil {
+			return c.freshen(old, f, requestTime)
+		}
+		if f.tooLarge || !storable(r, reqCC, f.status, f.header) {
+			return nil
+		}
+		names := varyNames(f.header)
+		e := &entry{key: variantKey(primary, names, r.Header), status: f.status, header: f.header, body: f.body,
+			stored: f.at, std: newStdMeta(f.status, f.header, requestTime, f.at)}
+		e.expires = e.stored.Add(e.std.lifetime - e.std.currentAge(f.at))
+		e.dead = e.expires.Add(max(rules.stale, e.std.staleIfError)) // kept for revalidation and stale-if-error
+		if e.std.etag != "" || e.std.lastModified != "" {
+			e.dead = e.dead.Add(24 * time.Hour)
+		}
+		c.index(primary, names, e.key, e.dead)
+		return e
+	})
+	if !ok {
+		return
+	}
+	if res.leader != r && res.varies(r) {
+		c.bypass(w, r, next) // the shared response was chosen by another client's request fields
+		return
+	}
+	now = c.opts.Now()
+	if res.failed() && old != nil && old.std.allowsStale() && now.Before(old.expires.Add(max(rules.stale, old.std.staleIfError))) {
+		c.serveStandard(w, r, old, "STALE", now)
+		return
+	}
+	if res.entry != nil {
+		c.serveStandard(w, r, res.entry, "MISS", now)
+		if res.leader == r {
+			addSetCookie(w, res.setCookie)
+		}
+		return
+	}
+	c.deliver(w, r, res, nil, 0)
+}
+
+// varies reports whether the fetched response varies on request fields in
+// which r differs from the request that fetched it.
+func (f *fetched) varies(r *http.Request) bool {
+	names := varyNames(f.header)
+	if len(names) == 0 {
+		return false
+	}
+	return slices.Equal(names, []string{"*"}) || variantKey("", names, r.Header) != variantKey("", names, f.leader.Header)
+}
+
+// freshen applies a 304 to the stored entry (RFC 9111 section 4.3.4): its
+// header fields replace the stored ones, and its freshness starts again.
+func (c *Cache) freshen(old *entry, f *fetched, requestTime time.Time) *entry {
+	h := old.header.Clone()
+	for k, vs := range f.header {
+		switch k {
+		case "Content-Length", "Content-Encoding", "Content-Type", "Content-Range", "Transfer-Encoding":
+			continue
+		}
+		h[k] = vs
+	}
+	e := &entry{key: old.key, status: old.status, header: h, body: old.body, stored: f.at,
+		std: newStdMeta(old.status, h, requestTime, f.at)}
+	e.expires = e.stored.Add(e.std.lifetime - e.std.currentAge(f.at))
+	e.dead = later(old.dead, e.expires.Add(24*time.Hour))
+	c.fills.WithLabelValues("revalidated").Inc()
+	return e
+}
+
+// index records that key is a variant of primary, varying on names.
+func (c *Cache) index(primary string, names []string, key string, dead time.Time) {
+	c.mu.Lock()
+	var idx *entry
+	if el, ok := c.entries[primary]; ok {
+		idx = el.Value.(*entry)
+	}
+	c.mu.Unlock()
+	if idx != nil && slices.Equal(idx.index.names, names) {
+		c.mu.Lock()
+		idx.index.keys[key] = true
+		idx.dead = later(idx.dead, dead)
+		c.mu.Unlock()
+		return
+	}
+	if idx != nil { // the resource now varies differently: old variants are unreachable
+		for k := range idx.index.keys {
+			c.remove(k)
+		}
+	}
+	c.put(&entry{key: primary, index: &variants{names: names, keys: map[string]bool{key: true}}, dead: dead})
+}
+
+// invalidate removes every stored variant of u.
+func (c *Cache) invalidate(host string, u *url.URL) {
+	primary := primaryKey(host, u)
+	c.mu.Lock()
+	el, ok := c.entries[primary]
+	var keys []string
+	if ok {
+		for k := range el.Value.(*entry).index.keys {
+			keys = append(keys, k)
+		}
+		c.removeLocked(el)
+	}
+	c.mu.Unlock()
+	for _, k := range keys {
+		c.remove(k)
+	}
+}
+
+// serveStandard answers from e, with a 304 when the client's own
+// conditional request matches it.
+func (c *Cache) serveStandard(w http.ResponseWriter, r *http.Request, e *entry, result string, now time.Time) {
+	if e.status == http.StatusOK && notModified(r, e.header) {
+		c.requests.WithLabelValues(strings.ToLower(result)).Inc()
+		obs.RecordFrom(r.Context()).Cache = strings.ToLower(result)
+		h := w.Header()
+		for _, k := range []string{"Cache-Control", "Content-Location", "Date", "ETag", "Expires", "Last-Modified", "Vary"} {
+			if vs := e.header.Values(k); len(vs) > 0 {
+				h[k] = vs
+			}
+		}
+		h.Set("X-Cache", result)
+		h.Set("Age", strconv.FormatInt(int64(e.age(now)/time.Second), 10))
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	c.serve(w, r, e, result, now)
+}
+
+// notModified evaluates If-None-Match, else If-Modified-Since (RFC 9110
+// section 13.2.2) against a stored response's validators.
+func notModified(r *http.Request, h http.Header) bool {
+	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 {
+		etag := strings.TrimPrefix(h.Get("ETag"), "W/")
+		for _, v := range inm {
+			for t := range strings.SplitSeq(v, ",") {
+				t = strings.TrimSpace(t)
+				if t == "*" && etag != "" || etag != "" && strings.TrimPrefix(t, "W/") == etag {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	ims, ok := parseHTTPDate(r.Header.Get("If-Modified-Since"))
+	if !ok {
+		return false
+	}
+	lm, ok := parseHTTPDate(h.Get("Last-Modified"))
+	return ok && !lm.After(ims)
+}
+
+// statusWriter notes the status of a response passing through.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,160 @@
+package cache
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sluice/internal/config"
+)
+
+func std(t *testing.T) *Rules { return rulesOf(t, config.CacheStandard, 0, "") }
+
+func TestStandardFreshness(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		headers map[string]string
+		after   time.Duration
+		cached  bool
+	}{
+		{"max-age fresh", map[string]string{"Cache-Control": "max-age=10"}, 5 * time.Second, true},
+		{"max-age stale", map[string]string{"Cache-Control": "max-age=10"}, 11 * time.Second, false},
+		{"s-maxage wins", map[string]string{"Cache-Control": "max-age=100, s-maxage=2"}, 5 * time.Second, false},
+		{"no-store", map[string]string{"Cache-Control": "no-store, max-age=100"}, time.Second, false},
+		{"private", map[string]string{"Cache-Control": "private, max-age=100"}, time.Second, false},
+		{"no-cache", map[string]string{"Cache-Control": "no-cache, max-age=100"}, time.Second, false},
+		{"Expires", map[string]string{"Expires": "+10"}, 5 * time.Second, true},
+		{"invalid Expires", map[string]string{"Expires": "soon"}, time.Second, false},
+		{"upstream Age counts", map[string]string{"Cache-Control": "max-age=10", "Age": "8"}, 3 * time.Second, false},
+		{"heuristic from Last-Modified", map[string]string{"Last-Modified": "-1000"}, 50 * time.Second, true},
+		{"invalid max-age", map[string]string{"Cache-Control": "max-age=ten"}, time.Second, false},
+		{"Vary: *", map[string]string{"Cache-Control": "max-age=100", "Vary": "*"}, time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Now().Truncate(time.Second)}
+			o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Date", clk.now().UTC().Format(http.TimeFormat))
+				for k, v := range tt.headers {
+					switch {
+					case (k == "Expires" || k == "Last-Modified") && (v[0] == '+' || v[0] == '-'):
+						var s int
+						fmt.Sscan(v, &s)
+						v = clk.now().Add(time.Duration(s) * time.Second).UTC().Format(http.TimeFormat)
+					}
+					w.Header().Set(k, v)
+				}
+				io.WriteString(w, "body")
+			})
+			c := newCache(t, clk, 1<<20)
+			do(c, std(t), o.next, "GET", "/r")
+			clk.advance(tt.after)
+			w := do(c, std(t), o.next, "GET", "/r")
+			if got := w.Header().Get("X-Cache") == "HIT"; got != tt.cached {
+				t.Errorf("after %v: X-Cache %q (upstream hits %d), want cached=%v", tt.after, w.Header().Get("X-Cache"), o.hits.Load(), tt.cached)
+			}
+		})
+	}
+}
+
+func TestStandardRequestDirectives(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=100")
+		io.WriteString(w, "body")
+	})
+	c := newCache(t, clk, 1<<20)
+	do(c, std(t), o.next, "GET", "/r")
+	clk.advance(10 * time.Second)
+	for _, tt := range []struct {
+		name, cc string
+		hit      bool
+	}{
+		{"none", "", true},
+		{"no-cache", "no-cache", false},
+		{"max-age=5 (older)", "max-age=5", false},
+		{"max-age=50", "max-age=50", true},
+		{"min-fresh=95 (not enough left)", "min-fresh=95", false},
+	} {
+		var hdr []string
+		if tt.cc != "" {
+			hdr = []string{"Cache-Control", tt.cc}
+		}
+		if got := do(c, std(t), o.next, "GET", "/r", hdr...).Header().Get("X-Cache") == "HIT"; got != tt.hit {
+			t.Errorf("request Cache-Control %q: hit=%v, want %v", tt.cc, got, tt.hit)
+		}
+	}
+	w := do(c, std(t), o.next, "GET", "/never", "Cache-Control", "only-if-cached")
+	if w.Code != http.StatusGatewayTimeout || o.hits.Load() == 5 {
+		t.Errorf("only-if-cached miss: %d, want 504 without an upstream request", w.Code)
+	}
+}
+
+func TestStandardRevalidation(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	var full, notModified atomic.Int64
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", clk.now().UTC().Format(http.TimeFormat)) // the origin shares the test's clock
+		w.Header().Set("Cache-Control", "max-age=10")
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			notModified.Add(1)
+			w.Header().Set("X-Refreshed", "yes")
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		full.Add(1)
+		io.WriteString(w, "body")
+	})
+	c := newCache(t, clk, 1<<20)
+	do(c, std(t), o.next, "GET", "/r")
+	clk.advance(20 * time.Second)
+	w := do(c, std(t), o.next, "GET", "/r")
+	if w.Code != 200 || w.Body.String() != "body" || w.Header().Get("X-Refreshed") != "yes" || notModified.Load() != 1 || full.Load() != 1 {
+		t.Errorf("stale entry: %d %q, X-Refreshed %q; upstream full %d / 304 %d; want revalidated by a 304 and served with its headers",
+			w.Code, w.Body, w.Header().Get("X-Refreshed"), full.Load(), notModified.Load())
+	}
+	if w = do(c, std(t), o.next, "GET", "/r"); w.Header().Get("X-Cache") != "HIT" {
+		t.Errorf("after revalidation: X-Cache %q, want HIT (fresh again)", w.Header().Get("X-Cache"))
+	}
+	if w = do(c, std(t), o.next, "GET", "/r", "If-None-Match", `W/"v1"`); w.Code != http.StatusNotModified {
+		t.Errorf("client If-None-Match matching the stored ETag: %d, want 304", w.Code)
+	}
+}
+
+func TestStandardVary(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=100")
+		w.Header().Set("Vary", "Accept-Language")
+		io.WriteString(w, "lang="+r.Header.Get("Accept-Language"))
+	})
+	c := newCache(t, clk, 1<<20)
+	for _, tt := range []struct{ lang, want, cache string }{
+		{"en", "lang=en", "MISS"}, {"de", "lang=de", "MISS"}, {"en", "lang=en", "HIT"}, {"de", "lang=de", "HIT"},
+	} {
+		w := do(c, std(t), o.next, "GET", "/r", "Accept-Language", tt.lang)
+		if w.Body.String() != tt.want || w.Header().Get("X-Cache") != tt.cache {
+			t.Errorf("Accept-Language %s: %q %s, want %q %s", tt.lang, w.Body, w.Header().Get("X-Cache"), tt.want, tt.cache)
+		}
+	}
+}
+
+func TestStandardInvalidation(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=100")
+		io.WriteString(w, r.Method)
+	})
+	c := newCache(t, clk, 1<<20)
+	do(c, std(t), o.next, "GET", "/r")
+	if do(c, std(t), o.next, "GET", "/r").Header().Get("X-Cache") != "HIT" {
+		t.Fatal("not cached")
+	}
+	do(c, std(t), o.next, "POST", "/r")
+	if got := do(c, std(t), o.next, "GET", "/r").Header().Get("X-Cache"); got != "MISS" {
+		t.Errorf("GET after a successful POST to the same URL: X-Cache %q, want MISS", got)
+	}
+}
