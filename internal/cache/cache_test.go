@@ -371,4 +371,3 @@ func TestTooLargeIsPassedThrough(t *testing.T) {
 		t.Errorf("a body over max_object_bytes was stored (%d bytes held)", c.size)
 	}
 }
-
