@@ -55,6 +55,7 @@ type Cache struct {
 	flights map[string]*flight
 
 	requests  *prometheus.CounterVec
+	results   map[string]prometheus.Counter // requests' children by result, looked up once
 	coalesced prometheus.Counter
 	fills     *prometheus.CounterVec
 	evictions prometheus.Counter
@@ -102,6 +103,10 @@ func New(opts Options) (*Cache, error) {
 		Namespace: "sluice", Subsystem: "cache", Name: "requests_total",
 		Help: "Requests to cached hosts by result: hit, miss, stale (served after an upstream failure), bypass.",
 	}, []string{"result"})
+	c.results = map[string]prometheus.Counter{}
+	for _, l := range []string{"hit", "miss", "stale", "bypass"} {
+		c.results[l] = c.requests.WithLabelValues(l)
+	}
 	c.coalesced = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "coalesced_total",
 		Help: "Requests that waited for another request's upstream fetch instead of sending their own.",

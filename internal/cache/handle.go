@@ -83,8 +83,7 @@ func (c *Cache) deliver(w http.ResponseWriter, r *http.Request, res *fetched, ol
 		}
 		return
 	}
-	c.requests.WithLabelValues("miss").Inc()
-	obs.RecordFrom(r.Context()).Cache = "miss"
+	c.count(r, "MISS")
 	h := w.Header()
 	for k, vs := range res.header {
 		h[k] = vs
@@ -109,27 +108,45 @@ func addSetCookie(w http.ResponseWriter, cookies []string) {
 
 // bypass sends r upstream without the cache.
 func (c *Cache) bypass(w http.ResponseWriter, r *http.Request, next http.Handler) {
-	c.requests.WithLabelValues("bypass").Inc()
-	obs.RecordFrom(r.Context()).Cache = "bypass"
-	w.Header().Set("X-Cache", "BYPASS")
+	c.count(r, "BYPASS")
+	w.Header()["X-Cache"] = xCache["BYPASS"]
 	next.ServeHTTP(w, r)
 }
 
 // serve answers from e; HEAD gets the headers only.
 func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *entry, result string, now time.Time) {
-	c.requests.WithLabelValues(map[string]string{"HIT": "hit", "MISS": "miss", "STALE": "stale"}[result]).Inc()
-	obs.RecordFrom(r.Context()).Cache = map[string]string{"HIT": "hit", "MISS": "miss", "STALE": "stale"}[result]
+	c.count(r, result)
 	h := w.Header()
 	for k, vs := range e.header {
-		h[k] = vs
+		h[k] = vs // shared, never modified: a stored entry is immutable
 	}
-	h.Set("X-Cache", result)
-	h.Set("Age", strconv.FormatInt(int64(e.age(now)/time.Second), 10))
-	h.Set("Content-Length", strconv.Itoa(len(e.body)))
+	h["X-Cache"] = xCache[result]
+	h["Age"] = []string{strconv.FormatInt(int64(e.age(now)/time.Second), 10)}
+	h["Content-Length"] = []string{strconv.Itoa(len(e.body))}
 	w.WriteHeader(e.status)
 	if r.Method != http.MethodHead {
 		w.Write(e.body)
 	}
+}
+
+// xCache holds the X-Cache values, so that setting one allocates nothing.
+var xCache = map[string][]string{"HIT": {"HIT"}, "MISS": {"MISS"}, "STALE": {"STALE"}, "BYPASS": {"BYPASS"}}
+
+// count records a request's cache result in the metrics and the access log.
+func (c *Cache) count(r *http.Request, result string) {
+	var label string
+	switch result {
+	case "HIT":
+		label = "hit"
+	case "MISS":
+		label = "miss"
+	case "STALE":
+		label = "stale"
+	default:
+		label = "bypass"
+	}
+	c.results[label].Inc()
+	obs.RecordFrom(r.Context()).Cache = label
 }
 
 // age is how old the response is, as the Age header reports it.

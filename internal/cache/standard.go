@@ -361,8 +361,7 @@ func (c *Cache) invalidate(host string, u *url.URL) {
 // conditional request matches it.
 func (c *Cache) serveStandard(w http.ResponseWriter, r *http.Request, e *entry, result string, now time.Time) {
 	if e.status == http.StatusOK && notModified(r, e.header) {
-		c.requests.WithLabelValues(strings.ToLower(result)).Inc()
-		obs.RecordFrom(r.Context()).Cache = strings.ToLower(result)
+		c.count(r, result)
 		h := w.Header()
 		for _, k := range []string{"Cache-Control", "Content-Location", "Date", "ETag", "Expires", "Last-Modified", "Vary"} {
 			if vs := e.header.Values(k); len(vs) > 0 {

@@ -160,3 +160,28 @@ func FuzzParse(f *testing.F) {
 		roundTrip(t, c)
 	})
 }
+
+// TestProfiles: every embedded profile parses strictly, its rules validate,
+// and the default config's profiles exist.
+func TestProfiles(t *testing.T) {
+	ps, err := Profiles()
+	if err != nil {
+		t.Fatalf("Profiles(): %v", err)
+	}
+	for _, name := range []string{"binance", "bybit", "shopify"} {
+		if ps[name] == nil {
+			t.Errorf("profile %q missing", name)
+		}
+	}
+	mode, rules := CacheFor(&Host{Profile: "binance"})
+	if mode != CacheRules || len(rules) == 0 {
+		t.Errorf("CacheFor(binance) = %s with %d rules, want rules", mode, len(rules))
+	}
+	own := CacheRule{Path: "/api/v3/ticker/price", TTL: Duration(time.Second)}
+	if _, rules := CacheFor(&Host{Profile: "binance", Cache: &HostCache{Rules: []CacheRule{own}}}); rules[0].Path != own.Path {
+		t.Errorf("a host's own rules must come before its profile's; first is %+v", rules[0])
+	}
+	if mode, _ := CacheFor(&Host{Profile: "binance", Cache: &HostCache{Mode: CacheOff}}); mode != CacheOff {
+		t.Errorf("cache: off on a profiled host gives mode %s", mode)
+	}
+}

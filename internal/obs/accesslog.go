@@ -10,7 +10,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +22,24 @@ import (
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// children caches the labelled series: looking one up in a vector
+	// hashes its labels, which is a cost on every request. The label
+	// sets are small and bounded.
+	children sync.Map // [3]string{mode, decision, code} -> prometheus.Counter; mode -> prometheus.Observer
+}
+
+func (m *Metrics) observe(rec *Record, d time.Duration) {
+	k := [3]string{rec.Mode, rec.Decision, codeClass(rec.Status)}
+	c, ok := m.children.Load(k)
+	if !ok {
+		c, _ = m.children.LoadOrStore(k, m.requests.WithLabelValues(k[:]...))
+	}
+	c.(prometheus.Counter).Inc()
+	o, ok := m.children.Load(rec.Mode)
+	if !ok {
+		o, _ = m.children.LoadOrStore(rec.Mode, m.duration.WithLabelValues(rec.Mode))
+	}
+	o.(prometheus.Observer).Observe(d.Seconds())
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not registered).
@@ -86,8 +104,7 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 }
 
 func write(log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
-	m.requests.WithLabelValues(rec.Mode, rec.Decision, codeClass(rec.Status)).Inc()
-	m.duration.WithLabelValues(rec.Mode).Observe(d.Seconds())
+	m.observe(rec, d)
 	level := slog.LevelInfo
 	switch {
 	case rec.Decision == "deny" || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
@@ -96,6 +113,9 @@ func write(log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
 		level = slog.LevelError
 	case rec.Err != nil:
 		level = slog.LevelWarn
+	}
+	if !log.Enabled(context.Background(), level) {
+		return
 	}
 	attrs := []slog.Attr{
 		slog.String("client_ip", rec.ClientIP), slog.String("mode", rec.Mode),
@@ -124,12 +144,35 @@ func clientIP(remoteAddr string) string {
 	return remoteAddr
 }
 
-// SecretName reports whether a header or query parameter name looks like it carries
-// a credential (apiKey, signature, access_token, passphrase, ...).
+// SecretName reports whether a header or query parameter name looks like
+// it carries a credential: Authorization, Cookie, X-MBX-APIKEY, apiKey,
+// signature, access_token, passphrase, ... It allocates nothing.
 func SecretName(name string) bool {
-	n := strings.ToLower(name)
-	for _, s := range []string{"key", "sign", "token", "secret", "pass", "auth", "session", "cred"} {
-		if strings.Contains(n, s) {
+	for _, s := range secretWords {
+		if containsFold(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+var secretWords = []string{"key", "sign", "token", "secret", "pass", "auth", "session", "cred", "cookie"}
+
+// containsFold reports whether s contains the lowercase ASCII word sub,
+// ignoring ASCII case.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		j := 0
+		for ; j < len(sub); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != sub[j] {
+				break
+			}
+		}
+		if j == len(sub) {
 			return true
 		}
 	}

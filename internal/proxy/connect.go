@@ -247,14 +247,24 @@ type targetKey struct{}
 type target struct {
 	hp     hostport.HostPort
 	scheme policy.Scheme
+	// key is hp as "host:port"; authority is how a Host header names it.
+	key, authority string
 	// intercepted marks requests inside a CONNECT, whose Host must match hp.
 	intercepted bool
 	// reverse marks requests to the reverse listener's backend.
 	reverse bool
 }
 
-func targetFrom(ctx context.Context) (target, bool) {
-	t, ok := ctx.Value(targetKey{}).(target)
+func newTarget(hp hostport.HostPort, scheme policy.Scheme) *target {
+	def := uint16(443)
+	if scheme == policy.HTTP {
+		def = 80
+	}
+	return &target{hp: hp, scheme: scheme, key: hp.String(), authority: hp.Authority(def)}
+}
+
+func targetFrom(ctx context.Context) (*target, bool) {
+	t, ok := ctx.Value(targetKey{}).(*target)
 	return t, ok
 }
 
@@ -262,7 +272,9 @@ func targetFrom(ctx context.Context) (target, bool) {
 func sessionContext(ctx context.Context, c net.Conn) context.Context {
 	if tc, ok := c.(*tls.Conn); ok {
 		if sc, ok := tc.NetConn().(*sessionConn); ok {
-			return context.WithValue(ctx, targetKey{}, target{hp: sc.target, scheme: policy.HTTPS, intercepted: true})
+			t := newTarget(sc.target, policy.HTTPS)
+			t.intercepted = true
+			return context.WithValue(ctx, targetKey{}, t)
 		}
 	}
 	return ctx

@@ -39,7 +39,7 @@ func (s *Server) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad host", Host: r.URL.Host, Detail: err.Error()})
 		return
 	}
-	ctx := context.WithValue(r.Context(), targetKey{}, target{hp: hp, scheme: scheme})
+	ctx := context.WithValue(r.Context(), targetKey{}, newTarget(hp, scheme))
 	s.inner.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -49,6 +49,10 @@ func (s *Server) serveAbsolute(w http.ResponseWriter, r *http.Request) {
 func (s *Server) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t, _ := targetFrom(r.Context())
+		if r.Host == t.authority || r.Host == t.key {
+			next.ServeHTTP(w, r) // the common case, without parsing
+			return
+		}
 		if hp, err := hostport.Parse(r.Host, t.hp.Port); err != nil || hp != t.hp {
 			rec := obs.RecordFrom(r.Context())
 			rec.Decision, rec.Host = "deny", t.hp.String()
@@ -63,64 +67,67 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 
 type routeKey struct{}
 
-// route is what checkPolicy decided for a request, for the forwarder.
+// route is where the forwarder sends a request: its target and upstream.
 type route struct {
-	target   target
+	target   *target
 	upstream *upstream
 }
 
-// checkPolicy decides the request's target against the current config and
-// refuses it, or passes it on with its upstream.
-func (s *Server) checkPolicy(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t, ok := targetFrom(r.Context())
-		if !ok {
-			obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: errors.New("request without target")})
-			return
-		}
-		rec := obs.RecordFrom(r.Context())
-		rec.Host = t.hp.String()
-		st := s.state.Load()
-		d := st.policy.Decide(t.hp, t.scheme)
-		record(rec, d)
-		if d.Action == policy.Tunnel && t.scheme == policy.HTTPS {
-			// Reading the request would be interception, which the entry forbids.
-			d.Action, d.Reason = policy.Deny, "host is tunneled, not intercepted"
-			d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
-			rec.Decision, rec.Reason = "deny", d.Reason
-		}
-		if d.Action == policy.Deny {
-			writeDenied(w, r, d)
-			return
-		}
-		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: t, upstream: st.upstreams[d.Entry.Pattern]})
-		next.ServeHTTP(w, r.WithContext(ctx))
-	})
+// serveTarget runs the stages after the listener: the policy decides the
+// request's target against the current config (the cheapest refusal
+// comes first), then the cache answers, coalesces or fills, and only then
+// does anything go upstream.
+func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
+	t, ok := targetFrom(r.Context())
+	if !ok {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: errors.New("request without target")})
+		return
+	}
+	rec := obs.RecordFrom(r.Context())
+	rec.Host = t.key
+	st := s.state.Load()
+	d := st.policy.Decide(t.hp, t.scheme)
+	record(rec, d)
+	if d.Action == policy.Tunnel && t.scheme == policy.HTTPS {
+		// Reading the request would be interception, which the entry forbids.
+		d.Action, d.Reason = policy.Deny, "host is tunneled, not intercepted"
+		d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
+		rec.Decision, rec.Reason = "deny", d.Reason
+	}
+	if d.Action == policy.Deny {
+		writeDenied(w, r, d)
+		return
+	}
+	s.serveRoute(w, r, &route{target: t, upstream: st.upstreams[d.Entry.Pattern]})
 }
 
-// cacheStage answers from the response cache, or fills it, per the
-// route's cache rules.
-func (s *Server) cacheStage(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rt := r.Context().Value(routeKey{}).(*route)
-		s.cache.Handle(w, r, rt.target.hp.String(), rt.upstream.cache, next)
-	})
+// serveRoute answers from the cache or forwards to the route's upstream.
+func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt *route) {
+	s.cache.Handle(w, r, rt.target.key, rt.upstream.cache, forwardTo{s.forwarder, rt})
 }
 
-// routeReverse sends every request of the reverse listener to its backend.
-func (s *Server) routeReverse(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		st := s.state.Load()
-		rec := obs.RecordFrom(r.Context())
-		if st.reverse == nil {
-			obs.WriteError(w, r, &obs.Error{Status: http.StatusServiceUnavailable, Msg: "no backend",
-				Detail: "listen.reverse was removed from the config; restart sluice to close this listener"})
-			return
-		}
-		rec.Host, rec.Decision, rec.Rule = st.reverseTarget.hp.String(), "reverse", "listen.reverse"
-		ctx := context.WithValue(r.Context(), routeKey{}, &route{target: st.reverseTarget, upstream: st.reverse})
-		next.ServeHTTP(w, r.WithContext(ctx))
-	})
+// forwardTo hands a request to the forwarder with its route; the context
+// is only extended for requests that do go upstream, not for cache hits.
+type forwardTo struct {
+	forwarder http.Handler
+	rt        *route
+}
+
+func (f forwardTo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, f.rt)))
+}
+
+// serveReverse sends every request of the reverse listener to its backend.
+func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
+	st := s.state.Load()
+	if st.reverse == nil {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusServiceUnavailable, Msg: "no backend",
+			Detail: "listen.reverse was removed from the config; restart sluice to close this listener"})
+		return
+	}
+	rec := obs.RecordFrom(r.Context())
+	rec.Host, rec.Decision, rec.Rule = st.reverseTarget.key, "reverse", "listen.reverse"
+	s.serveRoute(w, r, &route{target: st.reverseTarget, upstream: st.reverse})
 }
 
 var bufferPool = &pool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
@@ -137,10 +144,9 @@ func (s *Server) newForwarder() http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			rt := pr.In.Context().Value(routeKey{}).(*route)
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", rt.target.authority
 			if rt.target.scheme == policy.HTTP {
-				pr.Out.URL.Scheme, pr.Out.URL.Host = "http", rt.target.hp.Authority(80)
-			} else {
-				pr.Out.URL.Scheme, pr.Out.URL.Host = "https", rt.target.hp.Authority(443)
+				pr.Out.URL.Scheme = "http"
 			}
 			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
 			if rt.target.reverse {

@@ -57,14 +57,15 @@ type Server struct {
 	now       func() time.Time
 	state     atomic.Pointer[state]
 
-	forward  *http.Server // the proxy listeners' server
-	reverse  *http.Server // the reverse-proxy listener's server
-	cache    *cache.Cache
-	mitm     *http.Server // serves requests inside intercepted CONNECTs
-	inner    http.Handler // policy, then forwarding; shared by both servers
-	mitmLn   *connListener
-	mitmTLS  *tls.Config
-	selfCert *selfCert
+	forward   *http.Server // the proxy listeners' server
+	reverse   *http.Server // the reverse-proxy listener's server
+	cache     *cache.Cache
+	mitm      *http.Server // serves requests inside intercepted CONNECTs
+	inner     http.Handler // policy, cache, forwarding; shared by both servers
+	forwarder http.Handler
+	mitmLn    *connListener
+	mitmTLS   *tls.Config
+	selfCert  *selfCert
 
 	mu       sync.Mutex
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
@@ -119,9 +120,8 @@ func New(opts Options) (*Server, error) {
 	}
 	queries := func() bool { return s.state.Load().cfg.Log.Queries }
 	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
-	// The order of the stages: policy first (the cheapest refusal), then
-	// the cache, which answers or coalesces before anything goes upstream.
-	inner := Chain(s.newForwarder(), s.checkPolicy, s.cacheStage)
+	s.forwarder = s.newForwarder()
+	inner := http.HandlerFunc(s.serveTarget)
 	t := opts.Config.Timeouts
 	s.forward = &http.Server{
 		Handler: Chain(http.HandlerFunc(s.dispatch),
@@ -132,10 +132,9 @@ func New(opts Options) (*Server, error) {
 		ErrorLog:          errLog,
 	}
 	s.reverse = &http.Server{
-		Handler: Chain(Chain(s.newForwarder(), s.cacheStage),
+		Handler: Chain(http.HandlerFunc(s.serveReverse),
 			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "reverse", Queries: queries}),
-			obs.Recover(opts.Log),
-			s.routeReverse),
+			obs.Recover(opts.Log)),
 		ReadHeaderTimeout: t.TLSHandshake.D(),
 		IdleTimeout:       t.ClientIdle.D(),
 		ErrorLog:          errLog,

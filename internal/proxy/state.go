@@ -24,7 +24,7 @@ type state struct {
 	upstreams map[string]*upstream // by policy.Entry.Pattern
 	// reverse is the reverse listener's backend (nil without one).
 	reverse       *upstream
-	reverseTarget target
+	reverseTarget *target
 }
 
 // upstream is how sluice reaches the hosts of one entry: its own dialer
@@ -78,7 +78,8 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen.reverse.backend: %w", err)
 		}
-		st.reverse, st.reverseTarget = u, target{hp: hp, scheme: scheme, reverse: true}
+		st.reverse, st.reverseTarget = u, newTarget(hp, scheme)
+		st.reverseTarget.reverse = true
 	}
 	return st, nil
 }
