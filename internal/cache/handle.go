@@ -55,7 +55,12 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		if !ru.storable(f.status) {
 			return nil
 		}
-		return &entry{key: key, status: f.status, header: f.header, body: f.body,
+		// Set-Cookie is never stored: a cookie is one client's, not the
+		// data's. The client whose request fetched it still gets it.
+		f.setCookie = f.header.Values("Set-Cookie")
+		h := f.header.Clone()
+		h.Del("Set-Cookie")
+		return &entry{key: key, status: f.status, header: h, body: f.body,
 			stored: f.at, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl + rules.stale)}
 	})
 	if !ok {
@@ -77,32 +82,30 @@ func (c *Cache) deliver(w http.ResponseWriter, r *http.Request, res *fetched, ol
 		return
 	}
 	if res.entry != nil && !res.entry.pass {
-		c.serve(w, r, res.entry, "MISS", now)
 		if res.leader == r {
-			addSetCookie(w, res.setCookie)
+			// Set-Cookie goes only to the client whose request fetched it.
+			for _, v := range res.setCookie {
+				w.Header().Add("Set-Cookie", v)
+			}
 		}
+		c.serve(w, r, res.entry, "MISS", now)
 		return
 	}
 	c.count(r, "MISS")
+	if res.err != nil {
+		obs.RecordFrom(r.Context()).Err = res.err
+	}
 	h := w.Header()
 	for k, vs := range res.header {
-		h[k] = vs
-	}
-	if res.leader == r {
-		addSetCookie(w, res.setCookie)
+		if k != "Set-Cookie" || res.leader == r {
+			h[k] = vs
+		}
 	}
 	h.Set("X-Cache", "MISS")
 	h.Set("Content-Length", strconv.Itoa(len(res.body)))
 	w.WriteHeader(res.status)
 	if r.Method != http.MethodHead {
 		w.Write(res.body)
-	}
-}
-
-func addSetCookie(w http.ResponseWriter, cookies []string) {
-	// Set-Cookie goes only to the client whose request fetched it; it is never stored.
-	for _, v := range cookies {
-		w.Header().Add("Set-Cookie", v)
 	}
 }
 
@@ -165,6 +168,8 @@ type fetched struct {
 	setCookie []string
 	at        time.Time
 	tooLarge  bool
+	// err says why a fetch produced no upstream response.
+	err error
 	// entry is what was stored (nil if nothing was).
 	entry *entry
 	// leader is the request that started the fetch.
@@ -291,17 +296,14 @@ func (rw *recorder) result(aborted bool) *fetched {
 	case rw.tooLarge:
 		return &fetched{tooLarge: true}
 	case aborted:
-		return &fetched{status: http.StatusBadGateway, header: http.Header{"Content-Type": {"application/json"}},
+		return &fetched{err: errors.New("upstream response aborted midway"), status: http.StatusBadGateway, header: http.Header{"Content-Type": {"application/json"}},
 			body: []byte(`{"error":"upstream response aborted","detail":"the upstream response ended before it was complete"}` + "\n")}
 	}
 	if rw.status == 0 {
 		rw.status = http.StatusOK
 	}
-	res := &fetched{status: rw.status, body: rw.body.Bytes(), setCookie: rw.header.Values("Set-Cookie")}
-	rw.header.Del("Set-Cookie")
 	rw.header.Del("X-Cache")
-	res.header = rw.header
-	return res
+	return &fetched{status: rw.status, header: rw.header, body: rw.body.Bytes()}
 }
 
 func (rw *recorder) WriteHeader(code int) {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"net/http"
 	"net/url"
 	"slices"
@@ -100,6 +101,13 @@ func heuristicStatus(status int) bool {
 	return false
 }
 
+// understoodStatus lists the final status codes whose caching rules sluice
+// implements (RFC 9110), for the must-understand directive.
+func understoodStatus(status int) bool {
+	return status >= 200 && status <= 206 || status >= 300 && status <= 308 ||
+		status >= 400 && status <= 417 || status == 421 || status == 422 || status == 426 || status >= 500 && status <= 505
+}
+
 // storable is RFC 9111 section 3 for a shared cache.
 func storable(r *http.Request, reqCC directives, status int, h http.Header) bool {
 	if r.Method != http.MethodGet || status < 200 || status == http.StatusPartialContent || status == http.StatusNotModified {
@@ -112,6 +120,8 @@ func storable(r *http.Request, reqCC directives, status int, h http.Header) bool
 	case r.Header.Get("Authorization") != "" && !cc.has("must-revalidate") && !cc.has("public") && !cc.has("s-maxage"):
 		return false
 	case slices.Equal(varyNames(h), []string{"*"}):
+		return false
+	case cc.has("must-understand") && !understoodStatus(status):
 		return false
 	}
 	return cc.has("public") || cc.has("max-age") || cc.has("s-maxage") || h.Get("Expires") != "" || heuristicStatus(status)
@@ -130,8 +140,15 @@ func newStdMeta(status int, h http.Header, requestTime, responseTime time.Time) 
 		date = responseTime
 	}
 	m.dateValue = date
-	if a, err := strconv.ParseInt(strings.TrimSpace(h.Get("Age")), 10, 64); err == nil && a >= 0 {
-		m.ageValue = time.Duration(min(a, 1<<31)) * time.Second
+	if ages := h.Values("Age"); len(ages) > 0 {
+		// One non-negative integer, or the response is treated as stale:
+		// an Age that cannot be read cannot prove it is fresh.
+		m.ageValue = 1 << 31 * time.Second
+		if a := strings.TrimSpace(ages[0]); len(ages) == 1 && a != "" && strings.Trim(a, "0123456789") == "" {
+			if n, err := strconv.ParseInt(a, 10, 64); err == nil {
+				m.ageValue = time.Duration(min(n, 1<<31)) * time.Second
+			}
+		}
 	}
 	if d, ok := cc.seconds("stale-if-error"); ok {
 		m.staleIfError = d
@@ -268,8 +285,10 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 	if !ok {
 		return
 	}
-	if res.leader != r && res.varies(r) {
-		c.bypass(w, r, next) // the shared response was chosen by another client's request fields
+	if res.leader != r && (res.entry == nil && !res.failed() || res.varies(r)) {
+		// A response the cache may not store (private, no-store, ...) is
+		// not shared either, nor one chosen by another client's request fields.
+		c.bypass(w, r, next)
 		return
 	}
 	now = c.opts.Now()
@@ -279,9 +298,6 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 	}
 	if res.entry != nil {
 		c.serveStandard(w, r, res.entry, "MISS", now)
-		if res.leader == r {
-			addSetCookie(w, res.setCookie)
-		}
 		return
 	}
 	c.deliver(w, r, res, nil, 0)
@@ -302,8 +318,8 @@ func (f *fetched) varies(r *http.Request) bool {
 func (c *Cache) freshen(old *entry, f *fetched, requestTime time.Time) *entry {
 	h := old.header.Clone()
 	for k, vs := range f.header {
-		switch k {
-		case "Content-Length", "Content-Encoding", "Content-Type", "Content-Range", "Transfer-Encoding":
+		switch k { // fields that describe the stored body, which a 304 does not replace
+		case "Content-Length", "Content-Encoding", "Content-Md5", "Content-Range", "Etag", "Transfer-Encoding":
 			continue
 		}
 		h[k] = vs
@@ -357,46 +373,26 @@ func (c *Cache) invalidate(host string, u *url.URL) {
 	}
 }
 
-// serveStandard answers from e, with a 304 when the client's own
-// conditional request matches it.
+// serveStandard answers from e. A stored 200 is served with
+// http.ServeContent, which answers the client's own conditional (304) and
+// Range (206) requests from it.
 func (c *Cache) serveStandard(w http.ResponseWriter, r *http.Request, e *entry, result string, now time.Time) {
-	if e.status == http.StatusOK && notModified(r, e.header) {
-		c.count(r, result)
-		h := w.Header()
-		for _, k := range []string{"Cache-Control", "Content-Location", "Date", "ETag", "Expires", "Last-Modified", "Vary"} {
-			if vs := e.header.Values(k); len(vs) > 0 {
-				h[k] = vs
-			}
-		}
-		h.Set("X-Cache", result)
-		h.Set("Age", strconv.FormatInt(int64(e.age(now)/time.Second), 10))
-		w.WriteHeader(http.StatusNotModified)
+	if e.status != http.StatusOK {
+		c.serve(w, r, e, result, now)
 		return
 	}
-	c.serve(w, r, e, result, now)
-}
-
-// notModified evaluates If-None-Match, else If-Modified-Since (RFC 9110
-// section 13.2.2) against a stored response's validators.
-func notModified(r *http.Request, h http.Header) bool {
-	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 {
-		etag := strings.TrimPrefix(h.Get("ETag"), "W/")
-		for _, v := range inm {
-			for t := range strings.SplitSeq(v, ",") {
-				t = strings.TrimSpace(t)
-				if t == "*" && etag != "" || etag != "" && strings.TrimPrefix(t, "W/") == etag {
-					return true
-				}
-			}
-		}
-		return false
+	c.count(r, result)
+	h := w.Header()
+	for k, vs := range e.header {
+		h[k] = vs
 	}
-	ims, ok := parseHTTPDate(r.Header.Get("If-Modified-Since"))
-	if !ok {
-		return false
+	h["X-Cache"] = xCache[result]
+	h["Age"] = []string{strconv.FormatInt(int64(e.age(now)/time.Second), 10)}
+	if h.Get("Content-Type") == "" {
+		h["Content-Type"] = nil // stored without one: do not let ServeContent sniff one
 	}
-	lm, ok := parseHTTPDate(h.Get("Last-Modified"))
-	return ok && !lm.After(ims)
+	lm, _ := parseHTTPDate(e.std.lastModified)
+	http.ServeContent(w, r, "", lm, bytes.NewReader(e.body))
 }
 
 // statusWriter notes the status of a response passing through.

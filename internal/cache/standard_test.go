@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"sluice/internal/config"
 )
 
@@ -32,6 +34,8 @@ func TestStandardFreshness(t *testing.T) {
 		{"heuristic from Last-Modified", map[string]string{"Last-Modified": "-1000"}, 50 * time.Second, true},
 		{"invalid max-age", map[string]string{"Cache-Control": "max-age=ten"}, time.Second, false},
 		{"Vary: *", map[string]string{"Cache-Control": "max-age=100", "Vary": "*"}, time.Second, false},
+		{"invalid Age is stale", map[string]string{"Cache-Control": "max-age=3600", "Age": "abc"}, time.Second, false},
+		{"two Ages are stale", map[string]string{"Cache-Control": "max-age=10000", "Age": "3600, 3600"}, time.Second, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := &clock{t: time.Now().Truncate(time.Second)}
@@ -158,3 +162,34 @@ func TestStandardInvalidation(t *testing.T) {
 		t.Errorf("GET after a successful POST to the same URL: X-Cache %q, want MISS", got)
 	}
 }
+
+// TestStandardPrivateNotShared: a response the cache may not store is not
+// handed to other clients that waited on the same fetch either.
+func TestStandardPrivateNotShared(t *testing.T) {
+	release := make(chan struct{})
+	var n atomic.Int64
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			<-release
+		}
+		w.Header().Set("Cache-Control", "private, max-age=100")
+		io.WriteString(w, "for "+r.Header.Get("X-User"))
+	})
+	c := newCache(t, &clock{t: time.Now()}, 1<<20)
+	first := make(chan string)
+	go func() { first <- do(c, std(t), o.next, "GET", "/me", "X-User", "alice").Body.String() }()
+	for n.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	second := make(chan string)
+	go func() { second <- do(c, std(t), o.next, "GET", "/me", "X-User", "bob").Body.String() }()
+	for testutilCoalesced(c) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	if a, b := <-first, <-second; a != "for alice" || b != "for bob" {
+		t.Errorf("alice got %q, bob got %q: a private response was shared", a, b)
+	}
+}
+
+func testutilCoalesced(c *Cache) float64 { return testutil.ToFloat64(c.coalesced) }
