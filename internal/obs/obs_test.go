@@ -1,0 +1,105 @@
+package obs
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSecretName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"Authorization": true, "X-MBX-APIKEY": true, "signature": true, "apiKey": true, "access_token": true,
+		"OK-ACCESS-PASSPHRASE": true, "Cookie": true, "symbol": false, "interval": false, "Accept-Encoding": false, "limit": false,
+	} {
+		if got := SecretName(name); got != want {
+			t.Errorf("SecretName(%q) = %v, want %v", name, got, want)
+		}
+	}
+	q, _ := url.ParseQuery("symbol=BTCUSDT&timestamp=1&signature=abc&apiKey=k")
+	if got := RedactQuery(q); strings.Contains(got, "abc") || strings.Contains(got, "=k") || !strings.Contains(got, "symbol=BTCUSDT") {
+		t.Errorf("RedactQuery = %q", got)
+	}
+}
+
+func TestWriteError(t *testing.T) {
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "http://x/", nil)
+	WriteError(w, r, &Error{Status: 403, Msg: "host not listed", Host: "evil.test:443", Detail: `add "evil.test" to hosts`, ProxyStatus: "http_request_denied"})
+	var body map[string]string
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] != "host not listed" || body["host"] != "evil.test:443" {
+		t.Errorf("body %q (err %v)", w.Body, err)
+	}
+	if ps := w.Header().Get("Proxy-Status"); ps != `sluice; error=http_request_denied; details="add \"evil.test\" to hosts"` {
+		t.Errorf("Proxy-Status %q", ps)
+	}
+	if w.Code != 403 || w.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("status %d content type %q", w.Code, w.Header().Get("Content-Type"))
+	}
+}
+
+func TestAccessLogLine(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := AccessLog(log, m, LogOptions{Mode: "mitm", Queries: func() bool { return true }})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := RecordFrom(r.Context())
+		rec.Decision, rec.Cache = "intercept", "hit"
+		w.Write([]byte("hello"))
+	}))
+	r := httptest.NewRequest("GET", "https://api.test/x?symbol=A&signature=SECRET", nil)
+	r.Header.Set("Authorization", "Bearer SECRET")
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("access line %q: %v", buf.String(), err)
+	}
+	if line["path"] != "/x?signature=REDACTED&symbol=A" || line["status"] != 200.0 || line["bytes_out"] != 5.0 || line["cache"] != "hit" || line["mode"] != "mitm" {
+		t.Errorf("access line %v", line)
+	}
+	if strings.Contains(buf.String(), "SECRET") {
+		t.Errorf("secret logged: %s", buf.String())
+	}
+}
+
+func TestLogWriterFlushes(t *testing.T) {
+	var mu = make(chan struct{}, 1)
+	out := &lockedBuffer{ch: mu}
+	lw := NewLogWriter(out, 20*time.Millisecond)
+	lw.Write([]byte("line\n"))
+	if out.String() != "" {
+		t.Fatal("written through at once; want buffered")
+	}
+	for range 200 {
+		if out.String() == "line\n" {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Errorf("buffered line not written out after its delay: %q", out.String())
+}
+
+type lockedBuffer struct {
+	ch chan struct{}
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.ch <- struct{}{}
+	defer func() { <-l.ch }()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.ch <- struct{}{}
+	defer func() { <-l.ch }()
+	return l.b.String()
+}
