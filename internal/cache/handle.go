@@ -303,6 +303,7 @@ func (rw *recorder) result(aborted bool) *fetched {
 		rw.status = http.StatusOK
 	}
 	rw.header.Del("X-Cache")
+	rw.header.Del("X-Sluice-Wait") // this fill's wait, not a later hit's
 	return &fetched{status: rw.status, header: rw.header, body: rw.body.Bytes()}
 }
 

@@ -29,6 +29,7 @@ type Config struct {
 	// under suffix) to what sluice does with it. A host not listed is denied.
 	Hosts    map[string]*Host `yaml:"hosts"`
 	Cache    CacheConfig      `yaml:"cache"`
+	Throttle ThrottleConfig   `yaml:"throttle"`
 	Timeouts Timeouts         `yaml:"timeouts"`
 	CA       CA               `yaml:"ca"`
 	Log      Log              `yaml:"log"`
@@ -90,6 +91,8 @@ type Host struct {
 	ConnectTo string `yaml:"connect_to,omitempty"`
 	// Cache is "rules", "standard" or "off", or a mapping with rules; see HostCache.
 	Cache *HostCache `yaml:"cache,omitempty"`
+	// Throttle is "off" or the host's upstream budget; default: its profile's.
+	Throttle *HostThrottle `yaml:"throttle,omitempty"`
 }
 
 // Timeouts bounds each phase of a connection.
@@ -252,6 +255,7 @@ func (c *Config) applyDefaults() {
 		c.Cache.StaleIfError = &d
 	}
 	setDuration(&c.Cache.FetchTimeout, 60*time.Second)
+	setDuration(&c.Throttle.MaxWait, 10*time.Second)
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "json")
 	if c.Hosts == nil {

@@ -27,6 +27,8 @@ type Profile struct {
 	Cache struct {
 		Rules []CacheRule `yaml:"rules"`
 	} `yaml:"cache"`
+	// Throttle holds the API's budgets, each for the hosts it lists.
+	Throttle []Throttle `yaml:"throttle"`
 }
 
 // Profiles returns the embedded profiles by name. They are parsed once;
@@ -56,6 +58,11 @@ var Profiles = sync.OnceValues(func() (map[string]*Profile, error) {
 				return nil, fmt.Errorf("profile %s: cache.rules[%d]: %w", p.Name, i, err)
 			}
 			p.Cache.Rules[i].applyDefaults()
+		}
+		for i := range p.Throttle {
+			if err := p.Throttle[i].validate(); err != nil {
+				return nil, fmt.Errorf("profile %s: throttle[%d]: %w", p.Name, i, err)
+			}
 		}
 		out[p.Name] = p
 	}

@@ -102,6 +102,9 @@ func (c *Config) validate() []error {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
 	}
+	if c.Throttle.MaxWait <= 0 {
+		add(errors.New("must be positive"), "throttle", "max_wait")
+	}
 	if c.Cache.MaxObjectBytes > c.Cache.MaxBytes {
 		add(errors.New("must not exceed cache.max_bytes"), "cache", "max_object_bytes")
 	}
@@ -152,6 +155,11 @@ func (h *Host) validate(c *Config, pattern string) []error {
 		}
 		if h.Cache.StaleIfError != nil && *h.Cache.StaleIfError < 0 {
 			add(errors.New("stale_if_error must not be negative"), "cache")
+		}
+	}
+	if h.Throttle != nil && !h.Throttle.Off {
+		if err := h.Throttle.validate(); err != nil {
+			add(err, "throttle")
 		}
 	}
 	if strings.HasPrefix(pattern, "*.") && h.ConnectTo != "" {

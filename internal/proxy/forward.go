@@ -12,14 +12,17 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"sluice/internal/config"
 	"sluice/internal/dialer"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
 	"sluice/internal/policy"
+	"sluice/internal/throttle"
 )
 
 // serveAbsolute handles "GET http://host/path" on the forward listener.
@@ -103,19 +106,41 @@ func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
 
 // serveRoute answers from the cache or forwards to the route's upstream.
 func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt *route) {
-	s.cache.Handle(w, r, rt.target.key, rt.upstream.cache, forwardTo{s.forwarder, rt})
+	s.cache.Handle(w, r, rt.target.key, rt.upstream.cache, forwardTo{s, rt})
 }
 
-// forwardTo hands a request to the forwarder with its route; the context
-// is only extended for requests that do go upstream, not for cache hits.
+// forwardTo is the last stage before the upstream: it waits for budget
+// (cache hits never get here, so they never spend any), then hands the
+// request to the forwarder with its route.
 type forwardTo struct {
-	forwarder http.Handler
-	rt        *route
+	s  *Server
+	rt *route
 }
 
 func (f forwardTo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, f.rt)))
+	if spec := f.rt.upstream.throttle; spec != nil {
+		lease, err := f.s.limiter.Acquire(r.Context(), spec, f.rt.target.hp.Host, r)
+		if err != nil {
+			rec := obs.RecordFrom(r.Context())
+			if r.Context().Err() != nil {
+				rec.Status, rec.Reason, rec.Err = 499, "client left while waiting for upstream budget", err
+				return
+			}
+			retry := f.s.limiter.RetryAfter(spec, f.rt.target.hp.Host, r)
+			w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+			obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: f.rt.target.key,
+				Detail:      fmt.Sprintf("no budget left on %s within max_wait; sluice sent nothing upstream; retry in %s", f.rt.target.hp.Host, retry.Round(time.Millisecond)),
+				ProxyStatus: "connection_limit_reached"})
+			return
+		}
+		defer lease.Release()
+		w.Header().Set("X-Sluice-Wait", strconv.FormatFloat(lease.Waited.Seconds(), 'f', 3, 64))
+		r = r.WithContext(context.WithValue(r.Context(), leaseKey{}, lease))
+	}
+	f.s.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, f.rt)))
 }
+
+type leaseKey struct{}
 
 // serveReverse sends every request of the reverse listener to its backend.
 func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
@@ -153,7 +178,13 @@ func (s *Server) newForwarder() http.Handler {
 				pr.SetXForwarded() // a backend wants to know its real client
 			}
 		},
-		Transport:    roundTripper(s.roundTrip),
+		Transport: roundTripper(s.roundTrip),
+		ModifyResponse: func(resp *http.Response) error {
+			if lease, ok := resp.Request.Context().Value(leaseKey{}).(*throttle.Lease); ok {
+				lease.Observe(resp)
+			}
+			return nil
+		},
 		ErrorHandler: s.proxyError,
 		BufferPool:   bufferPool,
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

@@ -34,6 +34,7 @@ import (
 	"sluice/internal/dialer"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
+	"sluice/internal/throttle"
 )
 
 // Options are what New needs.
@@ -60,6 +61,7 @@ type Server struct {
 	forward   *http.Server // the proxy listeners' server
 	reverse   *http.Server // the reverse-proxy listener's server
 	cache     *cache.Cache
+	limiter   *throttle.Limiter
 	mitm      *http.Server // serves requests inside intercepted CONNECTs
 	inner     http.Handler // policy, cache, forwarding; shared by both servers
 	forwarder http.Handler
@@ -120,6 +122,10 @@ func New(opts Options) (*Server, error) {
 	}
 	queries := func() bool { return s.state.Load().cfg.Log.Queries }
 	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
+	s.limiter, err = throttle.New(opts.Log.With("component", "throttle"), opts.Now, opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	s.forwarder = s.newForwarder()
 	inner := http.HandlerFunc(s.serveTarget)
 	t := opts.Config.Timeouts

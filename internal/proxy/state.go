@@ -15,6 +15,7 @@ import (
 	"sluice/internal/dialer"
 	"sluice/internal/hostport"
 	"sluice/internal/policy"
+	"sluice/internal/throttle"
 )
 
 // state is everything that a config reload replaces at once.
@@ -34,6 +35,7 @@ type upstream struct {
 	route     dialer.Route
 	transport *http.Transport
 	cache     *cache.Rules
+	throttle  *throttle.Spec // nil: no budget
 }
 
 func (s *Server) newState(cfg *config.Config) (*state, error) {
@@ -52,6 +54,9 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		u, err := newUpstream(cfg, e.Host.UpstreamCA, dialer.Route{AllowPrivate: e.Host.AllowPrivate}, e.Host.ConnectTo, d)
 		if err == nil {
 			u.cache, err = cache.Compile(mode, rules, cfg.StaleWindow(&e.Host))
+		}
+		if err == nil {
+			u.throttle, err = throttle.Compile(config.ThrottleFor(&e.Host, e.Pattern, e.Pattern), e.Pattern, cfg.Throttle.MaxWait.D())
 		}
 		if err != nil {
 			return nil, fmt.Errorf("hosts.%s: %w", e.Key, err)

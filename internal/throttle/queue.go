@@ -1,0 +1,184 @@
+package throttle
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// instance is one budget (one key of one named budget) with its queue.
+// Waiters queue per client, and clients take turns, so one busy bot cannot
+// starve the others; within a client the order is FIFO.
+type instance struct {
+	l    *Limiter
+	key  string // in Limiter.instances
+	name string
+	m    meter
+	// pausedUntil holds every request after an upstream 429 or 418.
+	pausedUntil time.Time
+	backoff     time.Duration
+	// Until the upstream has reported its count once (synced), one request
+	// at a time goes out (probing): others outside sluice may have spent
+	// part of the budget already, and a burst could overrun it.
+	needsSync, synced, probing bool
+
+	clients map[string]*clientQueue
+	ring    []*clientQueue // clients with waiters, in turn order
+	next    int
+	waiting int
+	timer   *time.Timer
+	lastUse time.Time
+}
+
+type clientQueue struct {
+	id      string
+	waiters []*waiter
+}
+
+type waiter struct {
+	cost    float64
+	client  string
+	ready   chan struct{}
+	granted bool
+}
+
+// ErrTimeout is returned when a request waited max_wait without budget.
+var ErrTimeout = errors.New("no upstream budget within max_wait")
+
+// acquire spends cost for client, queueing until it fits. It returns how
+// long it waited.
+func (in *instance) acquire(ctx context.Context, client string, cost float64, maxWait time.Duration) (time.Duration, error) {
+	l := in.l
+	start := l.now()
+	cost = min(cost, in.m.capacity()) // a cost the budget can never hold would wait forever
+	l.mu.Lock()
+	in.lastUse = start
+	if in.waiting == 0 && !start.Before(in.pausedUntil) && in.ready() && in.m.wait(start, cost) == 0 {
+		in.spend(start, cost)
+		l.mu.Unlock()
+		return 0, nil
+	}
+	w := &waiter{cost: cost, client: client, ready: make(chan struct{})}
+	in.enqueue(w)
+	in.dispatch(start)
+	l.mu.Unlock()
+
+	timeout := time.NewTimer(maxWait)
+	defer timeout.Stop()
+	var err error
+	select {
+	case <-w.ready:
+		return l.now().Sub(start), nil
+	case <-timeout.C:
+		err = ErrTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.granted { // granted as we gave up: the budget is spent, use it
+		return l.now().Sub(start), nil
+	}
+	in.remove(w)
+	in.dispatch(l.now())
+	return l.now().Sub(start), err
+}
+
+func (in *instance) enqueue(w *waiter) {
+	q := in.clients[w.client]
+	if q == nil {
+		q = &clientQueue{id: w.client}
+		in.clients[w.client] = q
+	}
+	if len(q.waiters) == 0 {
+		in.ring = append(in.ring, q)
+	}
+	q.waiters = append(q.waiters, w)
+	in.waiting++
+	in.l.metrics.queued(in.name, 1)
+}
+
+func (in *instance) remove(w *waiter) {
+	q := in.clients[w.client]
+	for i, x := range q.waiters {
+		if x == w {
+			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+			in.waiting--
+			in.l.metrics.queued(in.name, -1)
+			break
+		}
+	}
+	if len(q.waiters) == 0 {
+		in.dropClient(q)
+	}
+}
+
+func (in *instance) dropClient(q *clientQueue) {
+	delete(in.clients, q.id)
+	for i, x := range in.ring {
+		if x == q {
+			in.ring = append(in.ring[:i], in.ring[i+1:]...)
+			if in.next > i {
+				in.next--
+			}
+			break
+		}
+	}
+	if in.next >= len(in.ring) {
+		in.next = 0
+	}
+}
+
+// dispatch grants queued waiters, clients in turn, while the budget
+// allows, and arms a timer for when the next one will fit. Called with the
+// lock held.
+func (in *instance) dispatch(now time.Time) {
+	if in.timer != nil {
+		in.timer.Stop()
+		in.timer = nil
+	}
+	for len(in.ring) > 0 {
+		if now.Before(in.pausedUntil) {
+			in.arm(in.pausedUntil.Sub(now))
+			return
+		}
+		if !in.ready() {
+			return // the probe's answer dispatches again
+		}
+		q := in.ring[in.next]
+		w := q.waiters[0]
+		if d := in.m.wait(now, w.cost); d > 0 {
+			in.arm(d)
+			return
+		}
+		in.spend(now, w.cost)
+		w.granted = true
+		close(w.ready)
+		q.waiters = q.waiters[1:]
+		in.waiting--
+		in.l.metrics.queued(in.name, -1)
+		if len(q.waiters) == 0 {
+			in.dropClient(q)
+		} else {
+			in.next = (in.next + 1) % len(in.ring)
+		}
+	}
+}
+
+func (in *instance) arm(d time.Duration) {
+	in.timer = time.AfterFunc(d, func() {
+		in.l.mu.Lock()
+		defer in.l.mu.Unlock()
+		in.dispatch(in.l.now())
+	})
+}
+
+// ready reports whether a request may go out now as far as syncing goes.
+func (in *instance) ready() bool { return !in.needsSync || in.synced || !in.probing }
+
+func (in *instance) spend(now time.Time, cost float64) {
+	in.m.spend(now, cost)
+	if in.needsSync && !in.synced {
+		in.probing = true
+	}
+}

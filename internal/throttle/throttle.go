@@ -1,0 +1,305 @@
+// Package throttle keeps every upstream inside its real budget, shared by
+// all the clients behind sluice: a request that would overrun the budget
+// waits in a queue (fair between clients) up to max_wait, and is then
+// answered 429 by sluice without going upstream. After every response the
+// budget re-syncs to the upstream's own quota headers; a 429 or 418 pauses
+// it for Retry-After. Cache hits never reach this stage.
+//
+// Config keys: throttle.max_wait; per host: throttle (or the profile's):
+// budget, model (window | token_bucket | leaky_bucket), limit, window,
+// rate, burst, capacity, leak_rate, key, key_headers, max_wait,
+// default_weight, weights, feedback.
+//
+// Metrics: sluice_throttle_queue_length{budget}, sluice_throttle_wait_seconds{budget},
+// sluice_throttle_available{budget}, sluice_throttle_upstream_limited_total{budget,status},
+// sluice_throttle_rejected_total{budget}.
+package throttle
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/config"
+	"sluice/internal/obs"
+)
+
+// maxInstances caps the budgets kept for client-derived keys (API keys,
+// client IPs); the least recently used idle one goes first.
+const maxInstances = 10000
+
+// Limiter holds every budget. It is safe for concurrent use.
+type Limiter struct {
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *throttleMetrics
+
+	mu        sync.Mutex
+	instances map[string]*list.Element // of *instance, by name and key
+	lru       *list.List
+}
+
+// New returns a Limiter; now is the clock (nil: time.Now).
+func New(log *slog.Logger, now func() time.Time, reg prometheus.Registerer) (*Limiter, error) {
+	if now == nil {
+		now = time.Now
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Limiter{log: log, now: now, metrics: m, instances: map[string]*list.Element{}, lru: list.New()}, nil
+}
+
+// Spec is a host entry's compiled throttle. It is immutable.
+type Spec struct {
+	name          string
+	cfg           config.Throttle
+	maxWait       time.Duration
+	weights       []weight
+	defaultWeight float64
+	feedback      map[string]bool
+}
+
+type weight struct {
+	prefix string
+	re     *regexp.Regexp
+	rule   config.WeightRule
+}
+
+// Compile builds the Spec of t (validated by config); name is the budget
+// name when t names none. A nil t gives a nil Spec: no budget.
+func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Spec, error) {
+	if t == nil {
+		return nil, nil
+	}
+	s := &Spec{name: name, cfg: *t, maxWait: defaultMaxWait, defaultWeight: 1, feedback: map[string]bool{}}
+	if t.Budget != "" {
+		s.name = t.Budget
+	}
+	if t.MaxWait != nil {
+		s.maxWait = t.MaxWait.D()
+	}
+	if t.DefaultWeight > 0 {
+		s.defaultWeight = t.DefaultWeight
+	}
+	for _, f := range t.Feedback {
+		s.feedback[f] = true
+	}
+	for i, w := range t.Weights {
+		cw := weight{prefix: w.Path, rule: w}
+		if w.PathRegex != "" {
+			re, err := regexp.Compile(w.PathRegex)
+			if err != nil {
+				return nil, fmt.Errorf("throttle weights[%d]: %w", i, err)
+			}
+			cw.re = re
+		}
+		s.weights = append(s.weights, cw)
+	}
+	return s, nil
+}
+
+// Cost returns what r weighs under the spec's weight rules.
+func (s *Spec) Cost(r *http.Request) float64 {
+	var q url.Values
+	for _, w := range s.weights {
+		if w.re != nil && !w.re.MatchString(r.URL.Path) || w.re == nil && !strings.HasPrefix(r.URL.Path, w.prefix) {
+			continue
+		}
+		if w.rule.Param == "" {
+			return w.rule.Weight
+		}
+		if q == nil {
+			q = r.URL.Query()
+		}
+		if cost, ok := ruleCost(w.rule, q); ok {
+			return cost
+		}
+	}
+	return s.defaultWeight
+}
+
+// ruleCost is the weight of a parameter-dependent rule; ok is false when
+// the rule does not apply (the parameter is absent and nothing stands in).
+func ruleCost(rule config.WeightRule, q url.Values) (cost float64, ok bool) {
+	v, present := q[rule.Param], q.Has(rule.Param)
+	var n float64
+	switch {
+	case !present && rule.Absent > 0:
+		return rule.Absent, true
+	case !present && rule.Default > 0:
+		n = rule.Default
+	case !present:
+		return 0, false
+	case rule.List:
+		var items []json.RawMessage
+		if json.Unmarshal([]byte(v[0]), &items) != nil {
+			n = float64(strings.Count(v[0], ",") + 1)
+		} else {
+			n = float64(len(items))
+		}
+	default:
+		f, err := strconv.ParseFloat(v[0], 64)
+		if err != nil {
+			f = rule.Default
+		}
+		n = f
+	}
+	if len(rule.Steps) == 0 {
+		return rule.Weight, true
+	}
+	for _, s := range rule.Steps {
+		if n <= s.Max {
+			return s.Weight, true
+		}
+	}
+	return rule.Steps[len(rule.Steps)-1].Weight, true
+}
+
+// Lease is one request's claim on a budget; the forwarder reports the
+// upstream's answer to it.
+type Lease struct {
+	l    *Limiter
+	spec *Spec
+	in   *instance
+	// Waited is how long the request queued.
+	Waited time.Duration
+	done   bool // observed or released; guarded by the Limiter's lock
+}
+
+// Acquire waits until r's cost fits the budget of spec for host. It fails
+// with ErrTimeout after max_wait, or with the context's error.
+func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.Request) (*Lease, error) {
+	in := l.instance(spec, host, r)
+	waited, err := in.acquire(ctx, clientOf(r), spec.Cost(r), spec.maxWait)
+	l.metrics.wait(spec.name, waited)
+	if err != nil {
+		if err == ErrTimeout {
+			l.metrics.rejected(spec.name)
+		}
+		return nil, err
+	}
+	l.mu.Lock()
+	l.metrics.available(spec.name, in.m.available(l.now()))
+	l.mu.Unlock()
+	return &Lease{l: l, spec: spec, in: in, Waited: waited}, nil
+}
+
+// RetryAfter is how long a refused client should wait: until the budget
+// is unpaused, or one window or refill of a request's cost.
+func (l *Limiter) RetryAfter(spec *Spec, host string, r *http.Request) time.Duration {
+	in := l.instance(spec, host, r)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	d := in.m.wait(now, min(spec.Cost(r), in.m.capacity()))
+	if p := in.pausedUntil.Sub(now); p > d {
+		d = p
+	}
+	return max(d, time.Second)
+}
+
+func clientOf(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// instance returns the budget for spec, host and r's key, creating it.
+func (l *Limiter) instance(spec *Spec, host string, r *http.Request) *instance {
+	key := spec.name + "|" + spec.keyPart(host, r)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if el, ok := l.instances[key]; ok {
+		l.lru.MoveToFront(el)
+		return el.Value.(*instance)
+	}
+	var m meter
+	switch spec.cfg.Model {
+	case "window":
+		m = &window{limit: spec.cfg.Limit, span: spec.cfg.Window.D()}
+	case "leaky_bucket":
+		m = &bucket{burst: spec.cfg.Capacity, rate: spec.cfg.LeakRate}
+	default:
+		m = &bucket{burst: spec.cfg.Burst, rate: spec.cfg.Rate}
+	}
+	in := &instance{l: l, key: key, name: spec.name, m: m, clients: map[string]*clientQueue{}, needsSync: len(spec.feedback) > 0}
+	l.instances[key] = l.lru.PushFront(in)
+	in.lastUse = l.now()
+	l.evictLocked(key)
+	return in
+}
+
+// evictLocked drops the least recently used idle budgets beyond the cap.
+func (l *Limiter) evictLocked(keep string) {
+	for el := l.lru.Back(); el != nil && l.lru.Len() > maxInstances; {
+		prev := el.Prev()
+		in := el.Value.(*instance)
+		if in.waiting == 0 && in.timer == nil && in.key != keep {
+			l.lru.Remove(el)
+			delete(l.instances, in.key)
+		}
+		el = prev
+	}
+}
+
+// keyPart is the part of the budget key that splits one named budget.
+func (s *Spec) keyPart(host string, r *http.Request) string {
+	switch s.cfg.Key {
+	case "host":
+		return host
+	case "client":
+		return clientOf(r)
+	case "api_key":
+		return s.apiKey(r)
+	case "host_api_key":
+		return host + "|" + s.apiKey(r)
+	}
+	return ""
+}
+
+// apiKey returns a hash of the request's API key: budgets are per key, but
+// the key itself is never kept or logged.
+func (s *Spec) apiKey(r *http.Request) string {
+	var v string
+	if len(s.cfg.KeyHeaders) > 0 {
+		for _, h := range s.cfg.KeyHeaders {
+			if v = r.Header.Get(h); v != "" {
+				break
+			}
+		}
+	} else {
+		names := make([]string, 0, len(r.Header))
+		for name := range r.Header {
+			if obs.SecretName(name) {
+				names = append(names, name)
+			}
+		}
+		if len(names) > 0 {
+			slices.Sort(names) // the same key whatever the header order
+			v = names[0] + ":" + r.Header.Get(names[0])
+		}
+	}
+	if v == "" {
+		return "anonymous"
+	}
+	sum := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(sum[:12])
+}

@@ -1,0 +1,238 @@
+package throttle
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/internal/config"
+)
+
+func binanceSpec(t *testing.T) *Spec {
+	t.Helper()
+	th := config.ThrottleFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
+	if th == nil {
+		t.Fatal("binance profile has no throttle for api.binance.com")
+	}
+	s, err := Compile(th, "api.binance.com", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestBinanceWeights(t *testing.T) {
+	s := binanceSpec(t)
+	if s.name != "binance-spot" || s.cfg.Limit != 6000 || s.cfg.Window.D() != time.Minute {
+		t.Fatalf("spot budget %q %v per %v, want binance-spot 6000 per 1m", s.name, s.cfg.Limit, s.cfg.Window.D())
+	}
+	for _, tt := range []struct {
+		target string
+		want   float64
+	}{
+		{"/api/v3/klines?symbol=BTCUSDT&interval=1m", 2},
+		{"/api/v3/depth?symbol=BTCUSDT", 5},
+		{"/api/v3/depth?symbol=BTCUSDT&limit=500", 25},
+		{"/api/v3/depth?symbol=BTCUSDT&limit=1000", 50},
+		{"/api/v3/depth?symbol=BTCUSDT&limit=5000", 250},
+		{"/api/v3/ticker/24hr?symbol=BTCUSDT", 2},
+		{"/api/v3/ticker/24hr", 80},
+		{`/api/v3/ticker/24hr?symbols=["BTCUSDT","ETHUSDT"]`, 2},
+		{"/api/v3/ticker/price?symbol=BTCUSDT", 2},
+		{"/api/v3/ticker/price", 4},
+		{"/api/v3/exchangeInfo", 20},
+		{"/api/v3/trades?symbol=X", 25},
+		{"/api/v3/ping", 1},
+	} {
+		r := httptest.NewRequest("GET", "https://api.binance.com"+tt.target, nil)
+		if got := s.Cost(r); got != tt.want {
+			t.Errorf("Cost(%s) = %v, want %v", tt.target, got, tt.want)
+		}
+	}
+	fut := config.ThrottleFor(&config.Host{Profile: "binance"}, "fapi.binance.com", "fapi.binance.com")
+	if fut == nil || fut.Budget != "binance-usdm" || fut.Limit != 2400 {
+		t.Errorf("fapi budget = %+v, want its own binance-usdm of 2400/min", fut)
+	}
+}
+
+func TestWindowNeverExceedsAnyAlignment(t *testing.T) {
+	w := &window{limit: 10, span: time.Second}
+	t0 := time.Unix(1000, 0)
+	var granted []time.Time
+	for now := t0; now.Before(t0.Add(5 * time.Second)); now = now.Add(37 * time.Millisecond) {
+		if w.wait(now, 1) == 0 {
+			w.spend(now, 1)
+			granted = append(granted, now)
+		}
+	}
+	for i := range granted { // every one-second interval starting at a grant
+		n := 0
+		for _, g := range granted[i:] {
+			if g.Before(granted[i].Add(time.Second)) {
+				n++
+			}
+		}
+		if n > 10 {
+			t.Fatalf("%d grants within one second of %v, limit 10", n, granted[i])
+		}
+	}
+	if len(granted) < 45 {
+		t.Errorf("%d grants in 5 s at 10/s, want close to 50", len(granted))
+	}
+}
+
+func newLimiter(t *testing.T) *Limiter {
+	l, err := New(slog.New(slog.DiscardHandler), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func bucketSpec(t *testing.T, rate, burst float64, maxWait time.Duration) *Spec {
+	s, err := Compile(&config.Throttle{Model: "token_bucket", Rate: rate, Burst: burst}, "test", maxWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func request(client string) *http.Request {
+	r := httptest.NewRequest("GET", "https://api.test/x", nil)
+	r.RemoteAddr = client + ":1234"
+	return r
+}
+
+// TestFairness: a bot with 40 queued requests does not delay another
+// bot's few: clients take turns.
+func TestFairness(t *testing.T) {
+	l := newLimiter(t)
+	spec := bucketSpec(t, 100, 1, 30*time.Second)
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	run := func(client string, n int) {
+		for range n {
+			wg.Go(func() {
+				if _, err := l.Acquire(context.Background(), spec, "api.test", request(client)); err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				order = append(order, client)
+				mu.Unlock()
+			})
+		}
+	}
+	run("10.0.0.1", 40)
+	time.Sleep(50 * time.Millisecond) // the busy bot queues first
+	run("10.0.0.2", 5)
+	wg.Wait()
+	last := 0
+	for i, c := range order {
+		if c == "10.0.0.2" {
+			last = i
+		}
+	}
+	if last > 25 {
+		t.Errorf("the quiet client's 5 requests finished at position %d of %d; want them interleaved early: %v", last, len(order), order)
+	}
+}
+
+func TestMaxWaitAndDisconnect(t *testing.T) {
+	l := newLimiter(t)
+	spec := bucketSpec(t, 0.5, 1, 100*time.Millisecond)
+	if _, err := l.Acquire(context.Background(), spec, "api.test", request("c")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Acquire(context.Background(), spec, "api.test", request("c")); !errors.Is(err, ErrTimeout) {
+		t.Errorf("over budget past max_wait: err %v, want ErrTimeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	spec.maxWait = time.Minute
+	done := make(chan error)
+	go func() { _, err := l.Acquire(ctx, spec, "api.test", request("c")); done <- err }()
+	for testutil.ToFloat64(l.metrics.queue.WithLabelValues("test")) != 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("client gone while queued: err %v", err)
+	}
+	if q := testutil.ToFloat64(l.metrics.queue.WithLabelValues("test")); q != 0 {
+		t.Errorf("queue length %v after the client left, want 0", q)
+	}
+	if got := testutil.ToFloat64(l.metrics.rejects.WithLabelValues("test")); got != 1 {
+		t.Errorf("rejected_total = %v, want 1", got)
+	}
+}
+
+func TestFeedback(t *testing.T) {
+	l := newLimiter(t)
+	spec := binanceSpec(t)
+	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/ping", nil)
+	lease, err := l.Acquire(context.Background(), spec, "api.binance.com", r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another client outside sluice spent most of the minute's weight.
+	resp := &http.Response{StatusCode: 200, Header: http.Header{"X-Mbx-Used-Weight-1m": {"5999"}}, Request: r}
+	lease.Observe(resp)
+	if got := lease.in.m.available(l.now()); got != 1 {
+		t.Errorf("after X-MBX-USED-WEIGHT-1M: 5999: %v available, want 1", got)
+	}
+	resp = &http.Response{StatusCode: 418, Header: http.Header{"Retry-After": {"120"}}, Request: r}
+	lease.Observe(resp)
+	if d := lease.in.pausedUntil.Sub(l.now()); d < 119*time.Second {
+		t.Errorf("after a 418 with Retry-After 120: paused for %v", d)
+	}
+	spec.maxWait = 50 * time.Millisecond
+	if _, err := l.Acquire(context.Background(), spec, "api.binance.com", r); !errors.Is(err, ErrTimeout) {
+		t.Errorf("while banned: err %v, want a wait that times out", err)
+	}
+	if got := testutil.ToFloat64(l.metrics.limitedVec.WithLabelValues("binance-spot", "418")); got != 1 {
+		t.Errorf("upstream_limited_total{418} = %v", got)
+	}
+}
+
+func TestAPIKeyBudgetsAreHashed(t *testing.T) {
+	s, err := Compile(&config.Throttle{Model: "leaky_bucket", Capacity: 40, LeakRate: 2, Key: "host_api_key",
+		KeyHeaders: []string{"X-Shopify-Access-Token"}}, "shopify", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := request("c")
+	a.Header.Set("X-Shopify-Access-Token", "shpat_secret")
+	b := request("c")
+	b.Header.Set("X-Shopify-Access-Token", "shpat_other")
+	ka, kb := s.keyPart("shop1.myshopify.com", a), s.keyPart("shop1.myshopify.com", b)
+	if ka == kb || len(ka) < 20 || contains(ka, "shpat") {
+		t.Errorf("keys %q and %q: want distinct, hashed, never the token", ka, kb)
+	}
+}
+
+func contains(s, sub string) bool {
+	return len(sub) > 0 && len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub))
+}
+
+// BenchmarkAcquireUnderBudget is the latency the throttle adds to a
+// request when the budget has room: the common case.
+func BenchmarkAcquireUnderBudget(b *testing.B) {
+	l, _ := New(slog.New(slog.DiscardHandler), nil, nil)
+	th := config.ThrottleFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
+	spec, _ := Compile(th, "api.binance.com", 10*time.Second)
+	spec.cfg.Limit = 1e12 // never the limit: measure the bookkeeping
+	spec.feedback = map[string]bool{}
+	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=100", nil)
+	for b.Loop() {
+		if _, err := l.Acquire(context.Background(), spec, "api.binance.com", r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
