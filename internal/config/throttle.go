@@ -48,6 +48,10 @@ type Throttle struct {
 	Feedback []string `yaml:"feedback,omitempty,flow"`
 	// Hosts, in a profile, are the hosts this throttle applies to.
 	Hosts []string `yaml:"hosts,omitempty,flow"`
+	// PathRegex, when set, limits the throttle to matching request paths;
+	// a host's throttles are tried in order (Shopify meters its REST and
+	// GraphQL APIs on one host with two budgets).
+	PathRegex string `yaml:"path_regex,omitempty"`
 }
 
 // WeightRule gives the cost of matching requests.
@@ -109,7 +113,7 @@ type ThrottleConfig struct {
 var (
 	throttleModels = []string{"window", "token_bucket", "leaky_bucket"}
 	throttleKeys   = []string{"budget", "host", "api_key", "host_api_key", "client"}
-	feedbacks      = []string{"binance", "shopify", "ratelimit"}
+	feedbacks      = []string{"binance", "shopify", "shopify_graphql", "ratelimit"}
 )
 
 func (t *Throttle) validate() error {
@@ -136,6 +140,11 @@ func (t *Throttle) validate() error {
 	for _, f := range t.Feedback {
 		if !slices.Contains(feedbacks, f) {
 			errs = append(errs, fmt.Errorf("feedback %q is not one of %s", f, strings.Join(feedbacks, ", ")))
+		}
+	}
+	if t.PathRegex != "" {
+		if _, err := regexp.Compile(t.PathRegex); err != nil {
+			errs = append(errs, fmt.Errorf("path_regex: %w", err))
 		}
 	}
 	if t.MaxWait != nil && *t.MaxWait < 0 {
@@ -173,25 +182,26 @@ func (w *WeightRule) validate() error {
 	return nil
 }
 
-// ThrottleFor returns the throttle of a host entry for host (a normalised
-// name): the entry's own, else its profile's throttle that lists host (or,
-// for a wildcard entry, its pattern). nil means no budget.
-func ThrottleFor(h *Host, pattern, host string) *Throttle {
+// ThrottlesFor returns the throttles of a host entry for host (a
+// normalised name): the entry's own, else those of its profile that list
+// host (or, for a wildcard entry, its pattern), in order. None means no budget.
+func ThrottlesFor(h *Host, pattern, host string) []*Throttle {
 	if h.Throttle != nil {
 		if h.Throttle.Off {
 			return nil
 		}
-		return &h.Throttle.Throttle
+		return []*Throttle{&h.Throttle.Throttle}
 	}
 	ps, _ := Profiles()
 	p := ps[h.Profile]
 	if p == nil {
 		return nil
 	}
+	var out []*Throttle
 	for i := range p.Throttle {
 		if slices.Contains(p.Throttle[i].Hosts, host) || slices.Contains(p.Throttle[i].Hosts, pattern) {
-			return &p.Throttle[i]
+			out = append(out, &p.Throttle[i])
 		}
 	}
-	return nil
+	return out
 }

@@ -118,7 +118,7 @@ type forwardTo struct {
 }
 
 func (f forwardTo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if spec := f.rt.upstream.throttle; spec != nil {
+	if spec := f.rt.upstream.throttle.Pick(r); spec != nil {
 		lease, err := f.s.limiter.Acquire(r.Context(), spec, f.rt.target.hp.Host, r)
 		if err != nil {
 			rec := obs.RecordFrom(r.Context())

@@ -35,7 +35,7 @@ type upstream struct {
 	route     dialer.Route
 	transport *http.Transport
 	cache     *cache.Rules
-	throttle  *throttle.Spec // nil: no budget
+	throttle  throttle.Specs // none: no budget
 }
 
 func (s *Server) newState(cfg *config.Config) (*state, error) {
@@ -56,7 +56,7 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 			u.cache, err = cache.Compile(mode, rules, cfg.StaleWindow(&e.Host))
 		}
 		if err == nil {
-			u.throttle, err = throttle.Compile(config.ThrottleFor(&e.Host, e.Pattern, e.Pattern), e.Pattern, cfg.Throttle.MaxWait.D())
+			u.throttle, err = throttle.CompileAll(config.ThrottlesFor(&e.Host, e.Pattern, e.Pattern), e.Pattern, cfg.Throttle.MaxWait.D())
 		}
 		if err != nil {
 			return nil, fmt.Errorf("hosts.%s: %w", e.Key, err)

@@ -1,6 +1,9 @@
 package throttle
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -32,6 +35,9 @@ func (le *Lease) Observe(resp *http.Response) {
 				in.m.sync(now, u)
 			}
 		}
+	}
+	if le.spec.feedback["shopify_graphql"] && resp.Body != nil {
+		resp.Body = &costReader{ReadCloser: resp.Body, lease: le}
 	}
 	if le.spec.feedback["ratelimit"] {
 		if used, ok := rateLimitUsed(h, in.m.capacity()); ok {
@@ -149,4 +155,64 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 		return max(t.Sub(now), 0), true
 	}
 	return 0, false
+}
+
+// costReader passes a GraphQL response through and, at its end, reads the
+// cost extension Shopify reports in the body:
+// {"extensions":{"cost":{"throttleStatus":{"maximumAvailable":2000,
+// "currentlyAvailable":1950,"restoreRate":100}}}}.
+type costReader struct {
+	io.ReadCloser
+	lease *Lease
+	buf   bytes.Buffer
+	done  bool
+}
+
+// maxCostBody bounds what is kept of a body to find its cost extension.
+const maxCostBody = 1 << 20
+
+func (c *costReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if c.buf.Len()+n <= maxCostBody {
+		c.buf.Write(p[:n])
+	}
+	if err == io.EOF && !c.done {
+		c.done = true
+		c.lease.observeCost(c.buf.Bytes())
+	}
+	return n, err
+}
+
+func (le *Lease) observeCost(body []byte) {
+	var doc struct {
+		Extensions struct {
+			Cost struct {
+				ThrottleStatus struct {
+					MaximumAvailable   float64 `json:"maximumAvailable"`
+					CurrentlyAvailable float64 `json:"currentlyAvailable"`
+					RestoreRate        float64 `json:"restoreRate"`
+				} `json:"throttleStatus"`
+			} `json:"cost"`
+		} `json:"extensions"`
+	}
+	if json.Unmarshal(body, &doc) != nil {
+		return
+	}
+	ts := doc.Extensions.Cost.ThrottleStatus
+	if ts.MaximumAvailable <= 0 {
+		return
+	}
+	l := le.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if b, ok := le.in.m.(*bucket); ok {
+		b.burst = ts.MaximumAvailable // the store's bucket and rate, as it reports them
+		if ts.RestoreRate > 0 {
+			b.rate = ts.RestoreRate
+		}
+	}
+	le.in.m.sync(now, ts.MaximumAvailable-ts.CurrentlyAvailable)
+	l.metrics.available(le.spec.name, le.in.m.available(now))
+	le.in.dispatch(now)
 }

@@ -66,8 +66,36 @@ func New(log *slog.Logger, now func() time.Time, reg prometheus.Registerer) (*Li
 	return &Limiter{log: log, now: now, metrics: m, instances: map[string]*list.Element{}, lru: list.New()}, nil
 }
 
-// Spec is a host entry's compiled throttle. It is immutable.
+// Specs are a host entry's throttles, tried in order by request path.
+type Specs []*Spec
+
+// Pick returns the first throttle whose path matches r, or nil.
+func (ss Specs) Pick(r *http.Request) *Spec {
+	for _, s := range ss {
+		if s.path == nil || s.path.MatchString(r.URL.Path) {
+			return s
+		}
+	}
+	return nil
+}
+
+// CompileAll compiles a host entry's throttles; name is the budget name of
+// those that name none.
+func CompileAll(ts []*config.Throttle, name string, defaultMaxWait time.Duration) (Specs, error) {
+	var out Specs
+	for _, t := range ts {
+		s, err := Compile(t, name, defaultMaxWait)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Spec is one compiled throttle. It is immutable.
 type Spec struct {
+	path          *regexp.Regexp // nil: every path
 	name          string
 	cfg           config.Throttle
 	maxWait       time.Duration
@@ -97,6 +125,13 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 	}
 	if t.DefaultWeight > 0 {
 		s.defaultWeight = t.DefaultWeight
+	}
+	if t.PathRegex != "" {
+		re, err := regexp.Compile(t.PathRegex)
+		if err != nil {
+			return nil, fmt.Errorf("throttle path_regex: %w", err)
+		}
+		s.path = re
 	}
 	for _, f := range t.Feedback {
 		s.feedback[f] = true

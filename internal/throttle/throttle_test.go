@@ -3,9 +3,11 @@ package throttle
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,11 +19,11 @@ import (
 
 func binanceSpec(t *testing.T) *Spec {
 	t.Helper()
-	th := config.ThrottleFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
-	if th == nil {
-		t.Fatal("binance profile has no throttle for api.binance.com")
+	th := config.ThrottlesFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
+	if len(th) != 1 {
+		t.Fatalf("binance profile has %d throttles for api.binance.com, want 1", len(th))
 	}
-	s, err := Compile(th, "api.binance.com", 10*time.Second)
+	s, err := Compile(th[0], "api.binance.com", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,9 +58,9 @@ func TestBinanceWeights(t *testing.T) {
 			t.Errorf("Cost(%s) = %v, want %v", tt.target, got, tt.want)
 		}
 	}
-	fut := config.ThrottleFor(&config.Host{Profile: "binance"}, "fapi.binance.com", "fapi.binance.com")
-	if fut == nil || fut.Budget != "binance-usdm" || fut.Limit != 2400 {
-		t.Errorf("fapi budget = %+v, want its own binance-usdm of 2400/min", fut)
+	fut := config.ThrottlesFor(&config.Host{Profile: "binance"}, "fapi.binance.com", "fapi.binance.com")
+	if len(fut) != 1 || fut[0].Budget != "binance-usdm" || fut[0].Limit != 2400 {
+		t.Errorf("fapi budgets = %+v, want its own binance-usdm of 2400/min", fut)
 	}
 }
 
@@ -212,21 +214,17 @@ func TestAPIKeyBudgetsAreHashed(t *testing.T) {
 	b := request("c")
 	b.Header.Set("X-Shopify-Access-Token", "shpat_other")
 	ka, kb := s.keyPart("shop1.myshopify.com", a), s.keyPart("shop1.myshopify.com", b)
-	if ka == kb || len(ka) < 20 || contains(ka, "shpat") {
+	if ka == kb || len(ka) < 20 || strings.Contains(ka, "shpat") {
 		t.Errorf("keys %q and %q: want distinct, hashed, never the token", ka, kb)
 	}
-}
-
-func contains(s, sub string) bool {
-	return len(sub) > 0 && len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub))
 }
 
 // BenchmarkAcquireUnderBudget is the latency the throttle adds to a
 // request when the budget has room: the common case.
 func BenchmarkAcquireUnderBudget(b *testing.B) {
 	l, _ := New(slog.New(slog.DiscardHandler), nil, nil)
-	th := config.ThrottleFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
-	spec, _ := Compile(th, "api.binance.com", 10*time.Second)
+	th := config.ThrottlesFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
+	spec, _ := Compile(th[0], "api.binance.com", 10*time.Second)
 	spec.cfg.Limit = 1e12 // never the limit: measure the bookkeeping
 	spec.feedback = map[string]bool{}
 	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=100", nil)
@@ -234,5 +232,33 @@ func BenchmarkAcquireUnderBudget(b *testing.B) {
 		if _, err := l.Acquire(context.Background(), spec, "api.binance.com", r); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestShopifyGraphQLCost: the GraphQL budget is picked by path and
+// re-synced from the cost extension in the response body.
+func TestShopifyGraphQLCost(t *testing.T) {
+	specs, err := CompileAll(config.ThrottlesFor(&config.Host{Profile: "shopify"}, "*.myshopify.com", "shop1.myshopify.com"), "*.myshopify.com", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gql := httptest.NewRequest("POST", "https://shop1.myshopify.com/admin/api/2025-01/graphql.json", nil)
+	gql.Header.Set("X-Shopify-Access-Token", "shpat_x")
+	rest := httptest.NewRequest("GET", "https://shop1.myshopify.com/admin/api/2025-01/products.json", nil)
+	if specs.Pick(gql).name != "shopify-graphql" || specs.Pick(rest).name != "shopify-rest" {
+		t.Fatalf("picked %q for GraphQL and %q for REST", specs.Pick(gql).name, specs.Pick(rest).name)
+	}
+	l := newLimiter(t)
+	lease, err := l.Acquire(context.Background(), specs.Pick(gql), "shop1.myshopify.com", gql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"data":{},"extensions":{"cost":{"requestedQueryCost":101,"actualQueryCost":46,"throttleStatus":{"maximumAvailable":1000.0,"currentlyAvailable":700.0,"restoreRate":50.0}}}}`
+	resp := &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: gql}
+	lease.Observe(resp)
+	io.Copy(io.Discard, resp.Body) // the client reads the answer; the cost is read at its end
+	b := lease.in.m.(*bucket)
+	if b.burst != 1000 || b.rate != 50 || b.available(l.now()) > 701 || b.available(l.now()) < 699 {
+		t.Errorf("after throttleStatus 700/1000 at 50/s: bucket %v at %v/s with %v available", b.burst, b.rate, b.available(l.now()))
 	}
 }
