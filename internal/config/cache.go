@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -62,7 +63,31 @@ func (hc *HostCache) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	type plain HostCache // without this method
-	return n.Decode((*plain)(hc))
+	return strictDecode(n, (*plain)(hc))
+}
+
+// strictDecode decodes a mapping node as Parse decodes the whole file:
+// unknown keys are errors. (yaml.Node.Decode has no KnownFields, so the
+// node is re-read by a strict decoder and its line numbers shifted back.)
+func strictDecode(n *yaml.Node, out any) error {
+	data, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err = dec.Decode(out)
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		for i, e := range te.Errors {
+			var line int
+			if _, scanErr := fmt.Sscanf(e, "line %d:", &line); scanErr == nil {
+				te.Errors[i] = fmt.Sprintf("line %d:%s", line+n.Line-1, strings.SplitN(e, ":", 2)[1])
+			}
+		}
+		return te
+	}
+	return err
 }
 
 // UnmarshalYAML accepts the three cache modes only.

@@ -93,7 +93,7 @@ func (ht *HostThrottle) UnmarshalYAML(n *yaml.Node) error {
 		ht.Off = true
 		return nil
 	}
-	return n.Decode(&ht.Throttle)
+	return strictDecode(n, &ht.Throttle)
 }
 
 // MarshalYAML writes "off" or the mapping.
