@@ -49,7 +49,8 @@ func newOrigin(t *testing.T, reply func(w http.ResponseWriter, r *http.Request))
 	t.Cleanup(o.srv.Close)
 	u, _ := url.Parse(o.srv.URL)
 	o.next = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport: &http.Transport{DisableCompression: true}, // as sluice's: encodings pass through
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.WriteHeader(http.StatusBadGateway)
 			fmt.Fprintf(w, `{"error":"upstream refused the connection","detail":%q}`, err.Error())
@@ -370,5 +371,27 @@ func TestTooLargeIsPassedThrough(t *testing.T) {
 	}
 	if c.size > 1<<20 {
 		t.Errorf("a body over max_object_bytes was stored (%d bytes held)", c.size)
+	}
+}
+
+// TestEncodingsKeptApart: a gzip answer fetched for a client that accepts
+// gzip is not served to one that does not.
+func TestEncodingsKeptApart(t *testing.T) {
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			w.Header().Set("Content-Encoding", "gzip")
+			io.WriteString(w, "GZIPPED")
+			return
+		}
+		io.WriteString(w, "plain")
+	})
+	c := newCache(t, &clock{t: time.Now()}, 1<<20)
+	rules := rulesOf(t, config.CacheRules, 0, tickerRules)
+	do(c, rules, o.next, "GET", "/api/v3/ticker", "Accept-Encoding", "gzip, deflate")
+	if w := do(c, rules, o.next, "GET", "/api/v3/ticker"); w.Body.String() != "plain" || w.Header().Get("Content-Encoding") != "" {
+		t.Errorf("client without Accept-Encoding got %q (Content-Encoding %q)", w.Body, w.Header().Get("Content-Encoding"))
+	}
+	if w := do(c, rules, o.next, "GET", "/api/v3/ticker", "Accept-Encoding", "deflate, gzip"); w.Header().Get("X-Cache") != "HIT" {
+		t.Errorf("same codings in another order: X-Cache %q, want HIT", w.Header().Get("X-Cache"))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"sluice/internal/config"
@@ -33,7 +34,9 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		c.bypass(w, r, next)
 		return
 	}
-	key := Key(r.Method, host, r.URL, ru.ignore)
+	// Rules ignore Vary, but not the encoding: a gzip body stored for one
+	// client must not reach another that cannot decode it.
+	key := Key(r.Method, host, r.URL, ru.ignore) + "\x00" + acceptedCodings(r.Header)
 	now := c.opts.Now()
 	e := c.get(key, now)
 	switch {
@@ -67,6 +70,30 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		return // the client went away while waiting
 	}
 	c.deliver(w, r, res, e, rules.stale)
+}
+
+// acceptedCodings names the content codings a client accepts, from the
+// ones upstreams use, in a fixed order: the part of the key that keeps
+// differently encoded answers apart.
+func acceptedCodings(h http.Header) string {
+	ae := strings.ToLower(strings.Join(h.Values("Accept-Encoding"), ","))
+	if ae == "" {
+		return "identity"
+	}
+	var out []string
+	for _, coding := range []string{"br", "deflate", "gzip", "zstd"} {
+		for part := range strings.SplitSeq(ae, ",") {
+			name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if name == coding && !strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0") {
+				out = append(out, coding)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return "identity"
+	}
+	return strings.Join(out, ",")
 }
 
 // deliver answers with a fetch's result: the response itself, or the stale
