@@ -1,8 +1,12 @@
 // Package admin serves sluice's admin listener (loopback by default):
 //
-//	GET /healthz  {"status":"ok"} while the proxy runs
-//	GET /metrics  Prometheus metrics of every component
-//	GET /ca.pem   the CA certificate clients must trust (public)
+//	GET    /healthz           {"status":"ok"} while the proxy runs
+//	GET    /metrics           Prometheus metrics of every component
+//	GET    /ca.pem            the CA certificate clients must trust (public)
+//	GET    /v1/blobs          the blob store: size, files, entries
+//	DELETE /v1/blobs?id=ID    remove the entries with that URL key or digest
+//	DELETE /v1/blobs?all=1    remove every entry
+//	POST   /v1/blobs/gc       remove unreferenced and temporary files
 //
 // Errors are JSON {"error": "..."}.
 package admin
@@ -18,6 +22,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"sluice/internal/blobs"
 )
 
 // Options are what New needs.
@@ -25,6 +31,8 @@ type Options struct {
 	Gatherer  prometheus.Gatherer
 	CACertPEM []byte
 	Log       *slog.Logger
+	// Blobs is the blob store, nil if off.
+	Blobs *blobs.Store
 }
 
 // Server is the admin HTTP server.
@@ -46,6 +54,28 @@ func New(opts Options) *Server {
 		w.Header().Set("Content-Disposition", `attachment; filename="sluice-ca.pem"`)
 		w.Write(opts.CACertPEM)
 	})
+	if b := opts.Blobs; b != nil {
+		mux.HandleFunc("GET /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
+			size, files := b.Size()
+			writeJSON(w, http.StatusOK, map[string]any{"bytes": size, "files": files, "entries": b.List()})
+		})
+		mux.HandleFunc("DELETE /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
+			id := r.URL.Query().Get("id")
+			if id == "" && r.URL.Query().Get("all") != "1" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give ?id=KEY_OR_DIGEST, or ?all=1 to remove everything"})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]int{"removed": b.Remove(id)})
+		})
+		mux.HandleFunc("POST /v1/blobs/gc", func(w http.ResponseWriter, r *http.Request) {
+			freed, err := b.GC()
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]int64{"freed_bytes": freed})
+		})
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})

@@ -26,6 +26,8 @@ usage:
   sluice ca export [-c FILE] [--format pem|p12] [-o FILE]
                                        write the CA certificate clients must trust
   sluice env [-c FILE]                 print shell exports that point clients at sluice
+  sluice blobs [-c FILE] ls | rm ID | rm --all | gc
+                                       list or remove files in the running sluice's blob store
   sluice version                       print the version
 
 Each command takes --help.
@@ -55,6 +57,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return caExportCmd(rest[1:], stdout, stderr)
 	case "env":
 		return envCmd(rest, stdout, stderr)
+	case "blobs":
+		return blobsCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sluice", Version())
 		return nil
@@ -81,6 +85,8 @@ func flags(name, synopsis string, stdout, stderr io.Writer) (*flag.FlagSet, *str
 	}
 	return fs, cfgPath
 }
+
+var errHelp = flag.ErrHelp
 
 // parse parses args; it reports done when --help was asked for.
 func parse(fs *flag.FlagSet, args []string) (done bool, err error) {

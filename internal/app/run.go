@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"runtime/debug"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"sluice/internal/admin"
+	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/config"
 	"sluice/internal/obs"
@@ -60,7 +62,14 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	buildInfo.WithLabelValues(Version()).Set(1)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), reloads, buildInfo)
 
-	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg})
+	store, err := blobs.Open(filepath.Join(dataDir, "blobs"), blobs.Options{
+		MaxBytes: int64(cfg.Blobs.MaxBytes), AbortWhenAlone: cfg.Blobs.WhenClientsLeave == "abort",
+		Log: log.With("component", "blobs"), Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg, Blobs: store})
 	if err != nil {
 		return err
 	}
@@ -92,7 +101,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
 	})
 	if lns[2] != nil {
-		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log})
+		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
 	}
 	g.Go(func() error {

@@ -30,6 +30,7 @@ type Config struct {
 	Hosts    map[string]*Host `yaml:"hosts"`
 	Cache    CacheConfig      `yaml:"cache"`
 	Throttle ThrottleConfig   `yaml:"throttle"`
+	Blobs    BlobsConfig      `yaml:"blobs"`
 	Timeouts Timeouts         `yaml:"timeouts"`
 	CA       CA               `yaml:"ca"`
 	Log      Log              `yaml:"log"`
@@ -93,6 +94,8 @@ type Host struct {
 	Cache *HostCache `yaml:"cache,omitempty"`
 	// Throttle is "off" or the host's upstream budget; default: its profile's.
 	Throttle *HostThrottle `yaml:"throttle,omitempty"`
+	// Blobs is "off" or extra immutable-file patterns for this host.
+	Blobs *HostBlobs `yaml:"blobs,omitempty"`
 }
 
 // Timeouts bounds each phase of a connection.
@@ -256,6 +259,13 @@ func (c *Config) applyDefaults() {
 	}
 	setDuration(&c.Cache.FetchTimeout, 60*time.Second)
 	setDuration(&c.Throttle.MaxWait, 10*time.Second)
+	if c.Blobs.MaxBytes == 0 {
+		c.Blobs.MaxBytes = 10 << 30
+	}
+	if c.Blobs.Patterns == nil {
+		c.Blobs.Patterns = DefaultBlobPatterns
+	}
+	setString(&c.Blobs.WhenClientsLeave, "finish")
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "json")
 	if c.Hosts == nil {

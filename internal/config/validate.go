@@ -102,6 +102,12 @@ func (c *Config) validate() []error {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
 	}
+	if err := validPatterns(c.Blobs.Patterns); err != nil {
+		add(err, "blobs", "patterns")
+	}
+	if c.Blobs.WhenClientsLeave != "finish" && c.Blobs.WhenClientsLeave != "abort" {
+		add(fmt.Errorf("%q is not one of finish, abort", c.Blobs.WhenClientsLeave), "blobs", "when_clients_leave")
+	}
 	if c.Throttle.MaxWait <= 0 {
 		add(errors.New("must be positive"), "throttle", "max_wait")
 	}
@@ -155,6 +161,11 @@ func (h *Host) validate(c *Config, pattern string) []error {
 		}
 		if h.Cache.StaleIfError != nil && *h.Cache.StaleIfError < 0 {
 			add(errors.New("stale_if_error must not be negative"), "cache")
+		}
+	}
+	if h.Blobs != nil {
+		if err := validPatterns(h.Blobs.Patterns); err != nil {
+			add(err, "blobs")
 		}
 	}
 	if h.Throttle != nil && !h.Throttle.Off {

@@ -104,8 +104,13 @@ func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
 	s.serveRoute(w, r, &route{target: t, upstream: st.upstreams[d.Entry.Pattern]})
 }
 
-// serveRoute answers from the cache or forwards to the route's upstream.
+// serveRoute answers immutable files from the blob store and the rest from
+// the response cache, or forwards to the route's upstream.
 func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt *route) {
+	if s.blobs != nil && rt.upstream.blobs.Match(r) {
+		s.blobs.Handle(w, r, rt.target.key, rt.upstream.blobs, forwardTo{s, rt})
+		return
+	}
 	s.cache.Handle(w, r, rt.target.key, rt.upstream.cache, forwardTo{s, rt})
 }
 

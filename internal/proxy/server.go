@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/cache"
 	"sluice/internal/config"
@@ -48,6 +49,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock for certificates; nil is time.Now.
 	Now func() time.Time
+	// Blobs is the store of immutable files; nil turns it off.
+	Blobs *blobs.Store
 }
 
 // Server is the forward proxy. Reload swaps its config while it runs.
@@ -62,6 +65,7 @@ type Server struct {
 	reverse   *http.Server // the reverse-proxy listener's server
 	cache     *cache.Cache
 	limiter   *throttle.Limiter
+	blobs     *blobs.Store
 	mitm      *http.Server // serves requests inside intercepted CONNECTs
 	inner     http.Handler // policy, cache, forwarding; shared by both servers
 	forwarder http.Handler
@@ -85,7 +89,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log: opts.Log, resolver: opts.Resolver, now: opts.Now, metrics: m,
+		log: opts.Log, resolver: opts.Resolver, now: opts.Now, metrics: m, blobs: opts.Blobs,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
 	}
 	st, err := s.newState(opts.Config)

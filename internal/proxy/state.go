@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"time"
 
+	"sluice/internal/blobs"
 	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
@@ -36,6 +37,7 @@ type upstream struct {
 	transport *http.Transport
 	cache     *cache.Rules
 	throttle  throttle.Specs // none: no budget
+	blobs     *blobs.Matcher // nil: no blob store for this host
 }
 
 func (s *Server) newState(cfg *config.Config) (*state, error) {
@@ -54,6 +56,14 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		u, err := newUpstream(cfg, e.Host.UpstreamCA, dialer.Route{AllowPrivate: e.Host.AllowPrivate}, e.Host.ConnectTo, d)
 		if err == nil {
 			u.cache, err = cache.Compile(mode, rules, cfg.StaleWindow(&e.Host))
+		}
+		if err == nil && (e.Host.Blobs == nil || !e.Host.Blobs.Off) {
+			var extra []string
+			var withCreds bool
+			if e.Host.Blobs != nil {
+				extra, withCreds = e.Host.Blobs.Patterns, e.Host.Blobs.WithCredentials
+			}
+			u.blobs, err = blobs.NewMatcher(cfg.Blobs.Patterns, extra, withCreds)
 		}
 		if err == nil {
 			u.throttle, err = throttle.CompileAll(config.ThrottlesFor(&e.Host, e.Pattern, e.Pattern), e.Pattern, cfg.Throttle.MaxWait.D())

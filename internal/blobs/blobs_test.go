@@ -1,0 +1,359 @@
+package blobs
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sluice/internal/config"
+)
+
+// origin serves blobs by path and counts the requests; next reaches it
+// through httputil.ReverseProxy, as sluice's forwarder does.
+type origin struct {
+	srv   *httptest.Server
+	next  http.Handler
+	hits  atomic.Int64
+	mu    sync.Mutex
+	files map[string][]byte
+	// gate, if set, is waited on before the last half of a body is sent.
+	gate chan struct{}
+	// cut, if set, ends the body early with a broken connection.
+	cut bool
+}
+
+func newOrigin(t *testing.T) *origin {
+	o := &origin{files: map[string][]byte{}}
+	o.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		o.hits.Add(1)
+		o.mu.Lock()
+		body, ok := o.files[r.URL.Path]
+		gate, cut := o.gate, o.cut
+		o.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		half := len(body) / 2
+		w.Write(body[:half])
+		if gate != nil {
+			w.(http.Flusher).Flush()
+			<-gate
+		}
+		if cut {
+			panic(http.ErrAbortHandler) // the connection breaks midway
+		}
+		w.Write(body[half:])
+	}))
+	t.Cleanup(o.srv.Close)
+	u, _ := url.Parse(o.srv.URL)
+	o.next = &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport: &http.Transport{DisableCompression: true},
+		ErrorLog:  slog.NewLogLogger(slog.DiscardHandler, slog.LevelDebug),
+	}
+	return o
+}
+
+func (o *origin) put(path string, body []byte) { o.mu.Lock(); o.files[path] = body; o.mu.Unlock() }
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{1})
+	r.Read(b)
+	return b
+}
+
+func digestOf(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+func openStore(t *testing.T, dir string, maxBytes int64) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{MaxBytes: maxBytes, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func matcher(t *testing.T) *Matcher {
+	m, err := NewMatcher(config.DefaultBlobPatterns, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// hashWriter is a client that keeps only the hash and length of what it got.
+type hashWriter struct {
+	header  http.Header
+	status  int
+	h       hash.Hash
+	n       int64
+	aborted bool
+}
+
+func newHashWriter() *hashWriter { return &hashWriter{header: http.Header{}, h: sha256.New()} }
+
+func (w *hashWriter) Header() http.Header { return w.header }
+func (w *hashWriter) WriteHeader(c int) {
+	if w.status == 0 {
+		w.status = c
+	}
+}
+func (w *hashWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = 200
+	}
+	w.h.Write(p)
+	w.n += int64(len(p))
+	return len(p), nil
+}
+func (w *hashWriter) Flush()         {}
+func (w *hashWriter) digest() string { return hex.EncodeToString(w.h.Sum(nil)) }
+
+// get runs one request through the store; an aborted response (the
+// handler's http.ErrAbortHandler) is reported, not propagated.
+func get(s *Store, m *Matcher, next http.Handler, ctx context.Context, method, path string, hdr ...string) (w *hashWriter) {
+	w = newHashWriter()
+	r := httptest.NewRequest(method, "https://registry.test"+path, nil).WithContext(ctx)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			w.aborted = true
+		}
+	}()
+	s.Handle(w, r, "registry.test:443", m, next)
+	return w
+}
+
+func blobPath(body []byte) string { return "/v2/library/alpine/blobs/sha256:" + digestOf(body) }
+
+// TestConcurrentReadersOneDownload: 20 clients ask at once for a 200 MB
+// blob: one upstream download, and every client gets identical bytes.
+func TestConcurrentReadersOneDownload(t *testing.T) {
+	body := randomBytes(200 << 20)
+	o := newOrigin(t)
+	path := blobPath(body)
+	o.put(path, body)
+	gate := make(chan struct{})
+	o.gate = gate
+	s := openStore(t, t.TempDir(), 1<<30)
+	m := matcher(t)
+	var wg sync.WaitGroup
+	results := make([]*hashWriter, 20)
+	for i := range results {
+		wg.Go(func() { results[i] = get(s, m, o.next, context.Background(), "GET", path) })
+	}
+	for o.hits.Load() == 0 {
+		runtimeGosched()
+	}
+	close(gate)
+	wg.Wait()
+	if n := o.hits.Load(); n != 1 {
+		t.Errorf("20 concurrent readers made %d upstream requests, want 1", n)
+	}
+	want := digestOf(body)
+	for i, w := range results {
+		if w.aborted || w.status != 200 || w.n != int64(len(body)) || w.digest() != want {
+			t.Fatalf("reader %d: status %d, %d bytes, digest %s, aborted %v", i, w.status, w.n, w.digest(), w.aborted)
+		}
+	}
+	w := get(s, m, o.next, context.Background(), "GET", path)
+	if w.header.Get("X-Cache") != "HIT" || w.digest() != want || o.hits.Load() != 1 {
+		t.Errorf("later request: X-Cache %q, upstream hits %d; want a HIT from disk", w.header.Get("X-Cache"), o.hits.Load())
+	}
+}
+
+func TestDigestMismatchStoresNothing(t *testing.T) {
+	good, bad := randomBytes(1<<20), randomBytes(1<<20)
+	bad[0] ^= 1
+	o := newOrigin(t)
+	path := blobPath(good)
+	o.put(path, bad) // the registry (or someone in between) sends other bytes
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	w := get(s, matcher(t), o.next, context.Background(), "GET", path)
+	if !w.aborted || w.n >= int64(len(bad)) {
+		t.Errorf("client got %d of %d bytes, aborted=%v: want the download aborted, never complete", w.n, len(bad), w.aborted)
+	}
+	if size, files := s.Size(); size != 0 || files != 0 {
+		t.Errorf("store holds %d bytes in %d files after a digest mismatch", size, files)
+	}
+	if tmps, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmps) != 0 {
+		t.Errorf("temporary files left: %v", tmps)
+	}
+}
+
+func TestBrokenDownloadDiscarded(t *testing.T) {
+	body := randomBytes(1 << 20)
+	o := newOrigin(t)
+	path := "/pool/main/h/hello/hello_2.10-3_amd64.deb"
+	o.put(path, body)
+	o.cut = true
+	s := openStore(t, t.TempDir(), 1<<30)
+	m := matcher(t)
+	if w := get(s, m, o.next, context.Background(), "GET", path); !w.aborted {
+		t.Error("an upstream cut midway reached the client as a complete response")
+	}
+	if _, files := s.Size(); files != 0 {
+		t.Error("a partial download was stored")
+	}
+	o.cut = false
+	if w := get(s, m, o.next, context.Background(), "GET", path); w.digest() != digestOf(body) || w.header.Get("X-Cache") != "MISS" {
+		t.Errorf("retry: X-Cache %q digest ok %v", w.header.Get("X-Cache"), w.digest() == digestOf(body))
+	}
+}
+
+func TestServeFromDiskRangeHEADRestart(t *testing.T) {
+	body := randomBytes(100_000)
+	o := newOrigin(t)
+	path := "/releases/v1.2.3/tool-linux-amd64.tar.gz"
+	o.put(path, body)
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	m := matcher(t)
+	get(s, m, o.next, context.Background(), "GET", path)
+
+	s = openStore(t, dir, 1<<30) // a restart
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "https://registry.test"+path, nil)
+	r.Header.Set("Range", "bytes=10-19")
+	s.Handle(rec, r, "registry.test:443", m, o.next)
+	if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[10:20]) || rec.Header().Get("X-Cache") != "HIT" {
+		t.Errorf("Range after restart: %d, %d bytes, X-Cache %q", rec.Code, rec.Body.Len(), rec.Header().Get("X-Cache"))
+	}
+	rec = httptest.NewRecorder()
+	s.Handle(rec, httptest.NewRequest("HEAD", "https://registry.test"+path, nil), "registry.test:443", m, o.next)
+	if rec.Code != 200 || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") != strconv.Itoa(len(body)) {
+		t.Errorf("HEAD: %d body %d Content-Length %q", rec.Code, rec.Body.Len(), rec.Header().Get("Content-Length"))
+	}
+	etag := rec.Header().Get("Etag")
+	rec = httptest.NewRecorder()
+	r = httptest.NewRequest("GET", "https://registry.test"+path, nil)
+	r.Header.Set("If-None-Match", etag)
+	s.Handle(rec, r, "registry.test:443", m, o.next)
+	if rec.Code != http.StatusNotModified {
+		t.Errorf("If-None-Match %s: %d, want 304", etag, rec.Code)
+	}
+	if o.hits.Load() != 1 {
+		t.Errorf("upstream hits %d, want 1", o.hits.Load())
+	}
+}
+
+func TestCorruptFileRefetched(t *testing.T) {
+	body := randomBytes(50_000)
+	o := newOrigin(t)
+	path := blobPath(body)
+	o.put(path, body)
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	m := matcher(t)
+	get(s, m, o.next, context.Background(), "GET", path)
+	file := filepath.Join(dir, "sha256", digestOf(body)[:2], digestOf(body))
+	corrupt := bytes.Clone(body)
+	corrupt[100] ^= 0xff
+	if err := os.WriteFile(file, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir, 1<<30)
+	w := get(s, m, o.next, context.Background(), "GET", path)
+	if w.digest() != digestOf(body) || o.hits.Load() != 2 {
+		t.Errorf("after corruption on disk: digest ok %v, upstream hits %d; want it detected and fetched again", w.digest() == digestOf(body), o.hits.Load())
+	}
+}
+
+func TestCrashLeftoversRemoved(t *testing.T) {
+	dir := t.TempDir()
+	openStore(t, dir, 1<<30)
+	half := filepath.Join(dir, "tmp", "blob-123")
+	os.WriteFile(half, []byte("half a layer"), 0o600)
+	openStore(t, dir, 1<<30)
+	if _, err := os.Stat(half); !os.IsNotExist(err) {
+		t.Errorf("a temporary file from a crashed download survived a restart: %v", err)
+	}
+}
+
+func TestEviction(t *testing.T) {
+	o := newOrigin(t)
+	s := openStore(t, t.TempDir(), 250_000)
+	m := matcher(t)
+	for i := range 5 {
+		p := fmt.Sprintf("/pool/pkg%d.deb", i)
+		o.put(p, randomBytes(100_000+i))
+		get(s, m, o.next, context.Background(), "GET", p)
+	}
+	if size, files := s.Size(); size > 250_000 || files != 2 {
+		t.Errorf("store holds %d bytes in %d files, cap 250000", size, files)
+	}
+	if w := get(s, m, o.next, context.Background(), "GET", "/pool/pkg4.deb"); w.header.Get("X-Cache") != "HIT" {
+		t.Error("the most recent file was evicted")
+	}
+}
+
+func TestCredentialsBypassUnlessDigest(t *testing.T) {
+	body := randomBytes(1000)
+	o := newOrigin(t)
+	o.put("/private/pkg.deb", body)
+	o.put(blobPath(body), body)
+	s := openStore(t, t.TempDir(), 1<<30)
+	m := matcher(t)
+	for range 2 {
+		if w := get(s, m, o.next, context.Background(), "GET", "/private/pkg.deb", "Authorization", "Bearer x"); w.header.Get("X-Cache") != "BYPASS" {
+			t.Errorf("a non-digest file fetched with credentials: X-Cache %q, want BYPASS", w.header.Get("X-Cache"))
+		}
+	}
+	get(s, m, o.next, context.Background(), "GET", blobPath(body), "Authorization", "Bearer alice")
+	if w := get(s, m, o.next, context.Background(), "GET", blobPath(body), "Authorization", "Bearer bob"); w.header.Get("X-Cache") != "HIT" {
+		t.Errorf("a digest-named blob fetched with other credentials: X-Cache %q, want HIT (the digest proves the content)", w.header.Get("X-Cache"))
+	}
+}
+
+func TestLeavingClientDoesNotAbortOthers(t *testing.T) {
+	body := randomBytes(4 << 20)
+	o := newOrigin(t)
+	path := blobPath(body)
+	o.put(path, body)
+	gate := make(chan struct{})
+	o.gate = gate
+	s := openStore(t, t.TempDir(), 1<<30)
+	m := matcher(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan *hashWriter)
+	go func() { first <- get(s, m, o.next, ctx, "GET", path) }()
+	for o.hits.Load() == 0 {
+		runtimeGosched()
+	}
+	second := make(chan *hashWriter)
+	go func() { second <- get(s, m, o.next, context.Background(), "GET", path) }()
+	cancel()
+	<-first
+	close(gate)
+	if w := <-second; w.digest() != digestOf(body) {
+		t.Errorf("the other client got %d bytes (aborted %v) after the first left", w.n, w.aborted)
+	}
+}
+
+func runtimeGosched() { time.Sleep(time.Millisecond) }

@@ -1,0 +1,214 @@
+package blobs
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+)
+
+// download is one upstream fetch of a blob into a temporary file, read by
+// any number of clients as it grows.
+type download struct {
+	key        string
+	wantDigest string // from the URL, "" if it names none
+	cancel     context.CancelFunc
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	headers chan struct{} // closed once status and header are known
+	status  int
+	header  http.Header
+	errBody []byte // a non-200 answer, passed on as it came
+	tmpPath string
+	written int64
+	length  int64 // Content-Length, -1 if unknown
+	done    bool
+	err     error // why the download did not produce a stored blob
+	path    string
+	readers int
+}
+
+// start returns the download for key, joining one in progress or starting
+// it on a context detached from r's: a client that leaves does not abort it.
+func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler) *download {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.downloads[key]; ok {
+		d.mu.Lock()
+		d.readers++
+		d.mu.Unlock()
+		return d
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, headers: make(chan struct{}), length: -1, readers: 1}
+	d.cond = sync.NewCond(&d.mu)
+	s.downloads[key] = d
+	out := r.Clone(ctx)
+	out.Method = http.MethodGet
+	out.Body, out.ContentLength = http.NoBody, 0
+	for _, h := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+		out.Header.Del(h)
+	}
+	go s.fetch(d, out, next)
+	return d
+}
+
+// fetch runs the upstream request into the temporary file, then verifies
+// and commits it. Any failure leaves nothing behind.
+func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
+	w := &fileWriter{s: s, d: d, h: sha256.New()}
+	err := serve(next, w, out)
+	if w.f != nil {
+		if err == nil {
+			err = w.failed
+		}
+		if err == nil && d.length >= 0 && w.n != d.length {
+			err = fmt.Errorf("upstream sent %d bytes of %d", w.n, d.length)
+		}
+		digest := hex.EncodeToString(w.h.Sum(nil))
+		if err == nil && d.wantDigest != "" && digest != d.wantDigest {
+			err = fmt.Errorf("content digest sha256:%s does not match the sha256:%s its URL names", digest, d.wantDigest)
+		}
+		if err == nil {
+			err = w.f.Sync()
+		}
+		if cerr := w.f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = s.commit(w.f.Name(), &Entry{Key: d.key, Digest: digest, Size: w.n, ContentType: d.header.Get("Content-Type"),
+				ETag: d.header.Get("Etag"), LastModified: d.header.Get("Last-Modified")})
+			d.mu.Lock()
+			d.path = s.filePath(digest)
+			d.mu.Unlock()
+		}
+		if err != nil {
+			os.Remove(w.f.Name())
+			s.opts.Log.Warn("blob not stored", "key", d.key, "error", err.Error())
+		}
+	} else if err == nil && d.status == 0 {
+		err = errors.New("upstream sent no response")
+	}
+	s.m.download(w.f != nil, err)
+	s.mu.Lock()
+	delete(s.downloads, d.key)
+	s.mu.Unlock()
+	d.mu.Lock()
+	if d.status == 0 {
+		d.status, d.errBody = http.StatusBadGateway, []byte(`{"error":"upstream failed","detail":"no response for the blob"}`+"\n")
+		d.header = http.Header{"Content-Type": {"application/json"}}
+		close(d.headers)
+	}
+	d.done, d.err = true, err
+	d.cond.Broadcast()
+	d.mu.Unlock()
+	d.cancel()
+}
+
+// serve runs next, turning its abort (an upstream body that failed midway)
+// into an error.
+func serve(next http.Handler, w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("upstream response aborted: %v", p)
+		}
+	}()
+	next.ServeHTTP(w, r)
+	return nil
+}
+
+// fileWriter is the ResponseWriter of a download: a 200 goes to the
+// temporary file (hashed as it is written), anything else is kept small
+// in memory and passed on to the clients.
+type fileWriter struct {
+	s      *Store
+	d      *download
+	header http.Header
+	f      *os.File
+	h      hash.Hash
+	n      int64
+	failed error
+}
+
+func (w *fileWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+func (w *fileWriter) WriteHeader(code int) {
+	d := w.d
+	if code < 200 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.status != 0 {
+		return
+	}
+	d.status, d.header = code, w.Header().Clone()
+	if code == http.StatusOK {
+		if n, err := strconv.ParseInt(d.header.Get("Content-Length"), 10, 64); err == nil {
+			d.length = n
+		}
+		f, err := os.CreateTemp(filepath.Join(w.s.dir, "tmp"), "blob-*")
+		if err != nil {
+			w.failed = err
+			d.status, d.header = http.StatusBadGateway, http.Header{"Content-Type": {"application/json"}}
+			d.errBody = []byte(`{"error":"blob store unavailable","detail":"cannot create a file in the store"}` + "\n")
+		} else {
+			w.f, d.tmpPath = f, f.Name()
+		}
+	}
+	close(d.headers)
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	if w.d.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.f == nil {
+		w.d.mu.Lock()
+		if len(w.d.errBody) < 64<<10 {
+			w.d.errBody = append(w.d.errBody, p...)
+		}
+		w.d.mu.Unlock()
+		return len(p), nil
+	}
+	if w.failed != nil {
+		return 0, w.failed
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	w.d.mu.Lock()
+	w.d.written = w.n
+	w.d.cond.Broadcast()
+	w.d.mu.Unlock()
+	if err != nil {
+		w.failed = fmt.Errorf("write to the blob store: %w", err)
+		return n, w.failed
+	}
+	return n, nil
+}
+
+// leave records that a reader is gone; with AbortWhenAlone the download
+// stops when none is left.
+func (s *Store) leave(d *download) {
+	d.mu.Lock()
+	d.readers--
+	alone := d.readers == 0 && !d.done
+	d.mu.Unlock()
+	if alone && s.opts.AbortWhenAlone {
+		d.cancel()
+	}
+}

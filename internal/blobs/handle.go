@@ -1,0 +1,249 @@
+package blobs
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"sluice/internal/obs"
+)
+
+// Matcher says which requests to a host are for immutable files. It is
+// immutable; a nil Matcher matches nothing.
+type Matcher struct {
+	patterns        []*regexp.Regexp
+	withCredentials bool
+}
+
+// NewMatcher compiles the global patterns and a host's extra ones
+// (validated by config).
+func NewMatcher(global, host []string, withCredentials bool) (*Matcher, error) {
+	m := &Matcher{withCredentials: withCredentials}
+	for _, p := range append(append([]string{}, global...), host...) {
+		re, err := regexp.Compile(p)
+		if err != nil {
+			return nil, err
+		}
+		m.patterns = append(m.patterns, re)
+	}
+	return m, nil
+}
+
+// Match reports whether r asks for an immutable file.
+func (m *Matcher) Match(r *http.Request) bool {
+	if m == nil || r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	for _, re := range m.patterns {
+		if re.MatchString(r.URL.Path) {
+			return true
+		}
+	}
+	return false
+}
+
+// urlDigest returns the sha256 hex digest an OCI blob URL names, or "".
+func urlDigest(path string) string {
+	i := strings.LastIndex(path, "/blobs/sha256:")
+	if i < 0 {
+		return ""
+	}
+	d := path[i+len("/blobs/sha256:"):]
+	if len(d) != 64 || strings.Trim(d, "0123456789abcdef") != "" {
+		return ""
+	}
+	return d
+}
+
+// Handle serves r (matched by m) from the store, or downloads it once
+// through next, streaming to every client that asks meanwhile.
+func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *Matcher, next http.Handler) {
+	digest := urlDigest(r.URL.Path)
+	// A digest-named blob is the same for everyone (the digest proves the
+	// content); other files fetched with credentials may be personal.
+	if digest == "" && !m.withCredentials && hasCredentials(r) {
+		s.bypass(w, r, next)
+		return
+	}
+	key := host + r.URL.RequestURI()
+	if e := s.lookup(key, digest); e != nil {
+		if f, err := s.open(e); err == nil {
+			defer f.Close()
+			s.serveFile(w, r, e, f)
+			return
+		}
+	}
+	if r.Method == http.MethodHead || r.Header.Get("Range") != "" {
+		s.bypass(w, r, next) // not worth a whole download; a GET will fill it
+		return
+	}
+	d := s.start(key, digest, r, next)
+	defer s.leave(d)
+	s.stream(w, r, d, next)
+}
+
+func (s *Store) bypass(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	s.m.result("bypass")
+	obs.RecordFrom(r.Context()).Cache = "bypass"
+	w.Header().Set("X-Cache", "BYPASS")
+	next.ServeHTTP(w, r)
+}
+
+// serveFile answers from a stored file: Range, HEAD and conditional
+// requests through http.ServeContent, which uses sendfile where the
+// connection allows it (plain HTTP).
+func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io.ReadSeeker) {
+	s.m.result("hit")
+	obs.RecordFrom(r.Context()).Cache = "hit"
+	h := w.Header()
+	if e.ContentType != "" {
+		h.Set("Content-Type", e.ContentType)
+	} else {
+		h["Content-Type"] = nil // never sniffed
+	}
+	etag := e.ETag
+	if etag == "" {
+		etag = `"sha256:` + e.Digest + `"`
+	}
+	h.Set("Etag", etag)
+	h.Set("Docker-Content-Digest", "sha256:"+e.Digest)
+	h.Set("X-Cache", "HIT")
+	lm, _ := http.ParseTime(e.LastModified)
+	http.ServeContent(w, r, "", lm, f)
+}
+
+// stream copies a download to one client as the file grows. The last byte
+// is held back until the download is verified, so a client whose blob
+// fails verification sees an aborted download, never a complete wrong one.
+func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next http.Handler) {
+	rec := obs.RecordFrom(r.Context())
+	select {
+	case <-d.headers:
+	case <-r.Context().Done():
+		rec.Status, rec.Reason = 499, "client left before the blob download started"
+		return
+	}
+	stop := context.AfterFunc(r.Context(), func() { d.mu.Lock(); d.cond.Broadcast(); d.mu.Unlock() })
+	defer stop()
+
+	d.mu.Lock()
+	status, header, errBody := d.status, d.header, d.errBody
+	for status == http.StatusOK && d.tmpPath == "" && !d.done {
+		d.cond.Wait()
+	}
+	d.mu.Unlock()
+	if status != http.StatusOK {
+		s.m.result("miss")
+		rec.Cache = "miss"
+		copyHeader(w.Header(), header)
+		w.Header().Set("X-Cache", "MISS")
+		w.WriteHeader(status)
+		w.Write(errBody)
+		return
+	}
+	f, err := d.openTemp()
+	if err != nil { // the download finished (or failed) before this reader opened it
+		s.afterDownload(w, r, d, next)
+		return
+	}
+	defer f.Close()
+	s.m.result("miss")
+	rec.Cache = "miss"
+	copyHeader(w.Header(), header)
+	w.Header().Set("X-Cache", "MISS")
+	if d.length >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(d.length, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 256<<10)
+	var pos int64
+	for {
+		d.mu.Lock()
+		for !d.done && pos >= d.written-1 && r.Context().Err() == nil {
+			d.cond.Wait()
+		}
+		limit, done, failed := d.written, d.done, d.err != nil
+		d.mu.Unlock()
+		if r.Context().Err() != nil {
+			rec.Err = r.Context().Err()
+			return
+		}
+		if !done {
+			limit-- // held back until verified
+		}
+		if done && failed {
+			// Not completed with unverified bytes: abort the response.
+			rec.Err = d.err
+			panic(http.ErrAbortHandler)
+		}
+		for pos < limit {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), limit-pos)], pos)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				pos += int64(n)
+			}
+			if err != nil && err != io.EOF {
+				rec.Err = err
+				panic(http.ErrAbortHandler)
+			}
+		}
+		rc.Flush()
+		if done {
+			return
+		}
+	}
+}
+
+// afterDownload answers a reader that arrived as the download ended: from
+// the stored file, or, if the store could not keep it, from the upstream.
+func (s *Store) afterDownload(w http.ResponseWriter, r *http.Request, d *download, next http.Handler) {
+	d.mu.Lock()
+	for !d.done {
+		d.cond.Wait()
+	}
+	d.mu.Unlock()
+	if e := s.lookup(d.key, d.wantDigest); e != nil {
+		if f, err := s.open(e); err == nil {
+			defer f.Close()
+			s.serveFile(w, r, e, f)
+			return
+		}
+	}
+	s.bypass(w, r, next)
+}
+
+func (d *download) openTemp() (*os.File, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.tmpPath == "" || d.done {
+		return nil, os.ErrNotExist
+	}
+	// Opened before the rename at commit, the handle stays valid after it.
+	return os.Open(d.tmpPath)
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		switch k {
+		case "Content-Length", "X-Cache", "Set-Cookie":
+			continue
+		}
+		dst[k] = vs
+	}
+}
+
+func hasCredentials(r *http.Request) bool {
+	for name := range r.Header {
+		if obs.SecretName(name) {
+			return true
+		}
+	}
+	return false
+}

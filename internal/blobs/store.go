@@ -1,0 +1,353 @@
+// Package blobs is sluice's on-disk store of immutable files: container
+// layers, .deb/.rpm/.apk packages and release archives. Each crosses the
+// internet once; every later request is served from disk.
+//
+// Files are content-addressed (DATA_DIR/blobs/sha256/xx/<hex>), written to
+// a temporary file, synced and renamed into place, and indexed by URL in
+// index.json, which survives restarts. A blob whose URL names its digest
+// (OCI) is verified while it streams; on mismatch nothing is stored and the
+// clients' downloads are aborted, never completed with wrong bytes.
+// Concurrent requests for one blob share one upstream download and read
+// the file as it grows.
+//
+// Config keys: blobs.max_bytes, blobs.patterns, blobs.when_clients_leave;
+// per host: blobs (off, or {patterns, with_credentials}).
+//
+// Metrics: sluice_blobs_requests_total{result}, sluice_blobs_bytes,
+// sluice_blobs_files, sluice_blobs_downloads_total{outcome}.
+package blobs
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Store.
+type Options struct {
+	// MaxBytes caps the files on disk.
+	MaxBytes int64
+	// AbortWhenAlone stops a download when its last client leaves.
+	AbortWhenAlone bool
+	Log            *slog.Logger
+	Now            func() time.Time
+	Registerer     prometheus.Registerer
+}
+
+// Store is the blob store. It is safe for concurrent use.
+type Store struct {
+	dir  string
+	opts Options
+
+	mu        sync.Mutex
+	entries   map[string]*Entry // by URL key
+	lru       *list.List        // of *Entry, most recently used first
+	refs      map[string]int    // digest -> entries using its file
+	size      int64             // bytes of distinct files
+	downloads map[string]*download
+
+	m *storeMetrics
+}
+
+// Entry is one stored URL.
+type Entry struct {
+	Key          string    `json:"key"`
+	Digest       string    `json:"digest"` // hex sha256 of the content
+	Size         int64     `json:"size"`
+	ContentType  string    `json:"content_type,omitempty"`
+	ETag         string    `json:"etag,omitempty"`
+	LastModified string    `json:"last_modified,omitempty"`
+	Used         time.Time `json:"used"`
+
+	el       *list.Element
+	verified bool // hashed since this process loaded it
+}
+
+// Open loads (or creates) the store under dir. Temporary files left by a
+// crash are removed: a half-written file is never served.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "tmp"), filepath.Join(dir, "sha256")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("blob store: %w", err)
+		}
+	}
+	if tmps, err := os.ReadDir(filepath.Join(dir, "tmp")); err == nil {
+		for _, t := range tmps {
+			os.Remove(filepath.Join(dir, "tmp", t.Name()))
+		}
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, opts: opts, entries: map[string]*Entry{}, lru: list.New(), refs: map[string]int{},
+		downloads: map[string]*download{}, m: m}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) indexPath() string { return filepath.Join(s.dir, "index.json") }
+
+func (s *Store) filePath(digest string) string {
+	return filepath.Join(s.dir, "sha256", digest[:2], digest)
+}
+
+// load reads the index, keeping the entries whose file is there with the
+// recorded size; their content is hashed again before it is first served.
+func (s *Store) load() error {
+	data, err := os.ReadFile(s.indexPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var es []*Entry
+	if err := json.Unmarshal(data, &es); err != nil {
+		s.opts.Log.Warn("blob index unreadable; starting empty", "path", s.indexPath(), "error", err.Error())
+		return nil
+	}
+	slices.SortFunc(es, func(a, b *Entry) int { return b.Used.Compare(a.Used) })
+	for _, e := range es {
+		fi, err := os.Stat(s.filePath(e.Digest))
+		if err != nil || fi.Size() != e.Size {
+			continue
+		}
+		s.addLocked(e)
+		s.lru.MoveToBack(e.el) // keep the recency order of the index
+	}
+	s.m.update(s.size, len(s.refs))
+	return nil
+}
+
+// save writes the index atomically. Called with the lock held.
+func (s *Store) saveLocked() {
+	es := make([]*Entry, 0, len(s.entries))
+	for el := s.lru.Front(); el != nil; el = el.Next() {
+		es = append(es, el.Value.(*Entry))
+	}
+	data, err := json.Marshal(es)
+	if err == nil {
+		err = writeAtomic(s.indexPath(), data, filepath.Join(s.dir, "tmp"))
+	}
+	if err != nil {
+		s.opts.Log.Error("blob index not saved", "error", err.Error())
+	}
+}
+
+func writeAtomic(path string, data []byte, tmpDir string) error {
+	f, err := os.CreateTemp(tmpDir, "index-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func (s *Store) addLocked(e *Entry) {
+	if old, ok := s.entries[e.Key]; ok {
+		s.removeLocked(old)
+	}
+	e.el = s.lru.PushFront(e)
+	s.entries[e.Key] = e
+	if s.refs[e.Digest] == 0 {
+		s.size += e.Size
+	}
+	s.refs[e.Digest]++
+}
+
+// removeLocked drops an entry, and its file when no other entry uses it.
+func (s *Store) removeLocked(e *Entry) {
+	if cur, ok := s.entries[e.Key]; !ok || cur != e {
+		return
+	}
+	s.lru.Remove(e.el)
+	delete(s.entries, e.Key)
+	if s.refs[e.Digest]--; s.refs[e.Digest] <= 0 {
+		delete(s.refs, e.Digest)
+		s.size -= e.Size
+		os.Remove(s.filePath(e.Digest))
+	}
+}
+
+// lookup returns the entry for key (or, for a digest-named blob, any entry
+// with that digest) and marks it used.
+func (s *Store) lookup(key, digest string) *Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[key]
+	if e == nil && digest != "" && s.refs[digest] > 0 {
+		for _, x := range s.entries {
+			if x.Digest == digest {
+				e = x
+				break
+			}
+		}
+	}
+	if e != nil {
+		e.Used = s.opts.Now()
+		s.lru.MoveToFront(e.el)
+	}
+	return e
+}
+
+// open returns the entry's file after checking its size, and its content
+// once per process; a file that fails either is dropped (and refetched).
+func (s *Store) open(e *Entry) (*os.File, error) {
+	f, err := os.Open(s.filePath(e.Digest))
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil && fi.Size() != e.Size {
+			err = fmt.Errorf("size %d, want %d", fi.Size(), e.Size)
+		}
+	}
+	s.mu.Lock()
+	verified := e.verified
+	s.mu.Unlock()
+	if err == nil && !verified {
+		h := sha256.New()
+		if _, err = io.Copy(h, f); err == nil {
+			if got := hex.EncodeToString(h.Sum(nil)); got != e.Digest {
+				err = fmt.Errorf("content digest %s, want %s", got, e.Digest)
+			} else {
+				_, err = f.Seek(0, io.SeekStart)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		s.opts.Log.Warn("blob dropped: the file on disk does not match", "key", e.Key, "error", err.Error())
+		s.dropDigestLocked(e.Digest)
+		s.saveLocked()
+		return nil, err
+	}
+	e.verified = true
+	return f, nil
+}
+
+// dropDigestLocked removes every entry of a digest (its file is bad).
+func (s *Store) dropDigestLocked(digest string) {
+	for _, e := range s.entries {
+		if e.Digest == digest {
+			s.removeLocked(e)
+		}
+	}
+	os.Remove(s.filePath(digest))
+	s.m.update(s.size, len(s.refs))
+}
+
+// commit moves a verified temporary file into place and indexes it, then
+// evicts the least recently used files beyond MaxBytes.
+func (s *Store) commit(tmp string, e *Entry) error {
+	dst := s.filePath(e.Digest)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.Used, e.verified = s.opts.Now(), true
+	s.addLocked(e)
+	for s.size > s.opts.MaxBytes && s.lru.Len() > 1 {
+		s.removeLocked(s.lru.Back().Value.(*Entry))
+		s.m.evictions.Inc()
+	}
+	s.saveLocked()
+	s.m.update(s.size, len(s.refs))
+	return nil
+}
+
+// List returns the entries, most recently used first.
+func (s *Store) List() []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Entry, 0, s.lru.Len())
+	for el := s.lru.Front(); el != nil; el = el.Next() {
+		out = append(out, *el.Value.(*Entry))
+	}
+	return out
+}
+
+// Size returns the bytes on disk and the number of files.
+func (s *Store) Size() (int64, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size, len(s.refs)
+}
+
+// Remove drops the entries whose key or digest is id; "" drops all. It
+// returns how many entries went.
+func (s *Store) Remove(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.entries {
+		if id == "" || e.Key == id || e.Digest == id || "sha256:"+e.Digest == id {
+			s.removeLocked(e)
+			n++
+		}
+	}
+	s.saveLocked()
+	s.m.update(s.size, len(s.refs))
+	return n
+}
+
+// GC removes files that no entry uses (left by an older index) and stale
+// temporary files. It returns the bytes freed.
+func (s *Store) GC() (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var freed int64
+	err := filepath.WalkDir(filepath.Join(s.dir, "sha256"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if s.refs[d.Name()] == 0 {
+			if fi, err := d.Info(); err == nil {
+				freed += fi.Size()
+			}
+			os.Remove(path)
+		}
+		return nil
+	})
+	if tmps, _ := os.ReadDir(filepath.Join(s.dir, "tmp")); len(s.downloads) == 0 {
+		for _, t := range tmps {
+			os.Remove(filepath.Join(s.dir, "tmp", t.Name()))
+		}
+	}
+	return freed, err
+}
