@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/config"
 	"sluice/internal/proxy"
@@ -61,7 +63,11 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
 	}
 	log := slog.New(slog.NewJSONHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg})
+	store, err := blobs.Open(filepath.Join(dir, "blobs"), blobs.Options{MaxBytes: 1 << 30, Log: log, Registerer: h.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg, Blobs: store})
 	if err != nil {
 		t.Fatal(err)
 	}
