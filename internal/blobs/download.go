@@ -1,6 +1,7 @@
 package blobs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -32,8 +33,23 @@ type download struct {
 	length  int64 // Content-Length, -1 if unknown
 	done    bool
 	err     error // why the download did not produce a stored blob
-	path    string
-	readers int
+	// streamErr is why the readers' copies are not good either (upstream
+	// error, digest or length mismatch); a full disk is not one.
+	streamErr error
+	path      string
+	readers   int
+	// After a write to the store fails (a full disk), the rest of the body
+	// goes to the readers already streaming, through relays, and nothing
+	// is stored: the clients still get the upstream's bytes.
+	relaying bool
+	relayAt  int64 // file offset where the relayed bytes begin
+	relays   map[*relay]struct{}
+}
+
+// relay carries the bytes after relayAt to one reader.
+type relay struct {
+	ch   chan []byte
+	gone chan struct{} // closed when the reader leaves
 }
 
 // start returns the download for key, joining one in progress or starting
@@ -48,7 +64,8 @@ func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler
 		return d
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, headers: make(chan struct{}), length: -1, readers: 1}
+	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, headers: make(chan struct{}), length: -1, readers: 1,
+		relays: map[*relay]struct{}{}}
 	d.cond = sync.NewCond(&d.mu)
 	s.downloads[key] = d
 	out := r.Clone(ctx)
@@ -66,16 +83,18 @@ func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler
 func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
 	w := &fileWriter{s: s, d: d, h: sha256.New()}
 	err := serve(next, w, out)
+	var streamErr error
 	if w.f != nil {
-		if err == nil {
-			err = w.failed
-		}
 		if err == nil && d.length >= 0 && w.n != d.length {
 			err = fmt.Errorf("upstream sent %d bytes of %d", w.n, d.length)
 		}
 		digest := hex.EncodeToString(w.h.Sum(nil))
 		if err == nil && d.wantDigest != "" && digest != d.wantDigest {
 			err = fmt.Errorf("content digest sha256:%s does not match the sha256:%s its URL names", digest, d.wantDigest)
+		}
+		streamErr = err
+		if err == nil {
+			err = w.failed // the store's own failure: the readers' copies are still good
 		}
 		if err == nil {
 			err = w.f.Sync()
@@ -107,7 +126,14 @@ func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
 		d.header = http.Header{"Content-Type": {"application/json"}}
 		close(d.headers)
 	}
-	d.done, d.err = true, err
+	if w.f == nil && err != nil {
+		streamErr = err
+	}
+	d.done, d.err, d.streamErr = true, err, streamErr
+	for rl := range d.relays {
+		close(rl.ch)
+	}
+	d.relays = nil
 	d.cond.Broadcast()
 	d.mu.Unlock()
 	d.cancel()
@@ -184,21 +210,69 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 		w.d.mu.Unlock()
 		return len(p), nil
 	}
+	w.h.Write(p)
 	if w.failed != nil {
-		return 0, w.failed
+		w.n += int64(len(p))
+		w.relay(p)
+		return len(p), nil
 	}
 	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
 	w.n += int64(n)
 	w.d.mu.Lock()
 	w.d.written = w.n
+	if err != nil {
+		w.failed = fmt.Errorf("write to the blob store: %w", err)
+		w.s.opts.Log.Error("blob store write failed; passing the download through", "key", w.d.key, "error", err.Error())
+		w.d.relaying, w.d.relayAt = true, w.n
+	}
 	w.d.cond.Broadcast()
 	w.d.mu.Unlock()
 	if err != nil {
-		w.failed = fmt.Errorf("write to the blob store: %w", err)
-		return n, w.failed
+		w.n += int64(len(p) - n)
+		w.relay(p[n:])
 	}
-	return n, nil
+	return len(p), nil
+}
+
+// relay hands p to every reader streaming through a relay, each at its
+// own pace (a full relay holds the download back).
+func (w *fileWriter) relay(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	chunk := bytes.Clone(p)
+	w.d.mu.Lock()
+	relays := make([]*relay, 0, len(w.d.relays))
+	for rl := range w.d.relays {
+		relays = append(relays, rl)
+	}
+	w.d.mu.Unlock()
+	for _, rl := range relays {
+		select {
+		case rl.ch <- chunk:
+		case <-rl.gone:
+		}
+	}
+}
+
+// join registers a streaming reader for a relay; nil if the download is
+// already relaying (the reader missed bytes that are nowhere now).
+func (d *download) join() *relay {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.relaying || d.done {
+		return nil
+	}
+	rl := &relay{ch: make(chan []byte, 16), gone: make(chan struct{})}
+	d.relays[rl] = struct{}{}
+	return rl
+}
+
+func (d *download) drop(rl *relay) {
+	close(rl.gone)
+	d.mu.Lock()
+	delete(d.relays, rl)
+	d.mu.Unlock()
 }
 
 // leave records that a reader is gone; with AbortWhenAlone the download

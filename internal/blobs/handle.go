@@ -151,6 +151,12 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 		return
 	}
 	defer f.Close()
+	rl := d.join()
+	if rl == nil {
+		s.afterDownload(w, r, d, next)
+		return
+	}
+	defer d.drop(rl)
 	s.m.result("miss")
 	rec.Cache = "miss"
 	copyHeader(w.Header(), header)
@@ -164,22 +170,26 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	var pos int64
 	for {
 		d.mu.Lock()
-		for !d.done && pos >= d.written-1 && r.Context().Err() == nil {
+		for !d.done && !d.relaying && pos >= d.written-1 && r.Context().Err() == nil {
 			d.cond.Wait()
 		}
-		limit, done, failed := d.written, d.done, d.err != nil
+		limit, done, relaying := d.written, d.done, d.relaying
+		if relaying {
+			limit = d.relayAt
+		}
+		streamErr := d.streamErr
 		d.mu.Unlock()
 		if r.Context().Err() != nil {
 			rec.Err = r.Context().Err()
 			return
 		}
-		if !done {
-			limit-- // held back until verified
-		}
-		if done && failed {
+		if done && streamErr != nil {
 			// Not completed with unverified bytes: abort the response.
-			rec.Err = d.err
+			rec.Err = streamErr
 			panic(http.ErrAbortHandler)
+		}
+		if !done && !relaying {
+			limit-- // held back until verified
 		}
 		for pos < limit {
 			n, err := f.ReadAt(buf[:min(int64(len(buf)), limit-pos)], pos)
@@ -195,7 +205,43 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 			}
 		}
 		rc.Flush()
+		if relaying {
+			s.streamRelay(w, r, d, rl)
+			return
+		}
 		if done {
+			return
+		}
+	}
+}
+
+// streamRelay passes on the bytes that could not be stored, holding the
+// last chunk back until the download is verified.
+func (s *Store) streamRelay(w http.ResponseWriter, r *http.Request, d *download, rl *relay) {
+	rec := obs.RecordFrom(r.Context())
+	rec.Reason = "blob store write failed; passed through"
+	var held []byte
+	for {
+		select {
+		case chunk, ok := <-rl.ch:
+			if !ok {
+				d.mu.Lock()
+				streamErr := d.streamErr
+				d.mu.Unlock()
+				if streamErr != nil {
+					rec.Err = streamErr
+					panic(http.ErrAbortHandler)
+				}
+				w.Write(held)
+				return
+			}
+			if held != nil {
+				if _, err := w.Write(held); err != nil {
+					return
+				}
+			}
+			held = chunk
+		case <-r.Context().Done():
 			return
 		}
 	}
