@@ -133,6 +133,9 @@ func (w *hashWriter) digest() string { return hex.EncodeToString(w.h.Sum(nil)) }
 // handler's http.ErrAbortHandler) is reported, not propagated.
 func get(s *Store, m *Matcher, next http.Handler, ctx context.Context, method, path string, hdr ...string) (w *hashWriter) {
 	w = newHashWriter()
+	// As inside a real server: httputil.ReverseProxy aborts a response whose
+	// upstream body breaks only when the request has a server in its context.
+	ctx = context.WithValue(ctx, http.ServerContextKey, &http.Server{})
 	r := httptest.NewRequest(method, "https://registry.test"+path, nil).WithContext(ctx)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		r.Header.Set(hdr[i], hdr[i+1])
