@@ -73,7 +73,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 	if e := s.lookup(key, digest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
-			s.serveFile(w, r, e, f)
+			s.serveFile(w, r, e, f, "HIT")
 			return
 		}
 	}
@@ -96,9 +96,9 @@ func (s *Store) bypass(w http.ResponseWriter, r *http.Request, next http.Handler
 // serveFile answers from a stored file: Range, HEAD and conditional
 // requests through http.ServeContent, which uses sendfile where the
 // connection allows it (plain HTTP).
-func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io.ReadSeeker) {
-	s.m.result("hit")
-	obs.RecordFrom(r.Context()).Cache = "hit"
+func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io.ReadSeeker, result string) {
+	s.m.result(strings.ToLower(result))
+	obs.RecordFrom(r.Context()).Cache = strings.ToLower(result)
 	h := w.Header()
 	if e.ContentType != "" {
 		h.Set("Content-Type", e.ContentType)
@@ -111,7 +111,7 @@ func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io
 	}
 	h.Set("Etag", etag)
 	h.Set("Docker-Content-Digest", "sha256:"+e.Digest)
-	h.Set("X-Cache", "HIT")
+	h.Set("X-Cache", result)
 	lm, _ := http.ParseTime(e.LastModified)
 	http.ServeContent(w, r, "", lm, f)
 }
@@ -258,7 +258,7 @@ func (s *Store) afterDownload(w http.ResponseWriter, r *http.Request, d *downloa
 	if e := s.lookup(d.key, d.wantDigest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
-			s.serveFile(w, r, e, f)
+			s.serveFile(w, r, e, f, "MISS") // this request's download, served from where it landed
 			return
 		}
 	}
