@@ -22,6 +22,7 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/config"
+	"sluice/internal/filter"
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
 )
@@ -69,7 +70,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg, Blobs: store})
+	bans, err := filter.OpenBans(filepath.Join(dataDir, "bans.json"), log.With("component", "filter"), nil, reg)
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg, Blobs: store, Bans: bans})
 	if err != nil {
 		return err
 	}

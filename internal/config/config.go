@@ -31,9 +31,11 @@ type Config struct {
 	Cache    CacheConfig      `yaml:"cache"`
 	Throttle ThrottleConfig   `yaml:"throttle"`
 	Blobs    BlobsConfig      `yaml:"blobs"`
-	Timeouts Timeouts         `yaml:"timeouts"`
-	CA       CA               `yaml:"ca"`
-	Log      Log              `yaml:"log"`
+	// RuleSets are named request rule sets that host entries name.
+	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty"`
+	Timeouts Timeouts            `yaml:"timeouts"`
+	CA       CA                  `yaml:"ca"`
+	Log      Log                 `yaml:"log"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory
@@ -65,6 +67,8 @@ type Reverse struct {
 	BackendCA string `yaml:"backend_ca,omitempty"`
 	// Cache is how responses are cached; default standard (RFC 9111).
 	Cache *HostCache `yaml:"cache,omitempty"`
+	// Rules names the rule set checked before a request reaches the backend.
+	Rules *HostRules `yaml:"rules,omitempty"`
 }
 
 // Off is the listener address that disables a listener.
@@ -96,6 +100,10 @@ type Host struct {
 	Throttle *HostThrottle `yaml:"throttle,omitempty"`
 	// Blobs is "off" or extra immutable-file patterns for this host.
 	Blobs *HostBlobs `yaml:"blobs,omitempty"`
+	// Rules names the request rule set checked before anything is
+	// forwarded (default: the profile's, which for exchanges refuses the
+	// endpoints that move funds out), or "off".
+	Rules *HostRules `yaml:"rules,omitempty"`
 }
 
 // Timeouts bounds each phase of a connection.

@@ -29,6 +29,9 @@ type Profile struct {
 	} `yaml:"cache"`
 	// Throttle holds the API's budgets, each for the hosts it lists.
 	Throttle []Throttle `yaml:"throttle"`
+	// Rules is the request rule set applied to the profile's hosts by
+	// default; other host entries can name it too.
+	Rules *RuleSet `yaml:"rules"`
 }
 
 // Profiles returns the embedded profiles by name. They are parsed once;
@@ -62,6 +65,11 @@ var Profiles = sync.OnceValues(func() (map[string]*Profile, error) {
 		for i := range p.Throttle {
 			if err := p.Throttle[i].validate(); err != nil {
 				return nil, fmt.Errorf("profile %s: throttle[%d]: %w", p.Name, i, err)
+			}
+		}
+		if p.Rules != nil {
+			if err := p.Rules.validate(); err != nil {
+				return nil, fmt.Errorf("profile %s: rules: %w", p.Name, err)
 			}
 		}
 		out[p.Name] = p

@@ -108,6 +108,13 @@ func (c *Config) validate() []error {
 	if c.Blobs.WhenClientsLeave != "finish" && c.Blobs.WhenClientsLeave != "abort" {
 		add(fmt.Errorf("%q is not one of finish, abort", c.Blobs.WhenClientsLeave), "blobs", "when_clients_leave")
 	}
+	for _, name := range slices.Sorted(maps.Keys(c.RuleSets)) {
+		if rs := c.RuleSets[name]; rs == nil {
+			add(errors.New("empty rule set"), "rule_sets", name)
+		} else if err := rs.validate(); err != nil {
+			add(err, "rule_sets", name)
+		}
+	}
 	if c.Throttle.MaxWait <= 0 {
 		add(errors.New("must be positive"), "throttle", "max_wait")
 	}
@@ -167,6 +174,9 @@ func (h *Host) validate(c *Config, pattern string) []error {
 		if err := validPatterns(h.Blobs.Patterns); err != nil {
 			add(err, "blobs")
 		}
+	}
+	if h.Rules != nil && !h.Rules.Off && c.lookupRuleSet(h.Rules.Name) == nil {
+		add(fmt.Errorf("no rule set %q in rule_sets or the profiles", h.Rules.Name), "rules")
 	}
 	if h.Throttle != nil && !h.Throttle.Off {
 		if err := h.Throttle.validate(); err != nil {
@@ -264,6 +274,9 @@ func (r *Reverse) validate(c *Config, seen map[string]string) []error {
 		if _, err := hostport.Parse(u.Host, 80); err != nil {
 			add(err, "backend")
 		}
+	}
+	if r.Rules != nil && !r.Rules.Off && c.lookupRuleSet(r.Rules.Name) == nil {
+		add(fmt.Errorf("no rule set %q in rule_sets or the profiles", r.Rules.Name), "rules")
 	}
 	if r.BackendCA != "" {
 		if err := checkPEMFile(c.Path(r.BackendCA)); err != nil {

@@ -11,6 +11,8 @@ import (
 type Error struct {
 	Status int
 	Msg    string // short and stable: "host not allowed"
+	// Rule names the rule set a request broke (rule violations only).
+	Rule   string
 	Host   string
 	Detail string // what happened and how to change it
 	// ProxyStatus is the RFC 9209 error type, e.g. "destination_ip_prohibited".
@@ -39,9 +41,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, e *Error) {
 	}
 	body, _ := json.Marshal(struct {
 		Error  string `json:"error"`
+		Rule   string `json:"rule,omitempty"`
 		Host   string `json:"host,omitempty"`
 		Detail string `json:"detail,omitempty"`
-	}{e.Msg, e.Host, e.Detail})
+	}{e.Msg, e.Rule, e.Host, e.Detail})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)+1))

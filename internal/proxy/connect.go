@@ -34,6 +34,9 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.Host = target.String()
+	if s.refuseBanned(w, r) {
+		return
+	}
 	st := s.state.Load()
 	d := st.policy.Decide(target, policy.HTTPS)
 	record(rec, d)

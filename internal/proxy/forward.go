@@ -19,6 +19,7 @@ import (
 
 	"sluice/internal/config"
 	"sluice/internal/dialer"
+	"sluice/internal/filter"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
 	"sluice/internal/policy"
@@ -101,7 +102,74 @@ func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
 		writeDenied(w, r, d)
 		return
 	}
-	s.serveRoute(w, r, &route{target: t, upstream: st.upstreams[d.Entry.Pattern]})
+	rt := &route{target: t, upstream: st.upstreams[d.Entry.Pattern]}
+	if s.admit(w, r, rt) {
+		s.serveRoute(w, r, rt)
+	}
+}
+
+// admit refuses a banned client, and a request that breaks its route's
+// rules, before anything is forwarded. It reports whether r may go on.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, rt *route) bool {
+	if s.refuseBanned(w, r) {
+		return false
+	}
+	rules := rt.upstream.rules
+	if rules == nil {
+		return true
+	}
+	v := rules.CheckHead(r)
+	if v == nil {
+		var err error
+		if v, err = rules.CheckBody(r); err != nil {
+			obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "cannot read the request body", Host: rt.target.key, Err: err})
+			return false
+		}
+	}
+	if v != nil {
+		s.refuseViolation(w, r, rules, v, rt.target.key)
+		return false
+	}
+	return true
+}
+
+// refuseBanned answers 403 to a banned client; its body is never read.
+func (s *Server) refuseBanned(w http.ResponseWriter, r *http.Request) bool {
+	if s.bans == nil {
+		return false
+	}
+	b, banned := s.bans.Banned(clientIP(r))
+	if !banned {
+		return false
+	}
+	rec := obs.RecordFrom(r.Context())
+	rec.Decision = "deny"
+	w.Header().Set("Retry-After", strconv.Itoa(int(time.Until(b.Until).Seconds())+1))
+	w.Header().Set("Connection", "close") // do not read what the client sends next
+	obs.WriteError(w, r, &obs.Error{Status: http.StatusForbidden, Msg: "client banned",
+		Detail:      fmt.Sprintf("%s is banned until %s (%s)", b.Client, b.Until.UTC().Format(time.RFC3339), b.Reason),
+		ProxyStatus: "http_request_denied"})
+	return true
+}
+
+// refuseViolation answers a broken rule, counts it toward a ban, and logs
+// one stable line per violation (for fail2ban and friends).
+func (s *Server) refuseViolation(w http.ResponseWriter, r *http.Request, rules *filter.Rules, v *filter.Violation, host string) {
+	client := clientIP(r)
+	banned := s.bans != nil && s.bans.Strike(client, rules, v)
+	s.log.Warn("rule_violation", "client_ip", client, "rule", rules.Name, "check", v.Check, "method", r.Method,
+		"host", host, "path", r.URL.Path, "banned", banned)
+	rec := obs.RecordFrom(r.Context())
+	rec.Decision, rec.Reason = "deny", "rule_violation: "+v.Check
+	obs.WriteError(w, r, &obs.Error{Status: v.Status, Msg: "rule_violation", Rule: rules.Name, Detail: v.Detail,
+		ProxyStatus: "http_request_denied"})
+}
+
+func clientIP(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 // serveRoute answers immutable files from the blob store and the rest from
@@ -157,7 +225,10 @@ func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := obs.RecordFrom(r.Context())
 	rec.Host, rec.Decision, rec.Rule = st.reverseTarget.key, "reverse", "listen.reverse"
-	s.serveRoute(w, r, &route{target: st.reverseTarget, upstream: st.reverse})
+	rt := &route{target: st.reverseTarget, upstream: st.reverse}
+	if s.admit(w, r, rt) {
+		s.serveRoute(w, r, rt)
+	}
 }
 
 var bufferPool = &pool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
@@ -214,6 +285,11 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rec := obs.RecordFrom(r.Context())
 	if r.Context().Err() != nil {
 		rec.Status, rec.Reason, rec.Err = 499, "client closed the request", err
+		return
+	}
+	if rt, ok := r.Context().Value(routeKey{}).(*route); ok && filter.TooLarge(err) && rt.upstream.rules != nil {
+		s.refuseViolation(w, r, rt.upstream.rules, &filter.Violation{Status: http.StatusRequestEntityTooLarge,
+			Check: "body_bytes", Detail: "body longer than max_body_bytes (cut off while streaming)"}, rec.Host)
 		return
 	}
 	s.writeUpstreamError(w, r, rec.Host, err)

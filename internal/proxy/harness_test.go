@@ -25,6 +25,7 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/config"
+	"sluice/internal/filter"
 	"sluice/internal/proxy"
 	"sluice/internal/testenv"
 )
@@ -67,7 +68,11 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg, Blobs: store})
+	bans, err := filter.OpenBans(filepath.Join(dir, "bans.json"), log, nil, h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg, Blobs: store, Bans: bans})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
+	"sluice/internal/filter"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
 	"sluice/internal/throttle"
@@ -51,6 +52,8 @@ type Options struct {
 	Now func() time.Time
 	// Blobs is the store of immutable files; nil turns it off.
 	Blobs *blobs.Store
+	// Bans is the client ban list; nil: violations are refused, never banned.
+	Bans *filter.Bans
 }
 
 // Server is the forward proxy. Reload swaps its config while it runs.
@@ -66,6 +69,7 @@ type Server struct {
 	cache     *cache.Cache
 	limiter   *throttle.Limiter
 	blobs     *blobs.Store
+	bans      *filter.Bans
 	mitm      *http.Server // serves requests inside intercepted CONNECTs
 	inner     http.Handler // policy, cache, forwarding; shared by both servers
 	forwarder http.Handler
@@ -89,7 +93,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log: opts.Log, resolver: opts.Resolver, now: opts.Now, metrics: m, blobs: opts.Blobs,
+		log: opts.Log, resolver: opts.Resolver, now: opts.Now, metrics: m, blobs: opts.Blobs, bans: opts.Bans,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
 	}
 	st, err := s.newState(opts.Config)

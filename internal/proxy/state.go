@@ -14,6 +14,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
+	"sluice/internal/filter"
 	"sluice/internal/hostport"
 	"sluice/internal/policy"
 	"sluice/internal/throttle"
@@ -38,6 +39,7 @@ type upstream struct {
 	cache     *cache.Rules
 	throttle  throttle.Specs // none: no budget
 	blobs     *blobs.Matcher // nil: no blob store for this host
+	rules     *filter.Rules  // nil: no request rules
 }
 
 func (s *Server) newState(cfg *config.Config) (*state, error) {
@@ -66,6 +68,9 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 			u.blobs, err = blobs.NewMatcher(cfg.Blobs.Patterns, extra, withCreds)
 		}
 		if err == nil {
+			u.rules, err = filter.Compile(cfg.RuleSetFor(&e.Host))
+		}
+		if err == nil {
 			u.throttle, err = throttle.CompileAll(config.ThrottlesFor(&e.Host, e.Pattern, e.Pattern), e.Pattern, cfg.Throttle.MaxWait.D())
 		}
 		if err != nil {
@@ -80,6 +85,9 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		if err == nil {
 			mode, rules := r.CacheFor()
 			u.cache, err = cache.Compile(mode, rules, cfg.Cache.StaleIfError.D())
+		}
+		if err == nil && r.Rules != nil && !r.Rules.Off {
+			u.rules, err = filter.Compile(cfg.RuleSetFor(&config.Host{Rules: r.Rules}))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("listen.reverse: %w", err)

@@ -1,0 +1,359 @@
+// Package filter checks requests against named rule sets before anything
+// is forwarded, and bans clients that keep breaking them. A violation is
+// answered at once with 4xx and
+// {"error":"rule_violation","rule":NAME,"detail":...}; a banned client is
+// refused before its request body is read.
+//
+// Config keys: rule_sets.NAME (methods, allow_paths, deny_paths,
+// max_body_bytes, max_header_bytes, max_headers, json_max_depth,
+// require_headers, forbid_headers, deny_query, deny_json, ban); per host:
+// rules (a rule set's name, or off; default: the profile's).
+//
+// Metrics: sluice_filter_violations_total{rule_set,check},
+// sluice_filter_bans_total, sluice_filter_banned_requests_total.
+package filter
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+
+	"sluice/internal/config"
+)
+
+// Rules is one compiled rule set. It is immutable.
+type Rules struct {
+	Name      string
+	methods   []string
+	allow     []pathMatch
+	deny      []pathMatch
+	maxBody   int64
+	maxHeader int64
+	maxCount  int
+	jsonDepth int
+	require   []string
+	forbid    []string
+	query     []queryDeny
+	denyJSON  []jsonDeny
+	Ban       *config.BanPolicy
+}
+
+type pathMatch struct {
+	exact, prefix string
+	re            *regexp.Regexp
+	methods       []string
+}
+
+func (p pathMatch) match(method, path string) bool {
+	if len(p.methods) > 0 && !slices.Contains(p.methods, method) {
+		return false
+	}
+	switch {
+	case p.re != nil:
+		return p.re.MatchString(path)
+	case p.prefix != "":
+		return strings.HasPrefix(path, p.prefix)
+	}
+	return path == p.exact
+}
+
+type queryDeny struct {
+	param string
+	re    *regexp.Regexp
+}
+
+type jsonDeny struct {
+	path   []string // "actions[].account" -> ["actions", "[]", "account"]
+	values []string
+}
+
+// Compile builds the rule set rs (validated by config) named name.
+func Compile(name string, rs *config.RuleSet) (*Rules, error) {
+	if rs == nil {
+		return nil, nil
+	}
+	r := &Rules{Name: name, methods: rs.Methods, maxBody: int64(rs.MaxBodyBytes), maxHeader: int64(rs.MaxHeaderBytes),
+		maxCount: rs.MaxHeaders, jsonDepth: rs.JSONMaxDepth, Ban: rs.Ban}
+	for _, h := range rs.RequireHeaders {
+		r.require = append(r.require, http.CanonicalHeaderKey(h))
+	}
+	for _, h := range rs.ForbidHeaders {
+		r.forbid = append(r.forbid, http.CanonicalHeaderKey(h))
+	}
+	compilePaths := func(ps []config.PathMatch) ([]pathMatch, error) {
+		var out []pathMatch
+		for _, p := range ps {
+			pm := pathMatch{exact: p.Exact, prefix: p.Prefix, methods: p.Methods}
+			if p.Regex != "" {
+				re, err := regexp.Compile(p.Regex)
+				if err != nil {
+					return nil, err
+				}
+				pm.re = re
+			}
+			out = append(out, pm)
+		}
+		return out, nil
+	}
+	var err error
+	if r.allow, err = compilePaths(rs.AllowPaths); err != nil {
+		return nil, err
+	}
+	if r.deny, err = compilePaths(rs.DenyPaths); err != nil {
+		return nil, err
+	}
+	for _, q := range rs.DenyQuery {
+		re, err := regexp.Compile(q.Pattern)
+		if err != nil {
+			return nil, err
+		}
+		r.query = append(r.query, queryDeny{param: q.Param, re: re})
+	}
+	for _, j := range rs.DenyJSON {
+		r.denyJSON = append(r.denyJSON, jsonDeny{path: splitJSONPath(j.Path), values: j.Values})
+	}
+	return r, nil
+}
+
+// splitJSONPath turns "actions[].account" into ["actions", "[]", "account"].
+func splitJSONPath(p string) []string {
+	var out []string
+	for part := range strings.SplitSeq(p, ".") {
+		name, arrays, _ := strings.Cut(part, "[]")
+		if name != "" {
+			out = append(out, name)
+		}
+		if arrays != "" || strings.HasSuffix(part, "[]") {
+			out = append(out, "[]")
+			for range strings.Count(arrays, "[]") {
+				out = append(out, "[]")
+			}
+		}
+	}
+	return out
+}
+
+// Violation is a broken rule: Status is the answer's, Check names the
+// check for metrics and logs.
+type Violation struct {
+	Status int
+	Check  string
+	Detail string
+}
+
+func (v *Violation) Error() string { return v.Check + ": " + v.Detail }
+
+func violation(status int, check, format string, args ...any) *Violation {
+	return &Violation{Status: status, Check: check, Detail: fmt.Sprintf(format, args...)}
+}
+
+// CheckHead checks what is known before the body is read.
+func (r *Rules) CheckHead(req *http.Request) *Violation {
+	if len(r.methods) > 0 && !slices.Contains(r.methods, req.Method) {
+		return violation(http.StatusMethodNotAllowed, "method", "method %s is not allowed (allowed: %s)", req.Method, strings.Join(r.methods, ", "))
+	}
+	path := req.URL.Path
+	if len(r.allow) > 0 && !slices.ContainsFunc(r.allow, func(p pathMatch) bool { return p.match(req.Method, path) }) {
+		return violation(http.StatusForbidden, "path", "path %s is not in the allowed paths", path)
+	}
+	if slices.ContainsFunc(r.deny, func(p pathMatch) bool { return p.match(req.Method, path) }) {
+		return violation(http.StatusForbidden, "path", "%s %s is denied", req.Method, path)
+	}
+	if r.maxCount > 0 || r.maxHeader > 0 {
+		n, size := 0, int64(0)
+		for k, vs := range req.Header {
+			for _, v := range vs {
+				n++
+				size += int64(len(k) + len(v) + 4)
+			}
+		}
+		if r.maxCount > 0 && n > r.maxCount {
+			return violation(http.StatusRequestHeaderFieldsTooLarge, "header_count", "%d header fields, at most %d", n, r.maxCount)
+		}
+		if r.maxHeader > 0 && size > r.maxHeader {
+			return violation(http.StatusRequestHeaderFieldsTooLarge, "header_bytes", "%d bytes of header fields, at most %d", size, r.maxHeader)
+		}
+	}
+	for _, h := range r.require {
+		if req.Header.Get(h) == "" {
+			return violation(http.StatusBadRequest, "required_header", "header %s is required", h)
+		}
+	}
+	for _, h := range r.forbid {
+		if _, ok := req.Header[h]; ok {
+			return violation(http.StatusBadRequest, "forbidden_header", "header %s is not allowed", h)
+		}
+	}
+	if len(r.query) > 0 {
+		q := req.URL.Query()
+		for _, d := range r.query {
+			for _, v := range q[d.param] {
+				if d.re.MatchString(v) {
+					return violation(http.StatusBadRequest, "query", "query parameter %s=%q is denied", d.param, v)
+				}
+			}
+		}
+	}
+	if r.maxBody > 0 && req.ContentLength > r.maxBody {
+		return violation(http.StatusRequestEntityTooLarge, "body_bytes", "body of %d bytes, at most %d", req.ContentLength, r.maxBody)
+	}
+	return nil
+}
+
+// needsBody reports whether the body must be read whole before forwarding
+// (JSON checks); otherwise only its size is watched as it streams.
+func (r *Rules) needsBody(req *http.Request) bool {
+	return (r.jsonDepth > 0 || len(r.denyJSON) > 0) && isJSON(req.Header.Get("Content-Type"))
+}
+
+func isJSON(ct string) bool {
+	ct, _, _ = strings.Cut(ct, ";")
+	ct = strings.TrimSpace(strings.ToLower(ct))
+	return ct == "application/json" || strings.HasSuffix(ct, "+json")
+}
+
+// errTooLarge marks a body cut off at max_body_bytes.
+var errTooLarge = errors.New("request body larger than max_body_bytes")
+
+// CheckBody reads a JSON body (bounded by max_body_bytes, or 1 MiB) and
+// checks it, returning it for forwarding; other bodies are wrapped so that
+// they are cut off past max_body_bytes as they stream.
+func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, nil
+	}
+	if !r.needsBody(req) {
+		if r.maxBody > 0 {
+			req.Body = &limitedBody{ReadCloser: req.Body, left: r.maxBody}
+		}
+		return nil, nil
+	}
+	limit := r.maxBody
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) > limit {
+		return violation(http.StatusRequestEntityTooLarge, "body_bytes", "body larger than %d bytes", limit), nil
+	}
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	req.ContentLength = int64(len(body))
+	if v := r.checkJSON(body); v != nil {
+		return v, nil
+	}
+	return nil, nil
+}
+
+func (r *Rules) checkJSON(body []byte) *Violation {
+	if r.jsonDepth > 0 {
+		if d, err := jsonDepth(body); err != nil {
+			return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+		} else if d > r.jsonDepth {
+			return violation(http.StatusBadRequest, "json_depth", "JSON nested %d deep, at most %d", d, r.jsonDepth)
+		}
+	}
+	if len(r.denyJSON) > 0 {
+		var doc any
+		if err := json.Unmarshal(body, &doc); err != nil {
+			return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+		}
+		for _, d := range r.denyJSON {
+			if v, ok := findValue(doc, d.path, d.values); ok {
+				return violation(http.StatusForbidden, "json_value", "%s %q is denied", strings.Join(d.path, "."), v)
+			}
+		}
+	}
+	return nil
+}
+
+// jsonDepth returns how deep a JSON document nests, reading it as tokens
+// (no tree is built, so a deep document cannot exhaust memory or stack).
+func jsonDepth(body []byte) (int, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	depth, deepest := 0, 0
+	for {
+		t, err := dec.Token()
+		if err == io.EOF {
+			if depth != 0 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return deepest, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+			deepest = max(deepest, depth)
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+	}
+}
+
+// findValue walks path through doc ("[]" visits every element, and a
+// top-level list of documents is walked too) and reports a string found at
+// the end that is one of values.
+func findValue(doc any, path []string, values []string) (string, bool) {
+	if len(path) == 0 {
+		if s, ok := doc.(string); ok && slices.Contains(values, s) {
+			return s, true
+		}
+		return "", false
+	}
+	switch v := doc.(type) {
+	case []any:
+		rest := path
+		if path[0] == "[]" {
+			rest = path[1:]
+		}
+		for _, e := range v {
+			if s, ok := findValue(e, rest, values); ok {
+				return s, true
+			}
+		}
+	case map[string]any:
+		if path[0] == "[]" {
+			return "", false
+		}
+		if child, ok := v[path[0]]; ok {
+			return findValue(child, path[1:], values)
+		}
+	}
+	return "", false
+}
+
+// limitedBody fails a read past the limit, which aborts the forwarded request.
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, errTooLarge
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return 0, errTooLarge
+	}
+	return n, err
+}
+
+// TooLarge reports whether err is a body cut off at max_body_bytes.
+func TooLarge(err error) bool { return errors.Is(err, errTooLarge) }

@@ -1,0 +1,207 @@
+package filter
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/internal/config"
+)
+
+func rulesFrom(t testing.TB, yamlSet string) *Rules {
+	t.Helper()
+	cfg, err := config.Parse([]byte("rule_sets:\n  test:\n"+yamlSet+"hosts: {}\n"), "t.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Compile("test", cfg.RuleSets["test"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+const eosioLike = `    methods: [GET, POST]
+    allow_paths: [{prefix: /v1/chain/}, {exact: /health}]
+    deny_paths: [{exact: /v1/chain/push_block}, {regex: '^/v1/chain/.*_debug$', methods: [POST]}]
+    max_body_bytes: 1000
+    max_header_bytes: 2000
+    max_headers: 20
+    json_max_depth: 5
+    require_headers: [X-Api-Client]
+    forbid_headers: [X-Debug]
+    deny_query: [{param: account, pattern: '^eosio\.'}]
+    deny_json: [{path: 'actions[].account', values: [eosio.token, badcontract]}, {path: 'actions[].code', values: [badcontract]}]
+`
+
+func TestRules(t *testing.T) {
+	r := rulesFrom(t, eosioLike)
+	for _, tt := range []struct {
+		name, method, target, body string
+		hdr                        map[string]string
+		check                      string // "" allowed
+	}{
+		{"allowed", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"alice","code":"x"}]}`, nil, ""},
+		{"method", "DELETE", "/v1/chain/x", "", nil, "method"},
+		{"not an allowed path", "GET", "/v2/other", "", nil, "path"},
+		{"denied path", "GET", "/v1/chain/push_block", "", nil, "path"},
+		{"denied path for POST only", "POST", "/v1/chain/get_debug", "", nil, "path"},
+		{"same path by GET", "GET", "/v1/chain/get_debug", "", nil, ""},
+		{"missing header", "GET", "/health", "", map[string]string{"X-Api-Client": ""}, "required_header"},
+		{"forbidden header", "GET", "/health", "", map[string]string{"X-Debug": "1"}, "forbidden_header"},
+		{"too many headers", "GET", "/health", "", manyHeaders(25), "header_count"},
+		{"header bytes", "GET", "/health", "", map[string]string{"X-Big": strings.Repeat("a", 2500)}, "header_bytes"},
+		{"query", "GET", "/v1/chain/get_account?account=eosio.token", "", nil, "query"},
+		{"body too large", "POST", "/v1/chain/push_transaction", `{"a":"` + strings.Repeat("x", 1200) + `"}`, nil, "body_bytes"},
+		{"invalid JSON", "POST", "/v1/chain/push_transaction", `{"actions":[`, nil, "json"},
+		{"too deep", "POST", "/v1/chain/push_transaction", `{"a":[[[[[[1]]]]]]}`, nil, "json_depth"},
+		{"denied account", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"alice"},{"account":"eosio.token"}]}`, nil, "json_value"},
+		{"denied code", "POST", "/v1/chain/push_transaction", `{"actions":[{"code":"badcontract"}]}`, nil, "json_value"},
+		{"list of transactions", "POST", "/v1/chain/push_transactions", `[{"actions":[{"account":"ok"}]},{"actions":[{"account":"badcontract"}]}]`, nil, "json_value"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(tt.method, "http://node.test"+tt.target, strings.NewReader(tt.body))
+			req.Header.Set("X-Api-Client", "bot")
+			if tt.body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			for k, v := range tt.hdr {
+				if v == "" {
+					req.Header.Del(k)
+				} else {
+					req.Header.Set(k, v)
+				}
+			}
+			v := r.CheckHead(req)
+			if v == nil {
+				var err error
+				if v, err = r.CheckBody(req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := ""
+			if v != nil {
+				got = v.Check
+			}
+			if got != tt.check {
+				t.Errorf("%s %s: violation %q (%v), want %q", tt.method, tt.target, got, v, tt.check)
+			}
+			if v == nil && tt.body != "" {
+				if b, _ := io.ReadAll(req.Body); string(b) != tt.body {
+					t.Errorf("the checked body was not passed on whole: %q", b)
+				}
+			}
+		})
+	}
+}
+
+func manyHeaders(n int) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m["X-H"+strings.Repeat("x", i)] = "1"
+	}
+	return m
+}
+
+// TestStreamingBodyCutOff: a body without JSON checks streams, and is cut
+// off past max_body_bytes whatever its Content-Length said.
+func TestStreamingBodyCutOff(t *testing.T) {
+	r := rulesFrom(t, "    max_body_bytes: 100\n")
+	req := httptest.NewRequest("POST", "http://x/upload", strings.NewReader(strings.Repeat("z", 500)))
+	req.ContentLength = 50 // lies
+	if v := r.CheckHead(req); v != nil {
+		t.Fatalf("head: %v", v)
+	}
+	if v, err := r.CheckBody(req); v != nil || err != nil {
+		t.Fatalf("body: %v %v", v, err)
+	}
+	n, err := io.Copy(io.Discard, req.Body)
+	if !TooLarge(err) || n > 100 {
+		t.Errorf("read %d bytes, err %v; want a cut-off at 100", n, err)
+	}
+}
+
+func TestBansThresholdExpiryPersistence(t *testing.T) {
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), "bans.json")
+	b, err := OpenBans(path, slog.New(slog.DiscardHandler), clock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rulesFrom(t, "    methods: [GET]\n    ban: {violations: 3, window: 1m, duration: 10m}\n")
+	v := &Violation{Check: "method"}
+	b.Strike("10.0.0.1", r, v)
+	now = now.Add(2 * time.Minute) // the first strike leaves the window
+	b.Strike("10.0.0.1", r, v)
+	if b.Strike("10.0.0.1", r, v) {
+		t.Fatal("banned after 2 strikes within the window (one was older)")
+	}
+	if !b.Strike("10.0.0.1", r, v) {
+		t.Fatal("not banned after 3 strikes within one minute")
+	}
+	if _, ok := b.Banned("10.0.0.1"); !ok {
+		t.Fatal("Banned = false right after the ban")
+	}
+	if _, ok := b.Banned("10.0.0.2"); ok {
+		t.Error("another client is banned")
+	}
+	b2, err := OpenBans(path, slog.New(slog.DiscardHandler), clock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b2.Banned("10.0.0.1"); !ok {
+		t.Error("the ban did not survive a restart")
+	}
+	now = now.Add(11 * time.Minute)
+	if _, ok := b2.Banned("10.0.0.1"); ok {
+		t.Error("the ban did not expire")
+	}
+	b2.Add("192.0.2.7", time.Hour, "operator")
+	if !b2.Remove("192.0.2.7") || len(b2.List()) != 0 {
+		t.Errorf("Add/Remove: list %v", b2.List())
+	}
+}
+
+// FuzzCheck: no request makes the checks panic, the JSON depth check
+// agrees with encoding/json on validity, and a body that passes is
+// forwarded unchanged.
+func FuzzCheck(f *testing.F) {
+	r := rulesFrom(f, eosioLike)
+	f.Add("POST", "/v1/chain/push_transaction", `{"actions":[{"account":"eosio.token"}]}`)
+	f.Add("GET", "/v1/chain/get_info?account=eosio.x", "")
+	f.Add("POST", "/v1/chain/x", `[[[[[[[[]]]]]]]]`)
+	f.Add("POST", "/v1/chain/x", `{"actions":"notalist"}`)
+	f.Fuzz(func(t *testing.T, method, target, body string) {
+		if !strings.HasPrefix(target, "/") || strings.ContainsAny(target, " \r\n#") || method == "" || strings.ContainsAny(method, " \r\n") {
+			return
+		}
+		req, err := http.NewRequest(method, "http://node.test"+target, strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Api-Client", "fuzz")
+		if v := r.CheckHead(req); v != nil {
+			return
+		}
+		v, err := r.CheckBody(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == nil {
+			if !json.Valid([]byte(body)) && body != "" {
+				t.Fatalf("invalid JSON %q passed", body)
+			}
+			if got, _ := io.ReadAll(req.Body); string(got) != body {
+				t.Fatalf("body changed: %q -> %q", body, got)
+			}
+		}
+	})
+}
