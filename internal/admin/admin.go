@@ -7,23 +7,36 @@
 //	DELETE /v1/blobs?id=ID    remove the entries with that URL key or digest
 //	DELETE /v1/blobs?all=1    remove every entry
 //	POST   /v1/blobs/gc       remove unreferenced and temporary files
+//	GET    /config            the running config, as YAML
+//	PUT    /config            validate a whole new config (YAML) and swap it in
+//	GET    /bans              the banned clients
+//	POST   /bans              ban {"client": IP, "duration": "1h", "reason": "..."}
+//	DELETE /bans/{client}     lift a ban
 //
+// Every endpoint but /healthz, /metrics and /ca.pem needs the bearer
+// token from DATA_DIR/admin.token.
 // Errors are JSON {"error": "..."}.
 package admin
 
 import (
+	"cmp"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"sluice/internal/blobs"
+	"sluice/internal/filter"
 )
 
 // Options are what New needs.
@@ -33,6 +46,14 @@ type Options struct {
 	Log       *slog.Logger
 	// Blobs is the blob store, nil if off.
 	Blobs *blobs.Store
+	// Bans is the client ban list.
+	Bans *filter.Bans
+	// Token is the bearer token the protected endpoints require.
+	Token string
+	// Config returns the running config as YAML; Reload validates a new
+	// one and swaps it in, or returns every problem found.
+	Config func() ([]byte, error)
+	Reload func(yaml []byte) error
 }
 
 // Server is the admin HTTP server.
@@ -43,6 +64,7 @@ type Server struct {
 // New builds the admin server; Serve starts it.
 func New(opts Options) *Server {
 	mux := http.NewServeMux()
+	private := http.NewServeMux() // behind the token
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -55,11 +77,11 @@ func New(opts Options) *Server {
 		w.Write(opts.CACertPEM)
 	})
 	if b := opts.Blobs; b != nil {
-		mux.HandleFunc("GET /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
+		private.HandleFunc("GET /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
 			size, files := b.Size()
 			writeJSON(w, http.StatusOK, map[string]any{"bytes": size, "files": files, "entries": b.List()})
 		})
-		mux.HandleFunc("DELETE /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
+		private.HandleFunc("DELETE /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
 			id := r.URL.Query().Get("id")
 			if id == "" && r.URL.Query().Get("all") != "1" {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give ?id=KEY_OR_DIGEST, or ?all=1 to remove everything"})
@@ -67,7 +89,7 @@ func New(opts Options) *Server {
 			}
 			writeJSON(w, http.StatusOK, map[string]int{"removed": b.Remove(id)})
 		})
-		mux.HandleFunc("POST /v1/blobs/gc", func(w http.ResponseWriter, r *http.Request) {
+		private.HandleFunc("POST /v1/blobs/gc", func(w http.ResponseWriter, r *http.Request) {
 			freed, err := b.GC()
 			if err != nil {
 				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
@@ -76,15 +98,88 @@ func New(opts Options) *Server {
 			writeJSON(w, http.StatusOK, map[string]int64{"freed_bytes": freed})
 		})
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
-	})
+	if opts.Config != nil {
+		private.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
+			data, err := opts.Config()
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+				return
+			}
+			w.Header().Set("Content-Type", "application/yaml")
+			w.Write(data)
+		})
+		private.HandleFunc("PUT /config", func(w http.ResponseWriter, r *http.Request) {
+			data, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				return
+			}
+			if err := opts.Reload(data); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]any{"error": "config refused; the running one stays",
+					"errors": strings.Split(err.Error(), "\n")})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]string{"status": "config swapped in"})
+		})
+	}
+	if opts.Bans != nil {
+		private.HandleFunc("GET /bans", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Bans.List())
+		})
+		private.HandleFunc("POST /bans", func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				Client   string `json:"client"`
+				Duration string `json:"duration"`
+				Reason   string `json:"reason"`
+			}
+			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want JSON {\"client\": IP, \"duration\": \"1h\", \"reason\": ...}: " + err.Error()})
+				return
+			}
+			ip, err := netip.ParseAddr(req.Client)
+			d, derr := time.ParseDuration(req.Duration)
+			if err != nil || derr != nil || d <= 0 {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "client must be an IP and duration a positive Go duration (30m, 24h)"})
+				return
+			}
+			opts.Bans.Add(ip.Unmap().String(), d, cmp.Or(req.Reason, "operator"))
+			writeJSON(w, http.StatusOK, opts.Bans.List())
+		})
+		private.HandleFunc("DELETE /bans/{client}", func(w http.ResponseWriter, r *http.Request) {
+			if !opts.Bans.Remove(r.PathValue("client")) {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no ban for " + r.PathValue("client")})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ban lifted"})
+		})
+	}
+	protected := requireToken(opts.Token, private)
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := private.Handler(r); pattern == "" {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
+			return
+		}
+		protected.ServeHTTP(w, r)
+	}))
 	return &Server{srv: &http.Server{
 		Handler:           http.NewCrossOriginProtection().Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug),
 	}}
+}
+
+// requireToken lets through requests carrying "Authorization: Bearer TOKEN".
+func requireToken(token string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sluice admin"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token (see DATA_DIR/admin.token)"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

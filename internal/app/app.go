@@ -28,6 +28,9 @@ usage:
   sluice env [-c FILE]                 print shell exports that point clients at sluice
   sluice blobs [-c FILE] ls | rm ID | rm --all | gc
                                        list or remove files in the running sluice's blob store
+  sluice bans [-c FILE] ls | add IP [--for 1h] | rm IP
+                                       list, add or lift client bans in the running sluice
+  sluice reload -c FILE                validate FILE and swap it into the running sluice
   sluice version                       print the version
 
 Each command takes --help.
@@ -59,6 +62,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return envCmd(rest, stdout, stderr)
 	case "blobs":
 		return blobsCmd(rest, stdout, stderr)
+	case "bans":
+		return bansCmd(rest, stdout, stderr)
+	case "reload":
+		return reloadCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sluice", Version())
 		return nil

@@ -9,8 +9,6 @@ import (
 	"net/url"
 	"text/tabwriter"
 	"time"
-
-	"sluice/internal/config"
 )
 
 // blobsCmd lists or removes blob store entries through the running
@@ -38,32 +36,22 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Listen.Admin == config.Off {
-		return errors.New("listen.admin is off: the blob commands talk to the running sluice through it")
-	}
-	base := "http://" + clientAddr(cfg.Listen.Admin) + "/v1/blobs"
-	var req *http.Request
+	var method, path string
 	switch {
 	case verb == "ls" && len(operands) == 0:
-		req, _ = http.NewRequest(http.MethodGet, base, nil)
+		method, path = http.MethodGet, "/v1/blobs"
 	case verb == "rm" && *all && len(operands) == 0:
-		req, _ = http.NewRequest(http.MethodDelete, base+"?all=1", nil)
+		method, path = http.MethodDelete, "/v1/blobs?all=1"
 	case verb == "rm" && !*all && len(operands) == 1:
-		req, _ = http.NewRequest(http.MethodDelete, base+"?id="+url.QueryEscape(operands[0]), nil)
+		method, path = http.MethodDelete, "/v1/blobs?id="+url.QueryEscape(operands[0])
 	case verb == "gc" && len(operands) == 0:
-		req, _ = http.NewRequest(http.MethodPost, base+"/gc", nil)
+		method, path = http.MethodPost, "/v1/blobs/gc"
 	default:
 		return errors.New("usage: sluice " + synopsis)
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
-	resp, err := client.Do(req)
+	body, err := adminCall(cfg, method, path, nil)
 	if err != nil {
-		return fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin listener: %s: %s", resp.Status, body)
+		return err
 	}
 	if verb != "ls" {
 		_, err = stdout.Write(body)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -105,8 +106,43 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	g.Go(func() error {
 		return srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
 	})
+	// swap validates and installs a new config, from SIGHUP or PUT /config;
+	// on any error the running config stays.
+	var mu sync.Mutex
+	running := cfg
+	swap := func(load func() (*config.Config, error), source string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		next, err := load()
+		if err == nil {
+			err = srv.Reload(next)
+		}
+		if err != nil {
+			reloads.WithLabelValues("error").Inc()
+			log.Error("config reload refused; the running config stays", "config", source, "error", err.Error())
+			return err
+		}
+		reloads.WithLabelValues("ok").Inc()
+		if !reflect.DeepEqual(next.Listen, running.Listen) || next.DataDir != running.DataDir ||
+			next.Cache.MaxBytes != running.Cache.MaxBytes || next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes || next.Cache.FetchTimeout != running.Cache.FetchTimeout {
+			log.Warn("changes to listen, data_dir and the cache limits take effect after a restart")
+		}
+		level.Set(parseLevel(next.Log.Level))
+		running = next
+		log.Info("config reloaded", "config", source, "hosts", len(next.Hosts))
+		return nil
+	}
 	if lns[2] != nil {
-		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store})
+		token, err := adminToken(dataDir, true)
+		if err != nil {
+			return err
+		}
+		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store, Bans: bans, Token: token,
+			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.Marshal() },
+			Reload: func(data []byte) error {
+				return swap(func() (*config.Config, error) { return config.Parse(data, "PUT /config", cfg.Dir) }, "PUT /config")
+			},
+		})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
 	}
 	g.Go(func() error {
@@ -116,22 +152,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Info("shutting down", "grace", cfg.Timeouts.Shutdown.D().String())
 				return nil
 			case <-hup:
-				next, err := loadConfig(*cfgPath)
-				if err == nil {
-					err = srv.Reload(next)
-				}
-				if err != nil {
-					reloads.WithLabelValues("error").Inc()
-					log.Error("config reload refused; the running config stays", "config", configName(*cfgPath), "error", err.Error())
-					continue
-				}
-				reloads.WithLabelValues("ok").Inc()
-				if !reflect.DeepEqual(next.Listen, cfg.Listen) || next.DataDir != cfg.DataDir ||
-					next.Cache.MaxBytes != cfg.Cache.MaxBytes || next.Cache.MaxObjectBytes != cfg.Cache.MaxObjectBytes || next.Cache.FetchTimeout != cfg.Cache.FetchTimeout {
-					log.Warn("changes to listen, data_dir and the cache limits take effect after a restart")
-				}
-				level.Set(parseLevel(next.Log.Level))
-				log.Info("config reloaded", "config", configName(*cfgPath), "hosts", len(next.Hosts))
+				swap(func() (*config.Config, error) { return loadConfig(*cfgPath) }, configName(*cfgPath))
 			}
 		}
 	})

@@ -1,0 +1,105 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func adminDo(t *testing.T, r *running, method, path, token string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+r.addrs["admin"]+path, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestAdminAPI: the token guards config and bans; a bad PUT /config is
+// refused with every error while the old rules keep running; bans are
+// added and lifted live.
+func TestAdminAPI(t *testing.T) {
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "a.test", "b.test")
+	lines := strings.SplitAfter(hosts, "\n")
+	r := startRun(t, baseConfig(lines[0]))
+	tokenBytes, err := os.ReadFile(filepath.Join(r.dir, "data", "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(r.dir, "data", "admin.token")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin.token mode %v, want 0600", fi.Mode().Perm())
+	}
+	token := strings.TrimSpace(string(tokenBytes))
+
+	for _, p := range []string{"/config", "/bans", "/v1/blobs"} {
+		if code, _ := adminDo(t, r, "GET", p, "", nil); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without a token: %d, want 401", p, code)
+		}
+		if code, _ := adminDo(t, r, "GET", p, "wrong", nil); code != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token: %d, want 401", p, code)
+		}
+	}
+	if code, _ := adminDo(t, r, "GET", "/ca.pem", "", nil); code != 200 {
+		t.Errorf("GET /ca.pem without a token: %d, want 200 (public)", code)
+	}
+	code, body := adminDo(t, r, "GET", "/config", token, nil)
+	if code != 200 || !strings.Contains(body, "a.test") {
+		t.Errorf("GET /config: %d %s", code, body)
+	}
+
+	bad := baseConfig(hosts) + "  c.test: {mode: nope, ports: [0]}\n"
+	code, body = adminDo(t, r, "PUT", "/config", token, []byte(bad))
+	if code != 400 || !strings.Contains(body, "nope") || !strings.Contains(body, "port 0") {
+		t.Errorf("PUT of a bad config: %d %s; want 400 listing every error", code, body)
+	}
+	c := r.client()
+	if _, err := c.Get("https://b.test/"); err == nil {
+		t.Error("b.test allowed after a refused PUT")
+	}
+	if code, body = adminDo(t, r, "PUT", "/config", token, []byte(baseConfig(hosts))); code != 200 {
+		t.Fatalf("PUT of a good config: %d %s", code, body)
+	}
+	if got := status(t, c, "https://b.test/"); got != 200 {
+		t.Errorf("b.test after the PUT: %d", got)
+	}
+
+	if code, body = adminDo(t, r, "POST", "/bans", token, []byte(`{"client":"127.0.0.1","duration":"1h","reason":"test"}`)); code != 200 {
+		t.Fatalf("POST /bans: %d %s", code, body)
+	}
+	c.CloseIdleConnections()
+	if _, err := c.Get("https://a.test/"); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Errorf("banned client: %v, want its CONNECT refused", err)
+	}
+	var out bytes.Buffer
+	cli := filepath.Join(r.dir, "cli.yaml")
+	os.WriteFile(cli, []byte(strings.Replace(readFile(t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644)
+	if err := Run(context.Background(), []string{"bans", "-c", cli, "ls"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "127.0.0.1") {
+		t.Errorf("sluice bans ls: %v\n%s", err, out.String())
+	}
+	if err := Run(context.Background(), []string{"bans", "-c", cli, "rm", "127.0.0.1"}, io.Discard, io.Discard); err != nil {
+		t.Errorf("sluice bans rm: %v", err)
+	}
+	if got := status(t, c, "https://a.test/"); got != 200 {
+		t.Errorf("after the ban was lifted: %d", got)
+	}
+	out.Reset()
+	os.WriteFile(cli, []byte(strings.Replace(readFile(t, cli), "  b.test", "  #b.test", 1)), 0o644)
+	if err := Run(context.Background(), []string{"reload", "-c", cli}, &out, io.Discard); err != nil {
+		t.Fatalf("sluice reload: %v", err)
+	}
+	c.CloseIdleConnections()
+	if _, err := c.Get("https://b.test/"); err == nil {
+		t.Error("b.test still allowed after sluice reload removed it")
+	}
+}
