@@ -36,8 +36,24 @@ type RuleSet struct {
 	// DenyJSON refuses a JSON body with one of Values at Path
 	// ("actions[].account": every element's field).
 	DenyJSON []JSONDeny `yaml:"deny_json,omitempty"`
+	// JSONRoot, when set, lists the JSON types the body may be: object, array.
+	JSONRoot []string `yaml:"json_root,omitempty,flow"`
+	// JSONLimits bound the values at a path: arrays to MaxItems elements,
+	// strings to MaxLength bytes.
+	JSONLimits []JSONLimit `yaml:"json_limits,omitempty"`
 	// Ban bans clients that break the rules too often. Default: no bans.
 	Ban *BanPolicy `yaml:"ban,omitempty"`
+	// Answer is how violations are answered: sluice (default, JSON with
+	// error, rule, detail) or eosio (400 {"message":RULE,"code":400} with
+	// X-REJECTED-BY, as the node filter sluice replaces answered).
+	Answer string `yaml:"answer,omitempty"`
+}
+
+// JSONLimit bounds the values at Path ("" is the document itself).
+type JSONLimit struct {
+	Path      string `yaml:"path"`
+	MaxItems  int    `yaml:"max_items,omitempty"`
+	MaxLength int    `yaml:"max_length,omitempty"`
 }
 
 // PathMatch is one of exact, prefix or regex, for the given methods
@@ -59,6 +75,9 @@ type QueryDeny struct {
 type JSONDeny struct {
 	Path   string   `yaml:"path"`
 	Values []string `yaml:"values,flow"`
+	// EOSIOPacked: the value at Path is a hex-encoded EOSIO packed
+	// transaction, refused if it names any of Values (as 64-bit EOSIO names).
+	EOSIOPacked bool `yaml:"eosio_packed,omitempty"`
 }
 
 // BanPolicy: Violations within Window ban the client for Duration.
@@ -146,6 +165,19 @@ func (rs *RuleSet) validate() error {
 	}
 	if rs.MaxHeaders < 0 || rs.JSONMaxDepth < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	for _, t := range rs.JSONRoot {
+		if t != "object" && t != "array" {
+			errs = append(errs, fmt.Errorf("json_root %q is not object or array", t))
+		}
+	}
+	for _, l := range rs.JSONLimits {
+		if l.MaxItems < 0 || l.MaxLength < 0 || l.MaxItems == 0 && l.MaxLength == 0 {
+			errs = append(errs, fmt.Errorf("json_limits %q: give max_items or max_length", l.Path))
+		}
+	}
+	if rs.Answer != "" && rs.Answer != "sluice" && rs.Answer != "eosio" {
+		errs = append(errs, fmt.Errorf("answer %q is not sluice or eosio", rs.Answer))
 	}
 	if b := rs.Ban; b != nil && (b.Violations < 1 || b.Window <= 0 || b.Duration <= 0) {
 		errs = append(errs, errors.New("ban needs violations >= 1, a window and a duration"))

@@ -15,6 +15,9 @@ package filter
 
 import (
 	"bytes"
+	"cmp"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,7 +44,16 @@ type Rules struct {
 	forbid    []string
 	query     []queryDeny
 	denyJSON  []jsonDeny
+	jsonRoot  []string
+	limits    []jsonLimit
 	Ban       *config.BanPolicy
+	// Answer is "sluice" or "eosio": the format of violation answers.
+	Answer string
+}
+
+type jsonLimit struct {
+	path               []string
+	maxItems, maxBytes int
 }
 
 type pathMatch struct {
@@ -71,6 +83,7 @@ type queryDeny struct {
 type jsonDeny struct {
 	path   []string // "actions[].account" -> ["actions", "[]", "account"]
 	values []string
+	packed [][8]byte // eosio_packed: the values as EOSIO names, little-endian
 }
 
 // Compile builds the rule set rs (validated by config) named name.
@@ -79,7 +92,10 @@ func Compile(name string, rs *config.RuleSet) (*Rules, error) {
 		return nil, nil
 	}
 	r := &Rules{Name: name, methods: rs.Methods, maxBody: int64(rs.MaxBodyBytes), maxHeader: int64(rs.MaxHeaderBytes),
-		maxCount: rs.MaxHeaders, jsonDepth: rs.JSONMaxDepth, Ban: rs.Ban}
+		maxCount: rs.MaxHeaders, jsonDepth: rs.JSONMaxDepth, Ban: rs.Ban, jsonRoot: rs.JSONRoot, Answer: cmp.Or(rs.Answer, "sluice")}
+	for _, l := range rs.JSONLimits {
+		r.limits = append(r.limits, jsonLimit{path: splitJSONPath(l.Path), maxItems: l.MaxItems, maxBytes: l.MaxLength})
+	}
 	for _, h := range rs.RequireHeaders {
 		r.require = append(r.require, http.CanonicalHeaderKey(h))
 	}
@@ -116,7 +132,19 @@ func Compile(name string, rs *config.RuleSet) (*Rules, error) {
 		r.query = append(r.query, queryDeny{param: q.Param, re: re})
 	}
 	for _, j := range rs.DenyJSON {
-		r.denyJSON = append(r.denyJSON, jsonDeny{path: splitJSONPath(j.Path), values: j.Values})
+		d := jsonDeny{path: splitJSONPath(j.Path), values: j.Values}
+		if j.EOSIOPacked {
+			for _, v := range j.Values {
+				n, err := eosioName(v)
+				if err != nil {
+					return nil, err
+				}
+				var b [8]byte
+				binary.LittleEndian.PutUint64(b[:], n)
+				d.packed = append(d.packed, b)
+			}
+		}
+		r.denyJSON = append(r.denyJSON, d)
 	}
 	return r, nil
 }
@@ -209,7 +237,13 @@ func (r *Rules) CheckHead(req *http.Request) *Violation {
 // needsBody reports whether the body must be read whole before forwarding
 // (JSON checks); otherwise only its size is watched as it streams.
 func (r *Rules) needsBody(req *http.Request) bool {
-	return (r.jsonDepth > 0 || len(r.denyJSON) > 0) && isJSON(req.Header.Get("Content-Type"))
+	if r.jsonDepth == 0 && len(r.denyJSON) == 0 && len(r.jsonRoot) == 0 && len(r.limits) == 0 {
+		return false
+	}
+	// A rule set with JSON checks reads every POST body as JSON whatever
+	// it is labelled: a client must not skip the checks by changing its
+	// Content-Type (the node APIs such rule sets guard take JSON anyway).
+	return isJSON(req.Header.Get("Content-Type")) || len(r.jsonRoot) > 0
 }
 
 func isJSON(ct string) bool {
@@ -262,18 +296,147 @@ func (r *Rules) checkJSON(body []byte) *Violation {
 			return violation(http.StatusBadRequest, "json_depth", "JSON nested %d deep, at most %d", d, r.jsonDepth)
 		}
 	}
-	if len(r.denyJSON) > 0 {
-		var doc any
-		if err := json.Unmarshal(body, &doc); err != nil {
-			return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+	if len(r.denyJSON) == 0 && len(r.jsonRoot) == 0 && len(r.limits) == 0 {
+		return nil
+	}
+	var doc any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+	}
+	if len(r.jsonRoot) > 0 {
+		root := "scalar"
+		switch doc.(type) {
+		case map[string]any:
+			root = "object"
+		case []any:
+			root = "array"
 		}
-		for _, d := range r.denyJSON {
-			if v, ok := findValue(doc, d.path, d.values); ok {
-				return violation(http.StatusForbidden, "json_value", "%s %q is denied", strings.Join(d.path, "."), v)
+		if !slices.Contains(r.jsonRoot, root) {
+			return violation(http.StatusBadRequest, "json_root", "the body is a JSON %s, want %s", root, strings.Join(r.jsonRoot, " or "))
+		}
+	}
+	for _, l := range r.limits {
+		if v := checkLimit(doc, l.path, l); v != nil {
+			return v
+		}
+	}
+	for _, d := range r.denyJSON {
+		if len(d.packed) > 0 {
+			if v, ok := findPacked(doc, d); ok {
+				return violation(http.StatusForbidden, "json_value", "%s names %q", strings.Join(d.path, "."), v)
 			}
+			continue
+		}
+		if v, ok := findValue(doc, d.path, d.values); ok {
+			return violation(http.StatusForbidden, "json_value", "%s %q is denied", strings.Join(d.path, "."), v)
 		}
 	}
 	return nil
+}
+
+// each calls fn on every value at path in doc ("[]" visits every element,
+// and a top-level list of documents is walked too).
+func each(doc any, path []string, fn func(any) bool) bool {
+	if len(path) == 0 {
+		return fn(doc)
+	}
+	switch v := doc.(type) {
+	case []any:
+		rest := path
+		if path[0] == "[]" {
+			rest = path[1:]
+		}
+		for _, e := range v {
+			if each(e, rest, fn) {
+				return true
+			}
+		}
+	case map[string]any:
+		if child, ok := v[path[0]]; ok && path[0] != "[]" {
+			return each(child, path[1:], fn)
+		}
+	}
+	return false
+}
+
+func checkLimit(doc any, path []string, l jsonLimit) *Violation {
+	var v *Violation
+	where := strings.Join(path, ".")
+	if where == "" {
+		where = "the body"
+	}
+	check := func(x any) bool {
+		switch x := x.(type) {
+		case []any:
+			if l.maxItems > 0 && len(x) > l.maxItems {
+				v = violation(http.StatusBadRequest, "json_limit", "%s holds %d items, at most %d", where, len(x), l.maxItems)
+			}
+		case string:
+			if l.maxBytes > 0 && len(x) > l.maxBytes {
+				v = violation(http.StatusBadRequest, "json_limit", "%s is %d bytes, at most %d", where, len(x), l.maxBytes)
+			}
+		}
+		return v != nil
+	}
+	if len(path) == 0 {
+		check(doc) // the document itself: a list of transactions
+		return v
+	}
+	each(doc, path, check)
+	return v
+}
+
+// findPacked reports a denied name found in a hex-encoded packed
+// transaction at d.path.
+func findPacked(doc any, d jsonDeny) (string, bool) {
+	var found string
+	each(doc, d.path, func(x any) bool {
+		s, ok := x.(string)
+		if !ok {
+			return false
+		}
+		raw, err := hex.DecodeString(s)
+		if err != nil {
+			found = "(not hex)"
+			return true
+		}
+		for i, name := range d.packed {
+			if bytes.Contains(raw, name[:]) {
+				found = d.values[i]
+				return true
+			}
+		}
+		return false
+	})
+	return found, found != ""
+}
+
+// eosioName encodes an EOSIO account name ("eosio.token") as its 64-bit
+// value: 5 bits per character ('.'=0, '1'-'5', 'a'-'z'), 12 characters
+// high bits first, a 13th in the low 4 bits.
+func eosioName(s string) (uint64, error) {
+	if len(s) > 13 {
+		return 0, fmt.Errorf("EOSIO name %q is longer than 13 characters", s)
+	}
+	var n uint64
+	for i := 0; i < len(s); i++ {
+		var c uint64
+		switch ch := s[i]; {
+		case ch == '.':
+		case ch >= '1' && ch <= '5':
+			c = uint64(ch-'1') + 1
+		case ch >= 'a' && ch <= 'z':
+			c = uint64(ch-'a') + 6
+		default:
+			return 0, fmt.Errorf("EOSIO name %q: character %q", s, ch)
+		}
+		if i < 12 {
+			n |= (c & 0x1f) << (64 - 5*(i+1))
+		} else {
+			n |= c & 0x0f
+		}
+	}
+	return n, nil
 }
 
 // jsonDepth returns how deep a JSON document nests, reading it as tokens
@@ -302,36 +465,17 @@ func jsonDepth(body []byte) (int, error) {
 	}
 }
 
-// findValue walks path through doc ("[]" visits every element, and a
-// top-level list of documents is walked too) and reports a string found at
-// the end that is one of values.
+// findValue reports a string at path in doc that is one of values.
 func findValue(doc any, path []string, values []string) (string, bool) {
-	if len(path) == 0 {
-		if s, ok := doc.(string); ok && slices.Contains(values, s) {
-			return s, true
+	var found string
+	each(doc, path, func(x any) bool {
+		if s, ok := x.(string); ok && slices.Contains(values, s) {
+			found = s
+			return true
 		}
-		return "", false
-	}
-	switch v := doc.(type) {
-	case []any:
-		rest := path
-		if path[0] == "[]" {
-			rest = path[1:]
-		}
-		for _, e := range v {
-			if s, ok := findValue(e, rest, values); ok {
-				return s, true
-			}
-		}
-	case map[string]any:
-		if path[0] == "[]" {
-			return "", false
-		}
-		if child, ok := v[path[0]]; ok {
-			return findValue(child, path[1:], values)
-		}
-	}
-	return "", false
+		return false
+	})
+	return found, found != ""
 }
 
 // limitedBody fails a read past the limit, which aborts the forwarded request.

@@ -1,6 +1,8 @@
 package filter
 
 import (
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -204,4 +206,48 @@ func FuzzCheck(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestEOSIOProfile(t *testing.T) {
+	if n, _ := eosioName("eosio.token"); n != 6138663591592764928 {
+		t.Fatalf("eosioName(eosio.token) = %d, want 6138663591592764928", n)
+	}
+	ps, _ := config.Profiles()
+	r, err := Compile("eosio", ps["eosio"].Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msig, _ := eosioName("eosio.msig")
+	var le [8]byte
+	binary.LittleEndian.PutUint64(le[:], msig)
+	packed := "00000000" + hex.EncodeToString(le[:]) + "0000"
+	tx := func(actions string) string { return `{"signatures":["SIG_K1_x"],"actions":[` + actions + `]}` }
+	for _, tt := range []struct{ name, body, check string }{
+		{"plain transfer", tx(`{"account":"eosio.token","name":"transfer","data":"00"}`), ""},
+		{"denied as code", tx(`{"code":"eosio.msig","name":"propose"}`), "json_value"},
+		{"denied as account (the old hole)", tx(`{"account":"eosio.msig","name":"propose"}`), "json_value"},
+		{"denied inside packed_trx (the other hole)", `{"signatures":[],"compression":"none","packed_trx":"` + packed + `"}`, "json_value"},
+		{"too many transactions", "[" + strings.Repeat(tx(`{"account":"a"}`)+",", 10) + tx(`{"account":"a"}`) + "]", "json_limit"},
+		{"too many signatures", `{"signatures":["a","b","c","d","e"],"actions":[]}`, "json_limit"},
+		{"action data too big", tx(`{"account":"a","data":"` + strings.Repeat("ab", 40000) + `"}`), "json_limit"},
+		{"not an object or list", `"just a string"`, "json_root"},
+		{"not JSON", `actions=1`, "json"},
+	} {
+		req := httptest.NewRequest("POST", "http://node.test/v1/chain/push_transaction", strings.NewReader(tt.body))
+		req.Header.Set("Content-Type", "text/plain") // the checks do not depend on the label
+		v := r.CheckHead(req)
+		if v == nil {
+			v, _ = r.CheckBody(req)
+		}
+		got := ""
+		if v != nil {
+			got = v.Check
+		}
+		if got != tt.check {
+			t.Errorf("%s: violation %q (%v), want %q", tt.name, got, v, tt.check)
+		}
+	}
+	if r.Answer != "eosio" {
+		t.Errorf("answer = %q", r.Answer)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -161,6 +162,15 @@ func (s *Server) refuseViolation(w http.ResponseWriter, r *http.Request, rules *
 		"host", host, "path", r.URL.Path, "banned", banned)
 	rec := obs.RecordFrom(r.Context())
 	rec.Decision, rec.Reason = "deny", "rule_violation: "+v.Check
+	if rules.Answer == "eosio" {
+		// The answer of the node filter sluice replaces, for its clients.
+		body, _ := json.Marshal(map[string]any{"message": v.Check + ": " + v.Detail, "code": 400})
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-REJECTED-BY", "sluice/"+rules.Name)
+		w.WriteHeader(http.StatusBadRequest)
+		w.Write(body)
+		return
+	}
 	obs.WriteError(w, r, &obs.Error{Status: v.Status, Msg: "rule_violation", Rule: rules.Name, Detail: v.Detail,
 		ProxyStatus: "http_request_denied"})
 }
