@@ -69,6 +69,16 @@ type Reverse struct {
 	Cache *HostCache `yaml:"cache,omitempty"`
 	// Rules names the rule set checked before a request reaches the backend.
 	Rules *HostRules `yaml:"rules,omitempty"`
+	// TLSCert and TLSKey, both PEM files, make the listener HTTPS.
+	TLSCert string `yaml:"tls_cert,omitempty"`
+	TLSKey  string `yaml:"tls_key,omitempty"`
+	// TrustedProxies (IPs or CIDRs) are the peers whose X-Forwarded-For,
+	// or PROXY protocol header, names the real client. From any other peer
+	// the client is the socket's address.
+	TrustedProxies []string `yaml:"trusted_proxies,omitempty,flow"`
+	// ProxyProtocol reads a PROXY protocol (v1 or v2) header from trusted
+	// peers, as HAProxy and cloud load balancers send it.
+	ProxyProtocol bool `yaml:"proxy_protocol,omitempty"`
 }
 
 // Off is the listener address that disables a listener.

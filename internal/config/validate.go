@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -275,6 +276,19 @@ func (r *Reverse) validate(c *Config, seen map[string]string) []error {
 			add(err, "backend")
 		}
 	}
+	if (r.TLSCert == "") != (r.TLSKey == "") {
+		add(errors.New("give both tls_cert and tls_key, or neither"), "tls_cert")
+	} else if r.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(c.Path(r.TLSCert), c.Path(r.TLSKey)); err != nil {
+			add(err, "tls_cert")
+		}
+	}
+	if _, err := ParsePrefixes(r.TrustedProxies); err != nil {
+		add(err, "trusted_proxies")
+	}
+	if r.ProxyProtocol && len(r.TrustedProxies) == 0 {
+		add(errors.New("proxy_protocol needs trusted_proxies: only they may name the client"), "proxy_protocol")
+	}
 	if r.Rules != nil && !r.Rules.Off && c.lookupRuleSet(r.Rules.Name) == nil {
 		add(fmt.Errorf("no rule set %q in rule_sets or the profiles", r.Rules.Name), "rules")
 	}
@@ -291,4 +305,21 @@ func (r *Reverse) validate(c *Config, seen map[string]string) []error {
 		}
 	}
 	return errs
+}
+
+// ParsePrefixes parses IPs and CIDRs ("10.0.0.0/8", "192.0.2.1").
+func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP or CIDR", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

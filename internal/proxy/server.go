@@ -147,6 +147,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.reverse = &http.Server{
 		Handler: Chain(http.HandlerFunc(s.serveReverse),
+			s.realClient, // before the access log, which records the client it names
 			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "reverse", Queries: queries}),
 			obs.Recover(opts.Log)),
 		ReadHeaderTimeout: t.TLSHandshake.D(),
@@ -219,8 +220,24 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	if lns.Proxy != nil {
 		serve(s.forward, lns.Proxy)
 	}
-	if lns.Reverse != nil {
-		serve(s.reverse, lns.Reverse)
+	if ln := lns.Reverse; ln != nil {
+		st := s.state.Load()
+		if r := st.cfg.Listen.Reverse; r != nil && r.ProxyProtocol {
+			ln = newProxyProtoListener(ln, func() trusted { return s.state.Load().reverseTrusted })
+		}
+		if st.reverseCert != nil {
+			ln = tls.NewListener(ln, &tls.Config{
+				MinVersion: tls.VersionTLS12,
+				NextProtos: []string{"h2", "http/1.1"},
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+					if c := s.state.Load().reverseCert; c != nil {
+						return c, nil
+					}
+					return nil, errors.New("listen.reverse has no certificate any more")
+				},
+			})
+		}
+		serve(s.reverse, ln)
 	}
 	if lns.ProxyTLS != nil {
 		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{

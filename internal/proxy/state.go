@@ -26,8 +26,10 @@ type state struct {
 	policy    *policy.Policy
 	upstreams map[string]*upstream // by policy.Entry.Pattern
 	// reverse is the reverse listener's backend (nil without one).
-	reverse       *upstream
-	reverseTarget *target
+	reverse        *upstream
+	reverseTarget  *target
+	reverseTrusted trusted
+	reverseCert    *tls.Certificate // nil: plain HTTP
 }
 
 // upstream is how sluice reaches the hosts of one entry: its own dialer
@@ -100,6 +102,16 @@ func (s *Server) newState(cfg *config.Config) (*state, error) {
 		hp, err := hostport.Parse(backend.Host, port)
 		if err != nil {
 			return nil, fmt.Errorf("listen.reverse.backend: %w", err)
+		}
+		if st.reverseTrusted, err = config.ParsePrefixes(r.TrustedProxies); err != nil {
+			return nil, fmt.Errorf("listen.reverse.trusted_proxies: %w", err)
+		}
+		if r.TLSCert != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.Path(r.TLSCert), cfg.Path(r.TLSKey))
+			if err != nil {
+				return nil, fmt.Errorf("listen.reverse.tls_cert: %w", err)
+			}
+			st.reverseCert = &cert
 		}
 		st.reverse, st.reverseTarget = u, newTarget(hp, scheme)
 		st.reverseTarget.reverse = true
