@@ -138,7 +138,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store, Bans: bans, Token: token,
-			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.Marshal() },
+			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
 			Reload: func(data []byte) error {
 				return swap(func() (*config.Config, error) { return config.Parse(data, "PUT /config", cfg.Dir) }, "PUT /config")
 			},

@@ -337,6 +337,38 @@ func (c *Config) Path(p string) string {
 	return filepath.Join(c.Dir, p)
 }
 
+// MarshalRedacted renders c as YAML with the values of secret-bearing keys
+// (password, secret, token, credentials) replaced, for the admin API.
+func (c *Config) MarshalRedacted() ([]byte, error) {
+	var n yaml.Node
+	if err := n.Encode(c); err != nil {
+		return nil, err
+	}
+	redact(&n)
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(&n); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}
+
+func redact(n *yaml.Node) {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := strings.ToLower(n.Content[i].Value), n.Content[i+1]
+			if v.Kind == yaml.ScalarNode && (strings.Contains(k, "password") || strings.Contains(k, "secret") ||
+				strings.Contains(k, "token") || strings.Contains(k, "credential")) {
+				v.Value, v.Tag, v.Style = "REDACTED", "!!str", 0
+			}
+		}
+	}
+	for _, c := range n.Content {
+		redact(c)
+	}
+}
+
 // Marshal renders c as YAML, as `sluice check` prints it.
 func (c *Config) Marshal() ([]byte, error) {
 	var b bytes.Buffer

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"sluice/internal/testpki"
 )
 
@@ -183,5 +185,22 @@ func TestProfiles(t *testing.T) {
 	}
 	if mode, _ := CacheFor(&Host{Profile: "binance", Cache: &HostCache{Mode: CacheOff}}); mode != CacheOff {
 		t.Errorf("cache: off on a profiled host gives mode %s", mode)
+	}
+}
+
+func TestMarshalRedacted(t *testing.T) {
+	c, err := Parse([]byte("hosts:\n  a.test: {}\n"), "t.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n yaml.Node
+	n.Encode(map[string]any{"redis": map[string]string{"password": "hunter2", "addr": "x"}, "api_token": "t0k"})
+	redact(&n)
+	out, _ := yaml.Marshal(&n)
+	if strings.Contains(string(out), "hunter2") || strings.Contains(string(out), "t0k") || !strings.Contains(string(out), "addr: x") {
+		t.Errorf("redacted:\n%s", out)
+	}
+	if out, err := c.MarshalRedacted(); err != nil || !strings.Contains(string(out), "a.test") {
+		t.Errorf("MarshalRedacted: %v\n%s", err, out)
 	}
 }
