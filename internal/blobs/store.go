@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/atomicfile"
 )
 
 // Options configures a Store.
@@ -145,31 +147,11 @@ func (s *Store) saveLocked() {
 	}
 	data, err := json.Marshal(es)
 	if err == nil {
-		err = writeAtomic(s.indexPath(), data, filepath.Join(s.dir, "tmp"))
+		err = atomicfile.Write(s.indexPath(), data, 0o600)
 	}
 	if err != nil {
 		s.opts.Log.Error("blob index not saved", "error", err.Error())
 	}
-}
-
-func writeAtomic(path string, data []byte, tmpDir string) error {
-	f, err := os.CreateTemp(tmpDir, "index-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 func (s *Store) addLocked(e *Entry) {

@@ -23,6 +23,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"sluice/internal/atomicfile"
 )
 
 const (
@@ -124,10 +126,10 @@ func createRoot(dir string, now time.Time) (*Root, error) {
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	// The key first: a crash between the two writes leaves a key without a
 	// certificate, which OpenRoot reports instead of silently replacing.
-	if err := writeFileAtomic(filepath.Join(dir, keyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, keyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
@@ -135,32 +137,6 @@ func createRoot(dir string, now time.Time) (*Root, error) {
 		return nil, err
 	}
 	return &Root{Cert: cert, CertPEM: certPEM, key: key, Created: true}, nil
-}
-
-// writeFileAtomic writes data to a temporary file in the same directory,
-// syncs it and renames it into place, so path is either absent or whole.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 func randomSerial() *big.Int {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
+
+	"sluice/internal/atomicfile"
 )
 
 // PKCS12 returns the root certificate (never the key) as a PKCS#12 trust
@@ -53,5 +55,5 @@ func (r *Root) WriteBundle(dir string) (string, error) {
 	}
 	b.WriteString("# sluice CA\n")
 	b.Write(r.CertPEM)
-	return path, writeFileAtomic(path, b.Bytes(), 0o644)
+	return path, atomicfile.Write(path, b.Bytes(), 0o644)
 }

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/atomicfile"
 	"sluice/internal/metrics"
 )
 
@@ -171,18 +171,7 @@ func (b *Bans) saveLocked() {
 		list = append(list, x)
 	}
 	data, _ := json.Marshal(list)
-	tmp, err := os.CreateTemp(filepath.Dir(b.path), ".bans-*")
-	if err == nil {
-		_, err = tmp.Write(data)
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), b.path)
-		}
-		os.Remove(tmp.Name())
-	}
-	if err != nil {
+	if err := atomicfile.Write(b.path, data, 0o600); err != nil {
 		b.log.Error("ban list not saved", "path", b.path, "error", err.Error())
 	}
 }
