@@ -21,13 +21,18 @@ type meter interface {
 
 // window allows at most limit in any interval of length span, whatever its
 // alignment: a fixed-window upstream (Binance's per-minute weight) is then
-// never overrun, even if its clock and windows are not sluice's.
+// never overrun, even if its clock and windows are not sluice's. Each
+// spending is held span plus a guard (a twentieth of span, at most a
+// second), so that requests granted in turn but delivered with different
+// delays still land in different upstream windows.
 type window struct {
 	limit float64
 	span  time.Duration
 	spent []spending // oldest first
 	sum   float64
 }
+
+func (w *window) hold() time.Duration { return w.span + min(w.span/20, time.Second) }
 
 type spending struct {
 	at   time.Time
@@ -36,7 +41,7 @@ type spending struct {
 
 func (w *window) expire(now time.Time) {
 	i := 0
-	for ; i < len(w.spent) && !now.Before(w.spent[i].at.Add(w.span)); i++ {
+	for ; i < len(w.spent) && !now.Before(w.spent[i].at.Add(w.hold())); i++ {
 		w.sum -= w.spent[i].cost
 	}
 	if i > 0 {
@@ -55,10 +60,10 @@ func (w *window) wait(now time.Time, cost float64) time.Duration {
 	}
 	for _, s := range w.spent {
 		if over -= s.cost; over <= 1e-9 {
-			return s.at.Add(w.span).Sub(now)
+			return s.at.Add(w.hold()).Sub(now)
 		}
 	}
-	return w.span
+	return w.hold()
 }
 
 func (w *window) spend(now time.Time, cost float64) {
