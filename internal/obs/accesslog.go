@@ -93,17 +93,17 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 					if rec.Err == nil {
 						rec.Err = fmt.Errorf("response aborted: %v", p)
 					}
-					write(log, m, rec, time.Since(rec.Start))
+					write(r.Context(), log, m, rec, time.Since(rec.Start))
 					panic(p)
 				}
-				write(log, m, rec, time.Since(rec.Start))
+				write(r.Context(), log, m, rec, time.Since(rec.Start))
 			}()
 			next.ServeHTTP(cw, r.WithContext(WithRecord(r.Context(), rec)))
 		})
 	}
 }
 
-func write(log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
+func write(ctx context.Context, log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
 	m.observe(rec, d)
 	level := slog.LevelInfo
 	switch {
@@ -114,7 +114,7 @@ func write(log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
 	case rec.Err != nil:
 		level = slog.LevelWarn
 	}
-	if !log.Enabled(context.Background(), level) {
+	if !log.Enabled(ctx, level) {
 		return
 	}
 	attrs := []slog.Attr{
@@ -127,7 +127,7 @@ func write(log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
 	if rec.Err != nil {
 		attrs = append(attrs, slog.String("error", rec.Err.Error()))
 	}
-	log.LogAttrs(context.Background(), level, "request", attrs...)
+	log.LogAttrs(ctx, level, "request", attrs...)
 }
 
 func codeClass(status int) string {
