@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -110,20 +111,10 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("bans", synopsis, stdout, stderr)
 	dur := fs.Duration("for", time.Hour, "with add: how long the ban lasts")
 	reason := fs.String("reason", "operator", "with add: why")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
+	verb, operands, done, err := parseVerb(fs, args, synopsis)
+	if done {
 		return err
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		return errors.New("usage: sluice " + synopsis)
-	}
-	if err := fs.Parse(rest[1:]); err != nil { // flags may follow the verb
-		return err
-	}
-	verb, operands := rest[0], fs.Args()
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
@@ -161,4 +152,24 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
+}
+
+// parseVerb parses a command of the form NAME [flags] VERB [flags]
+// [OPERANDS]: flags may come before or after the verb. done reports that
+// the command is over (--help, or err).
+func parseVerb(fs *flag.FlagSet, args []string, synopsis string) (verb string, operands []string, done bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", nil, true, nil
+		}
+		return "", nil, true, err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return "", nil, true, errors.New("usage: sluice " + synopsis)
+	}
+	if err := fs.Parse(rest[1:]); err != nil {
+		return "", nil, true, err
+	}
+	return rest[0], fs.Args(), false, nil
 }

@@ -93,8 +93,6 @@ func flags(name, synopsis string, stdout, stderr io.Writer) (*flag.FlagSet, *str
 	return fs, cfgPath
 }
 
-var errHelp = flag.ErrHelp
-
 // parse parses args; it reports done when --help was asked for.
 func parse(fs *flag.FlagSet, args []string) (done bool, err error) {
 	if err := fs.Parse(args); err != nil {

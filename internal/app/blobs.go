@@ -17,21 +17,10 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 	const synopsis = "blobs [-c FILE] ls | rm KEY_OR_DIGEST | rm --all | gc"
 	fs, cfgPath := flags("blobs", synopsis, stdout, stderr)
 	all := fs.Bool("all", false, "with rm: remove every entry")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, errHelp) {
-			return nil
-		}
+	verb, operands, done, err := parseVerb(fs, args, synopsis)
+	if done {
 		return err
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		return errors.New("usage: sluice " + synopsis)
-	}
-	// flags may also follow the verb: sluice blobs rm --all
-	if err := fs.Parse(rest[1:]); err != nil {
-		return err
-	}
-	verb, operands := rest[0], fs.Args()
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"sluice/internal/testenv"
 )
 
 // TestMain lets a test run sluice in a child process (to kill it -9).
@@ -130,7 +131,7 @@ func TestKillMidDownload(t *testing.T) {
 	m.gate = gate
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "sluice.yaml")
-	port := freeLoopbackPort(t)
+	port := testenv.FreePort(t)
 	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: {proxy: 127.0.0.1:%d, admin: \"off\"}\ndata_dir: data\nhosts:\n  mirror.test: {plain_http: true, connect_to: %s, allow_private: true}\n", port, m.srv.Listener.Addr())), 0o644)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0])
@@ -139,7 +140,7 @@ func TestKillMidDownload(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
+		testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", port))
 		return cmd
 	}
 	child := start()
@@ -175,24 +176,4 @@ func TestKillMidDownload(t *testing.T) {
 	if leftovers, _ := os.ReadDir(tmp); len(leftovers) != 0 {
 		t.Errorf("temporary files survived the restart: %v", leftovers)
 	}
-}
-
-func freeLoopbackPort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitPort(t *testing.T, addr string) {
-	for range 400 {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s after 10 s", addr)
 }

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
@@ -35,7 +33,7 @@ func TestRegistryPullThroughSluice(t *testing.T) {
 	regCA := testpki.NewCA(t, "registry CA")
 	cert := regCA.Leaf(t, "registry.test", "127.0.0.1")
 	writePair(t, dir, cert.Certificate[0], cert.PrivateKey)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(fmt.Sprintf(`version: 0.1
 log: {level: warn}
 storage: {filesystem: {rootdirectory: %s/data}}
@@ -49,7 +47,7 @@ http:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
-	waitListening(t, fmt.Sprintf("127.0.0.1:%d", port))
+	testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", port))
 
 	regCADir := filepath.Join(dir, "registry-ca")
 	os.MkdirAll(regCADir, 0o755)
@@ -157,26 +155,6 @@ func TestAptThroughSluice(t *testing.T) {
 	if debGets != 1 {
 		t.Errorf("the mirror served the .deb %d times for two downloads, want 1", debGets)
 	}
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitListening(t *testing.T, addr string) {
-	for range 200 {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s after 5 s", addr)
 }
 
 func writePair(t *testing.T, dir string, der []byte, key any) {

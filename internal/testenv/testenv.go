@@ -3,10 +3,12 @@ package testenv
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"testing"
+	"time"
 )
 
 // RequireTool returns the path of the named program. If it is missing the
@@ -43,4 +45,29 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, for
+// programs under test that must be told their port in advance.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// WaitListening waits up to 10 s for something to accept on addr.
+func WaitListening(t testing.TB, addr string) {
+	t.Helper()
+	for range 400 {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s after 10 s", addr)
 }
