@@ -89,7 +89,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	if *cfgPath == "" {
 		return errors.New("usage: sluice reload -c FILE")
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,8 @@ import (
 
 	"sluice/internal/ca"
 	"sluice/internal/config"
+	"sluice/internal/dialer"
+	"sluice/internal/route"
 )
 
 const usage = `sluice: an egress gateway for API clients
@@ -107,12 +109,23 @@ func parse(fs *flag.FlagSet, args []string) (done bool, err error) {
 	return false, nil
 }
 
-// loadConfig loads path, or the embedded default when path is empty.
-func loadConfig(path string) (*config.Config, error) {
+// loadTable loads and compiles path, or the embedded default when path is
+// empty; d dials the upstreams (nil: a dialer of its own).
+func loadTable(path string, d *dialer.Dialer) (*route.Table, error) {
 	if path == "" {
-		return config.Default()
+		return route.Default(d)
 	}
-	return config.Load(path)
+	return route.Load(path, d)
+}
+
+// loadConfig loads path as loadTable does, for the commands that need only
+// the config's values: a file they read is one run accepts.
+func loadConfig(path string) (*config.Config, error) {
+	t, err := loadTable(path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return t.Config, nil
 }
 
 func checkCmd(args []string, stdout, stderr io.Writer) error {

@@ -148,7 +148,7 @@ func TestRunEndToEnd(t *testing.T) {
 	resp, _ = plain.Get(admin + "/metrics")
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="mitm"} 1`, `decision="deny"`, "sluice_ca_leaves_minted_total 1"} {
+	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="intercept"} 1`, `decision="deny"`, "sluice_ca_leaves_minted_total 1"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -23,9 +23,11 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/config"
+	"sluice/internal/dialer"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
+	"sluice/internal/route"
 )
 
 // runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
@@ -35,10 +37,19 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if done, err := parse(fs, args); done {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath)
+	reg := prometheus.NewRegistry()
+	// One dialer for every config: the system resolver, its refusals counted.
+	dial := dialer.New(nil, 10*time.Second)
+	onRefuse, err := dialer.CountRefusals(reg)
 	if err != nil {
 		return err
 	}
+	dial.OnRefuse = onRefuse
+	table, err := loadTable(*cfgPath, dial)
+	if err != nil {
+		return err
+	}
+	cfg := table.Config
 	tuneRuntime(cfg)
 	level := new(slog.LevelVar)
 	logOut := obs.NewLogWriter(stderr, 100*time.Millisecond)
@@ -54,7 +65,6 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		log.Info("created a new CA; clients must trust it (eval \"$(sluice env)\")", "cert", ca.CertPath(dataDir))
 	}
 
-	reg := prometheus.NewRegistry()
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Name: "config_reloads_total", Help: "Config reloads by result (ok, error).",
 	}, []string{"result"})
@@ -75,7 +85,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(proxy.Options{Config: cfg, Root: root, Log: log, Registerer: reg, Blobs: store, Bans: bans})
+	gw, srv, err := newGateway(table, root, log, reg, store, bans)
 	if err != nil {
 		return err
 	}
@@ -104,24 +114,25 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
+		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
+		gw.Close()
+		return err
 	})
 	// swap validates and installs a new config, from SIGHUP or PUT /config;
 	// on any error the running config stays.
 	var mu sync.Mutex
 	running := cfg
-	swap := func(load func() (*config.Config, error), source string) error {
+	swap := func(load func() (*route.Table, error), source string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		next, err := load()
-		if err == nil {
-			err = srv.Reload(next)
-		}
+		t, err := load()
 		if err != nil {
 			reloads.WithLabelValues("error").Inc()
 			log.Error("config reload refused; the running config stays", "config", source, "error", err.Error())
 			return err
 		}
+		gw.Install(t)
+		next := t.Config
 		reloads.WithLabelValues("ok").Inc()
 		if !reflect.DeepEqual(next.Listen, running.Listen) || next.DataDir != running.DataDir ||
 			next.Cache.MaxBytes != running.Cache.MaxBytes || next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes || next.Cache.FetchTimeout != running.Cache.FetchTimeout {
@@ -140,7 +151,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store, Bans: bans, Token: token,
 			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
 			Reload: func(data []byte) error {
-				return swap(func() (*config.Config, error) { return config.Parse(data, "PUT /config", cfg.Dir) }, "PUT /config")
+				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cfg.Dir, dial) }, "PUT /config")
 			},
 		})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
@@ -152,7 +163,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Info("shutting down", "grace", cfg.Timeouts.Shutdown.D().String())
 				return nil
 			case <-hup:
-				swap(func() (*config.Config, error) { return loadConfig(*cfgPath) }, configName(*cfgPath))
+				swap(func() (*route.Table, error) { return loadTable(*cfgPath, dial) }, configName(*cfgPath))
 			}
 		}
 	})

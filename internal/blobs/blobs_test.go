@@ -94,10 +94,11 @@ func openStore(t *testing.T, dir string, maxBytes int64) *Store {
 }
 
 func matcher(t *testing.T) *Matcher {
-	m, err := NewMatcher(config.DefaultBlobPatterns, nil, false)
+	patterns, err := CompilePatterns(config.DefaultBlobPatterns)
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := NewMatcher(patterns, nil, false)
 	return m
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sluice/internal/decision"
 	"strconv"
 	"sync"
 )
@@ -63,7 +64,8 @@ func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler
 		d.mu.Unlock()
 		return d
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	detached, _ := decision.Detach(r.Context())
+	ctx, cancel := context.WithCancel(detached)
 	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, headers: make(chan struct{}), length: -1, readers: 1,
 		relays: map[*relay]struct{}{}}
 	d.cond = sync.NewCond(&d.mu)

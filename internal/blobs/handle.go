@@ -6,9 +6,12 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
+	"sluice/internal/config"
+	"sluice/internal/decision"
 	"sluice/internal/obs"
 )
 
@@ -19,18 +22,22 @@ type Matcher struct {
 	withCredentials bool
 }
 
-// NewMatcher compiles the global patterns and a host's extra ones
-// (validated by config).
-func NewMatcher(global, host []string, withCredentials bool) (*Matcher, error) {
-	m := &Matcher{withCredentials: withCredentials}
-	for _, p := range append(append([]string{}, global...), host...) {
+// CompilePatterns compiles path patterns; an error names the pattern's index.
+func CompilePatterns(ps []string) ([]*regexp.Regexp, error) {
+	out := make([]*regexp.Regexp, 0, len(ps))
+	for i, p := range ps {
 		re, err := regexp.Compile(p)
 		if err != nil {
-			return nil, err
+			return nil, config.Under(err, strconv.Itoa(i))
 		}
-		m.patterns = append(m.patterns, re)
+		out = append(out, re)
 	}
-	return m, nil
+	return out, nil
+}
+
+// NewMatcher matches the global patterns and a host's extra ones.
+func NewMatcher(global, host []*regexp.Regexp, withCredentials bool) *Matcher {
+	return &Matcher{patterns: append(slices.Clip(global), host...), withCredentials: withCredentials}
 }
 
 // Match reports whether r asks for an immutable file.
@@ -73,7 +80,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 	if e := s.lookup(key, digest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
-			s.serveFile(w, r, e, f, "HIT")
+			s.serveFile(w, r, e, f, decision.Hit)
 			return
 		}
 	}
@@ -88,7 +95,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 
 func (s *Store) bypass(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	s.m.result("bypass")
-	obs.RecordFrom(r.Context()).Cache = "bypass"
+	decision.From(r.Context()).Cache = decision.Bypass
 	w.Header().Set("X-Cache", "BYPASS")
 	next.ServeHTTP(w, r)
 }
@@ -96,9 +103,9 @@ func (s *Store) bypass(w http.ResponseWriter, r *http.Request, next http.Handler
 // serveFile answers from a stored file: Range, HEAD and conditional
 // requests through http.ServeContent, which uses sendfile where the
 // connection allows it (plain HTTP).
-func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io.ReadSeeker, result string) {
-	s.m.result(strings.ToLower(result))
-	obs.RecordFrom(r.Context()).Cache = strings.ToLower(result)
+func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io.ReadSeeker, result decision.CacheResult) {
+	s.m.result(result.String())
+	decision.From(r.Context()).Cache = result
 	h := w.Header()
 	if e.ContentType != "" {
 		h.Set("Content-Type", e.ContentType)
@@ -111,7 +118,7 @@ func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io
 	}
 	h.Set("Etag", etag)
 	h.Set("Docker-Content-Digest", "sha256:"+e.Digest)
-	h.Set("X-Cache", result)
+	h.Set("X-Cache", strings.ToUpper(result.String()))
 	lm, _ := http.ParseTime(e.LastModified)
 	http.ServeContent(w, r, "", lm, f)
 }
@@ -120,7 +127,7 @@ func (s *Store) serveFile(w http.ResponseWriter, r *http.Request, e *Entry, f io
 // is held back until the download is verified, so a client whose blob
 // fails verification sees an aborted download, never a complete wrong one.
 func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next http.Handler) {
-	rec := obs.RecordFrom(r.Context())
+	rec := decision.From(r.Context())
 	select {
 	case <-d.headers:
 	case <-r.Context().Done():
@@ -138,7 +145,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	d.mu.Unlock()
 	if status != http.StatusOK {
 		s.m.result("miss")
-		rec.Cache = "miss"
+		rec.Cache = decision.Miss
 		copyHeader(w.Header(), header)
 		w.Header().Set("X-Cache", "MISS")
 		w.WriteHeader(status)
@@ -158,7 +165,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	}
 	defer d.drop(rl)
 	s.m.result("miss")
-	rec.Cache = "miss"
+	rec.Cache = decision.Miss
 	copyHeader(w.Header(), header)
 	w.Header().Set("X-Cache", "MISS")
 	if d.length >= 0 {
@@ -218,7 +225,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 // streamRelay passes on the bytes that could not be stored, holding the
 // last chunk back until the download is verified.
 func (s *Store) streamRelay(w http.ResponseWriter, r *http.Request, d *download, rl *relay) {
-	rec := obs.RecordFrom(r.Context())
+	rec := decision.From(r.Context())
 	rec.Reason = "blob store write failed; passed through"
 	var held []byte
 	for {
@@ -258,7 +265,7 @@ func (s *Store) afterDownload(w http.ResponseWriter, r *http.Request, d *downloa
 	if e := s.lookup(d.key, d.wantDigest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
-			s.serveFile(w, r, e, f, "MISS") // this request's download, served from where it landed
+			s.serveFile(w, r, e, f, decision.Miss) // this request's download, served from where it landed
 			return
 		}
 	}

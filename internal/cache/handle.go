@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"sluice/internal/config"
-	"sluice/internal/obs"
+	"sluice/internal/decision"
 )
 
 // Handle answers r from the cache of host (its "host:port") when rules
@@ -120,7 +120,7 @@ func (c *Cache) deliver(w http.ResponseWriter, r *http.Request, res *fetched, ol
 	}
 	c.count(r, "MISS")
 	if res.err != nil {
-		obs.RecordFrom(r.Context()).Err = res.err
+		decision.From(r.Context()).Err = res.err
 	}
 	h := w.Header()
 	for k, vs := range res.header {
@@ -164,19 +164,19 @@ var xCache = map[string][]string{"HIT": {"HIT"}, "MISS": {"MISS"}, "STALE": {"ST
 
 // count records a request's cache result in the metrics and the access log.
 func (c *Cache) count(r *http.Request, result string) {
-	var label string
+	var res decision.CacheResult
 	switch result {
 	case "HIT":
-		label = "hit"
+		res = decision.Hit
 	case "MISS":
-		label = "miss"
+		res = decision.Miss
 	case "STALE":
-		label = "stale"
+		res = decision.Stale
 	default:
-		label = "bypass"
+		res = decision.Bypass
 	}
-	c.results[label].Inc()
-	obs.RecordFrom(r.Context()).Cache = label
+	c.results[res.String()].Inc()
+	decision.From(r.Context()).Cache = res
 }
 
 // age is how old the response is, as the Age header reports it.
@@ -201,7 +201,9 @@ type fetched struct {
 	entry *entry
 	// leader is the request that started the fetch.
 	leader *http.Request
-	next   http.Handler
+	// upstreamAddr is the address the fetch reached.
+	upstreamAddr string
+	next         http.Handler
 }
 
 // failed reports whether the upstream failed: sluice could not reach it, or
@@ -235,9 +237,12 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	}
 	select {
 	case <-f.done:
+		if !joined {
+			decision.From(r.Context()).UpstreamAddr = f.res.upstreamAddr
+		}
 		return f.res, true
 	case <-r.Context().Done():
-		rec := obs.RecordFrom(r.Context())
+		rec := decision.From(r.Context())
 		rec.Status, rec.Reason = 499, "client closed the request while the cache was filling"
 		return nil, false
 	}
@@ -246,10 +251,10 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 // run performs a fetch on a context detached from the client's, so that
 // its client leaving does not cancel it for the other waiters.
 func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, prepare func(*http.Request), store func(*fetched) *entry) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), c.opts.FetchTimeout)
+	detached, rec := decision.Detach(r.Context())
+	ctx, cancel := context.WithTimeout(detached, c.opts.FetchTimeout)
 	defer cancel()
-	rec := &obs.Record{}
-	out := r.Clone(obs.WithRecord(ctx, rec))
+	out := r.Clone(ctx)
 	out.Method = http.MethodGet
 	out.Body, out.ContentLength = http.NoBody, 0
 	// The fill must bring a whole response to store, whatever this one
@@ -264,7 +269,7 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, p
 	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes}
 	aborted := c.serveInto(rw, out, next, key)
 	res := rw.result(aborted)
-	res.leader, res.next, res.at = r, next, c.opts.Now()
+	res.leader, res.next, res.at, res.upstreamAddr = r, next, c.opts.Now(), rec.UpstreamAddr
 	res.entry = store(res)
 	switch {
 	case res.entry == nil:
@@ -280,7 +285,6 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, p
 	c.mu.Lock()
 	delete(c.flights, key)
 	c.mu.Unlock()
-	obs.RecordFrom(r.Context()).UpstreamAddr = rec.UpstreamAddr
 	f.res = res
 	close(f.done)
 }

@@ -1,11 +1,11 @@
 package cache
 
 import (
-	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +40,7 @@ func Compile(mode config.CacheMode, rs []config.CacheRule, stale time.Duration) 
 		if r.PathRegex != "" {
 			re, err := regexp.Compile(r.PathRegex)
 			if err != nil {
-				return nil, fmt.Errorf("cache rule %d: %w", i, err)
+				return nil, config.Under(err, strconv.Itoa(i), "path_regex")
 			}
 			cr.re = re
 		}

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"regexp"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -59,13 +58,4 @@ func (hb HostBlobs) MarshalYAML() (any, error) {
 	}
 	type plain HostBlobs
 	return plain(hb), nil
-}
-
-func validPatterns(ps []string) error {
-	for _, p := range ps {
-		if _, err := regexp.Compile(p); err != nil {
-			return fmt.Errorf("pattern %q: %w", p, err)
-		}
-	}
-	return nil
 }

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -137,10 +135,6 @@ func (r *CacheRule) validate() error {
 		errs = append(errs, errors.New("give path or path_regex, not both"))
 	case r.Path != "" && !strings.HasPrefix(r.Path, "/"):
 		errs = append(errs, fmt.Errorf("path %q must start with /", r.Path))
-	case r.PathRegex != "":
-		if _, err := regexp.Compile(r.PathRegex); err != nil {
-			errs = append(errs, fmt.Errorf("path_regex: %w", err))
-		}
 	}
 	for _, m := range r.Methods {
 		if m != "GET" && m != "HEAD" {
@@ -202,12 +196,4 @@ func (b ByteSize) MarshalYAML() (any, error) {
 		}
 	}
 	return int64(b), nil
-}
-
-// StaleWindow returns the stale-if-error window: the host's own, else the global one.
-func (c *Config) StaleWindow(h *Host) time.Duration {
-	if h.Cache != nil && h.Cache.StaleIfError != nil {
-		return h.Cache.StaleIfError.D()
-	}
-	return c.Cache.StaleIfError.D()
 }

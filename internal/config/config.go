@@ -41,6 +41,10 @@ type Config struct {
 	// against: the config file's own directory, or the working directory
 	// for the embedded default.
 	Dir string `yaml:"-"`
+
+	// name and root are the file's name and YAML tree, for Locate.
+	name string
+	root *yaml.Node
 }
 
 // Listen holds the listener addresses (IP:port). "off" disables a listener.
@@ -189,9 +193,26 @@ func Load(path string) (*Config, error) {
 // Parse decodes and validates a config file's contents. name labels the
 // errors; dir is where relative paths in it resolve.
 func Parse(data []byte, name, dir string) (*Config, error) {
+	c, errs := Decode(data, name, dir)
+	if len(errs) > 0 {
+		if c == nil {
+			return nil, errors.Join(errs...)
+		}
+		return nil, c.Locate(errs)
+	}
+	return c, nil
+}
+
+// Decode decodes a config file's contents over the defaults and checks its
+// structure. It returns the config, nil only when the file cannot be read
+// as YAML at all, and every problem found: decoding errors with their
+// lines, and [FieldError]s that [Config.Locate] places. A config with
+// problems may be compiled all the same, so that every error of a file is
+// reported at once.
+func Decode(data []byte, name, dir string) (*Config, []error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fileError(name, err)
+		return nil, []error{fileError(name, err)}
 	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -202,22 +223,18 @@ func Parse(data []byte, name, dir string) (*Config, error) {
 		// that every problem is reported at once. Anything else is fatal.
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
-			return nil, fileError(name, err)
+			return nil, []error{fileError(name, err)}
 		}
 		errs = append(errs, fileError(name, err))
 	}
-	c.Dir = dir
+	c.Dir, c.name, c.root = dir, name, &root
 	c.applyDefaults()
 	if c.HostsFile != "" {
 		if err := c.loadHostsFile(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, located(name, &root, c.validate())...)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return c, nil
+	return c, append(errs, c.validate()...)
 }
 
 // fileError prefixes each line of a YAML decoding error with the file name,

@@ -13,21 +13,22 @@ import (
 )
 
 // Profiles are embedded YAML files, one per API (profiles/NAME.yaml), that
-// carry what sluice knows about that API: its hosts and the cache rules of
-// its public endpoints. A host entry names one with `profile: NAME`.
+// carry what sluice knows about that API: the cache rules of its public
+// endpoints, its budgets and its rule set. A host entry names one with
+// `profile: NAME`; which hosts do is the config's (the embedded default
+// lists the usual ones), never the profile's.
 //
 //go:embed profiles/*.yaml
 var profileFS embed.FS
 
 // Profile is one embedded API profile.
 type Profile struct {
-	Name  string   `yaml:"name"`
-	Docs  string   `yaml:"docs"`
-	Hosts []string `yaml:"hosts"`
+	Name  string `yaml:"name"`
+	Docs  string `yaml:"docs"`
 	Cache struct {
 		Rules []CacheRule `yaml:"rules"`
 	} `yaml:"cache"`
-	// Throttle holds the API's budgets, each for the hosts it lists.
+	// Throttle holds the API's budgets, tried in order by path_regex.
 	Throttle []Throttle `yaml:"throttle"`
 	// Rules is the request rule set applied to the profile's hosts by
 	// default; other host entries can name it too.
@@ -87,35 +88,3 @@ func ProfileNames() []string {
 	slices.Sort(names)
 	return names
 }
-
-// CacheFor returns how a host entry is cached: its mode and its rules,
-// the entry's own first, then its profile's.
-func CacheFor(h *Host) (CacheMode, []CacheRule) {
-	var profileRules []CacheRule
-	if ps, _ := Profiles(); h.Profile != "" && ps[h.Profile] != nil {
-		profileRules = ps[h.Profile].Cache.Rules
-	}
-	return h.Cache.resolve(profileRules)
-}
-
-// resolve returns the mode and rules of hc (nil: none) followed by
-// extra rules; without a mode it is rules if there are any, else off.
-func (hc *HostCache) resolve(extra []CacheRule) (CacheMode, []CacheRule) {
-	var mode CacheMode
-	var rules []CacheRule
-	if hc != nil {
-		mode = hc.Mode
-		rules = append(rules, hc.Rules...)
-	}
-	rules = append(rules, extra...)
-	if mode == "" {
-		mode = CacheOff
-		if len(rules) > 0 {
-			mode = CacheRules
-		}
-	}
-	return mode, rules
-}
-
-// CacheFor returns how the reverse listener's responses are cached.
-func (r *Reverse) CacheFor() (CacheMode, []CacheRule) { return r.Cache.resolve(nil) }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -125,11 +124,6 @@ func (p PathMatch) validate() error {
 	if n != 1 {
 		return errors.New("give exactly one of exact, prefix, regex")
 	}
-	if p.Regex != "" {
-		if _, err := regexp.Compile(p.Regex); err != nil {
-			return fmt.Errorf("regex: %w", err)
-		}
-	}
 	return nil
 }
 
@@ -148,9 +142,6 @@ func (rs *RuleSet) validate() error {
 	for _, q := range rs.DenyQuery {
 		if q.Param == "" {
 			errs = append(errs, errors.New("deny_query: param is required"))
-		}
-		if _, err := regexp.Compile(q.Pattern); err != nil {
-			errs = append(errs, fmt.Errorf("deny_query %s: %w", q.Param, err))
 		}
 	}
 	for _, j := range rs.DenyJSON {
@@ -183,32 +174,4 @@ func (rs *RuleSet) validate() error {
 		errs = append(errs, errors.New("ban needs violations >= 1, a window and a duration"))
 	}
 	return errors.Join(errs...)
-}
-
-// RuleSetFor returns the rule set of a host entry: its own `rules` (looked
-// up in rule_sets, then in the profiles), else its profile's default
-// rules. nil: no rules.
-func (c *Config) RuleSetFor(h *Host) (string, *RuleSet) {
-	if h.Rules != nil {
-		if h.Rules.Off {
-			return "", nil
-		}
-		return h.Rules.Name, c.lookupRuleSet(h.Rules.Name)
-	}
-	ps, _ := Profiles()
-	if p := ps[h.Profile]; p != nil && p.Rules != nil {
-		return h.Profile, p.Rules
-	}
-	return "", nil
-}
-
-func (c *Config) lookupRuleSet(name string) *RuleSet {
-	if rs, ok := c.RuleSets[name]; ok {
-		return rs
-	}
-	ps, _ := Profiles()
-	if p := ps[name]; p != nil {
-		return p.Rules
-	}
-	return nil
 }

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -46,8 +45,6 @@ type Throttle struct {
 	// ratelimit (RateLimit-* and X-RateLimit-*). A 429 or 418 always pauses
 	// the budget for its Retry-After.
 	Feedback []string `yaml:"feedback,omitempty,flow"`
-	// Hosts, in a profile, are the hosts this throttle applies to.
-	Hosts []string `yaml:"hosts,omitempty,flow"`
 	// PathRegex, when set, limits the throttle to matching request paths;
 	// a host's throttles are tried in order (Shopify meters its REST and
 	// GraphQL APIs on one host with two budgets).
@@ -142,11 +139,6 @@ func (t *Throttle) validate() error {
 			errs = append(errs, fmt.Errorf("feedback %q is not one of %s", f, strings.Join(feedbacks, ", ")))
 		}
 	}
-	if t.PathRegex != "" {
-		if _, err := regexp.Compile(t.PathRegex); err != nil {
-			errs = append(errs, fmt.Errorf("path_regex: %w", err))
-		}
-	}
 	if t.MaxWait != nil && *t.MaxWait < 0 {
 		errs = append(errs, errors.New("max_wait must not be negative"))
 	}
@@ -169,39 +161,10 @@ func (w *WeightRule) validate() error {
 	case len(w.Steps) > 0 && w.Param == "":
 		return errors.New("steps need a param")
 	}
-	if w.PathRegex != "" {
-		if _, err := regexp.Compile(w.PathRegex); err != nil {
-			return fmt.Errorf("path_regex: %w", err)
-		}
-	}
 	for i := 1; i < len(w.Steps); i++ {
 		if w.Steps[i].Max <= w.Steps[i-1].Max {
 			return errors.New("steps must be in increasing order of max")
 		}
 	}
 	return nil
-}
-
-// ThrottlesFor returns the throttles of a host entry for host (a
-// normalised name): the entry's own, else those of its profile that list
-// host (or, for a wildcard entry, its pattern), in order. None means no budget.
-func ThrottlesFor(h *Host, pattern, host string) []*Throttle {
-	if h.Throttle != nil {
-		if h.Throttle.Off {
-			return nil
-		}
-		return []*Throttle{&h.Throttle.Throttle}
-	}
-	ps, _ := Profiles()
-	p := ps[h.Profile]
-	if p == nil {
-		return nil
-	}
-	var out []*Throttle
-	for i := range p.Throttle {
-		if slices.Contains(p.Throttle[i].Hosts, host) || slices.Contains(p.Throttle[i].Hosts, pattern) {
-			out = append(out, &p.Throttle[i])
-		}
-	}
-	return out
 }

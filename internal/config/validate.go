@@ -1,20 +1,16 @@
 package config
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"net/netip"
-	"net/url"
+	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"sluice/internal/hostport"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -73,22 +69,11 @@ func (c *Config) validate() []error {
 	}
 
 	if r := c.Listen.Reverse; r != nil {
-		errs = append(errs, r.validate(c, seen)...)
+		errs = append(errs, r.validate(seen)...)
 	}
 
-	normalized := map[string]string{}
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
-		h := c.Hosts[pattern]
-		norm, err := hostport.ParsePattern(pattern)
-		if err != nil {
-			add(err, "hosts", pattern)
-			continue
-		}
-		if other, dup := normalized[norm]; dup {
-			add(fmt.Errorf("same host as %q", other), "hosts", pattern)
-		}
-		normalized[norm] = pattern
-		errs = append(errs, h.validate(c, pattern)...)
+		errs = append(errs, c.Hosts[pattern].validate(pattern)...)
 	}
 
 	for _, d := range []struct {
@@ -102,9 +87,6 @@ func (c *Config) validate() []error {
 		if d.v <= 0 {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
-	}
-	if err := validPatterns(c.Blobs.Patterns); err != nil {
-		add(err, "blobs", "patterns")
 	}
 	if c.Blobs.WhenClientsLeave != "finish" && c.Blobs.WhenClientsLeave != "abort" {
 		add(fmt.Errorf("%q is not one of finish, abort", c.Blobs.WhenClientsLeave), "blobs", "when_clients_leave")
@@ -140,25 +122,12 @@ func (c *Config) validate() []error {
 	return errs
 }
 
-func (h *Host) validate(c *Config, pattern string) []error {
+func (h *Host) validate(pattern string) []error {
 	var errs []error
 	add := func(err error, key string) { errs = append(errs, fieldErr(err, "hosts", pattern, key)) }
 	for _, p := range h.Ports {
 		if p == 0 {
 			add(errors.New("port 0 is not a port"), "ports")
-		}
-	}
-	if h.Profile != "" && !slices.Contains(ProfileNames(), h.Profile) {
-		add(fmt.Errorf("unknown profile %q (known: %s)", h.Profile, strings.Join(ProfileNames(), ", ")), "profile")
-	}
-	if h.ConnectTo != "" {
-		if _, err := hostport.Parse(h.ConnectTo, 0); err != nil {
-			add(err, "connect_to")
-		}
-	}
-	if h.UpstreamCA != "" {
-		if err := checkPEMFile(c.Path(h.UpstreamCA)); err != nil {
-			add(fmt.Errorf("%s: %w", h.UpstreamCA, err), "upstream_ca")
 		}
 	}
 	if h.Cache != nil {
@@ -171,14 +140,6 @@ func (h *Host) validate(c *Config, pattern string) []error {
 			add(errors.New("stale_if_error must not be negative"), "cache")
 		}
 	}
-	if h.Blobs != nil {
-		if err := validPatterns(h.Blobs.Patterns); err != nil {
-			add(err, "blobs")
-		}
-	}
-	if h.Rules != nil && !h.Rules.Off && c.lookupRuleSet(h.Rules.Name) == nil {
-		add(fmt.Errorf("no rule set %q in rule_sets or the profiles", h.Rules.Name), "rules")
-	}
 	if h.Throttle != nil && !h.Throttle.Off {
 		if err := h.Throttle.validate(); err != nil {
 			add(err, "throttle")
@@ -188,19 +149,6 @@ func (h *Host) validate(c *Config, pattern string) []error {
 		add(errors.New("a wildcard entry cannot have one connect_to address for many hosts"), "connect_to")
 	}
 	return errs
-}
-
-func checkPEMFile(path string) error {
-	data, err := ReadFile(path)
-	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
-		return pe.Err // the caller names the file as the config wrote it
-	} else if err != nil {
-		return err
-	}
-	if !x509.NewCertPool().AppendCertsFromPEM(data) {
-		return errors.New("holds no PEM certificate")
-	}
-	return nil
 }
 
 // located prefixes each validation error with name:line, found by walking
@@ -217,10 +165,12 @@ func located(name string, root *yaml.Node, errs []error) []error {
 		if errors.As(err, &fe) {
 			if line := lineOf(root, fe.Keys); line > 0 {
 				les = append(les, lineErr{line, fmt.Errorf("%s:%d: %w", name, line, err)})
-				continue
+			} else {
+				les = append(les, lineErr{0, fmt.Errorf("%s: %w", name, err)})
 			}
+			continue
 		}
-		les = append(les, lineErr{0, fmt.Errorf("%s: %w", name, err)})
+		les = append(les, lineErr{0, err}) // decoding errors name their file and line already
 	}
 	slices.SortStableFunc(les, func(a, b lineErr) int { return a.line - b.line })
 	out := make([]error, len(les))
@@ -237,14 +187,18 @@ func lineOf(n *yaml.Node, keys []string) int {
 	}
 	line := 0
 	for _, k := range keys {
-		if n.Kind != yaml.MappingNode {
-			return line
-		}
 		var next *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == k {
-				line, next = n.Content[i].Line, n.Content[i+1]
-				break
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == k {
+					line, next = n.Content[i].Line, n.Content[i+1]
+					break
+				}
+			}
+		case yaml.SequenceNode: // a list element, by its index
+			if i, err := strconv.Atoi(k); err == nil && i >= 0 && i < len(n.Content) {
+				line, next = n.Content[i].Line, n.Content[i]
 			}
 		}
 		if next == nil {
@@ -255,7 +209,7 @@ func lineOf(n *yaml.Node, keys []string) int {
 	return line
 }
 
-func (r *Reverse) validate(c *Config, seen map[string]string) []error {
+func (r *Reverse) validate(seen map[string]string) []error {
 	var errs []error
 	add := func(err error, key string) { errs = append(errs, fieldErr(err, "listen", "reverse", key)) }
 	if ap, err := netip.ParseAddrPort(r.Addr); err != nil {
@@ -263,39 +217,11 @@ func (r *Reverse) validate(c *Config, seen map[string]string) []error {
 	} else if other, dup := seen[ap.String()]; dup && ap.Port() != 0 {
 		add(fmt.Errorf("%s is also listen.%s", r.Addr, other), "addr")
 	}
-	u, err := url.Parse(r.Backend)
-	switch {
-	case err != nil:
-		add(err, "backend")
-	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-		add(fmt.Errorf("%q: want http://host:port or https://host:port", r.Backend), "backend")
-	case u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil:
-		add(fmt.Errorf("%q: the backend is an origin only, without path, query or user", r.Backend), "backend")
-	default:
-		if _, err := hostport.Parse(u.Host, 80); err != nil {
-			add(err, "backend")
-		}
-	}
 	if (r.TLSCert == "") != (r.TLSKey == "") {
 		add(errors.New("give both tls_cert and tls_key, or neither"), "tls_cert")
-	} else if r.TLSCert != "" {
-		if _, err := tls.LoadX509KeyPair(c.Path(r.TLSCert), c.Path(r.TLSKey)); err != nil {
-			add(err, "tls_cert")
-		}
-	}
-	if _, err := ParsePrefixes(r.TrustedProxies); err != nil {
-		add(err, "trusted_proxies")
 	}
 	if r.ProxyProtocol && len(r.TrustedProxies) == 0 {
 		add(errors.New("proxy_protocol needs trusted_proxies: only they may name the client"), "proxy_protocol")
-	}
-	if r.Rules != nil && !r.Rules.Off && c.lookupRuleSet(r.Rules.Name) == nil {
-		add(fmt.Errorf("no rule set %q in rule_sets or the profiles", r.Rules.Name), "rules")
-	}
-	if r.BackendCA != "" {
-		if err := checkPEMFile(c.Path(r.BackendCA)); err != nil {
-			add(fmt.Errorf("%s: %w", r.BackendCA, err), "backend_ca")
-		}
 	}
 	if r.Cache != nil {
 		for i, ru := range r.Cache.Rules {
@@ -322,4 +248,56 @@ func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}
 	return out, nil
+}
+
+// Locate prefixes each error of errs that names a key path (a [FieldError])
+// with the config's file name and the line of that key, as Parse reports
+// its own, and joins them: the compile step's errors read like Parse's.
+func (c *Config) Locate(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	root := c.root
+	if root == nil {
+		root = &yaml.Node{}
+	}
+	return errors.Join(located(c.name, root, errs)...)
+}
+
+// Errorf returns the error at a key path, for the compile step.
+func Errorf(keys []string, format string, args ...any) error {
+	return &FieldError{Keys: keys, Err: fmt.Errorf(format, args...)}
+}
+
+// Under returns err as a [FieldError] at the key path keys; an error that
+// already names a path (relative to keys) gets keys put before it.
+func Under(err error, keys ...string) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := j.Unwrap()
+		out := make([]error, len(errs))
+		for i, e := range errs {
+			out[i] = Under(e, keys...)
+		}
+		return errors.Join(out...)
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return &FieldError{Keys: append(slices.Clone(keys), fe.Keys...), Err: fe.Err}
+	}
+	return &FieldError{Keys: slices.Clone(keys), Err: err}
+}
+
+// FoldRegexp compiles a path regexp that matches ignoring case (deny rules,
+// budgets: a spelling must not slip past them); an error quotes expr as
+// the config wrote it.
+func FoldRegexp(expr string) (*regexp.Regexp, error) {
+	re, err := regexp.Compile("(?i)" + expr)
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		se.Expr = strings.TrimPrefix(se.Expr, "(?i)")
+	}
+	return re, err
 }

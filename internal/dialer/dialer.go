@@ -27,6 +27,8 @@ type Route struct {
 	ConnectTo *hostport.HostPort
 	// AllowPrivate permits non-public addresses.
 	AllowPrivate bool
+	// Timeout bounds resolving and connecting (timeouts.dial); 0 is the Dialer's.
+	Timeout time.Duration
 }
 
 // Dialer dials upstreams. The zero value is not usable; use New.
@@ -70,7 +72,11 @@ func (e *Error) Unwrap() error { return e.Err }
 // Dial connects to target (or to route.ConnectTo), trying each allowed
 // address of the name in turn, resolving and connecting within the timeout.
 func (d *Dialer) Dial(ctx context.Context, target hostport.HostPort, route Route) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	timeout := d.timeout
+	if route.Timeout > 0 {
+		timeout = route.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dest := target
 	if route.ConnectTo != nil {

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"sluice/internal/config"
@@ -60,6 +61,7 @@ type pathMatch struct {
 	exact, prefix string
 	re            *regexp.Regexp
 	methods       []string
+	fold          bool // compare ignoring case (deny rules)
 }
 
 func (p pathMatch) match(method, path string) bool {
@@ -69,8 +71,12 @@ func (p pathMatch) match(method, path string) bool {
 	switch {
 	case p.re != nil:
 		return p.re.MatchString(path)
+	case p.prefix != "" && p.fold:
+		return len(path) >= len(p.prefix) && strings.EqualFold(path[:len(p.prefix)], p.prefix)
 	case p.prefix != "":
 		return strings.HasPrefix(path, p.prefix)
+	case p.fold:
+		return strings.EqualFold(path, p.exact) || len(path) == len(p.exact)+1 && path[len(path)-1] == '/' && strings.EqualFold(path[:len(p.exact)], p.exact)
 	}
 	return path == p.exact
 }
@@ -102,42 +108,30 @@ func Compile(name string, rs *config.RuleSet) (*Rules, error) {
 	for _, h := range rs.ForbidHeaders {
 		r.forbid = append(r.forbid, http.CanonicalHeaderKey(h))
 	}
-	compilePaths := func(ps []config.PathMatch) ([]pathMatch, error) {
-		var out []pathMatch
-		for _, p := range ps {
-			pm := pathMatch{exact: p.Exact, prefix: p.Prefix, methods: p.Methods}
-			if p.Regex != "" {
-				re, err := regexp.Compile(p.Regex)
-				if err != nil {
-					return nil, err
-				}
-				pm.re = re
-			}
-			out = append(out, pm)
-		}
-		return out, nil
-	}
+	var errs []error
 	var err error
-	if r.allow, err = compilePaths(rs.AllowPaths); err != nil {
-		return nil, err
+	if r.allow, err = compilePaths(rs.AllowPaths, false); err != nil {
+		errs = append(errs, config.Under(err, "allow_paths"))
 	}
-	if r.deny, err = compilePaths(rs.DenyPaths); err != nil {
-		return nil, err
+	if r.deny, err = compilePaths(rs.DenyPaths, true); err != nil {
+		errs = append(errs, config.Under(err, "deny_paths"))
 	}
-	for _, q := range rs.DenyQuery {
+	for i, q := range rs.DenyQuery {
 		re, err := regexp.Compile(q.Pattern)
 		if err != nil {
-			return nil, err
+			errs = append(errs, config.Under(err, "deny_query", strconv.Itoa(i), "pattern"))
+			continue
 		}
 		r.query = append(r.query, queryDeny{param: q.Param, re: re})
 	}
-	for _, j := range rs.DenyJSON {
+	for i, j := range rs.DenyJSON {
 		d := jsonDeny{path: splitJSONPath(j.Path), values: j.Values}
 		if j.EOSIOPacked {
 			for _, v := range j.Values {
 				n, err := eosioName(v)
 				if err != nil {
-					return nil, err
+					errs = append(errs, config.Under(err, "deny_json", strconv.Itoa(i), "values"))
+					continue
 				}
 				var b [8]byte
 				binary.LittleEndian.PutUint64(b[:], n)
@@ -146,7 +140,34 @@ func Compile(name string, rs *config.RuleSet) (*Rules, error) {
 		}
 		r.denyJSON = append(r.denyJSON, d)
 	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	return r, nil
+}
+
+// compilePaths compiles path rules. Deny rules fold case (and an exact one
+// ignores a trailing slash): an upstream that reads /SAPI/ as /sapi/ must
+// not serve what the rule refuses. Allow rules do not: an unusual spelling
+// is refused, never let through.
+func compilePaths(ps []config.PathMatch, fold bool) ([]pathMatch, error) {
+	var out []pathMatch
+	for i, p := range ps {
+		pm := pathMatch{exact: p.Exact, prefix: p.Prefix, methods: p.Methods, fold: fold}
+		if p.Regex != "" {
+			compile := regexp.Compile
+			if fold {
+				compile = config.FoldRegexp
+			}
+			re, err := compile(p.Regex)
+			if err != nil {
+				return nil, config.Under(err, strconv.Itoa(i), "regex")
+			}
+			pm.re = re
+		}
+		out = append(out, pm)
+	}
+	return out, nil
 }
 
 // splitJSONPath turns "actions[].account" into ["actions", "[]", "account"].
@@ -264,7 +285,7 @@ func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
 	}
 	if !r.needsBody(req) {
 		if r.maxBody > 0 {
-			req.Body = &limitedBody{ReadCloser: req.Body, left: r.maxBody}
+			req.Body = &limitedBody{ReadCloser: req.Body, left: r.maxBody, err: errTooLarge}
 		}
 		return nil, nil
 	}
@@ -478,15 +499,17 @@ func findValue(doc any, path []string, values []string) (string, bool) {
 	return found, found != ""
 }
 
-// limitedBody fails a read past the limit, which aborts the forwarded request.
+// limitedBody fails a read past the limit with err, which aborts the
+// forwarded request.
 type limitedBody struct {
 	io.ReadCloser
 	left int64
+	err  error
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
 	if b.left < 0 {
-		return 0, errTooLarge
+		return 0, b.err
 	}
 	if int64(len(p)) > b.left+1 {
 		p = p[:b.left+1]
@@ -494,10 +517,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.left -= int64(n)
 	if b.left < 0 {
-		return 0, errTooLarge
+		return 0, b.err
 	}
 	return n, err
 }
-
-// TooLarge reports whether err is a body cut off at max_body_bytes.
-func TooLarge(err error) bool { return errors.Is(err, errTooLarge) }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -124,7 +125,7 @@ func TestStreamingBodyCutOff(t *testing.T) {
 		t.Fatalf("body: %v %v", v, err)
 	}
 	n, err := io.Copy(io.Discard, req.Body)
-	if !TooLarge(err) || n > 100 {
+	if !errors.Is(err, errTooLarge) || n > 100 {
 		t.Errorf("read %d bytes, err %v; want a cut-off at 100", n, err)
 	}
 }

@@ -1,3 +1,10 @@
+// Package obs holds what every request shares for observability: the
+// access-log stage (one canonical line and the metrics per request, written
+// from the request's decision record), panic recovery, and the JSON error
+// answers that sluice itself writes.
+//
+// Metrics: sluice_proxy_requests_total{mode,decision,code},
+// sluice_proxy_request_duration_seconds{mode}.
 package obs
 
 import (
@@ -5,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -15,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/decision"
 	"sluice/internal/metrics"
 )
 
@@ -28,16 +35,17 @@ type Metrics struct {
 	children sync.Map // [3]string{mode, decision, code} -> prometheus.Counter; mode -> prometheus.Observer
 }
 
-func (m *Metrics) observe(rec *Record, d time.Duration) {
-	k := [3]string{rec.Mode, rec.Decision, codeClass(rec.Status)}
+func (m *Metrics) observe(rec *decision.Record, d time.Duration) {
+	mode := rec.Entry.String()
+	k := [3]string{mode, rec.Decision(), codeClass(rec.Status)}
 	c, ok := m.children.Load(k)
 	if !ok {
 		c, _ = m.children.LoadOrStore(k, m.requests.WithLabelValues(k[:]...))
 	}
 	c.(prometheus.Counter).Inc()
-	o, ok := m.children.Load(rec.Mode)
+	o, ok := m.children.Load(mode)
 	if !ok {
-		o, _ = m.children.LoadOrStore(rec.Mode, m.duration.WithLabelValues(rec.Mode))
+		o, _ = m.children.LoadOrStore(mode, m.duration.WithLabelValues(mode))
 	}
 	o.(prometheus.Observer).Observe(d.Seconds())
 }
@@ -61,26 +69,19 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// LogOptions configures AccessLog.
-type LogOptions struct {
-	// Mode is the Record's mode unless an inner stage changes it.
-	Mode string
-	// Queries reports whether query strings are logged (redacted); it is
-	// read per request, so a config reload takes effect at once.
-	Queries func() bool
-}
-
 // AccessLog writes one canonical line and the metrics for every request.
-// It is the outermost stage; inner stages fill the Record in the context.
-func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler) http.Handler {
+// It is the outermost stage: it creates the request's decision record
+// (its entry point from the listener's context), and the inner stages fill
+// it in. queries says whether query strings are logged (redacted).
+func AccessLog(log *slog.Logger, m *Metrics, queries bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rec := &Record{
-				ClientIP: clientIP(r.RemoteAddr), Mode: opts.Mode, Method: r.Method,
-				Host: r.Host, Path: r.URL.Path, Start: time.Now(),
+			rec := &decision.Record{
+				Entry: decision.EntryFrom(r.Context()), ClientIP: decision.ClientIP(r), Method: r.Method,
+				Path: r.URL.Path, Start: time.Now(),
 			}
-			if r.URL.RawQuery != "" && opts.Queries != nil && opts.Queries() {
-				rec.Path += "?" + RedactQuery(r.URL.Query())
+			if r.URL.RawQuery != "" && queries {
+				rec.Query = RedactQuery(r.URL.Query())
 			}
 			cw := &countingWriter{ResponseWriter: w, rec: rec}
 			if r.Body != nil && r.Body != http.NoBody {
@@ -98,16 +99,17 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 				}
 				write(r.Context(), log, m, rec, time.Since(rec.Start))
 			}()
-			next.ServeHTTP(cw, r.WithContext(WithRecord(r.Context(), rec)))
+			next.ServeHTTP(cw, r.WithContext(decision.With(r.Context(), rec)))
 		})
 	}
 }
 
-func write(ctx context.Context, log *slog.Logger, m *Metrics, rec *Record, d time.Duration) {
+func write(ctx context.Context, log *slog.Logger, m *Metrics, rec *decision.Record, d time.Duration) {
 	m.observe(rec, d)
 	level := slog.LevelInfo
+	outcome := rec.Decision()
 	switch {
-	case rec.Decision == "deny" || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
+	case outcome == "deny" || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
 		level = slog.LevelWarn
 	case rec.Err != nil && rec.Status >= 500, rec.Status == 0 && rec.Err != nil:
 		level = slog.LevelError
@@ -117,12 +119,29 @@ func write(ctx context.Context, log *slog.Logger, m *Metrics, rec *Record, d tim
 	if !log.Enabled(ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{
-		slog.String("client_ip", rec.ClientIP), slog.String("mode", rec.Mode),
-		slog.String("method", rec.Method), slog.String("host", rec.Host), slog.String("path", rec.Path),
-		slog.String("decision", rec.Decision), slog.String("rule", rec.Rule), slog.String("reason", rec.Reason),
-		slog.Int("status", rec.Status), slog.String("cache", rec.Cache), slog.String("upstream_addr", rec.UpstreamAddr),
+	host, path := "", rec.Path
+	if rec.Target.Host != "" {
+		host = rec.Target.String()
+	}
+	if rec.Query != "" {
+		path += "?" + rec.Query
+	}
+	attrs := make([]slog.Attr, 0, 20)
+	attrs = append(attrs,
+		slog.String("client_ip", rec.ClientIP), slog.String("mode", rec.Entry.String()),
+		slog.String("method", rec.Method), slog.String("host", host), slog.String("path", path),
+		slog.String("decision", outcome), slog.String("rule", rec.Rule), slog.String("reason", rec.Reason),
+		slog.Int("status", rec.Status), slog.String("cache", rec.Cache.String()), slog.String("upstream_addr", rec.UpstreamAddr),
 		slog.Int64("bytes_in", rec.BytesIn), slog.Int64("bytes_out", rec.BytesOut), slog.Float64("duration", d.Seconds()),
+	)
+	if rec.RefusedBy != decision.None {
+		attrs = append(attrs, slog.String("refused_by", rec.RefusedBy.String()))
+	}
+	if rec.RuleSet != "" {
+		attrs = append(attrs, slog.String("rule_set", rec.RuleSet), slog.String("check", rec.Check))
+	}
+	if rec.Budget != "" {
+		attrs = append(attrs, slog.String("budget", rec.Budget), slog.Float64("budget_wait", rec.Waited.Seconds()))
 	}
 	if rec.Err != nil {
 		attrs = append(attrs, slog.String("error", rec.Err.Error()))
@@ -135,13 +154,6 @@ func codeClass(status int) string {
 		return "none"
 	}
 	return strconv.Itoa(status/100) + "xx"
-}
-
-func clientIP(remoteAddr string) string {
-	if host, _, err := net.SplitHostPort(remoteAddr); err == nil {
-		return host
-	}
-	return remoteAddr
 }
 
 // SecretName reports whether a header or query parameter name looks like
@@ -195,7 +207,7 @@ func RedactQuery(q url.Values) string {
 // countingWriter records the status and counts the body bytes written.
 type countingWriter struct {
 	http.ResponseWriter
-	rec   *Record
+	rec   *decision.Record
 	wrote bool
 }
 
@@ -259,10 +271,10 @@ func Recover(log *slog.Logger) func(http.Handler) http.Handler {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				rec := RecordFrom(r.Context())
+				rec := decision.From(r.Context())
 				rec.Err = fmt.Errorf("panic: %v", p)
 				log.Error("panic in request handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-				WriteError(w, r, &Error{Status: http.StatusInternalServerError, Msg: "internal error", Host: r.Host, ProxyStatus: "proxy_internal_error"})
+				WriteError(w, r, &Error{Status: http.StatusInternalServerError, Msg: "internal error", ProxyStatus: "proxy_internal_error"})
 			}()
 			next.ServeHTTP(w, r)
 		})

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"sluice/internal/decision"
 )
 
 // Error is an answer sluice writes itself. Msg, Host and Detail go to the
@@ -32,7 +34,7 @@ func (e *Error) Unwrap() error { return e.Err }
 // WriteError answers with e as JSON {"error", "host", "detail"}, a
 // Proxy-Status header (RFC 9209), and records it for the access log.
 func WriteError(w http.ResponseWriter, r *http.Request, e *Error) {
-	rec := RecordFrom(r.Context())
+	rec := decision.From(r.Context())
 	if rec.Reason == "" {
 		rec.Reason = e.Msg
 	}

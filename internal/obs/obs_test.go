@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/internal/decision"
 )
 
 func TestSecretName(t *testing.T) {
@@ -50,19 +52,20 @@ func TestAccessLogLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := AccessLog(log, m, LogOptions{Mode: "mitm", Queries: func() bool { return true }})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := RecordFrom(r.Context())
-		rec.Decision, rec.Cache = "intercept", "hit"
+	h := AccessLog(log, m, true)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := decision.From(r.Context())
+		rec.Action, rec.Cache = decision.Intercept, decision.Hit
 		w.Write([]byte("hello"))
 	}))
 	r := httptest.NewRequest("GET", "https://api.test/x?symbol=A&signature=SECRET", nil)
+	r = r.WithContext(decision.WithEntry(r.Context(), decision.EntryIntercept))
 	r.Header.Set("Authorization", "Bearer SECRET")
 	h.ServeHTTP(httptest.NewRecorder(), r)
 	var line map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
 		t.Fatalf("access line %q: %v", buf.String(), err)
 	}
-	if line["path"] != "/x?signature=REDACTED&symbol=A" || line["status"] != 200.0 || line["bytes_out"] != 5.0 || line["cache"] != "hit" || line["mode"] != "mitm" {
+	if line["path"] != "/x?signature=REDACTED&symbol=A" || line["status"] != 200.0 || line["bytes_out"] != 5.0 || line["cache"] != "hit" || line["mode"] != "intercept" || line["decision"] != "intercept" {
 		t.Errorf("access line %v", line)
 	}
 	if strings.Contains(buf.String(), "SECRET") {

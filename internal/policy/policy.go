@@ -1,36 +1,21 @@
 // Package policy decides, for a target host, port and scheme, whether sluice
-// denies, tunnels or intercepts. It is pure: no I/O, no clock, no DNS.
-// Config keys: hosts (pattern -> mode, ports, plain_http, ...).
+// denies, tunnels or intercepts; its stage answers a denied request 403
+// with the config key that would allow it. Deciding is pure: no I/O, no
+// clock, no DNS. Config keys: hosts (pattern -> mode, ports, plain_http, ...).
 package policy
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
 	"sluice/internal/config"
+	"sluice/internal/decision"
 	"sluice/internal/hostport"
 )
-
-// Action is what happens to a connection or request.
-type Action int
-
-const (
-	Deny Action = iota
-	Tunnel
-	Intercept
-)
-
-func (a Action) String() string {
-	switch a {
-	case Tunnel:
-		return "tunnel"
-	case Intercept:
-		return "intercept"
-	}
-	return "deny"
-}
 
 // Entry is one host entry of the config, compiled.
 type Entry struct {
@@ -45,17 +30,33 @@ type Entry struct {
 type Policy struct {
 	exact     map[string]*Entry
 	wildcards []*Entry // longest suffix first, so the most specific entry wins
+	reverse   bool
 }
 
-// New compiles the host entries of a validated config.
-func New(hosts map[string]*config.Host) (*Policy, error) {
-	p := &Policy{exact: map[string]*Entry{}}
-	for key, h := range hosts {
+// ReverseRule is the Rule of requests to the reverse listener's backend.
+const ReverseRule = "listen.reverse"
+
+// New compiles the host entries of a validated config; reverse says whether
+// the config has a reverse listener, whose requests all go to its backend.
+// Every bad or duplicate host key is reported, each at its key path; the
+// Policy returned holds the good ones, so that a compile goes on to report
+// every other problem too.
+func New(hosts map[string]*config.Host, reverse bool) (*Policy, error) {
+	p := &Policy{exact: map[string]*Entry{}, reverse: reverse}
+	var errs []error
+	byPattern := map[string]string{}
+	for _, key := range slices.Sorted(maps.Keys(hosts)) {
 		pattern, err := hostport.ParsePattern(key)
 		if err != nil {
-			return nil, err
+			errs = append(errs, config.Under(err, "hosts", key))
+			continue
 		}
-		e := &Entry{Pattern: pattern, Key: key, Host: *h}
+		if other, dup := byPattern[pattern]; dup {
+			errs = append(errs, config.Under(fmt.Errorf("same host as %q", other), "hosts", key))
+			continue
+		}
+		byPattern[pattern] = key
+		e := &Entry{Pattern: pattern, Key: key, Host: *hosts[key]}
 		if strings.HasPrefix(pattern, "*.") {
 			p.wildcards = append(p.wildcards, e)
 		} else {
@@ -65,7 +66,7 @@ func New(hosts map[string]*config.Host) (*Policy, error) {
 	slices.SortFunc(p.wildcards, func(a, b *Entry) int {
 		return cmp.Or(cmp.Compare(len(b.Pattern), len(a.Pattern)), strings.Compare(a.Pattern, b.Pattern))
 	})
-	return p, nil
+	return p, errors.Join(errs...)
 }
 
 // Entries returns every entry, exact ones first; callers must not modify them.
@@ -91,19 +92,9 @@ func (p *Policy) Lookup(host string) *Entry {
 	return nil
 }
 
-// Scheme is how the client reaches the target through sluice.
-type Scheme int
-
-const (
-	// HTTPS is a CONNECT, or a request inside an intercepted CONNECT.
-	HTTPS Scheme = iota
-	// HTTP is an absolute-URI plain-HTTP request ("GET http://...").
-	HTTP
-)
-
 // A Decision records what the policy decided for one target and why.
 type Decision struct {
-	Action Action
+	Action decision.Action
 	Target hostport.HostPort
 	// Entry is the matching entry; nil when no entry matches.
 	Entry *Entry
@@ -121,9 +112,38 @@ func (d Decision) Rule() string {
 	return d.Entry.Pattern
 }
 
+// DecideRecord returns the decision for a request or CONNECT by its entry
+// point, target and scheme: a reverse listener's requests go to its
+// backend; a tunneled host may be reached by CONNECT only, since reading
+// its requests would be the interception its entry forbids.
+func (p *Policy) DecideRecord(rec *decision.Record) Decision {
+	if rec.Entry == decision.EntryReverse {
+		if !p.reverse {
+			return Decision{Action: decision.Deny, Target: rec.Target, Reason: "no reverse backend",
+				Fix: "listen.reverse was removed from the config; restart sluice to close this listener"}
+		}
+		return Decision{Action: decision.Reverse, Target: rec.Target, Reason: "reverse"}
+	}
+	d := p.Decide(rec.Target, rec.Scheme)
+	if d.Action == decision.Tunnel && rec.Entry != decision.EntryConnect {
+		d.Action, d.Reason = decision.Deny, "host is tunneled, not intercepted"
+		d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
+	}
+	return d
+}
+
+// rule is what the decision record names as the matching rule: the entry's
+// pattern, or the reverse listener's key.
+func (d Decision) rule() string {
+	if d.Action == decision.Reverse {
+		return ReverseRule
+	}
+	return d.Rule()
+}
+
 // Decide returns the decision for target reached with scheme.
-func (p *Policy) Decide(target hostport.HostPort, scheme Scheme) Decision {
-	d := Decision{Target: target, Entry: p.Lookup(target.Host)}
+func (p *Policy) Decide(target hostport.HostPort, scheme decision.Scheme) Decision {
+	d := Decision{Action: decision.Deny, Target: target, Entry: p.Lookup(target.Host)}
 	if d.Entry == nil {
 		d.Reason = "host not listed"
 		d.Fix = fmt.Sprintf("add %s to hosts", config.KeyPath(target.Host))
@@ -138,13 +158,13 @@ func (p *Policy) Decide(target hostport.HostPort, scheme Scheme) Decision {
 	case !slices.Contains(h.Ports, target.Port):
 		d.Reason = fmt.Sprintf("port %d not allowed", target.Port)
 		d.Fix = fmt.Sprintf("add %d to %s", target.Port, key("ports"))
-	case scheme == HTTP && !h.PlainHTTP:
+	case scheme == decision.HTTP && !h.PlainHTTP:
 		d.Reason = "plain http not allowed"
 		d.Fix = "set " + key("plain_http") + ": true"
 	case h.Mode == config.ModeTunnel:
-		d.Action, d.Reason = Tunnel, "tunnel"
+		d.Action, d.Reason = decision.Tunnel, "tunnel"
 	default:
-		d.Action, d.Reason = Intercept, "intercept"
+		d.Action, d.Reason = decision.Intercept, "intercept"
 	}
 	return d
 }

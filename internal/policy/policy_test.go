@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"sluice/internal/config"
+	"sluice/internal/decision"
 	"sluice/internal/hostport"
 )
 
@@ -21,31 +22,31 @@ hosts:
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(cfg.Hosts)
+	p, err := New(cfg.Hosts, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {
 		name, target string
-		scheme       Scheme
-		want         Action
+		scheme       decision.Scheme
+		want         decision.Action
 		rule         string
 	}{
-		{"exact host", "api.binance.com:443", HTTPS, Intercept, "api.binance.com"},
-		{"wildcard", "shop1.myshopify.com:443", HTTPS, Intercept, "*.myshopify.com"},
-		{"wildcard, deeper", "a.b.myshopify.com:443", HTTPS, Intercept, "*.myshopify.com"},
-		{"longest wildcard wins", "x.eu.myshopify.com:443", HTTPS, Tunnel, "*.eu.myshopify.com"},
-		{"wildcard excludes the apex", "myshopify.com:443", HTTPS, Deny, ""},
-		{"suffix is not a label boundary", "evilmyshopify.com:443", HTTPS, Deny, ""},
-		{"tunnel", "github.com:443", HTTPS, Tunnel, "github.com"},
-		{"deny entry", "blocked.test:443", HTTPS, Deny, "blocked.test"},
-		{"unlisted", "evil.test:443", HTTPS, Deny, ""},
-		{"wrong port", "api.binance.com:8443", HTTPS, Deny, "api.binance.com"},
-		{"custom port", "alt.test:8443", HTTPS, Intercept, "alt.test"},
-		{"custom port replaces 443", "alt.test:443", HTTPS, Deny, "alt.test"},
-		{"plain http allowed", "deb.debian.org:80", HTTP, Intercept, "deb.debian.org"},
-		{"plain http not allowed", "api.binance.com:443", HTTP, Deny, "api.binance.com"},
-		{"metadata IP", "169.254.169.254:80", HTTP, Deny, ""},
+		{"exact host", "api.binance.com:443", decision.HTTPS, decision.Intercept, "api.binance.com"},
+		{"wildcard", "shop1.myshopify.com:443", decision.HTTPS, decision.Intercept, "*.myshopify.com"},
+		{"wildcard, deeper", "a.b.myshopify.com:443", decision.HTTPS, decision.Intercept, "*.myshopify.com"},
+		{"longest wildcard wins", "x.eu.myshopify.com:443", decision.HTTPS, decision.Tunnel, "*.eu.myshopify.com"},
+		{"wildcard excludes the apex", "myshopify.com:443", decision.HTTPS, decision.Deny, ""},
+		{"suffix is not a label boundary", "evilmyshopify.com:443", decision.HTTPS, decision.Deny, ""},
+		{"tunnel", "github.com:443", decision.HTTPS, decision.Tunnel, "github.com"},
+		{"deny entry", "blocked.test:443", decision.HTTPS, decision.Deny, "blocked.test"},
+		{"unlisted", "evil.test:443", decision.HTTPS, decision.Deny, ""},
+		{"wrong port", "api.binance.com:8443", decision.HTTPS, decision.Deny, "api.binance.com"},
+		{"custom port", "alt.test:8443", decision.HTTPS, decision.Intercept, "alt.test"},
+		{"custom port replaces 443", "alt.test:443", decision.HTTPS, decision.Deny, "alt.test"},
+		{"plain http allowed", "deb.debian.org:80", decision.HTTP, decision.Intercept, "deb.debian.org"},
+		{"plain http not allowed", "api.binance.com:443", decision.HTTP, decision.Deny, "api.binance.com"},
+		{"metadata IP", "169.254.169.254:80", decision.HTTP, decision.Deny, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			hp, err := hostport.Parse(tt.target, 0)
@@ -56,7 +57,7 @@ hosts:
 			if d.Action != tt.want || d.Rule() != tt.rule {
 				t.Errorf("Decide(%q) = %v by %q (%s), want %v by %q", tt.target, d.Action, d.Rule(), d.Reason, tt.want, tt.rule)
 			}
-			if d.Action == Deny && (d.Reason == "" || d.Fix == "") {
+			if d.Action == decision.Deny && (d.Reason == "" || d.Fix == "") {
 				t.Errorf("Decide(%q) denied without reason %q or fix %q", tt.target, d.Reason, d.Fix)
 			}
 		})

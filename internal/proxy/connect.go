@@ -15,53 +15,37 @@ import (
 	"time"
 
 	"sluice/internal/ca"
+	"sluice/internal/decision"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
-	"sluice/internal/policy"
 )
 
 const connectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n"
 
-// handleConnect decides a CONNECT, then refuses, tunnels or intercepts it.
-// Nothing is resolved or dialed for a refused target.
-func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
-	rec := obs.RecordFrom(r.Context())
-	rec.Mode = "connect"
-	target, err := hostport.Parse(r.Host, 443)
-	if err != nil {
-		rec.Decision = "deny"
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad CONNECT target", Host: r.Host, Detail: err.Error()})
-		return
+// Connect is the CONNECT stage: a CONNECT that the stages before it let
+// through ends here, tunneled (spliced byte for byte to the upstream that
+// up returns for it) or intercepted (its requests served by the pipeline
+// again, one by one). Every other request goes on to next.
+func (s *Server) Connect(up func(*http.Request) *Upstream) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodConnect {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := decision.From(r.Context())
+			u := up(r)
+			switch {
+			case rec.Action == decision.Tunnel && u != nil:
+				s.tunnel(w, r, rec.Target, u)
+			case rec.Action == decision.Intercept:
+				s.intercept(w, r, rec.Target)
+			default:
+				obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error",
+					Err: fmt.Errorf("CONNECT reached the CONNECT stage with action %v", rec.Action)})
+			}
+		})
 	}
-	rec.Host = target.String()
-	if s.refuseBanned(w, r) {
-		return
-	}
-	st := s.state.Load()
-	d := st.policy.Decide(target, policy.HTTPS)
-	record(rec, d)
-	switch d.Action {
-	case policy.Tunnel:
-		s.tunnel(w, r, d, st.upstreams[d.Entry.Pattern], st.cfg.Timeouts.TunnelIdle.D())
-	case policy.Intercept:
-		s.intercept(w, r, target, st.cfg.Timeouts.TLSHandshake.D())
-	default:
-		writeDenied(w, r, d)
-	}
-}
-
-func record(rec *obs.Record, d policy.Decision) {
-	rec.Decision = d.Action.String()
-	rec.Rule = d.Rule()
-	rec.Reason = d.Reason
-}
-
-func writeDenied(w http.ResponseWriter, r *http.Request, d policy.Decision) {
-	obs.WriteError(w, r, &obs.Error{
-		Status: http.StatusForbidden, Msg: d.Reason, Host: d.Target.String(),
-		Detail:      fmt.Sprintf("sluice refused %s (%s); to allow it, %s", d.Target, d.Reason, d.Fix),
-		ProxyStatus: "http_request_denied",
-	})
 }
 
 // hijack takes the client connection over from net/http. Bytes the client
@@ -86,11 +70,11 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // tunnel dials the upstream first, so that a failure is still an HTTP
 // answer, then splices the two connections byte for byte.
-func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, d policy.Decision, u *upstream, idle time.Duration) {
-	rec := obs.RecordFrom(r.Context())
-	up, err := s.dialTunnel(r.Context(), d.Target, u)
+func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.HostPort, u *Upstream) {
+	rec := decision.From(r.Context())
+	up, err := u.transport.DialContext(r.Context(), "tcp", target.String())
 	if err != nil {
-		s.writeUpstreamError(w, r, d.Target.String(), err)
+		s.writeUpstreamError(w, r, target.String(), err)
 		return
 	}
 	rec.UpstreamAddr = up.RemoteAddr().String()
@@ -110,11 +94,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, d policy.Decisio
 	defer s.track(up)()
 	s.metrics.sessions.WithLabelValues("tunnel").Inc()
 	defer s.metrics.sessions.WithLabelValues("tunnel").Dec()
-	rec.BytesOut, rec.BytesIn = splice(client, up, idle)
-}
-
-func (s *Server) dialTunnel(ctx context.Context, target hostport.HostPort, u *upstream) (net.Conn, error) {
-	return u.transport.DialContext(ctx, "tcp", target.String())
+	rec.BytesOut, rec.BytesIn = splice(client, up, s.cfg.Timeouts.TunnelIdle.D())
 }
 
 // splice copies both ways until both sides are done or neither has sent
@@ -172,8 +152,8 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 // intercept answers 200, terminates the client's TLS with a leaf for the
 // CONNECT target, and hands the connection to the inner HTTP server, which
 // serves its requests (HTTP/1.1 or HTTP/2) through the handler chain.
-func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostport.HostPort, handshakeTimeout time.Duration) {
-	rec := obs.RecordFrom(r.Context())
+func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostport.HostPort) {
+	rec := decision.From(r.Context())
 	c, err := hijack(w)
 	if err != nil {
 		obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "cannot take over the connection", Err: err})
@@ -189,7 +169,7 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 	sessions.Inc()
 	sc := &sessionConn{Conn: c, target: target, onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
-	hctx, cancel := context.WithTimeout(r.Context(), handshakeTimeout)
+	hctx, cancel := context.WithTimeout(r.Context(), s.cfg.Timeouts.TLSHandshake.D())
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		s.metrics.handshakeErrors.Inc()
@@ -243,41 +223,21 @@ func (s *Server) mitmCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	return s.authority.Leaf(sc.target.Host)
 }
 
-type targetKey struct{}
+type sessionKey struct{}
 
-// target is where a request goes, as fixed by the listener: the CONNECT
-// target for intercepted requests, the absolute URI for plain ones.
-type target struct {
-	hp     hostport.HostPort
-	scheme policy.Scheme
-	// key is hp as "host:port"; authority is how a Host header names it.
+// session is an intercepted connection's CONNECT target, as its requests
+// must name it: key is "host:port", authority as a Host header writes it.
+type session struct {
+	target         hostport.HostPort
 	key, authority string
-	// intercepted marks requests inside a CONNECT, whose Host must match hp.
-	intercepted bool
-	// reverse marks requests to the reverse listener's backend.
-	reverse bool
-}
-
-func newTarget(hp hostport.HostPort, scheme policy.Scheme) *target {
-	def := uint16(443)
-	if scheme == policy.HTTP {
-		def = 80
-	}
-	return &target{hp: hp, scheme: scheme, key: hp.String(), authority: hp.Authority(def)}
-}
-
-func targetFrom(ctx context.Context) (*target, bool) {
-	t, ok := ctx.Value(targetKey{}).(*target)
-	return t, ok
 }
 
 // sessionContext gives each intercepted connection's requests its target.
 func sessionContext(ctx context.Context, c net.Conn) context.Context {
 	if tc, ok := c.(*tls.Conn); ok {
 		if sc, ok := tc.NetConn().(*sessionConn); ok {
-			t := newTarget(sc.target, policy.HTTPS)
-			t.intercepted = true
-			return context.WithValue(ctx, targetKey{}, t)
+			t := sc.target
+			return context.WithValue(ctx, sessionKey{}, &session{target: t, key: t.String(), authority: t.Authority(443)})
 		}
 	}
 	return ctx

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,233 +12,97 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"sluice/internal/config"
+	"sluice/internal/decision"
 	"sluice/internal/dialer"
-	"sluice/internal/filter"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
-	"sluice/internal/policy"
-	"sluice/internal/throttle"
 )
 
-// serveAbsolute handles "GET http://host/path" on the forward listener.
-func (s *Server) serveAbsolute(w http.ResponseWriter, r *http.Request) {
-	scheme, port := policy.HTTP, uint16(80)
-	switch r.URL.Scheme {
-	case "http":
-	case "https": // the client asks sluice to make the TLS connection
-		scheme, port = policy.HTTPS, 443
-	default:
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "unsupported scheme", Host: r.URL.Host,
-			Detail: fmt.Sprintf("scheme %q: sluice forwards http and https", r.URL.Scheme)})
-		return
-	}
-	hp, err := hostport.Parse(r.URL.Host, port)
-	if err != nil {
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad host", Host: r.URL.Host, Detail: err.Error()})
-		return
-	}
-	ctx := context.WithValue(r.Context(), targetKey{}, newTarget(hp, scheme))
-	s.inner.ServeHTTP(w, r.WithContext(ctx))
+// Upstream is how sluice reaches the hosts of one route: its dialer route
+// (SSRF guard, connect_to) and a pooled transport that verifies every
+// certificate against the system roots plus the route's own, with HTTP/2
+// when the upstream offers it. It is safe for concurrent use.
+type Upstream struct {
+	transport *http.Transport
 }
 
-// checkHost refuses a request inside an intercepted CONNECT whose Host (or
-// :authority) is not the CONNECT target: an allowed tunnel must not carry
-// requests for another host.
-func (s *Server) checkHost(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t, _ := targetFrom(r.Context())
-		if r.Host == t.authority || r.Host == t.key {
-			next.ServeHTTP(w, r) // the common case, without parsing
-			return
-		}
-		if hp, err := hostport.Parse(r.Host, t.hp.Port); err != nil || hp != t.hp {
-			rec := obs.RecordFrom(r.Context())
-			rec.Decision, rec.Host = "deny", t.hp.String()
-			obs.WriteError(w, r, &obs.Error{Status: http.StatusMisdirectedRequest, Msg: "host does not match the CONNECT target", Host: r.Host,
-				Detail:      fmt.Sprintf("this connection was opened with CONNECT %s; a request for %q needs its own CONNECT", t.hp, r.Host),
-				ProxyStatus: "http_request_denied"})
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-type routeKey struct{}
-
-// route is where the forwarder sends a request: its target and upstream.
-type route struct {
-	target   *target
-	upstream *upstream
-}
-
-// serveTarget runs the stages after the listener: the policy decides the
-// request's target against the current config (the cheapest refusal
-// comes first), then the cache answers, coalesces or fills, and only then
-// does anything go upstream.
-func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
-	t, ok := targetFrom(r.Context())
-	if !ok {
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: errors.New("request without target")})
-		return
-	}
-	rec := obs.RecordFrom(r.Context())
-	rec.Host = t.key
-	st := s.state.Load()
-	d := st.policy.Decide(t.hp, t.scheme)
-	record(rec, d)
-	if d.Action == policy.Tunnel && t.scheme == policy.HTTPS {
-		// Reading the request would be interception, which the entry forbids.
-		d.Action, d.Reason = policy.Deny, "host is tunneled, not intercepted"
-		d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
-		rec.Decision, rec.Reason = "deny", d.Reason
-	}
-	if d.Action == policy.Deny {
-		writeDenied(w, r, d)
-		return
-	}
-	rt := &route{target: t, upstream: st.upstreams[d.Entry.Pattern]}
-	if s.admit(w, r, rt) {
-		s.serveRoute(w, r, rt)
-	}
-}
-
-// admit refuses a banned client, and a request that breaks its route's
-// rules, before anything is forwarded. It reports whether r may go on.
-func (s *Server) admit(w http.ResponseWriter, r *http.Request, rt *route) bool {
-	if s.refuseBanned(w, r) {
-		return false
-	}
-	rules := rt.upstream.rules
-	if rules == nil {
-		return true
-	}
-	v := rules.CheckHead(r)
-	if v == nil {
-		var err error
-		if v, err = rules.CheckBody(r); err != nil {
-			obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "cannot read the request body", Host: rt.target.key, Err: err})
-			return false
-		}
-	}
-	if v != nil {
-		s.refuseViolation(w, r, rules, v, rt.target.key)
-		return false
-	}
-	return true
-}
-
-// refuseBanned answers 403 to a banned client; its body is never read.
-func (s *Server) refuseBanned(w http.ResponseWriter, r *http.Request) bool {
-	if s.bans == nil {
-		return false
-	}
-	b, banned := s.bans.Banned(clientIP(r))
-	if !banned {
-		return false
-	}
-	rec := obs.RecordFrom(r.Context())
-	rec.Decision = "deny"
-	w.Header().Set("Retry-After", strconv.Itoa(int(time.Until(b.Until).Seconds())+1))
-	w.Header().Set("Connection", "close") // do not read what the client sends next
-	obs.WriteError(w, r, &obs.Error{Status: http.StatusForbidden, Msg: "client banned",
-		Detail:      fmt.Sprintf("%s is banned until %s (%s)", b.Client, b.Until.UTC().Format(time.RFC3339), b.Reason),
-		ProxyStatus: "http_request_denied"})
-	return true
-}
-
-// refuseViolation answers a broken rule, counts it toward a ban, and logs
-// one stable line per violation (for fail2ban and friends).
-func (s *Server) refuseViolation(w http.ResponseWriter, r *http.Request, rules *filter.Rules, v *filter.Violation, host string) {
-	client := clientIP(r)
-	banned := s.bans != nil && s.bans.Strike(client, rules, v)
-	s.log.Warn("rule_violation", "client_ip", client, "rule", rules.Name, "check", v.Check, "method", r.Method,
-		"host", host, "path", r.URL.Path, "banned", banned)
-	rec := obs.RecordFrom(r.Context())
-	rec.Decision, rec.Reason = "deny", "rule_violation: "+v.Check
-	if rules.Answer == "eosio" {
-		// The answer of the node filter sluice replaces, for its clients.
-		body, _ := json.Marshal(map[string]any{"message": v.Check + ": " + v.Detail, "code": 400})
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-REJECTED-BY", "sluice/"+rules.Name)
-		w.WriteHeader(http.StatusBadRequest)
-		w.Write(body)
-		return
-	}
-	obs.WriteError(w, r, &obs.Error{Status: v.Status, Msg: "rule_violation", Rule: rules.Name, Detail: v.Detail,
-		ProxyStatus: "http_request_denied"})
-}
-
-func clientIP(r *http.Request) string {
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		return host
-	}
-	return r.RemoteAddr
-}
-
-// serveRoute answers immutable files from the blob store and the rest from
-// the response cache, or forwards to the route's upstream.
-func (s *Server) serveRoute(w http.ResponseWriter, r *http.Request, rt *route) {
-	if s.blobs != nil && rt.upstream.blobs.Match(r) {
-		s.blobs.Handle(w, r, rt.target.key, rt.upstream.blobs, forwardTo{s, rt})
-		return
-	}
-	s.cache.Handle(w, r, rt.target.key, rt.upstream.cache, forwardTo{s, rt})
-}
-
-// forwardTo is the last stage before the upstream: it waits for budget
-// (cache hits never get here, so they never spend any), then hands the
-// request to the forwarder with its route.
-type forwardTo struct {
-	s  *Server
-	rt *route
-}
-
-func (f forwardTo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if spec := f.rt.upstream.throttle.Pick(r); spec != nil {
-		lease, err := f.s.limiter.Acquire(r.Context(), spec, f.rt.target.hp.Host, r)
-		if err != nil {
-			rec := obs.RecordFrom(r.Context())
-			if r.Context().Err() != nil {
-				rec.Status, rec.Reason, rec.Err = 499, "client left while waiting for upstream budget", err
-				return
+// NewUpstream returns the upstream of a route. roots are the trusted
+// roots; d dials, route says where and what the guard allows.
+func NewUpstream(roots *x509.CertPool, d *dialer.Dialer, route dialer.Route, t config.Timeouts) *Upstream {
+	return &Upstream{transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			hp, err := hostport.Parse(addr, 0)
+			if err != nil {
+				return nil, err
 			}
-			retry := f.s.limiter.RetryAfter(spec, f.rt.target.hp.Host, r)
-			w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-			obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: f.rt.target.key,
-				Detail:      fmt.Sprintf("no budget left on %s within max_wait; sluice sent nothing upstream; retry in %s", f.rt.target.hp.Host, retry.Round(time.Millisecond)),
-				ProxyStatus: "connection_limit_reached"})
-			return
-		}
-		defer lease.Release()
-		w.Header().Set("X-Sluice-Wait", strconv.FormatFloat(lease.Waited.Seconds(), 'f', 3, 64))
-		r = r.WithContext(context.WithValue(r.Context(), leaseKey{}, lease))
-	}
-	f.s.forwarder.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, f.rt)))
+			return d.Dial(ctx, hp, route)
+		},
+		// The name verified is the request's host, never the connect_to address.
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   t.TLSHandshake.D(),
+		ResponseHeaderTimeout: t.ResponseHeader.D(),
+		ExpectContinueTimeout: time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		// Pass the client's Accept-Encoding and the upstream's encoding through untouched.
+		DisableCompression: true,
+	}}
 }
 
-type leaseKey struct{}
+// Close releases the idle connections of a replaced upstream; requests in
+// flight keep theirs until they finish.
+func (u *Upstream) Close() { u.transport.CloseIdleConnections() }
 
-// serveReverse sends every request of the reverse listener to its backend.
-func (s *Server) serveReverse(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st.reverse == nil {
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusServiceUnavailable, Msg: "no backend",
-			Detail: "listen.reverse was removed from the config; restart sluice to close this listener"})
-		return
-	}
-	rec := obs.RecordFrom(r.Context())
-	rec.Host, rec.Decision, rec.Rule = st.reverseTarget.key, "reverse", "listen.reverse"
-	rt := &route{target: st.reverseTarget, upstream: st.reverse}
-	if s.admit(w, r, rt) {
-		s.serveRoute(w, r, rt)
-	}
+// Forwarder is the end of the pipeline: it sends a request to the upstream
+// of its route, at the target its entry point fixed. httputil.ReverseProxy
+// removes the hop-by-hop headers (RFC 9110 section 7.6.1), streams bodies
+// both ways and handles upgrades.
+type Forwarder struct {
+	rp *httputil.ReverseProxy
+	s  *Server
 }
+
+// Forwarder returns the pipeline's last handler; up returns a request's upstream.
+func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
+	f := &Forwarder{s: s}
+	f.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			rec := decision.From(pr.In.Context())
+			pr.Out.URL.Scheme, pr.Out.URL.Host = rec.Scheme.String(), rec.Target.Authority(rec.Scheme.DefaultPort())
+			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
+			if rec.Entry == decision.EntryReverse {
+				// A backend wants to know its real client: the one the entry
+				// point named, never the hops a client claims.
+				pr.SetXForwarded()
+				pr.Out.Header.Set("X-Forwarded-For", rec.ClientIP)
+			}
+		},
+		Transport: roundTripper(func(r *http.Request) (*http.Response, error) {
+			rec := decision.From(r.Context())
+			trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+				rec.UpstreamAddr = info.Conn.RemoteAddr().String()
+			}}
+			u := up(r)
+			if u == nil {
+				return nil, fmt.Errorf("no upstream for %s: the policy chose no route", rec.Target)
+			}
+			return u.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+		}),
+		ErrorHandler: f.proxyError,
+		BufferPool:   bufferPool,
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return f
+}
+
+func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.rp.ServeHTTP(w, r) }
 
 var bufferPool = &pool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
@@ -248,61 +111,30 @@ type pool struct{ p sync.Pool }
 func (p *pool) Get() []byte  { return *p.p.Get().(*[]byte) }
 func (p *pool) Put(b []byte) { p.p.Put(&b) }
 
-// newForwarder returns the reverse proxy that sends each request to its
-// route's upstream. httputil.ReverseProxy removes the hop-by-hop headers
-// (RFC 9110 section 7.6.1), streams bodies both ways and handles upgrades.
-func (s *Server) newForwarder() http.Handler {
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			rt := pr.In.Context().Value(routeKey{}).(*route)
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", rt.target.authority
-			if rt.target.scheme == policy.HTTP {
-				pr.Out.URL.Scheme = "http"
-			}
-			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
-			if rt.target.reverse {
-				pr.SetXForwarded() // a backend wants to know its real client
-			}
-		},
-		Transport: roundTripper(s.roundTrip),
-		ModifyResponse: func(resp *http.Response) error {
-			if lease, ok := resp.Request.Context().Value(leaseKey{}).(*throttle.Lease); ok {
-				lease.Observe(resp)
-			}
-			return nil
-		},
-		ErrorHandler: s.proxyError,
-		BufferPool:   bufferPool,
-		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
-}
-
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-func (s *Server) roundTrip(r *http.Request) (*http.Response, error) {
-	rt := r.Context().Value(routeKey{}).(*route)
-	rec := obs.RecordFrom(r.Context())
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		rec.UpstreamAddr = info.Conn.RemoteAddr().String()
-	}}
-	return rt.upstream.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+// answeringError is an upstream error that a stage before the forwarder
+// answers itself (a request body the rule stage cut off).
+type answeringError interface {
+	error
+	Answer(http.ResponseWriter, *http.Request)
 }
 
 // proxyError answers a request whose upstream could not be reached.
-func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	rec := obs.RecordFrom(r.Context())
+func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	rec := decision.From(r.Context())
 	if r.Context().Err() != nil {
 		rec.Status, rec.Reason, rec.Err = 499, "client closed the request", err
 		return
 	}
-	if rt, ok := r.Context().Value(routeKey{}).(*route); ok && filter.TooLarge(err) && rt.upstream.rules != nil {
-		s.refuseViolation(w, r, rt.upstream.rules, &filter.Violation{Status: http.StatusRequestEntityTooLarge,
-			Check: "body_bytes", Detail: "body longer than max_body_bytes (cut off while streaming)"}, rec.Host)
+	var ae answeringError
+	if errors.As(err, &ae) {
+		ae.Answer(w, r)
 		return
 	}
-	s.writeUpstreamError(w, r, rec.Host, err)
+	f.s.writeUpstreamError(w, r, rec.Target.String(), err)
 }
 
 // writeUpstreamError maps a dial, TLS or HTTP failure to 403, 502 or 504

@@ -24,16 +24,22 @@ import (
 
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
-	"sluice/internal/config"
+	"sluice/internal/cache"
+	"sluice/internal/dialer"
 	"sluice/internal/filter"
+	"sluice/internal/obs"
 	"sluice/internal/proxy"
+	"sluice/internal/route"
 	"sluice/internal/testenv"
+	"sluice/internal/throttle"
 )
 
 // harness runs a proxy.Server on loopback listeners for one test.
 type harness struct {
 	t         testing.TB
 	srv       *proxy.Server
+	gw        *route.Gateway
+	dialer    *dialer.Dialer
 	proxyAddr string
 	tlsAddr   string
 	root      *ca.Root
@@ -50,15 +56,23 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	dir := t.TempDir()
 	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, proxy_tls: 127.0.0.1:0, admin: \"off\"}\ndata_dir: %s\n%s\nhosts:\n%s\n",
 		dir, strings.Join(extra, "\n"), hostsYAML)
-	cfg, err := config.Parse([]byte(doc), "test.yaml", dir)
+	h := &harness{t: t, dir: dir, logs: &testenv.Buffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
+	onRefuse, err := dialer.CountRefusals(h.reg)
 	if err != nil {
-		t.Fatalf("config.Parse:\n%s\nerror: %v", doc, err)
+		t.Fatal(err)
 	}
+	h.dialer = dialer.New(h.resolver, 10*time.Second)
+	h.dialer.OnRefuse = onRefuse
+	table, err := route.Parse([]byte(doc), "test.yaml", dir, h.dialer)
+	if err != nil {
+		t.Fatalf("route.Parse:\n%s\nerror: %v", doc, err)
+	}
+	cfg := table.Config
 	root, err := ca.OpenRoot(dir, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, root: root, dir: dir, logs: &testenv.Buffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
+	h.root = root
 	var logTo io.Writer = io.MultiWriter(h.logs, t.Output())
 	if _, ok := t.(*testing.B); ok {
 		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
@@ -72,10 +86,29 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = proxy.New(proxy.Options{Config: cfg, Root: root, Resolver: h.resolver, Log: log, Registerer: h.reg, Blobs: store, Bans: bans})
+	h.gw = &route.Gateway{}
+	authority, err := ca.New(root, ca.Options{Allow: h.gw.LeafAllowed, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
+	access, err := obs.NewMetrics(h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	respCache, err := cache.New(cache.Options{MaxBytes: 64 << 20, MaxObjectBytes: 8 << 20, FetchTimeout: time.Minute, Log: log, Registerer: h.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limiter, err := throttle.New(log, time.Now, h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv, err = proxy.New(proxy.Options{Config: cfg, Pipeline: h.gw, Authority: authority, Root: root, Log: log, Registerer: h.reg, Reverse: h.gw.Backend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: store, Limit: limiter, Bans: bans}
+	h.gw.Install(table)
 	ln := listenLoopback(t)
 	tlsLn := listenLoopback(t)
 	h.proxyAddr, h.tlsAddr = ln.Addr().String(), tlsLn.Addr().String()

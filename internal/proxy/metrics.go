@@ -10,7 +10,6 @@ type proxyMetrics struct {
 	sessions        *prometheus.GaugeVec
 	upstreamErrors  *prometheus.CounterVec
 	handshakeErrors prometheus.Counter
-	refused         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
@@ -27,12 +26,8 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 			Namespace: "sluice", Subsystem: "proxy", Name: "client_handshake_errors_total",
 			Help: "Intercepted CONNECTs whose client TLS handshake failed (often: the client does not trust the CA).",
 		}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "sluice", Subsystem: "dialer", Name: "refused_addresses_total",
-			Help: "Upstream addresses refused by the SSRF guard, by address class.",
-		}, []string{"class"}),
 	}
-	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors, m.refused); err != nil {
+	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors); err != nil {
 		return nil, err
 	}
 	return m, nil

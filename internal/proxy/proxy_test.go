@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"sluice/internal/config"
+	"sluice/internal/route"
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
 )
@@ -314,7 +314,7 @@ func TestLogsKeepSecretsOut(t *testing.T) {
 	}
 	var line map[string]any
 	for _, l := range h.accessLines() {
-		if l["mode"] == "mitm" {
+		if l["mode"] == "intercept" {
 			line = l
 		}
 	}
@@ -432,13 +432,11 @@ func TestPolicyRecheckedPerRequest(t *testing.T) {
 	if resp, body := get(t, c, "https://api.test/a"); resp.StatusCode != 200 {
 		t.Fatalf("before reload: status %d %s", resp.StatusCode, body)
 	}
-	cfg, err := config.Parse([]byte("hosts:\n  other.test: {}\n"), "reload.yaml", h.dir)
+	table, err := route.Parse([]byte("hosts:\n  other.test: {}\n"), "reload.yaml", h.dir, h.dialer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	h.gw.Install(table)
 	resp, body := get(t, c, "https://api.test/b") // same intercepted connection
 	if resp.StatusCode != http.StatusForbidden || decodeError(t, body).Error != "host not listed" {
 		t.Errorf("after the host was removed: status %d %s, want 403 host not listed", resp.StatusCode, body)

@@ -1,9 +1,12 @@
-// Package proxy is sluice's forward proxy: CONNECT (tunnel or intercept),
-// absolute-URI plain HTTP, and the optional HTTPS-proxy listener.
+// Package proxy holds sluice's listeners and what only they know: the
+// forward proxy (CONNECT and absolute-URI HTTP), the optional HTTPS-proxy
+// listener, the reverse-proxy listener, target identification for each,
+// the CONNECT stage (tunnel or intercept), and the forwarder that sends a
+// request to its upstream.
 //
-// Every request, including each one inside an intercepted CONNECT, runs
-// through the same handler chain, so the policy is checked per request
-// against the config of that moment.
+// Every request, including each one inside an intercepted CONNECT, is
+// served by the one pipeline handed to New (internal/route), so the policy
+// is checked per request against the config of that moment.
 //
 // Metrics: sluice_proxy_sessions{kind} (open tunnels and intercepted
 // connections), sluice_proxy_upstream_errors_total{kind},
@@ -14,7 +17,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,60 +24,52 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"sluice/internal/blobs"
 	"sluice/internal/ca"
-	"sluice/internal/cache"
 	"sluice/internal/config"
-	"sluice/internal/dialer"
-	"sluice/internal/filter"
+	"sluice/internal/decision"
 	"sluice/internal/hostport"
-	"sluice/internal/obs"
-	"sluice/internal/throttle"
 )
 
 // Options are what New needs.
 type Options struct {
+	// Config is the startup config: listener addresses, server timeouts and
+	// the HTTPS-proxy listener's names, which keep their values until a restart.
 	Config *config.Config
-	Root   *ca.Root
-	// Resolver resolves upstream names; nil is the system resolver.
-	Resolver dialer.Resolver
-	Log      *slog.Logger
+	// Pipeline serves every request of every listener. Required.
+	Pipeline http.Handler
+	// Authority mints the leaves of intercepted hosts. Required.
+	Authority *ca.Authority
+	// Root signs the HTTPS-proxy listener's own certificate.
+	Root *ca.Root
+	// Reverse returns the reverse listener's current settings (nil: none).
+	Reverse func() *Backend
+	Log     *slog.Logger
 	// Registerer receives the metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
 	// Now is the clock for certificates; nil is time.Now.
 	Now func() time.Time
-	// Blobs is the store of immutable files; nil turns it off.
-	Blobs *blobs.Store
-	// Bans is the client ban list; nil: violations are refused, never banned.
-	Bans *filter.Bans
 }
 
-// Server is the forward proxy. Reload swaps its config while it runs.
+// Server runs the listeners. Its pipeline decides; it listens, takes
+// CONNECTs over and forwards.
 type Server struct {
 	log       *slog.Logger
 	authority *ca.Authority
-	resolver  dialer.Resolver
-	now       func() time.Time
-	state     atomic.Pointer[state]
+	reverse   func() *Backend
+	cfg       *config.Config
 
-	forward   *http.Server // the proxy listeners' server
-	reverse   *http.Server // the reverse-proxy listener's server
-	cache     *cache.Cache
-	limiter   *throttle.Limiter
-	blobs     *blobs.Store
-	bans      *filter.Bans
-	mitm      *http.Server // serves requests inside intercepted CONNECTs
-	inner     http.Handler // policy, cache, forwarding; shared by both servers
-	forwarder http.Handler
-	mitmLn    *connListener
-	mitmTLS   *tls.Config
-	selfCert  *selfCert
+	forward  *http.Server // the proxy listeners' server
+	rev      *http.Server // the reverse-proxy listener's server
+	mitm     *http.Server // serves requests inside intercepted CONNECTs
+	mitmLn   *connListener
+	mitmTLS  *tls.Config
+	selfCert *selfCert
 
 	mu       sync.Mutex
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
@@ -83,33 +77,26 @@ type Server struct {
 	metrics *proxyMetrics
 }
 
-// New builds a Server from a validated config. It starts nothing.
+var _ http.Handler = (*Forwarder)(nil)
+
+// New builds a Server. It starts nothing.
 func New(opts Options) (*Server, error) {
+	if opts.Pipeline == nil || opts.Authority == nil {
+		return nil, errors.New("proxy: Options.Pipeline and Options.Authority are required")
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Reverse == nil {
+		opts.Reverse = func() *Backend { return nil }
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
-		log: opts.Log, resolver: opts.Resolver, now: opts.Now, metrics: m, blobs: opts.Blobs, bans: opts.Bans,
+		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
-	}
-	st, err := s.newState(opts.Config)
-	if err != nil {
-		return nil, err
-	}
-	s.state.Store(st)
-	s.authority, err = ca.New(opts.Root, ca.Options{
-		Allow:        s.allowLeaf,
-		LeafValidity: opts.Config.CA.LeafValidity.D(),
-		CacheSize:    opts.Config.CA.LeafCacheSize,
-		Now:          opts.Now,
-		Registerer:   opts.Registerer,
-	})
-	if err != nil {
-		return nil, err
 	}
 	s.selfCert = &selfCert{root: opts.Root, names: selfNames(opts.Config.Listen.ProxyTLS), now: opts.Now, validity: opts.Config.CA.LeafValidity.D()}
 	s.mitmTLS = &tls.Config{
@@ -117,84 +104,19 @@ func New(opts Options) (*Server, error) {
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: s.mitmCertificate,
 	}
-
-	obsMetrics, err := obs.NewMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
-	}
-	cc := opts.Config.Cache
-	s.cache, err = cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes),
-		FetchTimeout: cc.FetchTimeout.D(), Now: opts.Now, Log: opts.Log.With("component", "cache"), Registerer: opts.Registerer})
-	if err != nil {
-		return nil, err
-	}
-	queries := func() bool { return s.state.Load().cfg.Log.Queries }
-	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
-	s.limiter, err = throttle.New(opts.Log.With("component", "throttle"), opts.Now, opts.Registerer)
-	if err != nil {
-		return nil, err
-	}
-	s.forwarder = s.newForwarder()
-	inner := http.HandlerFunc(s.serveTarget)
 	t := opts.Config.Timeouts
-	s.forward = &http.Server{
-		Handler: Chain(http.HandlerFunc(s.dispatch),
-			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "forward", Queries: queries}),
-			obs.Recover(opts.Log)),
-		ReadHeaderTimeout: t.TLSHandshake.D(),
-		IdleTimeout:       t.ClientIdle.D(),
-		ErrorLog:          errLog,
+	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
+	server := func() *http.Server {
+		return &http.Server{
+			Handler:           opts.Pipeline,
+			ReadHeaderTimeout: t.TLSHandshake.D(),
+			IdleTimeout:       t.ClientIdle.D(),
+			ErrorLog:          errLog,
+		}
 	}
-	s.reverse = &http.Server{
-		Handler: Chain(http.HandlerFunc(s.serveReverse),
-			s.realClient, // before the access log, which records the client it names
-			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "reverse", Queries: queries}),
-			obs.Recover(opts.Log)),
-		ReadHeaderTimeout: t.TLSHandshake.D(),
-		IdleTimeout:       t.ClientIdle.D(),
-		ErrorLog:          errLog,
-	}
-	s.mitm = &http.Server{
-		Handler: Chain(inner,
-			obs.AccessLog(opts.Log, obsMetrics, obs.LogOptions{Mode: "mitm", Queries: queries}),
-			obs.Recover(opts.Log),
-			s.checkHost),
-		ReadHeaderTimeout: t.TLSHandshake.D(),
-		IdleTimeout:       t.ClientIdle.D(),
-		ErrorLog:          errLog,
-		ConnContext:       sessionContext,
-	}
-	s.inner = inner
+	s.forward, s.rev, s.mitm = server(), server(), server()
+	s.mitm.ConnContext = sessionContext
 	return s, nil
-}
-
-// Chain returns mw[0](mw[1](...(h))): the first middleware sees the request first.
-func Chain(h http.Handler, mw ...func(http.Handler) http.Handler) http.Handler {
-	for _, m := range slices.Backward(mw) {
-		h = m(h)
-	}
-	return h
-}
-
-// Reload swaps in a new validated config. Listener addresses and server
-// timeouts keep the values they started with.
-func (s *Server) Reload(cfg *config.Config) error {
-	st, err := s.newState(cfg)
-	if err != nil {
-		return err
-	}
-	old := s.state.Swap(st)
-	old.close()
-	return nil
-}
-
-// allowLeaf is the CA's veto: leaves only for hosts intercepted right now.
-func (s *Server) allowLeaf(host string) error {
-	e := s.state.Load().policy.Lookup(host)
-	if e == nil || e.Host.Mode != config.ModeIntercept {
-		return errors.New("host is not intercepted by the current config")
-	}
-	return nil
 }
 
 // Listeners are the sockets Serve serves; nil ones are off.
@@ -209,6 +131,13 @@ type Listeners struct {
 // finish, then tunnels and intercepted connections still open are closed.
 func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	g, gctx := errgroup.WithContext(ctx)
+	// Requests outlive ctx by the shutdown grace; each server marks its
+	// requests with the entry point they came in by.
+	base := context.WithoutCancel(ctx)
+	for srv, entry := range map[*http.Server]decision.Entry{s.forward: decision.EntryForward, s.rev: decision.EntryReverse, s.mitm: decision.EntryIntercept} {
+		ectx := decision.WithEntry(base, entry)
+		srv.BaseContext = func(net.Listener) context.Context { return ectx }
+	}
 	serve := func(srv *http.Server, l net.Listener) {
 		g.Go(func() error {
 			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
@@ -221,23 +150,22 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		serve(s.forward, lns.Proxy)
 	}
 	if ln := lns.Reverse; ln != nil {
-		st := s.state.Load()
-		if r := st.cfg.Listen.Reverse; r != nil && r.ProxyProtocol {
-			ln = newProxyProtoListener(ln, func() trusted { return s.state.Load().reverseTrusted })
+		if r := s.cfg.Listen.Reverse; r != nil && r.ProxyProtocol {
+			ln = &proxyproto.Listener{Listener: ln, ConnPolicy: s.proxyProtocolPolicy, ReadHeaderTimeout: 5 * time.Second}
 		}
-		if st.reverseCert != nil {
+		if b := s.reverse(); b != nil && b.Cert != nil {
 			ln = tls.NewListener(ln, &tls.Config{
 				MinVersion: tls.VersionTLS12,
 				NextProtos: []string{"h2", "http/1.1"},
 				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-					if c := s.state.Load().reverseCert; c != nil {
-						return c, nil
+					if b := s.reverse(); b != nil && b.Cert != nil {
+						return b.Cert, nil
 					}
 					return nil, errors.New("listen.reverse has no certificate any more")
 				},
 			})
 		}
-		serve(s.reverse, ln)
+		serve(s.rev, ln)
 	}
 	if lns.ProxyTLS != nil {
 		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
@@ -250,11 +178,10 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	serve(s.mitm, s.mitmLn)
 	g.Go(func() error {
 		<-gctx.Done()
-		grace := s.state.Load().cfg.Timeouts.Shutdown.D()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), grace)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), s.cfg.Timeouts.Shutdown.D())
 		defer cancel()
 		var wg sync.WaitGroup
-		for _, srv := range []*http.Server{s.forward, s.reverse, s.mitm} {
+		for _, srv := range []*http.Server{s.forward, s.rev, s.mitm} {
 			wg.Go(func() {
 				if err := srv.Shutdown(sctx); err != nil {
 					srv.Close()
@@ -263,10 +190,20 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		}
 		wg.Wait()
 		s.closeHijacked()
-		s.state.Load().close()
 		return nil
 	})
 	return g.Wait()
+}
+
+// proxyProtocolPolicy requires a PROXY protocol header from the trusted
+// proxies, and reads none from anyone else: only they may name the client.
+func (s *Server) proxyProtocolPolicy(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+	if b := s.reverse(); b != nil {
+		if peer, ok := addrOf(o.Upstream.String()); ok && b.trusts(peer) {
+			return proxyproto.REQUIRE, nil
+		}
+	}
+	return proxyproto.SKIP, nil
 }
 
 // track registers a hijacked connection so that shutdown can close it; the
@@ -288,20 +225,6 @@ func (s *Server) closeHijacked() {
 	for c := range s.hijacked {
 		c.Close()
 	}
-}
-
-// dispatch routes a forward-listener request: CONNECT, or an absolute URI.
-func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodConnect {
-		s.handleConnect(w, r)
-		return
-	}
-	if !r.URL.IsAbs() || r.URL.Host == "" {
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "not a proxy request",
-			Detail: fmt.Sprintf("sluice is a forward proxy: send CONNECT host:443 or an absolute URI (GET http://host/path), not %q", r.URL.Path)})
-		return
-	}
-	s.serveAbsolute(w, r)
 }
 
 // selfNames are the names the HTTPS-proxy listener's certificate covers.

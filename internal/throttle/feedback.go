@@ -11,10 +11,17 @@ import (
 )
 
 // Observe re-syncs the budget to the upstream's answer: its quota headers,
-// and a 429 or 418 (Binance's IP ban), which pause the budget.
+// and a 429 or 418 (Binance's IP ban), which pause the budget. A GraphQL
+// cost in the body is read as resp.Body is.
 func (le *Lease) Observe(resp *http.Response) {
+	le.observeHead(resp.StatusCode, resp.Header, resp.Request.URL.Host)
+	if le.spec.feedback["shopify_graphql"] && resp.Body != nil {
+		resp.Body = &costReader{ReadCloser: resp.Body, lease: le}
+	}
+}
+
+func (le *Lease) observeHead(status int, h http.Header, host string) {
 	l, in := le.l, le.in
-	h := resp.Header
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -36,30 +43,27 @@ func (le *Lease) Observe(resp *http.Response) {
 			}
 		}
 	}
-	if le.spec.feedback["shopify_graphql"] && resp.Body != nil {
-		resp.Body = &costReader{ReadCloser: resp.Body, lease: le}
-	}
 	if le.spec.feedback["ratelimit"] {
 		if used, ok := rateLimitUsed(h, in.m.capacity()); ok {
 			in.m.sync(now, used)
 		}
 	}
-	switch resp.StatusCode {
+	switch status {
 	case http.StatusTooManyRequests, http.StatusTeapot:
 		d, ok := retryAfter(h.Get("Retry-After"), now)
 		if !ok {
 			// No Retry-After: back off, doubling while it keeps happening.
 			d = max(in.backoff*2, time.Second)
-			if resp.StatusCode == http.StatusTeapot {
+			if status == http.StatusTeapot {
 				d = max(d, 2*time.Minute) // Binance's shortest ban
 			}
 			d = min(d, 10*time.Minute)
 		}
 		in.backoff = d
 		in.pausedUntil = now.Add(d)
-		l.metrics.limited(le.spec.name, resp.StatusCode)
-		l.log.Warn("upstream rate limit: budget paused", "budget", le.spec.name, "host", resp.Request.URL.Host,
-			"status", resp.StatusCode, "pause", d.String())
+		l.metrics.limited(le.spec.name, status)
+		l.log.Warn("upstream rate limit: budget paused", "budget", le.spec.name, "host", host,
+			"status", status, "pause", d.String())
 	default:
 		in.backoff = 0
 	}

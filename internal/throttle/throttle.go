@@ -21,9 +21,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -36,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/config"
+	"sluice/internal/decision"
 	"sluice/internal/obs"
 )
 
@@ -79,14 +78,14 @@ func (ss Specs) Pick(r *http.Request) *Spec {
 	return nil
 }
 
-// CompileAll compiles a host entry's throttles; name is the budget name of
-// those that name none.
-func CompileAll(ts []*config.Throttle, name string, defaultMaxWait time.Duration) (Specs, error) {
+// CompileAll compiles a list of throttles (a profile's); name is the
+// budget name of those that name none.
+func CompileAll(ts []config.Throttle, name string, defaultMaxWait time.Duration) (Specs, error) {
 	var out Specs
-	for _, t := range ts {
-		s, err := Compile(t, name, defaultMaxWait)
+	for i := range ts {
+		s, err := Compile(&ts[i], name, defaultMaxWait)
 		if err != nil {
-			return nil, err
+			return nil, config.Under(err, strconv.Itoa(i))
 		}
 		out = append(out, s)
 	}
@@ -127,9 +126,9 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 		s.defaultWeight = t.DefaultWeight
 	}
 	if t.PathRegex != "" {
-		re, err := regexp.Compile(t.PathRegex)
+		re, err := config.FoldRegexp(t.PathRegex)
 		if err != nil {
-			return nil, fmt.Errorf("throttle path_regex: %w", err)
+			return nil, config.Under(err, "path_regex")
 		}
 		s.path = re
 	}
@@ -139,9 +138,9 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 	for i, w := range t.Weights {
 		cw := weight{prefix: w.Path, rule: w}
 		if w.PathRegex != "" {
-			re, err := regexp.Compile(w.PathRegex)
+			re, err := config.FoldRegexp(w.PathRegex)
 			if err != nil {
-				return nil, fmt.Errorf("throttle weights[%d]: %w", i, err)
+				return nil, config.Under(err, "weights", strconv.Itoa(i), "path_regex")
 			}
 			cw.re = re
 		}
@@ -150,11 +149,14 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 	return s, nil
 }
 
-// Cost returns what r weighs under the spec's weight rules.
+// Cost returns what r weighs under the spec's weight rules. Paths compare
+// ignoring case, as budgets are picked: a request must not weigh less
+// upstream than its spelling suggests to sluice.
 func (s *Spec) Cost(r *http.Request) float64 {
 	var q url.Values
+	p := r.URL.Path
 	for _, w := range s.weights {
-		if w.re != nil && !w.re.MatchString(r.URL.Path) || w.re == nil && !strings.HasPrefix(r.URL.Path, w.prefix) {
+		if w.re != nil && !w.re.MatchString(p) || w.re == nil && !(len(p) >= len(w.prefix) && strings.EqualFold(p[:len(w.prefix)], w.prefix)) {
 			continue
 		}
 		if w.rule.Param == "" {
@@ -250,12 +252,7 @@ func (l *Limiter) RetryAfter(spec *Spec, host string, r *http.Request) time.Dura
 	return max(d, time.Second)
 }
 
-func clientOf(r *http.Request) string {
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		return host
-	}
-	return r.RemoteAddr
-}
+func clientOf(r *http.Request) string { return decision.ClientIP(r) }
 
 // instance returns the budget for spec, host and r's key, creating it.
 func (l *Limiter) instance(spec *Spec, host string, r *http.Request) *instance {

@@ -17,15 +17,25 @@ import (
 	"sluice/internal/config"
 )
 
-func binanceSpec(t *testing.T) *Spec {
+// profileSpecs compiles a profile's budgets.
+func profileSpecs(t testing.TB, name string) Specs {
 	t.Helper()
-	th := config.ThrottlesFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
-	if len(th) != 1 {
-		t.Fatalf("binance profile has %d throttles for api.binance.com, want 1", len(th))
-	}
-	s, err := Compile(th[0], "api.binance.com", 10*time.Second)
+	ps, err := config.Profiles()
 	if err != nil {
 		t.Fatal(err)
+	}
+	specs, err := CompileAll(ps[name].Throttle, name, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return specs
+}
+
+func binanceSpec(t testing.TB) *Spec {
+	t.Helper()
+	s := profileSpecs(t, "binance").Pick(httptest.NewRequest("GET", "https://api.binance.com/api/v3/time", nil))
+	if s == nil {
+		t.Fatal("binance profile has no budget for /api/v3")
 	}
 	return s
 }
@@ -58,9 +68,18 @@ func TestBinanceWeights(t *testing.T) {
 			t.Errorf("Cost(%s) = %v, want %v", tt.target, got, tt.want)
 		}
 	}
-	fut := config.ThrottlesFor(&config.Host{Profile: "binance"}, "fapi.binance.com", "fapi.binance.com")
-	if len(fut) != 1 || fut[0].Budget != "binance-usdm" || fut[0].Limit != 2400 {
-		t.Errorf("fapi budgets = %+v, want its own binance-usdm of 2400/min", fut)
+	specs := profileSpecs(t, "binance")
+	for path, want := range map[string]string{"/fapi/v1/depth": "binance-usdm", "/dapi/v1/depth": "binance-coinm", "/sapi/v1/asset": "binance-spot", "/FAPI/v1/depth": "binance-usdm"} {
+		s := specs.Pick(httptest.NewRequest("GET", "https://fapi.binance.com"+path, nil))
+		if s == nil || s.name != want {
+			t.Errorf("budget for %s = %v, want %s", path, s, want)
+		}
+	}
+	if s := specs.Pick(httptest.NewRequest("GET", "https://fapi.binance.com/fapi/v1/depth", nil)); s.cfg.Limit != 2400 {
+		t.Errorf("binance-usdm limit %v, want 2400/min", s.cfg.Limit)
+	}
+	if got := s.Cost(httptest.NewRequest("GET", "https://api.binance.com/API/V3/DEPTH?symbol=X&limit=5000", nil)); got != 250 {
+		t.Errorf("Cost of an upper-case spelling of depth = %v, want 250: case must not lower the weight", got)
 	}
 }
 
@@ -223,8 +242,7 @@ func TestAPIKeyBudgetsAreHashed(t *testing.T) {
 // request when the budget has room: the common case.
 func BenchmarkAcquireUnderBudget(b *testing.B) {
 	l, _ := New(slog.New(slog.DiscardHandler), nil, nil)
-	th := config.ThrottlesFor(&config.Host{Profile: "binance"}, "api.binance.com", "api.binance.com")
-	spec, _ := Compile(th[0], "api.binance.com", 10*time.Second)
+	spec := binanceSpec(b)
 	spec.cfg.Limit = 1e12 // never the limit: measure the bookkeeping
 	spec.feedback = map[string]bool{}
 	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=100", nil)
@@ -238,10 +256,7 @@ func BenchmarkAcquireUnderBudget(b *testing.B) {
 // TestShopifyGraphQLCost: the GraphQL budget is picked by path and
 // re-synced from the cost extension in the response body.
 func TestShopifyGraphQLCost(t *testing.T) {
-	specs, err := CompileAll(config.ThrottlesFor(&config.Host{Profile: "shopify"}, "*.myshopify.com", "shop1.myshopify.com"), "*.myshopify.com", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	specs := profileSpecs(t, "shopify")
 	gql := httptest.NewRequest("POST", "https://shop1.myshopify.com/admin/api/2025-01/graphql.json", nil)
 	gql.Header.Set("X-Shopify-Access-Token", "shpat_x")
 	rest := httptest.NewRequest("GET", "https://shop1.myshopify.com/admin/api/2025-01/products.json", nil)

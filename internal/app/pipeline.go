@@ -1,0 +1,56 @@
+package app
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/blobs"
+	"sluice/internal/ca"
+	"sluice/internal/cache"
+	"sluice/internal/filter"
+	"sluice/internal/obs"
+	"sluice/internal/proxy"
+	"sluice/internal/route"
+	"sluice/internal/throttle"
+)
+
+// newGateway builds every component that outlives a reload (the CA's leaf
+// cache, the response cache, the budgets, the server), hands them to the
+// gateway and puts t in force. It starts nothing.
+func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.Registerer, store *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
+	cfg := t.Config
+	gw := &route.Gateway{}
+	authority, err := ca.New(root, ca.Options{
+		Allow:        gw.LeafAllowed,
+		LeafValidity: cfg.CA.LeafValidity.D(),
+		CacheSize:    cfg.CA.LeafCacheSize,
+		Registerer:   reg,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	access, err := obs.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cc := cfg.Cache
+	respCache, err := cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes),
+		FetchTimeout: cc.FetchTimeout.D(), Log: log.With("component", "cache"), Registerer: reg})
+	if err != nil {
+		return nil, nil, err
+	}
+	limiter, err := throttle.New(log.With("component", "throttle"), time.Now, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
+		Reverse: gw.Backend})
+	if err != nil {
+		return nil, nil, err
+	}
+	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: store, Limit: limiter, Bans: bans}
+	gw.Install(t)
+	return gw, srv, nil
+}

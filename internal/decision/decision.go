@@ -1,0 +1,223 @@
+// Package decision holds the decision record of one request: where it came
+// in, what it asked for, and what each stage of the pipeline decided, as
+// typed values. The access log creates the record, puts it in the request
+// context, and writes it as one line and as metrics once the request is
+// done; every stage fills in its own part (smokescreen's aclDecision is the
+// model). It is a leaf package: every stage imports it, it imports none.
+package decision
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"time"
+
+	"sluice/internal/hostport"
+)
+
+// Entry is the entry point a request came in by.
+type Entry uint8
+
+const (
+	// EntryForward is an absolute-URI request on the forward proxy listener.
+	EntryForward Entry = iota
+	// EntryConnect is a CONNECT on the forward proxy listener.
+	EntryConnect
+	// EntryIntercept is a request inside an intercepted CONNECT.
+	EntryIntercept
+	// EntryReverse is a request to the reverse-proxy listener.
+	EntryReverse
+)
+
+var entryNames = [...]string{EntryForward: "forward", EntryConnect: "connect", EntryIntercept: "intercept", EntryReverse: "reverse"}
+
+func (e Entry) String() string { return entryNames[e] }
+
+// Action is what the policy decided for a target.
+type Action uint8
+
+const (
+	// Undecided: the request was refused before the policy saw it.
+	Undecided Action = iota
+	// Deny refuses the target.
+	Deny
+	// Tunnel splices a CONNECT byte for byte.
+	Tunnel
+	// Intercept reads and forwards each request (the config's mode: intercept).
+	Intercept
+	// Reverse sends the request to the reverse listener's backend.
+	Reverse
+)
+
+var actionNames = [...]string{Undecided: "none", Deny: "deny", Tunnel: "tunnel", Intercept: "intercept", Reverse: "reverse"}
+
+func (a Action) String() string { return actionNames[a] }
+
+// Stage names a stage that refused a request.
+type Stage uint8
+
+const (
+	// None: no stage refused the request.
+	None Stage = iota
+	// Canon refused a request that has no canonical form (bad target, path or Host).
+	Canon
+	// Ban refused a banned client.
+	Ban
+	// Policy refused a target that is not allowed.
+	Policy
+	// Rules refused a request that broke its host's rule set.
+	Rules
+	// Budget answered 429: no upstream budget within max_wait.
+	Budget
+)
+
+var stageNames = [...]string{None: "", Canon: "canon", Ban: "ban", Policy: "policy", Rules: "rules", Budget: "budget"}
+
+func (s Stage) String() string { return stageNames[s] }
+
+// CacheResult is how the response cache or the blob store answered.
+type CacheResult uint8
+
+const (
+	// NotCached: the request never reached a cache (or its host has none).
+	NotCached CacheResult = iota
+	Hit
+	Miss
+	Stale
+	Bypass
+)
+
+var cacheNames = [...]string{NotCached: "", Hit: "hit", Miss: "miss", Stale: "stale", Bypass: "bypass"}
+
+func (c CacheResult) String() string { return cacheNames[c] }
+
+// Scheme is how the client reaches the target through sluice.
+type Scheme uint8
+
+const (
+	// HTTPS is a CONNECT, a request inside an intercepted CONNECT, or an
+	// https:// absolute URI (sluice makes the TLS connection).
+	HTTPS Scheme = iota
+	// HTTP is plain HTTP to the upstream.
+	HTTP
+)
+
+// DefaultPort is the port a URL of the scheme implies.
+func (s Scheme) DefaultPort() uint16 {
+	if s == HTTP {
+		return 80
+	}
+	return 443
+}
+
+func (s Scheme) String() string {
+	if s == HTTP {
+		return "http"
+	}
+	return "https"
+}
+
+// Record is the decision record of one request. Its fields are written by
+// the stages of the request's own goroutine, in pipeline order.
+type Record struct {
+	Entry    Entry
+	ClientIP string
+	Method   string
+	// Target is where the request goes, as the entry point fixed it (the
+	// CONNECT line, the absolute URI, the reverse backend); zero until known.
+	Target hostport.HostPort
+	Scheme Scheme
+	// Path is the request path, canonical once the canon stage ran; Query
+	// is the redacted query string when log.queries is set, else "".
+	Path, Query string
+
+	// RefusedBy is the stage that answered the request itself, if any.
+	RefusedBy Stage
+	// Action and Rule are the policy's decision and the hosts key it matched.
+	Action Action
+	Rule   string
+	// Reason is a short phrase for the log: why a request was refused or failed.
+	Reason string
+	// RuleSet and Check name the rule set and check a request broke.
+	RuleSet, Check string
+	Cache          CacheResult
+	// Budget names the upstream budget the request spent, Waited how long it queued.
+	Budget string
+	Waited time.Duration
+
+	Status       int
+	UpstreamAddr string
+	BytesIn      int64
+	BytesOut     int64
+	Start        time.Time
+	// Err is the operator-facing detail of a failure; never sent to clients.
+	Err error
+}
+
+// Decision is the log's one-word outcome: deny when the canonical request,
+// the ban gate, the policy or the rules refused it, else the policy's action.
+func (r *Record) Decision() string {
+	switch r.RefusedBy {
+	case Canon, Ban, Policy, Rules:
+		return Deny.String()
+	}
+	return r.Action.String()
+}
+
+// Refuse records that stage answered the request itself, for reason.
+func (r *Record) Refuse(stage Stage, reason string) {
+	r.RefusedBy, r.Reason = stage, reason
+}
+
+type recordKey struct{}
+
+// With returns ctx carrying rec.
+func With(ctx context.Context, rec *Record) context.Context {
+	return context.WithValue(ctx, recordKey{}, rec)
+}
+
+// From returns the request's Record, or a throwaway one when the request
+// did not pass through the access log (so callers never check for nil).
+func From(ctx context.Context) *Record {
+	if rec, ok := ctx.Value(recordKey{}).(*Record); ok {
+		return rec
+	}
+	return &Record{}
+}
+
+type entryKey struct{}
+
+// WithEntry returns ctx marking requests as come in by entry; a listener's
+// server sets it in its BaseContext or ConnContext.
+func WithEntry(ctx context.Context, e Entry) context.Context {
+	return context.WithValue(ctx, entryKey{}, e)
+}
+
+// EntryFrom returns the entry point ctx was marked with (EntryForward if none).
+func EntryFrom(ctx context.Context) Entry {
+	e, _ := ctx.Value(entryKey{}).(Entry)
+	return e
+}
+
+// Detach returns a context for work that outlives the request (a cache
+// fill, a blob download shared by many clients): not canceled with ctx, and
+// with its own copy of the request's record, so that what that work records
+// never races with the access line of the request that started it.
+func Detach(ctx context.Context) (context.Context, *Record) {
+	cp := *From(ctx)
+	cp.Status, cp.UpstreamAddr, cp.BytesIn, cp.BytesOut, cp.Err = 0, "", 0, 0, nil
+	return With(context.WithoutCancel(ctx), &cp), &cp
+}
+
+// ClientIP is the one client-IP function: the record's client (which the
+// entry point may have replaced with the real client a trusted proxy
+// names), or else the address part of r.RemoteAddr.
+func ClientIP(r *http.Request) string {
+	if rec, ok := r.Context().Value(recordKey{}).(*Record); ok && rec.ClientIP != "" {
+		return rec.ClientIP
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}

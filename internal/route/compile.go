@@ -1,0 +1,382 @@
+package route
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"time"
+
+	"sluice/internal/blobs"
+	"sluice/internal/cache"
+	"sluice/internal/config"
+	"sluice/internal/decision"
+	"sluice/internal/dialer"
+	"sluice/internal/filter"
+	"sluice/internal/hostport"
+	"sluice/internal/policy"
+	"sluice/internal/proxy"
+	"sluice/internal/throttle"
+)
+
+// Table is the runtime form of one config: the policy and, for each host
+// entry that is not denied (and the reverse listener), its route. Every
+// string of the config was parsed once, by Compile. A Table is immutable;
+// a reload compiles a new one and swaps it in whole.
+type Table struct {
+	Config *config.Config
+	Policy *policy.Policy
+	// Backend is the reverse listener's backend; nil without one.
+	Backend *proxy.Backend
+	routes  map[string]*Route // by hosts pattern, and policy.ReverseRule
+	handler http.Handler      // the pipeline over this table, once Build ran
+}
+
+// Route is what the stages after the policy use for one host entry.
+type Route struct {
+	Upstream *proxy.Upstream
+	Cache    *cache.Rules
+	Rules    *filter.Rules  // nil: no request rules
+	Throttle throttle.Specs // none: no budget
+	Blobs    *blobs.Matcher // nil: no blob store for this host
+}
+
+// Load reads the config file at path and compiles it: every problem of
+// the file at once, each with its line. d dials the upstreams (nil: the
+// system resolver, nothing counted).
+func Load(path string, d *dialer.Dialer) (*Table, error) {
+	data, err := config.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, path, dir, d)
+}
+
+// Default compiles the embedded default config, with relative paths
+// resolved against the working directory.
+func Default(d *dialer.Dialer) (*Table, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	t, err := Parse(config.DefaultYAML(), "(embedded default)", wd, d)
+	if err != nil {
+		return nil, fmt.Errorf("embedded default config: %w", err)
+	}
+	return t, nil
+}
+
+// Parse decodes, validates and compiles a config file's contents (name
+// labels the errors, dir is where its relative paths resolve): what
+// `sluice check`, `sluice run`, SIGHUP and PUT /config all do, so a file
+// one accepts the others accept.
+func Parse(data []byte, name, dir string, d *dialer.Dialer) (*Table, error) {
+	cfg, errs := config.Decode(data, name, dir)
+	if cfg == nil {
+		return nil, errors.Join(errs...)
+	}
+	t, cerrs := compile(cfg, d)
+	if errs = append(errs, cerrs...); len(errs) > 0 {
+		return nil, cfg.Locate(errs)
+	}
+	return t, nil
+}
+
+// Compile turns a validated config into its Table.
+func Compile(cfg *config.Config, d *dialer.Dialer) (*Table, error) {
+	t, errs := compile(cfg, d)
+	if len(errs) > 0 {
+		return nil, cfg.Locate(errs)
+	}
+	return t, nil
+}
+
+// compile is the one place where regexps, CIDRs, URLs, PEM files, key
+// pairs, connect_to addresses and host patterns are parsed; every error
+// names its key path.
+func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
+	if d == nil {
+		d = dialer.New(nil, cfg.Timeouts.Dial.D())
+	}
+	c := &compiler{cfg: cfg, dialer: d, caFiles: map[string]*x509.CertPool{}, cacheRules: map[string]*cache.Rules{},
+		ruleSets: map[string]*filter.Rules{}, throttles: map[string]throttle.Specs{}}
+	t := &Table{Config: cfg, routes: map[string]*Route{}}
+	var err error
+	t.Policy, err = policy.New(cfg.Hosts, cfg.Listen.Reverse != nil)
+	c.add(err)
+	if c.system, err = x509.SystemCertPool(); err != nil {
+		return nil, []error{fmt.Errorf("system roots: %w", err)}
+	}
+	c.globalBlobs, err = blobs.CompilePatterns(cfg.Blobs.Patterns)
+	c.add(config.Under(err, "blobs", "patterns"))
+	for _, name := range slices.Sorted(maps.Keys(cfg.RuleSets)) {
+		if rs := cfg.RuleSets[name]; rs != nil {
+			_, err := c.ruleSet(name, rs)
+			c.add(config.Under(err, "rule_sets", name))
+		}
+	}
+	for _, e := range t.Policy.Entries() {
+		if e.Host.Mode != config.ModeDeny {
+			t.routes[e.Pattern] = c.hostRoute(e)
+		}
+	}
+	if rv := cfg.Listen.Reverse; rv != nil {
+		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
+	}
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return t, nil
+}
+
+type compiler struct {
+	cfg         *config.Config
+	dialer      *dialer.Dialer
+	system      *x509.CertPool
+	caFiles     map[string]*x509.CertPool
+	globalBlobs []*regexp.Regexp
+	// Compiled once per Compile, shared by the entries that use them.
+	cacheRules map[string]*cache.Rules
+	ruleSets   map[string]*filter.Rules
+	throttles  map[string]throttle.Specs
+	errs       []error
+}
+
+// add records err, each of a joined error on its own.
+func (c *compiler) add(err error) {
+	if err == nil {
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		c.errs = append(c.errs, j.Unwrap()...)
+		return
+	}
+	c.errs = append(c.errs, err)
+}
+
+func (c *compiler) hostRoute(e *policy.Entry) *Route {
+	h, keys := &e.Host, []string{"hosts", e.Key}
+	at := func(err error, key ...string) bool {
+		c.add(config.Under(err, append(keys[:2:2], key...)...))
+		return err != nil
+	}
+	p, err := profile(e.Key, h)
+	c.add(err)
+	r := &Route{}
+	route := dialer.Route{AllowPrivate: h.AllowPrivate, Timeout: c.cfg.Timeouts.Dial.D()}
+	if h.ConnectTo != "" {
+		hp, err := hostport.Parse(h.ConnectTo, 0)
+		if !at(err, "connect_to") {
+			route.ConnectTo = &hp
+		}
+	}
+	roots, err := c.roots(h.UpstreamCA)
+	at(err, "upstream_ca")
+	r.Upstream = proxy.NewUpstream(roots, c.dialer, route, c.cfg.Timeouts)
+
+	var profileRules []config.CacheRule
+	if p != nil {
+		profileRules = p.Cache.Rules
+	}
+	r.Cache, err = c.cache(h.Cache, p, profileRules, staleWindow(c.cfg, h.Cache))
+	at(err, "cache")
+
+	if h.Blobs == nil || !h.Blobs.Off {
+		var extra []*regexp.Regexp
+		var withCreds bool
+		if h.Blobs != nil {
+			extra, err = blobs.CompilePatterns(h.Blobs.Patterns)
+			at(err, "blobs", "patterns")
+			withCreds = h.Blobs.WithCredentials
+		}
+		r.Blobs = blobs.NewMatcher(c.globalBlobs, extra, withCreds)
+	}
+
+	name, rs, err := ruleSet(c.cfg, h.Rules, p)
+	if !at(err, "rules") {
+		r.Rules, err = c.ruleSet(name, rs)
+		at(err, "rules")
+	}
+
+	r.Throttle, err = c.throttle(h, e.Pattern, p)
+	at(err, "throttle")
+	return r
+}
+
+// cache compiles a cache mode with the host's own rules before its
+// profile's; one without own rules shares its profile's compiled ones.
+func (c *compiler) cache(hc *config.HostCache, p *config.Profile, profileRules []config.CacheRule, stale time.Duration) (*cache.Rules, error) {
+	mode := cacheMode(hc, profileRules)
+	var own []config.CacheRule
+	if hc != nil {
+		own = hc.Rules
+	}
+	memo := ""
+	if len(own) == 0 && p != nil {
+		memo = fmt.Sprintf("%s|%s|%d", p.Name, mode, stale)
+		if r, ok := c.cacheRules[memo]; ok {
+			return r, nil
+		}
+	}
+	r, err := cache.Compile(mode, append(append([]config.CacheRule{}, own...), profileRules...), stale)
+	if err != nil {
+		return nil, config.Under(err, "rules")
+	}
+	if memo != "" {
+		c.cacheRules[memo] = r
+	}
+	return r, nil
+}
+
+func (c *compiler) ruleSet(name string, rs *config.RuleSet) (*filter.Rules, error) {
+	if rs == nil {
+		return nil, nil
+	}
+	if r, ok := c.ruleSets[name]; ok {
+		return r, nil
+	}
+	r, err := filter.Compile(name, rs)
+	c.ruleSets[name] = r // a broken one is reported once, at rule_sets
+	if err != nil {
+		if _, own := c.cfg.RuleSets[name]; own {
+			return nil, err
+		}
+		return nil, fmt.Errorf("profile rule set %q: %w", name, err)
+	}
+	return r, nil
+}
+
+// throttle compiles the host's own throttle, or its profile's budgets.
+func (c *compiler) throttle(h *config.Host, pattern string, p *config.Profile) (throttle.Specs, error) {
+	maxWait := c.cfg.Throttle.MaxWait.D()
+	if h.Throttle != nil {
+		if h.Throttle.Off {
+			return nil, nil
+		}
+		s, err := throttle.Compile(&h.Throttle.Throttle, pattern, maxWait)
+		if err != nil {
+			return nil, err
+		}
+		return throttle.Specs{s}, nil
+	}
+	if p == nil || len(p.Throttle) == 0 {
+		return nil, nil
+	}
+	if s, ok := c.throttles[p.Name]; ok {
+		return s, nil
+	}
+	s, err := throttle.CompileAll(p.Throttle, pattern, maxWait)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", p.Name, err)
+	}
+	c.throttles[p.Name] = s
+	return s, nil
+}
+
+// roots returns the system roots plus the PEM certificates in file.
+func (c *compiler) roots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return c.system, nil
+	}
+	if p, ok := c.caFiles[file]; ok {
+		return p, nil
+	}
+	data, err := config.ReadFile(c.cfg.Path(file))
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		return c.system, fmt.Errorf("%s: %w", file, pe.Err) // named as the config wrote it
+	} else if err != nil {
+		return c.system, err
+	}
+	p := c.system.Clone()
+	if !p.AppendCertsFromPEM(data) {
+		return c.system, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	c.caFiles[file] = p
+	return p, nil
+}
+
+// reverse compiles the reverse listener: its backend's origin, trusted
+// proxies and certificate, and its route.
+func (c *compiler) reverse(rv *config.Reverse) (*proxy.Backend, *Route) {
+	at := func(err error, key ...string) bool {
+		c.add(config.Under(err, append([]string{"listen", "reverse"}, key...)...))
+		return err != nil
+	}
+	b := &proxy.Backend{}
+	u, err := url.Parse(rv.Backend)
+	switch {
+	case err != nil:
+		at(err, "backend")
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		at(fmt.Errorf("%q: want http://host:port or https://host:port", rv.Backend), "backend")
+	case u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil:
+		at(fmt.Errorf("%q: the backend is an origin only, without path, query or user", rv.Backend), "backend")
+	default:
+		b.Scheme = decision.HTTP
+		if u.Scheme == "https" {
+			b.Scheme = decision.HTTPS
+		}
+		b.Target, err = hostport.Parse(u.Host, b.Scheme.DefaultPort())
+		at(err, "backend")
+	}
+	b.Trusted, err = config.ParsePrefixes(rv.TrustedProxies)
+	at(err, "trusted_proxies")
+	if rv.TLSCert != "" && rv.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(c.cfg.Path(rv.TLSCert), c.cfg.Path(rv.TLSKey))
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			name := rv.TLSKey // named as the config wrote it
+			if pe.Path == c.cfg.Path(rv.TLSCert) {
+				name = rv.TLSCert
+			}
+			err = fmt.Errorf("%s: %w", name, pe.Err)
+		}
+		if !at(err, "tls_cert") {
+			b.Cert = &cert
+		}
+	}
+	roots, err := c.roots(rv.BackendCA)
+	at(err, "backend_ca")
+	r := &Route{
+		// The backend is the operator's own server, usually on a private
+		// address: the SSRF guard is for what clients ask, not for this.
+		Upstream: proxy.NewUpstream(roots, c.dialer, dialer.Route{AllowPrivate: true, Timeout: c.cfg.Timeouts.Dial.D()}, c.cfg.Timeouts),
+	}
+	r.Cache, err = c.cache(rv.Cache, nil, nil, c.cfg.Cache.StaleIfError.D())
+	at(err, "cache")
+	if rv.Rules != nil && !rv.Rules.Off {
+		name, rs, err := ruleSet(c.cfg, rv.Rules, nil)
+		if !at(err, "rules") {
+			r.Rules, err = c.ruleSet(name, rs)
+			at(err, "rules")
+		}
+	}
+	return b, r
+}
+
+// Close releases the idle upstream connections of a replaced table.
+func (t *Table) Close() {
+	for _, r := range t.routes {
+		r.Upstream.Close()
+	}
+}
+
+// LeafAllowed is the CA's veto: leaves only for hosts intercepted by this table.
+func (t *Table) LeafAllowed(host string) error {
+	e := t.Policy.Lookup(host)
+	if e == nil || e.Host.Mode != config.ModeIntercept {
+		return errors.New("host is not intercepted by the current config")
+	}
+	return nil
+}

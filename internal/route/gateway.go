@@ -1,0 +1,42 @@
+package route
+
+import (
+	"net/http"
+
+	"sluice/internal/proxy"
+)
+
+// Gateway is the table in force and what every table's pipeline is built
+// with. Its zero value serves nothing; set Deps (its Proxy may be the
+// server that serves through this Gateway), then Install a table.
+type Gateway struct {
+	live Live
+	// Deps are the components every table's stages use.
+	Deps Deps
+}
+
+// Install builds t's pipeline and puts it in force. Requests in flight
+// finish on the table they started with.
+func (g *Gateway) Install(t *Table) {
+	t.Build(g.Deps)
+	if old := g.live.Swap(t); old != nil {
+		old.Close()
+	}
+}
+
+// Table returns the table in force.
+func (g *Gateway) Table() *Table { return g.live.Load() }
+
+// ServeHTTP serves r through the table in force.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.live.ServeHTTP(w, r) }
+
+// LeafAllowed is the CA's veto: leaves only for hosts the table in force intercepts.
+func (g *Gateway) LeafAllowed(host string) error { return g.live.Load().LeafAllowed(host) }
+
+// Backend is the reverse listener's backend in the table in force (nil: none).
+func (g *Gateway) Backend() *proxy.Backend { return g.live.Load().Backend }
+
+// Close releases the idle upstream connections of the table in force.
+func (g *Gateway) Close() { g.live.Load().Close() }
+
+var _ http.Handler = (*Gateway)(nil)

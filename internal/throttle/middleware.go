@@ -1,0 +1,89 @@
+package throttle
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"sluice/internal/decision"
+	"sluice/internal/obs"
+)
+
+// Middleware is the throttle stage, the last before the upstream: only what
+// goes upstream spends budget (cache hits never get here). A request waits
+// for its budget, or is answered 429 by sluice with Retry-After and sends
+// nothing upstream; the upstream's answer re-syncs the budget as it passes
+// back. of returns the route's throttles (none: no budget) and its host name.
+func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			specs, host := of(r)
+			spec := specs.Pick(r)
+			if spec == nil {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := decision.From(r.Context())
+			rec.Budget = spec.name
+			lease, err := l.Acquire(r.Context(), spec, host, r)
+			if err != nil {
+				if r.Context().Err() != nil {
+					rec.Status, rec.Reason, rec.Err = 499, "client left while waiting for upstream budget", err
+					return
+				}
+				retry := l.RetryAfter(spec, host, r)
+				rec.Refuse(decision.Budget, "upstream budget exhausted")
+				w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+				obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: rec.Target.String(),
+					Detail:      fmt.Sprintf("no budget left on %s within max_wait; sluice sent nothing upstream; retry in %s", host, retry.Round(time.Millisecond)),
+					ProxyStatus: "connection_limit_reached"})
+				return
+			}
+			defer lease.Release()
+			rec.Waited = lease.Waited
+			w.Header().Set("X-Sluice-Wait", strconv.FormatFloat(lease.Waited.Seconds(), 'f', 3, 64))
+			ow := &observingWriter{ResponseWriter: w, lease: lease, host: host}
+			next.ServeHTTP(ow, r)
+			if ow.cost != nil {
+				lease.observeCost(ow.cost.Bytes())
+			}
+		})
+	}
+}
+
+// observingWriter re-syncs the lease's budget from the upstream's answer
+// as it is written back: the status and quota headers, and a GraphQL cost
+// at the end of the body.
+type observingWriter struct {
+	http.ResponseWriter
+	lease    *Lease
+	host     string
+	observed bool
+	cost     *bytes.Buffer // the body so far, for the shopify_graphql feedback
+}
+
+func (w *observingWriter) WriteHeader(code int) {
+	if !w.observed && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.observed = true
+		w.lease.observeHead(code, w.Header(), w.host)
+		if w.lease.spec.feedback["shopify_graphql"] {
+			w.cost = &bytes.Buffer{}
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *observingWriter) Write(p []byte) (int, error) {
+	if !w.observed {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.cost != nil && w.cost.Len()+len(p) <= maxCostBody {
+		w.cost.Write(p)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush, Hijack and deadlines.
+func (w *observingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
