@@ -42,20 +42,32 @@ type harness struct {
 	dialer    *dialer.Dialer
 	proxyAddr string
 	tlsAddr   string
-	root      *ca.Root
-	dir       string
-	logs      *testenv.Buffer
-	resolver  *fakeResolver
-	reg       *prometheus.Registry
+	// reverseAddr is the reverse listener's, when the config has one.
+	reverseAddr string
+	bans        *filter.Bans
+	clients     map[bool]*http.Client
+	root        *ca.Root
+	dir         string
+	logs        *testenv.Buffer
+	resolver    *fakeResolver
+	reg         *prometheus.Registry
 }
 
 // newHarness starts sluice with the given hosts section (YAML, indented
-// under "hosts:") and optional extra top-level YAML.
+// under "hosts:") and optional extra top-level YAML; an extra that starts
+// with "reverse: " is the reverse listener's entry under listen, and the
+// harness serves it on a loopback port of its own (reverseAddr).
 func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, proxy_tls: 127.0.0.1:0, admin: \"off\"}\ndata_dir: %s\n%s\nhosts:\n%s\n",
-		dir, strings.Join(extra, "\n"), hostsYAML)
+	reverse := ""
+	for i, e := range extra {
+		if strings.HasPrefix(e, "reverse: ") {
+			reverse, extra[i] = ", "+e, ""
+		}
+	}
+	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, proxy_tls: 127.0.0.1:0, admin: \"off\"%s}\ndata_dir: %s\n%s\nhosts:\n%s\n",
+		reverse, dir, strings.Join(extra, "\n"), hostsYAML)
 	h := &harness{t: t, dir: dir, logs: &testenv.Buffer{}, resolver: &fakeResolver{hosts: map[string][]netip.Addr{}}, reg: prometheus.NewRegistry()}
 	onRefuse, err := dialer.CountRefusals(h.reg)
 	if err != nil {
@@ -109,12 +121,16 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	}
 	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: store, Limit: limiter, Bans: bans}
 	h.gw.Install(table)
-	ln := listenLoopback(t)
-	tlsLn := listenLoopback(t)
-	h.proxyAddr, h.tlsAddr = ln.Addr().String(), tlsLn.Addr().String()
+	h.bans = bans
+	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t)}
+	h.proxyAddr, h.tlsAddr = lns.Proxy.Addr().String(), lns.ProxyTLS.Addr().String()
+	if cfg.Listen.Reverse != nil {
+		lns.Reverse = listenLoopback(t)
+		h.reverseAddr = lns.Reverse.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- h.srv.Serve(ctx, proxy.Listeners{Proxy: ln, ProxyTLS: tlsLn}) }()
+	go func() { done <- h.srv.Serve(ctx, lns) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
