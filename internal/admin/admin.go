@@ -123,9 +123,15 @@ func New(opts Options) *Server {
 		})
 	}
 	if opts.Bans != nil {
-		private.HandleFunc("GET /bans", func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, http.StatusOK, opts.Bans.List())
-		})
+		listBans := func(w http.ResponseWriter, r *http.Request) {
+			list, err := opts.Bans.List(r.Context())
+			if err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "ban list not readable: " + err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, list)
+		}
+		private.HandleFunc("GET /bans", listBans)
 		private.HandleFunc("POST /bans", func(w http.ResponseWriter, r *http.Request) {
 			var req struct {
 				Client   string `json:"client"`
@@ -142,11 +148,19 @@ func New(opts Options) *Server {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "client must be an IP and duration a positive Go duration (30m, 24h)"})
 				return
 			}
-			opts.Bans.Add(ip.Unmap().String(), d, cmp.Or(req.Reason, "operator"))
-			writeJSON(w, http.StatusOK, opts.Bans.List())
+			if err := opts.Bans.Add(r.Context(), ip.Unmap().String(), d, cmp.Or(req.Reason, "operator")); err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "ban not stored: " + err.Error()})
+				return
+			}
+			listBans(w, r)
 		})
 		private.HandleFunc("DELETE /bans/{client}", func(w http.ResponseWriter, r *http.Request) {
-			if !opts.Bans.Remove(r.PathValue("client")) {
+			lifted, err := opts.Bans.Remove(r.Context(), r.PathValue("client"))
+			if err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "ban not lifted: " + err.Error()})
+				return
+			}
+			if !lifted {
 				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no ban for " + r.PathValue("client")})
 				return
 			}

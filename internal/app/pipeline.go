@@ -13,13 +13,14 @@ import (
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
+	"sluice/internal/store"
 	"sluice/internal/throttle"
 )
 
 // newGateway builds every component that outlives a reload (the CA's leaf
 // cache, the response cache, the budgets, the server), hands them to the
 // gateway and puts t in force. It starts nothing.
-func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.Registerer, store *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
+func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
 	cfg := t.Config
 	gw := &route.Gateway{}
 	authority, err := ca.New(root, ca.Options{
@@ -41,7 +42,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.
 	if err != nil {
 		return nil, nil, err
 	}
-	limiter, err := throttle.New(log.With("component", "throttle"), time.Now, reg)
+	limiter, err := throttle.New(log.With("component", "throttle"), time.Now, reg, store.MemoryMeters{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -50,7 +51,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.
 	if err != nil {
 		return nil, nil, err
 	}
-	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: store, Limit: limiter, Bans: bans}
+	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans}
 	gw.Install(t)
 	return gw, srv, nil
 }

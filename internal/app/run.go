@@ -28,6 +28,7 @@ import (
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
+	"sluice/internal/store"
 )
 
 // runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
@@ -74,18 +75,22 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	buildInfo.WithLabelValues(Version()).Set(1)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), reloads, buildInfo)
 
-	store, err := blobs.Open(filepath.Join(dataDir, "blobs"), blobs.Options{
+	blobStore, err := blobs.Open(filepath.Join(dataDir, "blobs"), blobs.Options{
 		MaxBytes: int64(cfg.Blobs.MaxBytes), AbortWhenAlone: cfg.Blobs.WhenClientsLeave == "abort",
 		Log: log.With("component", "blobs"), Registerer: reg,
 	})
 	if err != nil {
 		return err
 	}
-	bans, err := filter.OpenBans(filepath.Join(dataDir, "bans.json"), log.With("component", "filter"), nil, reg)
+	banList, err := store.OpenBans(filepath.Join(dataDir, "bans.json"), log.With("component", "store"), nil)
 	if err != nil {
 		return err
 	}
-	gw, srv, err := newGateway(table, root, log, reg, store, bans)
+	bans, err := filter.NewBans(banList, log.With("component", "filter"), nil, reg)
+	if err != nil {
+		return err
+	}
+	gw, srv, err := newGateway(table, root, log, reg, blobStore, bans)
 	if err != nil {
 		return err
 	}
@@ -148,7 +153,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return err
 		}
-		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: store, Bans: bans, Token: token,
+		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Token: token,
 			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
 			Reload: func(data []byte) error {
 				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cfg.Dir, dial) }, "PUT /config")

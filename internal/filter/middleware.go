@@ -21,7 +21,7 @@ func BanGate(bans *Bans) func(http.Handler) http.Handler {
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			rec := decision.From(r.Context())
-			b, banned := bans.Banned(decision.ClientIP(r))
+			b, banned := bans.Banned(r.Context(), decision.ClientIP(r))
 			if !banned {
 				next.ServeHTTP(w, r)
 				return
@@ -81,7 +81,7 @@ type gate struct {
 func (g *gate) refuse(w http.ResponseWriter, r *http.Request, rules *Rules, v *Violation) {
 	rec := decision.From(r.Context())
 	client := decision.ClientIP(r)
-	banned := g.bans != nil && g.bans.Strike(client, rules, v)
+	banned := g.bans != nil && g.bans.Strike(r.Context(), client, rules, v)
 	g.log.Warn("rule_violation", "client_ip", client, "rule", rules.Name, "check", v.Check, "method", r.Method,
 		"host", rec.Target.String(), "path", r.URL.Path, "banned", banned)
 	rec.Refuse(decision.Rules, "rule_violation: "+v.Check)

@@ -30,6 +30,7 @@ import (
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
+	"sluice/internal/store"
 	"sluice/internal/testenv"
 	"sluice/internal/throttle"
 )
@@ -90,11 +91,15 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
 	}
 	log := slog.New(slog.NewJSONHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	store, err := blobs.Open(filepath.Join(dir, "blobs"), blobs.Options{MaxBytes: 1 << 30, Log: log, Registerer: h.reg})
+	blobStore, err := blobs.Open(filepath.Join(dir, "blobs"), blobs.Options{MaxBytes: 1 << 30, Log: log, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bans, err := filter.OpenBans(filepath.Join(dir, "bans.json"), log, nil, h.reg)
+	banList, err := store.OpenBans(filepath.Join(dir, "bans.json"), log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bans, err := filter.NewBans(banList, log, nil, h.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +116,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	limiter, err := throttle.New(log, time.Now, h.reg)
+	limiter, err := throttle.New(log, time.Now, h.reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +124,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: store, Limit: limiter, Bans: bans}
+	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans}
 	h.gw.Install(table)
 	h.bans = bans
 	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t)}

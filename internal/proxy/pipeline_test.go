@@ -159,7 +159,7 @@ func TestEveryEntryPointDecidesAlike(t *testing.T) {
 				}
 			}
 
-			h.bans.Add("127.0.0.1", time.Hour, "test")
+			h.bans.Add(t.Context(), "127.0.0.1", time.Hour, "test")
 			status, _, body = ep.get(t, h, "/ok", false) // a kept-alive intercepted connection: its next request
 			expect("banned client", status, body, http.StatusForbidden, "client banned")
 			if ep.refusesAtConnect {

@@ -22,12 +22,12 @@ func (le *Lease) Observe(resp *http.Response) {
 
 func (le *Lease) observeHead(status int, h http.Header, host string) {
 	l, in := le.l, le.in
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	now := l.now()
 	if le.spec.feedback["binance"] {
 		if used, ok := binanceUsed(h, le.spec.cfg.Window.D()); ok {
-			in.m.sync(now, used)
+			in.sync(now, used)
 		}
 	}
 	if le.spec.feedback["shopify"] {
@@ -36,16 +36,14 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 			u, err1 := strconv.ParseFloat(used, 64)
 			c, err2 := strconv.ParseFloat(max, 64)
 			if err1 == nil && err2 == nil && c > 0 {
-				if b, ok := in.m.(*bucket); ok {
-					b.burst = c // the plan's bucket, as the store reports it
-				}
-				in.m.sync(now, u)
+				in.reshape(c, 0) // the plan's bucket, as the store reports it
+				in.sync(now, u)
 			}
 		}
 	}
 	if le.spec.feedback["ratelimit"] {
-		if used, ok := rateLimitUsed(h, in.m.capacity()); ok {
-			in.m.sync(now, used)
+		if used, ok := rateLimitUsed(h, in.m.Capacity()); ok {
+			in.sync(now, used)
 		}
 	}
 	switch status {
@@ -69,7 +67,7 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 	}
 	in.synced, in.probing = true, false
 	le.done = true
-	l.metrics.available(le.spec.name, in.m.available(now))
+	l.metrics.available(le.spec.name, in.available(now))
 	in.dispatch(now)
 }
 
@@ -81,8 +79,8 @@ func (le *Lease) Release() {
 		return
 	}
 	l, in := le.l, le.in
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	le.done = true
 	if in.probing && !in.synced {
 		in.probing = false
@@ -206,17 +204,12 @@ func (le *Lease) observeCost(body []byte) {
 	if ts.MaximumAvailable <= 0 {
 		return
 	}
-	l := le.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l, in := le.l, le.in
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	now := l.now()
-	if b, ok := le.in.m.(*bucket); ok {
-		b.burst = ts.MaximumAvailable // the store's bucket and rate, as it reports them
-		if ts.RestoreRate > 0 {
-			b.rate = ts.RestoreRate
-		}
-	}
-	le.in.m.sync(now, ts.MaximumAvailable-ts.CurrentlyAvailable)
-	l.metrics.available(le.spec.name, le.in.m.available(now))
-	le.in.dispatch(now)
+	in.reshape(ts.MaximumAvailable, ts.RestoreRate) // the store's bucket and rate, as it reports them
+	in.sync(now, ts.MaximumAvailable-ts.CurrentlyAvailable)
+	l.metrics.available(le.spec.name, in.available(now))
+	in.dispatch(now)
 }

@@ -3,17 +3,22 @@ package throttle
 import (
 	"context"
 	"errors"
+	"sluice/internal/store"
+	"sync"
 	"time"
 )
 
 // instance is one budget (one key of one named budget) with its queue.
 // Waiters queue per client, and clients take turns, so one busy bot cannot
-// starve the others; within a client the order is FIFO.
+// starve the others; within a client the order is FIFO. Its own lock, not
+// the Limiter's, guards it and is held for the meter's calls: a slow meter
+// delays one budget, never the others.
 type instance struct {
+	mu   sync.Mutex
 	l    *Limiter
 	key  string // in Limiter.instances
 	name string
-	m    meter
+	m    store.Meter
 	// pausedUntil holds every request after an upstream 429 or 418.
 	pausedUntil time.Time
 	backoff     time.Duration
@@ -50,18 +55,17 @@ var ErrTimeout = errors.New("no upstream budget within max_wait")
 func (in *instance) acquire(ctx context.Context, client string, cost float64, maxWait time.Duration) (time.Duration, error) {
 	l := in.l
 	start := l.now()
-	cost = min(cost, in.m.capacity()) // a cost the budget can never hold would wait forever
-	l.mu.Lock()
+	cost = min(cost, in.m.Capacity()) // a cost the budget can never hold would wait forever
+	in.mu.Lock()
 	in.lastUse = start
-	if in.waiting == 0 && !start.Before(in.pausedUntil) && in.ready() && in.m.wait(start, cost) == 0 {
-		in.spend(start, cost)
-		l.mu.Unlock()
+	if in.waiting == 0 && !start.Before(in.pausedUntil) && in.ready() && in.take(start, cost) == 0 {
+		in.mu.Unlock()
 		return 0, nil
 	}
 	w := &waiter{cost: cost, client: client, ready: make(chan struct{})}
 	in.enqueue(w)
 	in.dispatch(start)
-	l.mu.Unlock()
+	in.mu.Unlock()
 
 	timeout := time.NewTimer(maxWait)
 	defer timeout.Stop()
@@ -74,8 +78,8 @@ func (in *instance) acquire(ctx context.Context, client string, cost float64, ma
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	if w.granted { // granted as we gave up: the budget is spent, use it
 		return l.now().Sub(start), nil
 	}
@@ -147,11 +151,10 @@ func (in *instance) dispatch(now time.Time) {
 		}
 		q := in.ring[in.next]
 		w := q.waiters[0]
-		if d := in.m.wait(now, w.cost); d > 0 {
+		if d := in.take(now, w.cost); d > 0 {
 			in.arm(d)
 			return
 		}
-		in.spend(now, w.cost)
 		w.granted = true
 		close(w.ready)
 		q.waiters = q.waiters[1:]
@@ -167,8 +170,8 @@ func (in *instance) dispatch(now time.Time) {
 
 func (in *instance) arm(d time.Duration) {
 	in.timer = time.AfterFunc(d, func() {
-		in.l.mu.Lock()
-		defer in.l.mu.Unlock()
+		in.mu.Lock()
+		defer in.mu.Unlock()
 		in.dispatch(in.l.now())
 	})
 }
@@ -176,9 +179,43 @@ func (in *instance) arm(d time.Duration) {
 // ready reports whether a request may go out now as far as syncing goes.
 func (in *instance) ready() bool { return !in.needsSync || in.synced || !in.probing }
 
-func (in *instance) spend(now time.Time, cost float64) {
-	in.m.spend(now, cost)
-	if in.needsSync && !in.synced {
+// meterRetry is how soon a meter that failed is asked again.
+const meterRetry = 100 * time.Millisecond
+
+// take spends cost if it fits now and returns 0, else how long until it
+// will; a spending before the upstream reported its count is the probe.
+func (in *instance) take(now time.Time, cost float64) time.Duration {
+	d, err := in.m.Take(in.l.ctx, now, cost)
+	if err != nil {
+		in.l.log.Warn("budget meter failed", "budget", in.name, "error", err.Error())
+		return meterRetry
+	}
+	if d == 0 && in.needsSync && !in.synced {
 		in.probing = true
 	}
+	return d
+}
+
+func (in *instance) sync(now time.Time, used float64) {
+	if err := in.m.Sync(in.l.ctx, now, used); err != nil {
+		in.l.log.Warn("budget meter not synced", "budget", in.name, "error", err.Error())
+	}
+}
+
+func (in *instance) reshape(capacity, rate float64) {
+	if err := in.m.Reshape(in.l.ctx, capacity, rate); err != nil {
+		in.l.log.Warn("budget meter not reshaped", "budget", in.name, "error", err.Error())
+	}
+}
+
+func (in *instance) available(now time.Time) float64 {
+	a, _ := in.m.Available(in.l.ctx, now) // a metric: a failure shows as 0
+	return a
+}
+
+// idle reports whether no request waits on the instance, so that it may be evicted.
+func (in *instance) idle() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.waiting == 0 && in.timer == nil
 }

@@ -16,12 +16,12 @@
 package throttle
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -31,11 +31,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/obs"
+	"sluice/internal/store"
 )
 
 // maxInstances caps the budgets kept for client-derived keys (API keys,
@@ -47,22 +49,32 @@ type Limiter struct {
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *throttleMetrics
+	meters  store.Meters
+	ctx     context.Context // of the meters' calls that no request makes
 
-	mu        sync.Mutex
-	instances map[string]*list.Element // of *instance, by name and key
-	lru       *list.List
+	mu        sync.Mutex // guards instances only; each instance has its own
+	instances *simplelru.LRU[string, *instance]
 }
 
-// New returns a Limiter; now is the clock (nil: time.Now).
-func New(log *slog.Logger, now func() time.Time, reg prometheus.Registerer) (*Limiter, error) {
+// New returns a Limiter that counts in meters (nil: this process's
+// memory); now is the clock (nil: time.Now).
+func New(log *slog.Logger, now func() time.Time, reg prometheus.Registerer, meters store.Meters) (*Limiter, error) {
 	if now == nil {
 		now = time.Now
+	}
+	if meters == nil {
+		meters = store.MemoryMeters{}
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
-	return &Limiter{log: log, now: now, metrics: m, instances: map[string]*list.Element{}, lru: list.New()}, nil
+	// No eviction by the LRU itself: evict drops idle budgets only.
+	instances, err := simplelru.NewLRU[string, *instance](math.MaxInt, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Limiter{log: log, now: now, metrics: m, meters: meters, ctx: context.Background(), instances: instances}, nil
 }
 
 // Specs are a host entry's throttles, tried in order by request path.
@@ -101,6 +113,7 @@ type Spec struct {
 	weights       []weight
 	defaultWeight float64
 	feedback      map[string]bool
+	meter         store.MeterSpec
 }
 
 type weight struct {
@@ -116,6 +129,14 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 		return nil, nil
 	}
 	s := &Spec{name: name, cfg: *t, maxWait: defaultMaxWait, defaultWeight: 1, feedback: map[string]bool{}}
+	switch t.Model {
+	case "window":
+		s.meter = store.MeterSpec{Model: store.Window, Limit: t.Limit, Window: t.Window.D()}
+	case "leaky_bucket":
+		s.meter = store.MeterSpec{Model: store.Bucket, Limit: t.Capacity, Rate: t.LeakRate}
+	default:
+		s.meter = store.MeterSpec{Model: store.Bucket, Limit: t.Burst, Rate: t.Rate}
+	}
 	if t.Budget != "" {
 		s.name = t.Budget
 	}
@@ -232,9 +253,9 @@ func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.
 		}
 		return nil, err
 	}
-	l.mu.Lock()
-	l.metrics.available(spec.name, in.m.available(l.now()))
-	l.mu.Unlock()
+	in.mu.Lock()
+	l.metrics.available(spec.name, in.available(l.now()))
+	in.mu.Unlock()
 	return &Lease{l: l, spec: spec, in: in, Waited: waited}, nil
 }
 
@@ -242,10 +263,13 @@ func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.
 // is unpaused, or one window or refill of a request's cost.
 func (l *Limiter) RetryAfter(spec *Spec, host string, r *http.Request) time.Duration {
 	in := l.instance(spec, host, r)
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	now := l.now()
-	d := in.m.wait(now, min(spec.Cost(r), in.m.capacity()))
+	d, err := in.m.Wait(l.ctx, now, min(spec.Cost(r), in.m.Capacity()))
+	if err != nil {
+		d = meterRetry
+	}
 	if p := in.pausedUntil.Sub(now); p > d {
 		d = p
 	}
@@ -259,36 +283,29 @@ func (l *Limiter) instance(spec *Spec, host string, r *http.Request) *instance {
 	key := spec.name + "|" + spec.keyPart(host, r)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if el, ok := l.instances[key]; ok {
-		l.lru.MoveToFront(el)
-		return el.Value.(*instance)
+	if in, ok := l.instances.Get(key); ok {
+		return in
 	}
-	var m meter
-	switch spec.cfg.Model {
-	case "window":
-		m = &window{limit: spec.cfg.Limit, span: spec.cfg.Window.D()}
-	case "leaky_bucket":
-		m = &bucket{burst: spec.cfg.Capacity, rate: spec.cfg.LeakRate}
-	default:
-		m = &bucket{burst: spec.cfg.Burst, rate: spec.cfg.Rate}
-	}
-	in := &instance{l: l, key: key, name: spec.name, m: m, clients: map[string]*clientQueue{}, needsSync: len(spec.feedback) > 0}
-	l.instances[key] = l.lru.PushFront(in)
+	in := &instance{l: l, key: key, name: spec.name, m: l.meters.Meter(key, spec.meter), clients: map[string]*clientQueue{}, needsSync: len(spec.feedback) > 0}
 	in.lastUse = l.now()
+	l.instances.Add(key, in)
 	l.evictLocked(key)
 	return in
 }
 
-// evictLocked drops the least recently used idle budgets beyond the cap.
+// evictLocked drops the least recently used idle budgets beyond the cap; a
+// budget someone waits on stays, so that one key never has two meters.
 func (l *Limiter) evictLocked(keep string) {
-	for el := l.lru.Back(); el != nil && l.lru.Len() > maxInstances; {
-		prev := el.Prev()
-		in := el.Value.(*instance)
-		if in.waiting == 0 && in.timer == nil && in.key != keep {
-			l.lru.Remove(el)
-			delete(l.instances, in.key)
+	if l.instances.Len() <= maxInstances {
+		return
+	}
+	for _, key := range l.instances.Keys() { // oldest first
+		if l.instances.Len() <= maxInstances {
+			return
 		}
-		el = prev
+		if in, _ := l.instances.Peek(key); key != keep && in.idle() {
+			l.instances.Remove(key)
+		}
 	}
 }
 

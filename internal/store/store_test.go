@@ -1,0 +1,46 @@
+package store_test
+
+import (
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"sluice/internal/store"
+	"sluice/internal/store/storetest"
+)
+
+func TestMemoryMeters(t *testing.T) {
+	storetest.Meters(t, func(*testing.T) store.Meters { return store.MemoryMeters{} })
+}
+
+func TestMemoryBans(t *testing.T) {
+	storetest.BanList(t, func(t *testing.T, now func() time.Time) store.BanList {
+		b, err := store.OpenBans(filepath.Join(t.TempDir(), "bans.json"), slog.New(slog.DiscardHandler), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
+}
+
+// TestBansPersist: the file keeps the bans in force across a restart.
+func TestBansPersist(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), "bans.json")
+	b, err := store.OpenBans(path, slog.New(slog.DiscardHandler), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Add(t.Context(), store.Ban{Client: "192.0.2.9", Until: now.Add(time.Hour), Reason: "test"})
+	b.Add(t.Context(), store.Ban{Client: "192.0.2.8", Until: now.Add(time.Minute), Reason: "test"})
+	now = now.Add(2 * time.Minute)
+	again, err := store.OpenBans(path, slog.New(slog.DiscardHandler), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := again.List(t.Context()); len(list) != 1 || list[0].Client != "192.0.2.9" {
+		t.Errorf("after a restart: %+v, want the one ban still in force", list)
+	}
+}
