@@ -33,11 +33,9 @@ type download struct {
 	written int64
 	length  int64 // Content-Length, -1 if unknown
 	done    bool
-	err     error // why the download did not produce a stored blob
 	// streamErr is why the readers' copies are not good either (upstream
 	// error, digest or length mismatch); a full disk is not one.
 	streamErr error
-	path      string
 	readers   int
 	// After a write to the store fails (a full disk), the rest of the body
 	// goes to the readers already streaming, through relays, and nothing
@@ -107,9 +105,6 @@ func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
 		if err == nil {
 			err = s.commit(w.f.Name(), &Entry{Key: d.key, Digest: digest, Size: w.n, ContentType: d.header.Get("Content-Type"),
 				ETag: d.header.Get("Etag"), LastModified: d.header.Get("Last-Modified")})
-			d.mu.Lock()
-			d.path = s.filePath(digest)
-			d.mu.Unlock()
 		}
 		if err != nil {
 			os.Remove(w.f.Name())
@@ -131,7 +126,7 @@ func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
 	if w.f == nil && err != nil {
 		streamErr = err
 	}
-	d.done, d.err, d.streamErr = true, err, streamErr
+	d.done, d.streamErr = true, streamErr
 	for rl := range d.relays {
 		close(rl.ch)
 	}

@@ -72,7 +72,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 	digest := urlDigest(r.URL.Path)
 	// A digest-named blob is the same for everyone (the digest proves the
 	// content); other files fetched with credentials may be personal.
-	if digest == "" && !m.withCredentials && hasCredentials(r) {
+	if digest == "" && !m.withCredentials && obs.HasCredentials(r) {
 		s.bypass(w, r, next)
 		return
 	}
@@ -290,13 +290,4 @@ func copyHeader(dst, src http.Header) {
 		}
 		dst[k] = vs
 	}
-}
-
-func hasCredentials(r *http.Request) bool {
-	for name := range r.Header {
-		if obs.SecretName(name) {
-			return true
-		}
-	}
-	return false
 }

@@ -18,7 +18,6 @@
 package blobs
 
 import (
-	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -26,12 +25,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/atomicfile"
@@ -54,10 +55,9 @@ type Store struct {
 	opts Options
 
 	mu        sync.Mutex
-	entries   map[string]*Entry // by URL key
-	lru       *list.List        // of *Entry, most recently used first
-	refs      map[string]int    // digest -> entries using its file
-	size      int64             // bytes of distinct files
+	entries   *simplelru.LRU[string, *Entry] // by URL key; bounded by size, not count
+	refs      map[string]int                 // digest -> entries using its file
+	size      int64                          // bytes of distinct files
 	downloads map[string]*download
 
 	m *storeMetrics
@@ -73,7 +73,6 @@ type Entry struct {
 	LastModified string    `json:"last_modified,omitempty"`
 	Used         time.Time `json:"used"`
 
-	el       *list.Element
 	verified bool // hashed since this process loaded it
 }
 
@@ -97,8 +96,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, opts: opts, entries: map[string]*Entry{}, lru: list.New(), refs: map[string]int{},
-		downloads: map[string]*download{}, m: m}
+	s := &Store{dir: dir, opts: opts, refs: map[string]int{}, downloads: map[string]*download{}, m: m}
+	if s.entries, err = simplelru.NewLRU(math.MaxInt, s.dropped); err != nil {
+		return nil, err
+	}
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -126,14 +127,13 @@ func (s *Store) load() error {
 		s.opts.Log.Warn("blob index unreadable; starting empty", "path", s.indexPath(), "error", err.Error())
 		return nil
 	}
-	slices.SortFunc(es, func(a, b *Entry) int { return b.Used.Compare(a.Used) })
+	slices.SortFunc(es, func(a, b *Entry) int { return a.Used.Compare(b.Used) }) // the most recent added last
 	for _, e := range es {
 		fi, err := os.Stat(s.filePath(e.Digest))
 		if err != nil || fi.Size() != e.Size {
 			continue
 		}
 		s.addLocked(e)
-		s.lru.MoveToBack(e.el) // keep the recency order of the index
 	}
 	s.m.update(s.size, len(s.refs))
 	return nil
@@ -141,11 +141,7 @@ func (s *Store) load() error {
 
 // save writes the index atomically. Called with the lock held.
 func (s *Store) saveLocked() {
-	es := make([]*Entry, 0, len(s.entries))
-	for el := s.lru.Front(); el != nil; el = el.Next() {
-		es = append(es, el.Value.(*Entry))
-	}
-	data, err := json.Marshal(es)
+	data, err := json.Marshal(s.entries.Values())
 	if err == nil {
 		err = atomicfile.Write(s.indexPath(), data, 0o600)
 	}
@@ -155,11 +151,8 @@ func (s *Store) saveLocked() {
 }
 
 func (s *Store) addLocked(e *Entry) {
-	if old, ok := s.entries[e.Key]; ok {
-		s.removeLocked(old)
-	}
-	e.el = s.lru.PushFront(e)
-	s.entries[e.Key] = e
+	s.entries.Remove(e.Key)
+	s.entries.Add(e.Key, e)
 	if s.refs[e.Digest] == 0 {
 		s.size += e.Size
 	}
@@ -168,11 +161,14 @@ func (s *Store) addLocked(e *Entry) {
 
 // removeLocked drops an entry, and its file when no other entry uses it.
 func (s *Store) removeLocked(e *Entry) {
-	if cur, ok := s.entries[e.Key]; !ok || cur != e {
-		return
+	if cur, ok := s.entries.Peek(e.Key); ok && cur == e {
+		s.entries.Remove(e.Key)
 	}
-	s.lru.Remove(e.el)
-	delete(s.entries, e.Key)
+}
+
+// dropped is called, with the lock held, for every entry that leaves the
+// index: its file goes when no other entry uses it.
+func (s *Store) dropped(_ string, e *Entry) {
 	if s.refs[e.Digest]--; s.refs[e.Digest] <= 0 {
 		delete(s.refs, e.Digest)
 		s.size -= e.Size
@@ -185,18 +181,18 @@ func (s *Store) removeLocked(e *Entry) {
 func (s *Store) lookup(key, digest string) *Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.entries[key]
+	e, _ := s.entries.Get(key)
 	if e == nil && digest != "" && s.refs[digest] > 0 {
-		for _, x := range s.entries {
+		for _, x := range s.entries.Values() {
 			if x.Digest == digest {
 				e = x
+				s.entries.Get(x.Key) // used now
 				break
 			}
 		}
 	}
 	if e != nil {
 		e.Used = s.opts.Now()
-		s.lru.MoveToFront(e.el)
 	}
 	return e
 }
@@ -241,7 +237,7 @@ func (s *Store) open(e *Entry) (*os.File, error) {
 
 // dropDigestLocked removes every entry of a digest (its file is bad).
 func (s *Store) dropDigestLocked(digest string) {
-	for _, e := range s.entries {
+	for _, e := range s.entries.Values() {
 		if e.Digest == digest {
 			s.removeLocked(e)
 		}
@@ -264,8 +260,8 @@ func (s *Store) commit(tmp string, e *Entry) error {
 	defer s.mu.Unlock()
 	e.Used, e.verified = s.opts.Now(), true
 	s.addLocked(e)
-	for s.size > s.opts.MaxBytes && s.lru.Len() > 1 {
-		s.removeLocked(s.lru.Back().Value.(*Entry))
+	for s.size > s.opts.MaxBytes && s.entries.Len() > 1 {
+		s.entries.RemoveOldest()
 		s.m.evictions.Inc()
 	}
 	s.saveLocked()
@@ -277,9 +273,10 @@ func (s *Store) commit(tmp string, e *Entry) error {
 func (s *Store) List() []Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Entry, 0, s.lru.Len())
-	for el := s.lru.Front(); el != nil; el = el.Next() {
-		out = append(out, *el.Value.(*Entry))
+	es := s.entries.Values() // oldest first
+	out := make([]Entry, 0, len(es))
+	for _, e := range slices.Backward(es) {
+		out = append(out, *e)
 	}
 	return out
 }
@@ -297,7 +294,7 @@ func (s *Store) Remove(id string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for _, e := range s.entries {
+	for _, e := range s.entries.Values() {
 		if id == "" || e.Key == id || e.Digest == id || "sha256:"+e.Digest == id {
 			s.removeLocked(e)
 			n++

@@ -1,17 +1,17 @@
 package ca
 
 import (
-	"container/list"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"golang.org/x/sync/singleflight"
 	"sluice/internal/metrics"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Options configures an Authority.
@@ -38,16 +38,13 @@ type Authority struct {
 	opts  Options
 	group singleflight.Group
 
-	mu    sync.Mutex
-	lru   *list.List // of *cached, most recent at the front
-	byKey map[string]*list.Element
+	leaves *lru.Cache[string, cached] // safe for concurrent use
 
 	minted prometheus.Counter
 	lookup *prometheus.CounterVec
 }
 
 type cached struct {
-	host  string
 	cert  *tls.Certificate
 	renew time.Time
 }
@@ -66,8 +63,12 @@ func New(root *Root, opts Options) (*Authority, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	leaves, err := lru.New[string, cached](opts.CacheSize)
+	if err != nil {
+		return nil, err
+	}
 	a := &Authority{
-		root: root, opts: opts, lru: list.New(), byKey: map[string]*list.Element{},
+		root: root, opts: opts, leaves: leaves,
 		minted: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "sluice", Subsystem: "ca", Name: "leaves_minted_total",
 			Help: "Leaf certificates minted.",
@@ -117,39 +118,20 @@ func (a *Authority) Leaf(host string) (*tls.Certificate, error) {
 }
 
 func (a *Authority) get(host string, now time.Time) *tls.Certificate {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	el, ok := a.byKey[host]
+	c, ok := a.leaves.Get(host)
 	if !ok {
 		return nil
 	}
-	c := el.Value.(*cached)
 	if !now.Before(c.renew) {
-		a.lru.Remove(el)
-		delete(a.byKey, host)
+		a.leaves.Remove(host)
 		return nil
 	}
-	a.lru.MoveToFront(el)
 	return c.cert
 }
 
 func (a *Authority) put(host string, cert *tls.Certificate, renew time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if el, ok := a.byKey[host]; ok {
-		a.lru.Remove(el)
-	}
-	a.byKey[host] = a.lru.PushFront(&cached{host: host, cert: cert, renew: renew})
-	for a.lru.Len() > a.opts.CacheSize {
-		oldest := a.lru.Back()
-		a.lru.Remove(oldest)
-		delete(a.byKey, oldest.Value.(*cached).host)
-	}
+	a.leaves.Add(host, cached{cert: cert, renew: renew})
 }
 
 // Len returns the number of cached leaves.
-func (a *Authority) Len() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.lru.Len()
-}
+func (a *Authority) Len() int { return a.leaves.Len() }

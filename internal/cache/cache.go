@@ -19,12 +19,13 @@
 package cache
 
 import (
-	"container/list"
 	"log/slog"
+	"math"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/metrics"
@@ -49,9 +50,8 @@ type Cache struct {
 	opts Options
 
 	mu      sync.Mutex
-	lru     *list.List               // of *entry, most recently used first
-	entries map[string]*list.Element // by variant key
-	size    int64
+	entries *simplelru.LRU[string, *entry] // by variant key; bounded by size, not count
+	size    int64                          // the sum of the entries' cost
 	flights map[string]*flight
 
 	requests  *prometheus.CounterVec
@@ -80,6 +80,8 @@ type entry struct {
 	std *stdMeta
 	// index, in standard mode, makes this the entry of a URL's variants.
 	index *variants
+	// size is its cost as it was counted when stored.
+	size int64
 }
 
 func (e *entry) cost() int64 {
@@ -98,7 +100,12 @@ func New(opts Options) (*Cache, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	c := &Cache{opts: opts, lru: list.New(), entries: map[string]*list.Element{}, flights: map[string]*flight{}}
+	c := &Cache{opts: opts, flights: map[string]*flight{}}
+	entries, err := simplelru.NewLRU(math.MaxInt, func(_ string, e *entry) { c.size -= e.size })
+	if err != nil {
+		return nil, err
+	}
+	c.entries = entries
 	c.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "requests_total",
 		Help: "Requests to cached hosts by result: hit, miss, stale (served after an upstream failure), bypass.",
@@ -124,7 +131,7 @@ func New(opts Options) (*Cache, error) {
 	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.size) })
 	c.entriesG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "entries", Help: "Cached responses.",
-	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.lru.Len()) })
+	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.entries.Len()) })
 	if err := metrics.Register(opts.Registerer, c.requests, c.coalesced, c.fills, c.evictions, c.bytesG, c.entriesG); err != nil {
 		return nil, err
 	}
@@ -135,16 +142,14 @@ func New(opts Options) (*Cache, error) {
 func (c *Cache) get(key string, now time.Time) *entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.entries[key]
+	e, ok := c.entries.Get(key)
 	if !ok {
 		return nil
 	}
-	e := el.Value.(*entry)
 	if !now.Before(e.dead) {
-		c.removeLocked(el)
+		c.entries.Remove(key)
 		return nil
 	}
-	c.lru.MoveToFront(el)
 	return e
 }
 
@@ -153,13 +158,12 @@ func (c *Cache) get(key string, now time.Time) *entry {
 func (c *Cache) put(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[e.key]; ok {
-		c.removeLocked(el)
-	}
-	c.entries[e.key] = c.lru.PushFront(e)
-	c.size += e.cost()
-	for c.size > c.opts.MaxBytes && c.lru.Len() > 1 {
-		c.removeLocked(c.lru.Back())
+	c.entries.Remove(e.key)
+	e.size = e.cost()
+	c.entries.Add(e.key, e)
+	c.size += e.size
+	for c.size > c.opts.MaxBytes && c.entries.Len() > 1 {
+		c.entries.RemoveOldest()
 		c.evictions.Inc()
 	}
 }
@@ -167,21 +171,12 @@ func (c *Cache) put(e *entry) {
 func (c *Cache) remove(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
-		c.removeLocked(el)
-	}
-}
-
-func (c *Cache) removeLocked(el *list.Element) {
-	e := el.Value.(*entry)
-	c.lru.Remove(el)
-	delete(c.entries, e.key)
-	c.size -= e.cost()
+	c.entries.Remove(key)
 }
 
 // Len returns the number of entries.
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len()
+	return c.entries.Len()
 }

@@ -12,6 +12,7 @@ import (
 
 	"sluice/internal/config"
 	"sluice/internal/decision"
+	"sluice/internal/obs"
 )
 
 // Handle answers r from the cache of host (its "host:port") when rules
@@ -30,7 +31,7 @@ func (c *Cache) Handle(w http.ResponseWriter, r *http.Request, host string, rule
 
 func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string, rules *Rules, next http.Handler) {
 	ru := rules.match(r)
-	if ru == nil || r.Header.Get("Range") != "" || !ru.public && hasCredentials(r) {
+	if ru == nil || r.Header.Get("Range") != "" || !ru.public && obs.HasCredentials(r) {
 		c.bypass(w, r, next)
 		return
 	}

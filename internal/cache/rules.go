@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"sluice/internal/config"
-	"sluice/internal/obs"
 )
 
 // Rules is one host's compiled cache behaviour. It is immutable.
@@ -151,29 +150,4 @@ func alreadyCanonical(raw string, ignore []string) bool {
 		prev = name
 	}
 	return true
-}
-
-// hasCredentials reports whether r carries an API key, a signature, a
-// token or a cookie, in a header or in the query. It runs on every cached
-// request, so it allocates nothing.
-func hasCredentials(r *http.Request) bool {
-	for name := range r.Header {
-		if obs.SecretName(name) {
-			return true
-		}
-	}
-	for q := r.URL.RawQuery; q != ""; {
-		var part string
-		part, q, _ = strings.Cut(q, "&")
-		name, _, _ := strings.Cut(part, "=")
-		if strings.Contains(name, "%") {
-			if n, err := url.QueryUnescape(name); err == nil {
-				name = n
-			}
-		}
-		if obs.SecretName(name) {
-			return true
-		}
-	}
-	return false
 }

@@ -336,8 +336,8 @@ func (c *Cache) freshen(old *entry, f *fetched, requestTime time.Time) *entry {
 func (c *Cache) index(primary string, names []string, key string, dead time.Time) {
 	c.mu.Lock()
 	var idx *entry
-	if el, ok := c.entries[primary]; ok {
-		idx = el.Value.(*entry)
+	if e, ok := c.entries.Peek(primary); ok {
+		idx = e
 	}
 	c.mu.Unlock()
 	if idx != nil && slices.Equal(idx.index.names, names) {
@@ -359,13 +359,13 @@ func (c *Cache) index(primary string, names []string, key string, dead time.Time
 func (c *Cache) invalidate(host string, u *url.URL) {
 	primary := primaryKey(host, u)
 	c.mu.Lock()
-	el, ok := c.entries[primary]
+	e, ok := c.entries.Peek(primary)
 	var keys []string
 	if ok {
-		for k := range el.Value.(*entry).index.keys {
+		for k := range e.index.keys {
 			keys = append(keys, k)
 		}
-		c.removeLocked(el)
+		c.entries.Remove(primary)
 	}
 	c.mu.Unlock()
 	for _, k := range keys {

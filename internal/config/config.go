@@ -162,35 +162,8 @@ var defaultYAML []byte
 // DefaultYAML returns the embedded default configuration file.
 func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
 
-// Default returns the embedded default configuration, with relative paths
-// resolved against the working directory.
-func Default() (*Config, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return nil, err
-	}
-	c, err := Parse(defaultYAML, "(embedded default)", wd)
-	if err != nil {
-		return nil, fmt.Errorf("embedded default config: %w", err)
-	}
-	return c, nil
-}
-
-// Load reads, decodes and validates the config file at path. Every problem
-// is reported at once, each with its line number.
-func Load(path string) (*Config, error) {
-	data, err := ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := filepath.Abs(filepath.Dir(path))
-	if err != nil {
-		return nil, err
-	}
-	return Parse(data, path, dir)
-}
-
-// Parse decodes and validates a config file's contents. name labels the
+// Parse decodes and validates a config file's structure (internal/route
+// compiles the rest: route.Load is what the commands use). name labels the
 // errors; dir is where relative paths in it resolve.
 func Parse(data []byte, name, dir string) (*Config, error) {
 	c, errs := Decode(data, name, dir)

@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,7 +14,21 @@ import (
 	"sluice/internal/testpki"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+// Load and Default read a file or the embedded default as route.Load
+// does, for the structural checks tested here.
+func Load(path string) (*Config, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, path, dir)
+}
+
+func Default() (*Config, error) { return Parse(DefaultYAML(), "(embedded default)", ".") }
 
 func TestDefaultIsValid(t *testing.T) {
 	c, err := Default()

@@ -264,11 +264,6 @@ func (c *Config) Locate(errs []error) error {
 	return errors.Join(located(c.name, root, errs)...)
 }
 
-// Errorf returns the error at a key path, for the compile step.
-func Errorf(keys []string, format string, args ...any) error {
-	return &FieldError{Keys: keys, Err: fmt.Errorf(format, args...)}
-}
-
 // Under returns err as a [FieldError] at the key path keys; an error that
 // already names a path (relative to keys) gets keys put before it.
 func Under(err error, keys ...string) error {

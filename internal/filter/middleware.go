@@ -99,6 +99,8 @@ func (g *gate) refuse(w http.ResponseWriter, r *http.Request, rules *Rules, v *V
 		ProxyStatus: "http_request_denied"})
 }
 
+var _ error = (*cutOff)(nil)
+
 // cutOff is the error a streaming body fails with past max_body_bytes. The
 // forwarder, seeing it in its upstream error, lets it answer: the refusal
 // is the rule stage's, like every other violation.

@@ -40,9 +40,6 @@ func (hp HostPort) Authority(defaultPort uint16) string {
 	return hp.Host
 }
 
-// IsIP reports whether the host is an IP literal.
-func (hp HostPort) IsIP() bool { _, err := netip.ParseAddr(hp.Host); return err == nil }
-
 // Parse parses "host", "host:port", "[v6]" or "[v6]:port" and normalises the
 // host. A missing port takes defaultPort; if that is 0, a port is required.
 func Parse(s string, defaultPort uint16) (HostPort, error) {

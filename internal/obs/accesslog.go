@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -204,6 +205,8 @@ func RedactQuery(q url.Values) string {
 	return q.Encode()
 }
 
+var _ http.ResponseWriter = (*countingWriter)(nil)
+
 // countingWriter records the status and counts the body bytes written.
 type countingWriter struct {
 	http.ResponseWriter
@@ -279,4 +282,30 @@ func Recover(log *slog.Logger) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// HasCredentials reports whether r carries an API key, a signature, a
+// token or a cookie, in a header or in the query: the one credential check
+// of the cache and the blob store. It runs on every cached
+// request, so it allocates nothing.
+func HasCredentials(r *http.Request) bool {
+	for name := range r.Header {
+		if SecretName(name) {
+			return true
+		}
+	}
+	for q := r.URL.RawQuery; q != ""; {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		name, _, _ := strings.Cut(part, "=")
+		if strings.Contains(name, "%") {
+			if n, err := url.QueryUnescape(name); err == nil {
+				name = n
+			}
+		}
+		if SecretName(name) {
+			return true
+		}
+	}
+	return false
 }

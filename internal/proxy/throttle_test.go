@@ -20,7 +20,6 @@ type strictUpstream struct {
 	served   int
 	decide   func(now time.Time) (ok bool, hdr http.Header)
 	banned   bool
-	outside  func() // another client of the same budget, outside sluice
 	sawLimit bool
 }
 

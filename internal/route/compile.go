@@ -94,15 +94,6 @@ func Parse(data []byte, name, dir string, d *dialer.Dialer) (*Table, error) {
 	return t, nil
 }
 
-// Compile turns a validated config into its Table.
-func Compile(cfg *config.Config, d *dialer.Dialer) (*Table, error) {
-	t, errs := compile(cfg, d)
-	if len(errs) > 0 {
-		return nil, cfg.Locate(errs)
-	}
-	return t, nil
-}
-
 // compile is the one place where regexps, CIDRs, URLs, PEM files, key
 // pairs, connect_to addresses and host patterns are parsed; every error
 // names its key path.

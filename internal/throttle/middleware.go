@@ -53,6 +53,8 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 	}
 }
 
+var _ http.ResponseWriter = (*observingWriter)(nil)
+
 // observingWriter re-syncs the lease's budget from the upstream's answer
 // as it is written back: the status and quota headers, and a GraphQL cost
 // at the end of the body.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -106,38 +107,41 @@ func request(client string) *http.Request {
 }
 
 // TestFairness: a bot with 40 queued requests does not delay another
-// bot's few: clients take turns.
+// bot's few: clients take turns. (In a synctest bubble: its clock moves
+// only when every goroutine waits, so the order is the queue's alone.)
 func TestFairness(t *testing.T) {
-	l := newLimiter(t)
-	spec := bucketSpec(t, 100, 1, 30*time.Second)
-	var mu sync.Mutex
-	var order []string
-	var wg sync.WaitGroup
-	run := func(client string, n int) {
-		for range n {
-			wg.Go(func() {
-				if _, err := l.Acquire(context.Background(), spec, "api.test", request(client)); err != nil {
-					t.Error(err)
-				}
-				mu.Lock()
-				order = append(order, client)
-				mu.Unlock()
-			})
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(t)
+		spec := bucketSpec(t, 100, 1, 30*time.Second)
+		var mu sync.Mutex
+		var order []string
+		var wg sync.WaitGroup
+		run := func(client string, n int) {
+			for range n {
+				wg.Go(func() {
+					if _, err := l.Acquire(t.Context(), spec, "api.test", request(client)); err != nil {
+						t.Error(err)
+					}
+					mu.Lock()
+					order = append(order, client)
+					mu.Unlock()
+				})
+			}
 		}
-	}
-	run("10.0.0.1", 40)
-	time.Sleep(50 * time.Millisecond) // the busy bot queues first
-	run("10.0.0.2", 5)
-	wg.Wait()
-	last := 0
-	for i, c := range order {
-		if c == "10.0.0.2" {
-			last = i
+		run("10.0.0.1", 40)
+		synctest.Wait() // the busy bot has queued
+		run("10.0.0.2", 5)
+		wg.Wait()
+		last := 0
+		for i, c := range order {
+			if c == "10.0.0.2" {
+				last = i
+			}
 		}
-	}
-	if last > 25 {
-		t.Errorf("the quiet client's 5 requests finished at position %d of %d; want them interleaved early: %v", last, len(order), order)
-	}
+		if last > 25 {
+			t.Errorf("the quiet client's 5 requests finished at position %d of %d; want them interleaved early: %v", last, len(order), order)
+		}
+	})
 }
 
 func TestMaxWaitAndDisconnect(t *testing.T) {
