@@ -94,7 +94,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 }
 
 func (s *Store) bypass(w http.ResponseWriter, r *http.Request, next http.Handler) {
-	s.m.result("bypass")
+	s.m.result(decision.Bypass.String())
 	decision.From(r.Context()).Cache = decision.Bypass
 	w.Header().Set("X-Cache", "BYPASS")
 	next.ServeHTTP(w, r)
@@ -144,7 +144,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	}
 	d.mu.Unlock()
 	if status != http.StatusOK {
-		s.m.result("miss")
+		s.m.result(decision.Miss.String())
 		rec.Cache = decision.Miss
 		copyHeader(w.Header(), header)
 		w.Header().Set("X-Cache", "MISS")
@@ -164,7 +164,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 		return
 	}
 	defer d.drop(rl)
-	s.m.result("miss")
+	s.m.result(decision.Miss.String())
 	rec.Cache = decision.Miss
 	copyHeader(w.Header(), header)
 	w.Header().Set("X-Cache", "MISS")

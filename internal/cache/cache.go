@@ -28,6 +28,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/decision"
 	"sluice/internal/metrics"
 )
 
@@ -111,8 +112,8 @@ func New(opts Options) (*Cache, error) {
 		Help: "Requests to cached hosts by result: hit, miss, stale (served after an upstream failure), bypass.",
 	}, []string{"result"})
 	c.results = map[string]prometheus.Counter{}
-	for _, l := range []string{"hit", "miss", "stale", "bypass"} {
-		c.results[l] = c.requests.WithLabelValues(l)
+	for _, r := range []decision.CacheResult{decision.Hit, decision.Miss, decision.Stale, decision.Bypass} {
+		c.results[r.String()] = c.requests.WithLabelValues(r.String())
 	}
 	c.coalesced = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "coalesced_total",

@@ -110,7 +110,7 @@ func write(ctx context.Context, log *slog.Logger, m *Metrics, rec *decision.Reco
 	level := slog.LevelInfo
 	outcome := rec.Decision()
 	switch {
-	case outcome == "deny" || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
+	case outcome == decision.Deny.String() || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
 		level = slog.LevelWarn
 	case rec.Err != nil && rec.Status >= 500, rec.Status == 0 && rec.Err != nil:
 		level = slog.LevelError

@@ -122,7 +122,7 @@ func (p *Policy) DecideRecord(rec *decision.Record) Decision {
 			return Decision{Action: decision.Deny, Target: rec.Target, Reason: "no reverse backend",
 				Fix: "listen.reverse was removed from the config; restart sluice to close this listener"}
 		}
-		return Decision{Action: decision.Reverse, Target: rec.Target, Reason: "reverse"}
+		return Decision{Action: decision.Reverse, Target: rec.Target, Reason: decision.Reverse.String()}
 	}
 	d := p.Decide(rec.Target, rec.Scheme)
 	if d.Action == decision.Tunnel && rec.Entry != decision.EntryConnect {
@@ -162,9 +162,9 @@ func (p *Policy) Decide(target hostport.HostPort, scheme decision.Scheme) Decisi
 		d.Reason = "plain http not allowed"
 		d.Fix = "set " + key("plain_http") + ": true"
 	case h.Mode == config.ModeTunnel:
-		d.Action, d.Reason = decision.Tunnel, "tunnel"
+		d.Action, d.Reason = decision.Tunnel, decision.Tunnel.String()
 	default:
-		d.Action, d.Reason = decision.Intercept, "intercept"
+		d.Action, d.Reason = decision.Intercept, decision.Intercept.String()
 	}
 	return d
 }

@@ -92,8 +92,9 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.
 	}
 	defer s.track(client)()
 	defer s.track(up)()
-	s.metrics.sessions.WithLabelValues("tunnel").Inc()
-	defer s.metrics.sessions.WithLabelValues("tunnel").Dec()
+	sessions := s.metrics.sessions.WithLabelValues(decision.Tunnel.String())
+	sessions.Inc()
+	defer sessions.Dec()
 	rec.BytesOut, rec.BytesIn = splice(client, up, s.cfg.Timeouts.TunnelIdle.D())
 }
 
@@ -165,7 +166,7 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 		return
 	}
 	untrack := s.track(c)
-	sessions := s.metrics.sessions.WithLabelValues("intercept")
+	sessions := s.metrics.sessions.WithLabelValues(decision.Intercept.String())
 	sessions.Inc()
 	sc := &sessionConn{Conn: c, target: target, onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
