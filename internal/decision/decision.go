@@ -3,7 +3,7 @@
 // typed values. The access log creates the record, puts it in the request
 // context, and writes it as one line and as metrics once the request is
 // done; every stage fills in its own part (smokescreen's aclDecision is the
-// model). It is a leaf package: every stage imports it, it imports none.
+// model). Every stage imports it; it imports no stage.
 package decision
 
 import (
