@@ -24,6 +24,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -62,6 +63,9 @@ type Server struct {
 }
 
 // New builds the admin server; Serve starts it.
+// maxConfigBytes bounds a PUT /config body, as config files are bounded.
+const maxConfigBytes = 16 << 20
+
 func New(opts Options) *Server {
 	mux := http.NewServeMux()
 	private := http.NewServeMux() // behind the token
@@ -109,7 +113,13 @@ func New(opts Options) *Server {
 			w.Write(data)
 		})
 		private.HandleFunc("PUT /config", func(w http.ResponseWriter, r *http.Request) {
-			data, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+			data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxConfigBytes))
+			var tooLarge *http.MaxBytesError
+			if errors.As(err, &tooLarge) {
+				// Never a cut-off config: half an allowlist is not the allowlist.
+				writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("config larger than %d MiB; nothing changed", maxConfigBytes>>20)})
+				return
+			}
 			if err != nil {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 				return

@@ -73,6 +73,20 @@ func TestAdminAPI(t *testing.T) {
 	if got := status(t, c, "https://b.test/"); got != 200 {
 		t.Errorf("b.test after the PUT: %d", got)
 	}
+	// A config past the limit is refused whole, never cut and applied; an
+	// empty one is an error, not an allowlist of nothing.
+	huge := baseConfig(hosts) + "# " + strings.Repeat("x", 17<<20) + "\n"
+	if code, body = adminDo(t, r, "PUT", "/config", token, []byte(huge)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("PUT of a 17 MiB config: %d %s, want 413", code, body)
+	}
+	for _, empty := range []string{"", "# nothing but a comment\n"} {
+		if code, body = adminDo(t, r, "PUT", "/config", token, []byte(empty)); code != 400 || !strings.Contains(body, "empty") {
+			t.Errorf("PUT of %q: %d %s, want 400 naming the empty config", empty, code, body)
+		}
+	}
+	if got := status(t, c, "https://b.test/"); got != 200 {
+		t.Errorf("b.test after the refused PUTs: %d, want the allowlist unchanged", got)
+	}
 
 	if code, body = adminDo(t, r, "POST", "/bans", token, []byte(`{"client":"127.0.0.1","duration":"1h","reason":"test"}`)); code != 200 {
 		t.Fatalf("POST /bans: %d %s", code, body)

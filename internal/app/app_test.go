@@ -270,6 +270,11 @@ func TestCheck(t *testing.T) {
 	if err := Run(context.Background(), []string{"check"}, io.Discard, io.Discard); err != nil {
 		t.Errorf("check of the embedded default: %v", err)
 	}
+	empty := filepath.Join(dir, "empty.yaml")
+	os.WriteFile(empty, nil, 0o644)
+	if err := Run(context.Background(), []string{"check", "-c", empty}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("check of an empty file: %v, want an error naming it empty", err)
+	}
 }
 
 func TestHelpAndVersion(t *testing.T) {

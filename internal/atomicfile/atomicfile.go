@@ -7,8 +7,9 @@ import (
 	"path/filepath"
 )
 
-// Write writes data to a temporary file in path's directory, syncs it and
-// renames it over path.
+// Write writes data to a temporary file in path's directory, syncs it,
+// renames it over path and syncs the directory, so that the rename itself
+// survives a power cut.
 func Write(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -30,5 +31,17 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

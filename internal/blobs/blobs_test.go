@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -332,6 +333,34 @@ func TestCredentialsBypassUnlessDigest(t *testing.T) {
 	get(s, m, o.next, context.Background(), "GET", blobPath(body), "Authorization", "Bearer alice")
 	if w := get(s, m, o.next, context.Background(), "GET", blobPath(body), "Authorization", "Bearer bob"); w.header.Get("X-Cache") != "HIT" {
 		t.Errorf("a digest-named blob fetched with other credentials: X-Cache %q, want HIT (the digest proves the content)", w.header.Get("X-Cache"))
+	}
+}
+
+// TestSecretsNeverKeyed: credentials in a blob URL's query never reach the
+// index or its listing; a signed URL of a file that is not content-
+// addressed is not stored at all.
+func TestSecretsNeverKeyed(t *testing.T) {
+	body := randomBytes(1000)
+	o := newOrigin(t)
+	o.put(blobPath(body), body)
+	o.put("/pool/p.deb", body)
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	m := matcher(t)
+	signed := "?X-Amz-Algorithm=AWS4&X-Amz-Credential=SECRET1&X-Amz-Signature=SECRET2&token=SECRET3&part=1"
+	get(s, m, o.next, context.Background(), "GET", blobPath(body)+signed)
+	if w := get(s, m, o.next, context.Background(), "GET", "/pool/p.deb"+signed); w.header.Get("X-Cache") != "BYPASS" {
+		t.Errorf("a signed URL of a non-digest file: X-Cache %q, want BYPASS", w.header.Get("X-Cache"))
+	}
+	list := s.List()
+	if len(list) != 1 || !strings.Contains(list[0].Key, "part=1") || !strings.Contains(list[0].Key, "X-Amz-Algorithm") {
+		t.Fatalf("index %+v, want the one blob keyed by its path and its harmless parameters", list)
+	}
+	index, _ := os.ReadFile(filepath.Join(dir, "index.json"))
+	for _, secret := range []string{"SECRET1", "SECRET2", "SECRET3"} {
+		if strings.Contains(list[0].Key, secret) || strings.Contains(string(index), secret) {
+			t.Errorf("%s reached the blob index: %s", secret, index)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -76,7 +77,7 @@ func (s *Store) Handle(w http.ResponseWriter, r *http.Request, host string, m *M
 		s.bypass(w, r, next)
 		return
 	}
-	key := host + r.URL.RequestURI()
+	key := host + storeKey(r.URL)
 	if e := s.lookup(key, digest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
@@ -290,4 +291,23 @@ func copyHeader(dst, src http.Header) {
 		}
 		dst[k] = vs
 	}
+}
+
+// storeKey is a URL as the store keys it: its path and query without the
+// parameters that carry credentials (X-Amz-Signature, token, ...), which are
+// the client's, not the file's, and are never persisted or logged.
+func storeKey(u *url.URL) string {
+	if u.RawQuery == "" {
+		return u.EscapedPath()
+	}
+	q := u.Query()
+	for name := range q {
+		if obs.SecretName(name) {
+			q.Del(name)
+		}
+	}
+	if len(q) == 0 {
+		return u.EscapedPath()
+	}
+	return u.EscapedPath() + "?" + q.Encode()
 }

@@ -202,9 +202,11 @@ type fetched struct {
 	entry *entry
 	// leader is the request that started the fetch.
 	leader *http.Request
-	// upstreamAddr is the address the fetch reached.
-	upstreamAddr string
-	next         http.Handler
+	// upstreamAddr, budget and waited are what the fetch recorded of the
+	// upstream it reached and the budget it spent, for the leader's line.
+	upstreamAddr, budget string
+	waited               time.Duration
+	next                 http.Handler
 }
 
 // failed reports whether the upstream failed: sluice could not reach it, or
@@ -239,7 +241,8 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	select {
 	case <-f.done:
 		if !joined {
-			decision.From(r.Context()).UpstreamAddr = f.res.upstreamAddr
+			rec := decision.From(r.Context())
+			rec.UpstreamAddr, rec.Budget, rec.Waited = f.res.upstreamAddr, f.res.budget, f.res.waited
 		}
 		return f.res, true
 	case <-r.Context().Done():
@@ -270,7 +273,8 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, p
 	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes}
 	aborted := c.serveInto(rw, out, next, key)
 	res := rw.result(aborted)
-	res.leader, res.next, res.at, res.upstreamAddr = r, next, c.opts.Now(), rec.UpstreamAddr
+	res.leader, res.next, res.at = r, next, c.opts.Now()
+	res.upstreamAddr, res.budget, res.waited = rec.UpstreamAddr, rec.Budget, rec.Waited
 	res.entry = store(res)
 	switch {
 	case res.entry == nil:

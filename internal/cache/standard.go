@@ -119,6 +119,10 @@ func storable(r *http.Request, reqCC directives, status int, h http.Header) bool
 		return false
 	case r.Header.Get("Authorization") != "" && !cc.has("must-revalidate") && !cc.has("public") && !cc.has("s-maxage"):
 		return false
+	case r.Header.Get("Cookie") != "" && !cc.has("public") && !cc.has("s-maxage"):
+		// An answer to a request with a cookie is that client's unless the
+		// origin says it is for everyone.
+		return false
 	case slices.Equal(varyNames(h), []string{"*"}):
 		return false
 	case cc.has("must-understand") && !understoodStatus(status):
@@ -272,8 +276,13 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 			return nil
 		}
 		names := varyNames(f.header)
-		e := &entry{key: variantKey(primary, names, r.Header), status: f.status, header: f.header, body: f.body,
-			stored: f.at, std: newStdMeta(f.status, f.header, requestTime, f.at)}
+		// Set-Cookie is never stored: a cookie is one client's, not the
+		// resource's. The client whose request fetched it still gets it.
+		f.setCookie = f.header.Values("Set-Cookie")
+		h := f.header.Clone()
+		h.Del("Set-Cookie")
+		e := &entry{key: variantKey(primary, names, r.Header), status: f.status, header: h, body: f.body,
+			stored: f.at, std: newStdMeta(f.status, h, requestTime, f.at)}
 		e.expires = e.stored.Add(e.std.lifetime - e.std.currentAge(f.at))
 		e.dead = e.expires.Add(max(rules.stale, e.std.staleIfError)) // kept for revalidation and stale-if-error
 		if e.std.etag != "" || e.std.lastModified != "" {
@@ -292,15 +301,31 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 		return
 	}
 	now = c.opts.Now()
-	if res.failed() && old != nil && old.std.allowsStale() && now.Before(old.expires.Add(max(rules.stale, old.std.staleIfError))) {
+	if res.failed() && old != nil && old.std.allowsStale() && now.Before(old.expires.Add(staleFor(old, rules.stale))) {
 		c.serveStandard(w, r, old, "STALE", now)
 		return
 	}
 	if res.entry != nil {
+		if res.leader == r {
+			for _, v := range res.setCookie {
+				w.Header().Add("Set-Cookie", v)
+			}
+		}
 		c.serveStandard(w, r, res.entry, "MISS", now)
 		return
 	}
 	c.deliver(w, r, res, nil, 0)
+}
+
+// staleFor is how long past its freshness a standard-mode entry may be
+// served when the upstream fails: sluice's window (stale_if_error) or the
+// response's own stale-if-error, whichever is longer, for a response that
+// was fresh once; for one that never was, only what its origin allowed.
+func staleFor(e *entry, window time.Duration) time.Duration {
+	if !e.expires.After(e.stored) {
+		return e.std.staleIfError
+	}
+	return max(window, e.std.staleIfError)
 }
 
 // varies reports whether the fetched response varies on request fields in
@@ -318,8 +343,8 @@ func (f *fetched) varies(r *http.Request) bool {
 func (c *Cache) freshen(old *entry, f *fetched, requestTime time.Time) *entry {
 	h := old.header.Clone()
 	for k, vs := range f.header {
-		switch k { // fields that describe the stored body, which a 304 does not replace
-		case "Content-Length", "Content-Encoding", "Content-Md5", "Content-Range", "Etag", "Transfer-Encoding":
+		switch k { // fields that describe the stored body, which a 304 does not replace; a cookie is never stored
+		case "Content-Length", "Content-Encoding", "Content-Md5", "Content-Range", "Etag", "Transfer-Encoding", "Set-Cookie":
 			continue
 		}
 		h[k] = vs

@@ -193,3 +193,67 @@ func TestStandardPrivateNotShared(t *testing.T) {
 }
 
 func testutilCoalesced(c *Cache) float64 { return testutil.ToFloat64(c.coalesced) }
+
+// TestStandardNeverSharesAClientsAnswer: a Set-Cookie is never stored or
+// replayed, an answer to a request with a cookie is not shared unless the
+// origin says it is public, and a response that was never fresh is not
+// served stale to anyone unless its origin allowed that.
+func TestStandardNeverSharesAClientsAnswer(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	var down atomic.Bool
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		switch r.URL.Path {
+		case "/login":
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.Header().Set("Set-Cookie", "sess=alice-secret")
+		case "/me", "/never-fresh":
+			w.Header().Set("Cache-Control", "max-age=0")
+			w.Header().Set("ETag", `"v1"`)
+		case "/me-60":
+			w.Header().Set("Cache-Control", "max-age=60")
+		case "/public":
+			w.Header().Set("Cache-Control", "public, max-age=60")
+		}
+		io.WriteString(w, "for "+r.Header.Get("Cookie"))
+	})
+	c := newCache(t, clk, 1<<20)
+	stale := rulesOf(t, config.CacheStandard, time.Hour, "") // sluice's own stale window is long
+
+	first := do(c, stale, o.next, "GET", "/login")
+	if first.Header().Get("Set-Cookie") != "sess=alice-secret" {
+		t.Errorf("the fetching client lost its cookie: %v", first.Header())
+	}
+	second := do(c, stale, o.next, "GET", "/login")
+	if second.Header().Get("X-Cache") != "HIT" || second.Header().Get("Set-Cookie") != "" {
+		t.Errorf("second client: X-Cache %q Set-Cookie %q, want a HIT without the first client's cookie",
+			second.Header().Get("X-Cache"), second.Header().Get("Set-Cookie"))
+	}
+
+	do(c, stale, o.next, "GET", "/me-60", "Cookie", "sess=alice")
+	if w := do(c, stale, o.next, "GET", "/me-60"); w.Header().Get("X-Cache") == "HIT" || w.Body.String() != "for " {
+		t.Errorf("a stranger got alice's answer: X-Cache %q body %q", w.Header().Get("X-Cache"), w.Body)
+	}
+	do(c, stale, o.next, "GET", "/public", "Cookie", "sess=alice")
+	if w := do(c, stale, o.next, "GET", "/public"); w.Header().Get("X-Cache") != "HIT" {
+		t.Errorf("a public answer to a request with a cookie: X-Cache %q, want HIT (the origin allowed it)", w.Header().Get("X-Cache"))
+	}
+
+	do(c, stale, o.next, "GET", "/never-fresh")
+	clk.advance(time.Second)
+	down.Store(true)
+	if w := do(c, stale, o.next, "GET", "/never-fresh"); w.Header().Get("X-Cache") == "STALE" {
+		t.Errorf("a never-fresh response was served stale when the origin failed")
+	}
+	if w := do(c, stale, o.next, "GET", "/login"); w.Header().Get("X-Cache") != "HIT" {
+		t.Errorf("a fresh entry while the origin fails: X-Cache %q, want HIT", w.Header().Get("X-Cache"))
+	}
+	clk.advance(2 * time.Minute)
+	if w := do(c, stale, o.next, "GET", "/login"); w.Header().Get("X-Cache") != "STALE" || w.Header().Get("Set-Cookie") != "" {
+		t.Errorf("a once-fresh entry after the origin failed: X-Cache %q Set-Cookie %q, want STALE without a cookie",
+			w.Header().Get("X-Cache"), w.Header().Get("Set-Cookie"))
+	}
+}

@@ -187,6 +187,11 @@ func Decode(data []byte, name, dir string) (*Config, []error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, []error{fileError(name, err)}
 	}
+	if len(root.Content) == 0 {
+		// An empty file is more likely a truncated or wrong one than a wish
+		// to deny every host; the embedded default is what runs without -c.
+		return nil, []error{fmt.Errorf("%s: the config is empty (no YAML document); write at least one key, e.g. hosts: {}", name)}
+	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true) // a typo is an error, not a silent default

@@ -257,14 +257,23 @@ func (r *Rules) CheckHead(req *http.Request) *Violation {
 
 // needsBody reports whether the body must be read whole before forwarding
 // (JSON checks); otherwise only its size is watched as it streams.
-func (r *Rules) needsBody(req *http.Request) bool {
-	if r.jsonDepth == 0 && len(r.denyJSON) == 0 && len(r.jsonRoot) == 0 && len(r.limits) == 0 {
-		return false
+func (r *Rules) needsBody(*http.Request) bool { return r.hasJSONRules() }
+
+// hasJSONRules reports whether the rule set checks JSON bodies. It then
+// reads every body, whatever it is labelled: a client must not skip the
+// checks by changing its Content-Type.
+func (r *Rules) hasJSONRules() bool {
+	return r.jsonDepth > 0 || len(r.denyJSON) > 0 || len(r.jsonRoot) > 0 || len(r.limits) > 0
+}
+
+// looksJSON reports whether a body is to be read as JSON: it says so, or
+// it starts like a JSON object or array, as a lenient upstream would take it.
+func looksJSON(contentType string, body []byte) bool {
+	if isJSON(contentType) {
+		return true
 	}
-	// A rule set with JSON checks reads every POST body as JSON whatever
-	// it is labelled: a client must not skip the checks by changing its
-	// Content-Type (the node APIs such rule sets guard take JSON anyway).
-	return isJSON(req.Header.Get("Content-Type")) || len(r.jsonRoot) > 0
+	b := bytes.TrimLeft(body, " \t\r\n")
+	return len(b) > 0 && (b[0] == '{' || b[0] == '[')
 }
 
 func isJSON(ct string) bool {
@@ -303,19 +312,23 @@ func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
 	}
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	req.ContentLength = int64(len(body))
-	if v := r.checkJSON(body); v != nil {
-		return v, nil
+	if !looksJSON(req.Header.Get("Content-Type"), body) && len(r.jsonRoot) == 0 {
+		return nil, nil // not JSON, and JSON is not required: the JSON rules have nothing to check
 	}
-	return nil, nil
+	return r.checkJSON(body), nil
 }
 
 func (r *Rules) checkJSON(body []byte) *Violation {
-	if r.jsonDepth > 0 {
-		if d, err := jsonDepth(body); err != nil {
-			return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
-		} else if d > r.jsonDepth {
-			return violation(http.StatusBadRequest, "json_depth", "JSON nested %d deep, at most %d", d, r.jsonDepth)
-		}
+	d, dup, err := scanJSON(body)
+	switch {
+	case err != nil:
+		return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+	case dup != "":
+		// Parsers disagree about which of two values wins: the rules
+		// might check one and the upstream act on the other.
+		return violation(http.StatusBadRequest, "json_duplicate_key", "key %q appears twice in one object", dup)
+	case r.jsonDepth > 0 && d > r.jsonDepth:
+		return violation(http.StatusBadRequest, "json_depth", "JSON nested %d deep, at most %d", d, r.jsonDepth)
 	}
 	if len(r.denyJSON) == 0 && len(r.jsonRoot) == 0 && len(r.limits) == 0 {
 		return nil
@@ -373,8 +386,16 @@ func each(doc any, path []string, fn func(any) bool) bool {
 			}
 		}
 	case map[string]any:
-		if child, ok := v[path[0]]; ok && path[0] != "[]" {
+		if path[0] == "[]" {
+			return false
+		}
+		if child, ok := v[path[0]]; ok {
 			return each(child, path[1:], fn)
+		}
+		for k, child := range v { // key names match ignoring case, as lenient parsers read them
+			if strings.EqualFold(k, path[0]) {
+				return each(child, path[1:], fn)
+			}
 		}
 	}
 	return false
@@ -460,28 +481,53 @@ func eosioName(s string) (uint64, error) {
 	return n, nil
 }
 
-// jsonDepth returns how deep a JSON document nests, reading it as tokens
-// (no tree is built, so a deep document cannot exhaust memory or stack).
-func jsonDepth(body []byte) (int, error) {
+// scanJSON reads a JSON document as tokens (no tree is built, so a deep
+// document cannot exhaust memory or stack) and returns how deep it nests
+// and the first key that appears twice in one object, ignoring case.
+func scanJSON(body []byte) (depth int, dup string, err error) {
+	type frame struct {
+		object, wantKey bool
+		keys            map[string]bool
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	depth, deepest := 0, 0
+	var stack []*frame
+	value := func() { // a value ended: in an object, a key comes next
+		if n := len(stack); n > 0 && stack[n-1].object {
+			stack[n-1].wantKey = true
+		}
+	}
 	for {
 		t, err := dec.Token()
 		if err == io.EOF {
-			if depth != 0 {
-				return 0, io.ErrUnexpectedEOF
+			if len(stack) != 0 {
+				return 0, "", io.ErrUnexpectedEOF
 			}
-			return deepest, nil
+			return depth, dup, nil
 		}
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		switch t {
 		case json.Delim('{'), json.Delim('['):
-			depth++
-			deepest = max(deepest, depth)
+			if n := len(stack); n > 0 && stack[n-1].object {
+				stack[n-1].wantKey = false
+			}
+			stack = append(stack, &frame{object: t == json.Delim('{'), wantKey: true, keys: map[string]bool{}})
+			depth = max(depth, len(stack))
 		case json.Delim('}'), json.Delim(']'):
-			depth--
+			stack = stack[:len(stack)-1]
+			value()
+		default:
+			if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantKey {
+				k := strings.ToLower(t.(string))
+				if stack[n-1].keys[k] && dup == "" {
+					dup = t.(string)
+				}
+				stack[n-1].keys[k] = true
+				stack[n-1].wantKey = false
+				continue
+			}
+			value()
 		}
 	}
 }

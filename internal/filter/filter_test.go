@@ -68,6 +68,15 @@ func TestRules(t *testing.T) {
 		{"denied account", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"alice"},{"account":"eosio.token"}]}`, nil, "json_value"},
 		{"denied code", "POST", "/v1/chain/push_transaction", `{"actions":[{"code":"badcontract"}]}`, nil, "json_value"},
 		{"list of transactions", "POST", "/v1/chain/push_transactions", `[{"actions":[{"account":"ok"}]},{"actions":[{"account":"badcontract"}]}]`, nil, "json_value"},
+		// Framing must not dodge the JSON rules.
+		{"JSON labelled text/plain", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"eosio.token"}]}`, map[string]string{"Content-Type": "text/plain"}, "json_value"},
+		{"JSON without a type", "POST", "/v1/chain/push_transaction", ` [{"actions":[{"account":"eosio.token"}]}]`, map[string]string{"Content-Type": ""}, "json_value"},
+		{"JSON labelled a form", "POST", "/v1/chain/push_transaction", `{"actions":[{"code":"badcontract"}]}`, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, "json_value"},
+		{"duplicate key", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"alice","account":"eosio.token"}]}`, nil, "json_duplicate_key"},
+		{"duplicate key by case", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"alice"}],"Actions":[]}`, nil, "json_duplicate_key"},
+		{"key names ignore case", "POST", "/v1/chain/push_transaction", `{"Actions":[{"ACCOUNT":"eosio.token"}]}`, nil, "json_value"},
+		{"same key in two objects", "POST", "/v1/chain/push_transaction", `{"actions":[{"account":"a"},{"account":"b"}],"x":{"account":"c"}}`, nil, ""},
+		{"a form body is not JSON", "POST", "/v1/chain/push_transaction", `account=eosio.token`, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			req := httptest.NewRequest(tt.method, "http://node.test"+tt.target, strings.NewReader(tt.body))

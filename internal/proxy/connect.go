@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"sluice/internal/ca"
+	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/hostport"
 	"sluice/internal/obs"
@@ -25,8 +26,9 @@ const connectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n"
 // Connect is the CONNECT stage: a CONNECT that the stages before it let
 // through ends here, tunneled (spliced byte for byte to the upstream that
 // up returns for it) or intercepted (its requests served by the pipeline
-// again, one by one). Every other request goes on to next.
-func (s *Server) Connect(up func(*http.Request) *Upstream) func(http.Handler) http.Handler {
+// again, one by one), within the config's timeouts t. Every other request
+// goes on to next.
+func (s *Server) Connect(up func(*http.Request) *Upstream, t config.Timeouts) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method != http.MethodConnect {
@@ -37,9 +39,9 @@ func (s *Server) Connect(up func(*http.Request) *Upstream) func(http.Handler) ht
 			u := up(r)
 			switch {
 			case rec.Action == decision.Tunnel && u != nil:
-				s.tunnel(w, r, rec.Target, u)
+				s.tunnel(w, r, rec.Target, u, t.TunnelIdle.D())
 			case rec.Action == decision.Intercept:
-				s.intercept(w, r, rec.Target)
+				s.intercept(w, r, rec.Target, t.TLSHandshake.D())
 			default:
 				obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error",
 					Err: fmt.Errorf("CONNECT reached the CONNECT stage with action %v", rec.Action)})
@@ -70,7 +72,7 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // tunnel dials the upstream first, so that a failure is still an HTTP
 // answer, then splices the two connections byte for byte.
-func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.HostPort, u *Upstream) {
+func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.HostPort, u *Upstream, idle time.Duration) {
 	rec := decision.From(r.Context())
 	up, err := u.transport.DialContext(r.Context(), "tcp", target.String())
 	if err != nil {
@@ -95,7 +97,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.
 	sessions := s.metrics.sessions.WithLabelValues(decision.Tunnel.String())
 	sessions.Inc()
 	defer sessions.Dec()
-	rec.BytesOut, rec.BytesIn = splice(client, up, s.cfg.Timeouts.TunnelIdle.D())
+	rec.BytesOut, rec.BytesIn = splice(client, up, idle)
 }
 
 // splice copies both ways until both sides are done or neither has sent
@@ -153,7 +155,7 @@ func copyIdle(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 // intercept answers 200, terminates the client's TLS with a leaf for the
 // CONNECT target, and hands the connection to the inner HTTP server, which
 // serves its requests (HTTP/1.1 or HTTP/2) through the handler chain.
-func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostport.HostPort) {
+func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostport.HostPort, handshakeTimeout time.Duration) {
 	rec := decision.From(r.Context())
 	c, err := hijack(w)
 	if err != nil {
@@ -170,7 +172,7 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 	sessions.Inc()
 	sc := &sessionConn{Conn: c, target: target, onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
-	hctx, cancel := context.WithTimeout(r.Context(), s.cfg.Timeouts.TLSHandshake.D())
+	hctx, cancel := context.WithTimeout(r.Context(), handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		s.metrics.handshakeErrors.Inc()

@@ -135,3 +135,35 @@ func dialIntercepted(t *testing.T, h *harness, target string) (net.Conn, *tls.Co
 	}
 	return c, tc
 }
+
+// TestMalformedClientRequests: a CONNECT that is not host:port and a body
+// whose chunking is broken are the client's fault: 400, never blamed on
+// the upstream with a 502.
+func TestMalformedClientRequests(t *testing.T) {
+	upCA := testpki.NewCA(t, "upstream CA")
+	up := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }), "api.test")
+	h := newHarness(t, upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String()))
+
+	c, err := net.Dial("tcp", h.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(c, "CONNECT /x HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	c.Close()
+	if err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("CONNECT /x with a Host header: %v %v, want 400", resp, err)
+	}
+
+	conn, tc := dialIntercepted(t, h, "api.test:443")
+	defer conn.Close()
+	fmt.Fprint(tc, "POST /upload HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+	resp, err = http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a broken chunked body: status %d %s, want 400", resp.StatusCode, body)
+	}
+}

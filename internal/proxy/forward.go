@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -102,7 +103,34 @@ func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
 	return f
 }
 
-func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.rp.ServeHTTP(w, r) }
+func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Body != nil && r.Body != http.NoBody {
+		cb := &clientBody{ReadCloser: r.Body}
+		r.Body = cb
+		// The error handler sees the outgoing request, whose body wraps
+		// this one: the context carries it there.
+		r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, cb))
+	}
+	f.rp.ServeHTTP(w, r)
+}
+
+type clientBodyKey struct{}
+
+// clientBody remembers why reading the client's body failed, so that a
+// malformed body (bad chunking, a short Content-Length) is answered as the
+// client's fault, not blamed on the upstream.
+type clientBody struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
 
 var bufferPool = &pool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
@@ -132,6 +160,11 @@ func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 	var ae answeringError
 	if errors.As(err, &ae) {
 		ae.Answer(w, r)
+		return
+	}
+	if cb, ok := r.Context().Value(clientBodyKey{}).(*clientBody); ok && cb.err != nil {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad request body", Host: rec.Target.String(),
+			Detail: "the request body could not be read: " + cb.err.Error(), Err: cb.err})
 		return
 	}
 	f.s.writeUpstreamError(w, r, rec.Target.String(), err)

@@ -54,6 +54,12 @@ func Identify(r *http.Request, rec *decision.Record, rev *Backend) *obs.Error {
 	}
 	if r.Method == http.MethodConnect {
 		rec.Entry = decision.EntryConnect
+		if r.URL.Path != "" || r.URL.Scheme != "" || r.URL.RawQuery != "" {
+			// RFC 9110 §9.3.6: the target is host:port, never a path that
+			// would leave the Host header to name it.
+			return &obs.Error{Status: http.StatusBadRequest, Msg: "bad CONNECT target", Host: r.Host,
+				Detail: fmt.Sprintf("CONNECT takes host:port (authority form), not %q", r.RequestURI)}
+		}
 		hp, err := hostport.Parse(r.Host, 443)
 		if err != nil {
 			return &obs.Error{Status: http.StatusBadRequest, Msg: "bad CONNECT target", Host: r.Host, Detail: err.Error()}
