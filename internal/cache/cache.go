@@ -175,6 +175,13 @@ func (c *Cache) remove(key string) {
 	c.entries.Remove(key)
 }
 
+// Bytes returns the memory the entries hold (the estimate cache.max_bytes bounds).
+func (c *Cache) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size
+}
+
 // Len returns the number of entries.
 func (c *Cache) Len() int {
 	c.mu.Lock()

@@ -81,11 +81,18 @@ func (d directives) seconds(name string) (time.Duration, bool) {
 	return time.Duration(n) * time.Second, true
 }
 
-// parseHTTPDate parses an HTTP-date; ok is false for a missing or bad one.
+// httpDateLayouts are RFC 9110 §5.6.7's IMF-fixdate and the two obsolete
+// forms a recipient must still accept.
+var httpDateLayouts = []string{http.TimeFormat, "Monday, 02-Jan-06 15:04:05 GMT", time.ANSIC}
+
+// parseHTTPDate parses an HTTP-date exactly; ok is false for a missing or
+// bad one. time.Parse alone is lenient (a one-digit hour, runs of spaces),
+// and a date two parsers read differently must not extend a freshness.
 func parseHTTPDate(v string) (time.Time, bool) {
-	if v == "" {
-		return time.Time{}, false
+	for _, layout := range httpDateLayouts {
+		if t, err := time.Parse(layout, v); err == nil && t.Format(layout) == v {
+			return t, true
+		}
 	}
-	t, err := http.ParseTime(v)
-	return t, err == nil
+	return time.Time{}, false
 }

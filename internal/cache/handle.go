@@ -340,7 +340,11 @@ func (rw *recorder) result(aborted bool) *fetched {
 	}
 	rw.header.Del("X-Cache")
 	rw.header.Del("X-Sluice-Wait") // this fill's wait, not a later hit's
-	return &fetched{status: rw.status, header: rw.header, body: rw.body.Bytes()}
+	body := rw.body.Bytes()
+	if cap(body) > len(body)+len(body)/8 {
+		body = bytes.Clone(body) // a grown buffer would keep up to twice the body alive in the cache
+	}
+	return &fetched{status: rw.status, header: rw.header, body: body}
 }
 
 func (rw *recorder) WriteHeader(code int) {
@@ -350,6 +354,8 @@ func (rw *recorder) WriteHeader(code int) {
 	rw.status = code
 	if n, err := strconv.ParseInt(rw.header.Get("Content-Length"), 10, 64); err == nil && n > rw.limit {
 		rw.tooLarge = true
+	} else if err == nil && n > 0 {
+		rw.body.Grow(int(n)) // the stored body's memory is what it holds, not a doubled buffer
 	}
 }
 

@@ -144,16 +144,7 @@ func newStdMeta(status int, h http.Header, requestTime, responseTime time.Time) 
 		date = responseTime
 	}
 	m.dateValue = date
-	if ages := h.Values("Age"); len(ages) > 0 {
-		// One non-negative integer, or the response is treated as stale:
-		// an Age that cannot be read cannot prove it is fresh.
-		m.ageValue = 1 << 31 * time.Second
-		if a := strings.TrimSpace(ages[0]); len(ages) == 1 && a != "" && strings.Trim(a, "0123456789") == "" {
-			if n, err := strconv.ParseInt(a, 10, 64); err == nil {
-				m.ageValue = time.Duration(min(n, 1<<31)) * time.Second
-			}
-		}
-	}
+	m.ageValue = ageOf(h.Values("Age"))
 	if d, ok := cc.seconds("stale-if-error"); ok {
 		m.staleIfError = d
 	}
@@ -161,14 +152,34 @@ func newStdMeta(status int, h http.Header, requestTime, responseTime time.Time) 
 		m.lifetime = d
 	} else if d, ok := cc.seconds("max-age"); ok {
 		m.lifetime = d
-	} else if exp := h.Get("Expires"); exp != "" {
-		if t, ok := parseHTTPDate(exp); ok {
+	} else if exps := h.Values("Expires"); len(exps) > 0 {
+		// An invalid Expires, or two, means already expired (RFC 9111 §5.3).
+		if t, ok := parseHTTPDate(exps[0]); ok && len(exps) == 1 {
 			m.lifetime = max(t.Sub(date), 0)
 		}
 	} else if lm, ok := parseHTTPDate(m.lastModified); ok && (heuristicStatus(status) || cc.has("public")) {
 		m.lifetime = max(date.Sub(lm)/10, 0) // the customary 10% heuristic
 	}
 	return m
+}
+
+// ageOf reads Age (RFC 9111 §5.1): the first member that is a
+// non-negative integer, capped at 2^31 seconds; invalid members are ignored.
+func ageOf(lines []string) time.Duration {
+	for _, line := range lines {
+		for a := range strings.SplitSeq(line, ",") {
+			a = strings.TrimSpace(a)
+			if a == "" || strings.Trim(a, "0123456789") != "" {
+				continue
+			}
+			n, err := strconv.ParseInt(a, 10, 64)
+			if err != nil { // more digits than an int64: past the cap
+				n = 1 << 31
+			}
+			return time.Duration(min(n, 1<<31)) * time.Second
+		}
+	}
+	return 0
 }
 
 // usable reports whether a stored entry may answer r without contacting

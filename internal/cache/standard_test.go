@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -34,19 +35,34 @@ func TestStandardFreshness(t *testing.T) {
 		{"heuristic from Last-Modified", map[string]string{"Last-Modified": "-1000"}, 50 * time.Second, true},
 		{"invalid max-age", map[string]string{"Cache-Control": "max-age=ten"}, time.Second, false},
 		{"Vary: *", map[string]string{"Cache-Control": "max-age=100", "Vary": "*"}, time.Second, false},
-		{"invalid Age is stale", map[string]string{"Cache-Control": "max-age=3600", "Age": "abc"}, time.Second, false},
-		{"two Ages are stale", map[string]string{"Cache-Control": "max-age=10000", "Age": "3600, 3600"}, time.Second, false},
+		{"invalid Age is ignored", map[string]string{"Cache-Control": "max-age=3600", "Age": "abc"}, time.Second, true},
+		{"the first valid Age counts", map[string]string{"Cache-Control": "max-age=3600", "Age": "x, 7200, 1"}, time.Second, false},
+		{"two Ages: the first", map[string]string{"Cache-Control": "max-age=10000", "Age": "3600, 3600"}, time.Second, true},
+		{"a huge Age is stale", map[string]string{"Cache-Control": "max-age=10000", "Age": "99999999999999999999999"}, time.Second, false},
+		{"Expires with a one-digit hour", map[string]string{"Expires": "one-digit-hour"}, time.Second, false},
+		{"Expires with extra spaces", map[string]string{"Expires": "extra-spaces"}, time.Second, false},
+		{"two Expires", map[string]string{"Expires": "two"}, time.Second, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := &clock{t: time.Now().Truncate(time.Second)}
 			o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Date", clk.now().UTC().Format(http.TimeFormat))
 				for k, v := range tt.headers {
+					later := clk.now().Add(time.Hour).UTC()
 					switch {
 					case (k == "Expires" || k == "Last-Modified") && (v[0] == '+' || v[0] == '-'):
 						var s int
 						fmt.Sscan(v, &s)
 						v = clk.now().Add(time.Duration(s) * time.Second).UTC().Format(http.TimeFormat)
+					case v == "one-digit-hour": // years ahead, but written "9:04:05": not an HTTP-date
+						v = time.Date(2035, 1, 1, 9, 4, 5, 0, time.UTC).Format("Mon, 02 Jan 2006 ") + "9:04:05 GMT"
+					case v == "extra-spaces":
+						v = strings.Replace(later.Format(http.TimeFormat), " ", "  ", 1)
+					case v == "two":
+						w.Header().Add(k, later.Format(http.TimeFormat))
+						v = later.Format(http.TimeFormat)
+						w.Header().Add(k, v)
+						continue
 					}
 					w.Header().Set(k, v)
 				}
