@@ -88,7 +88,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	bans, err := filter.NewBans(banList, log.With("component", "filter"), nil, reg)
+	defer banList.Flush()
+	bans, err := filter.NewBans(banList, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ type Config struct {
 	Cache    CacheConfig      `yaml:"cache"`
 	Throttle ThrottleConfig   `yaml:"throttle"`
 	Blobs    BlobsConfig      `yaml:"blobs"`
+	Bans     BansConfig       `yaml:"bans"`
 	// RuleSets are named request rule sets that host entries name.
 	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty"`
 	Timeouts Timeouts            `yaml:"timeouts"`
@@ -118,6 +119,14 @@ type Host struct {
 	// forwarded (default: the profile's, which for exchanges refuses the
 	// endpoints that move funds out), or "off".
 	Rules *HostRules `yaml:"rules,omitempty"`
+}
+
+// BansConfig is the top-level `bans` section.
+type BansConfig struct {
+	// IPv6Prefix is the prefix length by which IPv6 clients are counted and
+	// banned: one host usually holds a whole /64, so banning its addresses
+	// one by one bans nothing. Default 64; 128 is per address.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
 }
 
 // Timeouts bounds each phase of a connection.
@@ -279,6 +288,9 @@ func (c *Config) applyDefaults() {
 		c.Blobs.Patterns = DefaultBlobPatterns
 	}
 	setString(&c.Blobs.WhenClientsLeave, "finish")
+	if c.Bans.IPv6Prefix == 0 {
+		c.Bans.IPv6Prefix = 64
+	}
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "json")
 	if c.Hosts == nil {

@@ -101,6 +101,9 @@ func (c *Config) validate() []error {
 	if c.Throttle.MaxWait <= 0 {
 		add(errors.New("must be positive"), "throttle", "max_wait")
 	}
+	if p := c.Bans.IPv6Prefix; p < 1 || p > 128 {
+		add(fmt.Errorf("%d is not a prefix length (1 to 128)", p), "bans", "ipv6_prefix")
+	}
 	if c.Cache.MaxObjectBytes > c.Cache.MaxBytes {
 		add(errors.New("must not exceed cache.max_bytes"), "cache", "max_object_bytes")
 	}

@@ -3,6 +3,7 @@ package filter
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,18 +20,21 @@ type Bans struct {
 	list store.BanList
 	log  *slog.Logger
 	now  func() time.Time
+	v6   int // bans.ipv6_prefix
 
 	violations *prometheus.CounterVec
 	bansTotal  prometheus.Counter
 	refused    prometheus.Counter
 }
 
-// NewBans returns the ban gate's logic over list; now is the clock (nil: time.Now).
-func NewBans(list store.BanList, log *slog.Logger, now func() time.Time, reg prometheus.Registerer) (*Bans, error) {
+// NewBans returns the ban gate's logic over list, counting and banning
+// IPv6 clients by their /ipv6Prefix (bans.ipv6_prefix); now is the clock
+// (nil: time.Now).
+func NewBans(list store.BanList, log *slog.Logger, now func() time.Time, reg prometheus.Registerer, ipv6Prefix int) (*Bans, error) {
 	if now == nil {
 		now = time.Now
 	}
-	b := &Bans{list: list, log: log, now: now,
+	b := &Bans{list: list, log: log, now: now, v6: ipv6Prefix,
 		violations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "filter", Name: "violations_total",
 			Help: "Requests refused for breaking a rule, by rule set and check."}, []string{"rule_set", "check"}),
 		bansTotal: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "filter", Name: "bans_total",
@@ -47,7 +51,7 @@ func NewBans(list store.BanList, log *slog.Logger, now func() time.Time, reg pro
 // Banned reports whether client is banned now. A ban list that cannot be
 // read bans no one (logged): sluice keeps serving.
 func (b *Bans) Banned(ctx context.Context, client string) (store.Ban, bool) {
-	x, ok, err := b.list.Banned(ctx, client)
+	x, ok, err := b.list.Banned(ctx, b.key(client))
 	if err != nil {
 		b.log.Warn("ban list not readable; the client is let through", "client_ip", client, "error", err.Error())
 		return store.Ban{}, false
@@ -66,6 +70,7 @@ func (b *Bans) Strike(ctx context.Context, client string, rules *Rules, v *Viola
 	if p == nil {
 		return false
 	}
+	client = b.key(client)
 	n, err := b.list.Strike(ctx, client, p.Window.D())
 	if err != nil {
 		b.log.Warn("violation not counted", "client_ip", client, "error", err.Error())
@@ -87,10 +92,27 @@ func (b *Bans) List(ctx context.Context) ([]store.Ban, error) { return b.list.Li
 
 // Add bans client for d (an operator's ban).
 func (b *Bans) Add(ctx context.Context, client string, d time.Duration, reason string) error {
-	return b.list.Add(ctx, store.Ban{Client: client, Until: b.now().Add(d), Reason: reason})
+	return b.list.Add(ctx, store.Ban{Client: b.key(client), Until: b.now().Add(d), Reason: reason})
 }
 
-// Remove lifts client's ban; it reports whether there was one.
+// Remove lifts client's ban (an address, or a listed prefix); it reports
+// whether there was one.
 func (b *Bans) Remove(ctx context.Context, client string) (bool, error) {
-	return b.list.Remove(ctx, client)
+	return b.list.Remove(ctx, b.key(client))
+}
+
+// key is what a client is counted and banned as: its address, or for an
+// IPv6 address its prefix (one host holds a whole /64). Anything that is
+// no address (a listed prefix) is its own key.
+func (b *Bans) key(client string) string {
+	a, err := netip.ParseAddr(client)
+	if err != nil {
+		return client
+	}
+	a = a.Unmap()
+	if a.Is4() || b.v6 <= 0 || b.v6 >= 128 {
+		return a.String()
+	}
+	p, _ := a.Prefix(b.v6)
+	return p.String()
 }

@@ -144,15 +144,18 @@ func TestBansThresholdExpiryPersistence(t *testing.T) {
 	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	path := filepath.Join(t.TempDir(), "bans.json")
+	var lists []*store.MemoryBans
 	open := func() *Bans {
 		list, err := store.OpenBans(path, slog.New(slog.DiscardHandler), clock)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := NewBans(list, slog.New(slog.DiscardHandler), clock, nil)
+		b, err := NewBans(list, slog.New(slog.DiscardHandler), clock, nil, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(list.Flush)
+		lists = append(lists, list)
 		return b
 	}
 	ctx := t.Context()
@@ -174,6 +177,7 @@ func TestBansThresholdExpiryPersistence(t *testing.T) {
 	if _, ok := b.Banned(ctx, "10.0.0.2"); ok {
 		t.Error("another client is banned")
 	}
+	lists[0].Flush() // as sluice does when it stops
 	b2 := open()
 	if _, ok := b2.Banned(ctx, "10.0.0.1"); !ok {
 		t.Error("the ban did not survive a restart")
@@ -262,5 +266,33 @@ func TestEOSIOProfile(t *testing.T) {
 	}
 	if r.Answer != "eosio" {
 		t.Errorf("answer = %q", r.Answer)
+	}
+}
+
+// TestBansIPv6ByPrefix: IPv6 clients are counted and banned by their /64,
+// so a host cannot dodge a ban by moving to the next address of its prefix.
+func TestBansIPv6ByPrefix(t *testing.T) {
+	list, err := store.OpenBans("", slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewBans(list, slog.New(slog.DiscardHandler), nil, nil, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	r := rulesFrom(t, "    methods: [GET]\n    ban: {violations: 2, window: 1m, duration: 10m}\n")
+	v := &Violation{Check: "method"}
+	b.Strike(ctx, "2001:db8:1:2::1", r, v)
+	if !b.Strike(ctx, "2001:db8:1:2::99", r, v) {
+		t.Fatal("two violations from one /64 did not ban it")
+	}
+	for client, want := range map[string]bool{"2001:db8:1:2::ffff": true, "2001:db8:1:3::1": false, "192.0.2.1": false, "::ffff:192.0.2.1": false} {
+		if _, got := b.Banned(ctx, client); got != want {
+			t.Errorf("Banned(%s) = %v, want %v", client, got, want)
+		}
+	}
+	if lifted, _ := b.Remove(ctx, "2001:db8:1:2::5"); !lifted {
+		t.Error("Remove by an address of the banned /64 lifted nothing")
 	}
 }

@@ -99,7 +99,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bans, err := filter.NewBans(banList, log, nil, h.reg)
+	bans, err := filter.NewBans(banList, log, nil, h.reg, 64)
 	if err != nil {
 		t.Fatal(err)
 	}

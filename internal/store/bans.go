@@ -17,8 +17,16 @@ import (
 )
 
 // maxTracked caps the clients whose violations are counted; the one seen
-// least recently is forgotten first.
-const maxTracked = 100000
+// least recently is forgotten first. maxBans caps the bans; past it, the
+// one that would end first goes.
+const (
+	maxTracked = 100000
+	maxBans    = 100000
+)
+
+// saveDelay is how long after a change the file is written: changes in a
+// burst are written once, and never on a request's path.
+const saveDelay = time.Second
 
 // MemoryBans keeps the ban list in this process, and in a file across
 // restarts when it has one.
@@ -30,12 +38,16 @@ type MemoryBans struct {
 	mu      sync.Mutex
 	banned  map[string]Ban
 	strikes *simplelru.LRU[string, []time.Time] // recent violations per client
+	pending bool                                // a change is not written yet
+
+	writeMu sync.Mutex // one file write at a time, in the order of the changes
 }
 
 var _ BanList = (*MemoryBans)(nil)
 
 // OpenBans loads the ban list from path ("": none, nothing is kept across
-// restarts); the file is written on every change. now is the clock (nil: time.Now).
+// restarts); the file is written within saveDelay of a change, and by
+// Flush. now is the clock (nil: time.Now).
 func OpenBans(path string, log *slog.Logger, now func() time.Time) (*MemoryBans, error) {
 	if now == nil {
 		now = time.Now
@@ -95,9 +107,12 @@ func (b *MemoryBans) Strike(_ context.Context, client string, window time.Durati
 func (b *MemoryBans) Add(_ context.Context, x Ban) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if _, ok := b.banned[x.Client]; !ok && len(b.banned) >= maxBans {
+		b.dropSoonestLocked()
+	}
 	b.banned[x.Client] = x
 	b.strikes.Remove(x.Client)
-	b.saveLocked()
+	b.saveLaterLocked()
 	return nil
 }
 
@@ -108,7 +123,7 @@ func (b *MemoryBans) Remove(_ context.Context, client string) (bool, error) {
 	_, ok := b.banned[client]
 	delete(b.banned, client)
 	b.strikes.Remove(client)
-	b.saveLocked()
+	b.saveLaterLocked()
 	return ok, nil
 }
 
@@ -127,14 +142,41 @@ func (b *MemoryBans) List(context.Context) ([]Ban, error) {
 	return out, nil
 }
 
-func (b *MemoryBans) saveLocked() {
-	if b.path == "" {
+// dropSoonestLocked removes the ban that would end first.
+func (b *MemoryBans) dropSoonestLocked() {
+	var soonest string
+	var at time.Time
+	for c, x := range b.banned {
+		if soonest == "" || x.Until.Before(at) {
+			soonest, at = c, x.Until
+		}
+	}
+	delete(b.banned, soonest)
+}
+
+func (b *MemoryBans) saveLaterLocked() {
+	if b.path == "" || b.pending {
 		return
 	}
+	b.pending = true
+	time.AfterFunc(saveDelay, b.Flush)
+}
+
+// Flush writes a change not written yet now; sluice calls it as it stops.
+func (b *MemoryBans) Flush() {
+	b.writeMu.Lock()
+	defer b.writeMu.Unlock()
+	b.mu.Lock()
+	if !b.pending {
+		b.mu.Unlock()
+		return
+	}
+	b.pending = false
 	list := make([]Ban, 0, len(b.banned))
 	for _, x := range b.banned {
 		list = append(list, x)
 	}
+	b.mu.Unlock()
 	data, _ := json.Marshal(list)
 	if err := atomicfile.Write(b.path, data, 0o600); err != nil {
 		b.log.Error("ban list not saved", "path", b.path, "error", err.Error())

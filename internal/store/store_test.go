@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -35,6 +36,7 @@ func TestBansPersist(t *testing.T) {
 	}
 	b.Add(t.Context(), store.Ban{Client: "192.0.2.9", Until: now.Add(time.Hour), Reason: "test"})
 	b.Add(t.Context(), store.Ban{Client: "192.0.2.8", Until: now.Add(time.Minute), Reason: "test"})
+	b.Flush() // as sluice does when it stops
 	now = now.Add(2 * time.Minute)
 	again, err := store.OpenBans(path, slog.New(slog.DiscardHandler), clock)
 	if err != nil {
@@ -42,5 +44,22 @@ func TestBansPersist(t *testing.T) {
 	}
 	if list, _ := again.List(t.Context()); len(list) != 1 || list[0].Client != "192.0.2.9" {
 		t.Errorf("after a restart: %+v, want the one ban still in force", list)
+	}
+}
+
+// TestBansCapped: past maxBans the ban that would end first goes.
+func TestBansCapped(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	b, err := store.OpenBans("", slog.New(slog.DiscardHandler), func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100000
+	for i := range n + 1 {
+		b.Add(t.Context(), store.Ban{Client: fmt.Sprintf("c%d", i), Until: now.Add(time.Hour + time.Duration(i)*time.Second)})
+	}
+	list, _ := b.List(t.Context())
+	if len(list) != n || list[0].Client != "c1" {
+		t.Errorf("%d bans, the soonest %q; want %d, c0 dropped", len(list), list[0].Client, n)
 	}
 }
