@@ -1,6 +1,7 @@
 package app
 
 import (
+	"io"
 	"log/slog"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 // newGateway builds every component that outlives a reload (the CA's leaf
 // cache, the response cache, the budgets, the server), hands them to the
 // gateway and puts t in force. It starts nothing.
-func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
+func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.Writer, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
 	cfg := t.Config
 	gw := &route.Gateway{}
 	authority, err := ca.New(root, ca.Options{
@@ -51,7 +52,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, reg prometheus.
 	if err != nil {
 		return nil, nil, err
 	}
-	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans}
+	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, AccessLines: accessLines}
 	gw.Install(t)
 	return gw, srv, nil
 }

@@ -93,7 +93,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	gw, srv, err := newGateway(table, root, log, reg, blobStore, bans)
+	var accessLines io.Writer
+	if cfg.Log.Format == "json" {
+		accessLines = logOut // the access line without slog's generic path
+	}
+	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans)
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,13 @@ package obs
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +55,7 @@ func TestAccessLogLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := AccessLog(log, m, true)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := AccessLog(log, m, LogOptions{Queries: true})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := decision.From(r.Context())
 		rec.Action, rec.Cache = decision.Intercept, decision.Hit
 		w.Write([]byte("hello"))
@@ -105,4 +108,47 @@ func (l *lockedBuffer) String() string {
 	l.ch <- struct{}{}
 	defer func() { <-l.ch }()
 	return l.b.String()
+}
+
+// TestJSONLinesMatchSlog: the direct JSON access line says what the slog
+// JSON handler says, for awkward strings too.
+func TestJSONLinesMatchSlog(t *testing.T) {
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	awkward := "quote\" backslash\\ tab\t newline\n nul\x00 bell\x07 bad\xff utf8 é ✓ <html>&"
+	run := func(opts LogOptions, log *slog.Logger) {
+		h := AccessLog(log, m, opts)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rec := decision.From(r.Context())
+			rec.Action, rec.Cache, rec.Rule, rec.Reason = decision.Intercept, decision.Miss, "api.test", awkward
+			rec.RefusedBy, rec.RuleSet, rec.Check, rec.Budget = decision.Rules, "binance", "path", "binance-spot"
+			rec.Err = errors.New(awkward)
+			w.WriteHeader(http.StatusForbidden)
+		}))
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "https://api.test/x", nil))
+	}
+	var viaSlog, direct bytes.Buffer
+	run(LogOptions{}, slog.New(slog.NewJSONHandler(&viaSlog, nil)))
+	run(LogOptions{JSONLines: &direct}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	var a, b map[string]any
+	if err := json.Unmarshal(viaSlog.Bytes(), &a); err != nil {
+		t.Fatalf("slog line %q: %v", viaSlog.String(), err)
+	}
+	if err := json.Unmarshal(direct.Bytes(), &b); err != nil {
+		t.Fatalf("direct line %q: %v", direct.String(), err)
+	}
+	for _, k := range []string{"time", "duration", "budget_wait"} {
+		if _, ok := b[k]; !ok {
+			t.Errorf("direct line lacks %q", k)
+		}
+		delete(a, k)
+		delete(b, k)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("lines differ:\nslog   %v\ndirect %v", a, b)
+	}
+	if strings.Count(direct.String(), "\n") != 1 {
+		t.Errorf("direct line is not one line: %q", direct.String())
+	}
 }

@@ -11,6 +11,7 @@
 package route
 
 import (
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -48,13 +49,16 @@ type Deps struct {
 	Blobs  *blobs.Store // nil: no blob store
 	Limit  *throttle.Limiter
 	Bans   *filter.Bans // nil: no bans
+	// AccessLines, when set, takes the access lines as JSON directly (the
+	// writer of Log's JSON handler); nil: through Log.
+	AccessLines io.Writer
 }
 
 // Build makes the table's pipeline. This is the only place its order is
 // defined: cheapest refusals first, and only what goes upstream spends budget.
 func (t *Table) Build(d Deps) {
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
-		obs.AccessLog(d.Log, d.Access, t.Config.Log.Queries), // outermost: the decision record, one canonical line and metrics per request
+		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
 		obs.Recover(d.Log),                             // a panic becomes a 500 that the access log records
 		canon.Middleware(t.identify),                   // canonical request: target and client from the entry point, one spelling of the path
 		filter.BanGate(d.Bans),                         // banned client: refused before anything is read
