@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -295,4 +296,28 @@ func TestBansIPv6ByPrefix(t *testing.T) {
 	if lifted, _ := b.Remove(ctx, "2001:db8:1:2::5"); !lifted {
 		t.Error("Remove by an address of the banned /64 lifted nothing")
 	}
+}
+
+// FuzzScanJSON: the JSON reader the rules use never panics, accepts every
+// valid document, and says how deep a container nests.
+func FuzzScanJSON(f *testing.F) {
+	for _, s := range []string{`{"a":1}`, `{"a":1,"A":2}`, `[{"a":[1,{"b":2}]},{"a":3}]`, `{"a":{"a":{"a":1}}}`, `{"x":"\u0041"}`, `[`, `{"a"}`, `1 2`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		depth, dup, err := scanJSON(body)
+		if !json.Valid(body) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("scanJSON(%q) refused a valid document: %v", body, err)
+		}
+		trimmed := bytes.TrimSpace(body)
+		if container := trimmed[0] == '{' || trimmed[0] == '['; container != (depth >= 1) {
+			t.Fatalf("scanJSON(%q) depth %d", body, depth)
+		}
+		if dup != "" && !bytes.ContainsRune(body, '\\') && !bytes.Contains(bytes.ToLower(body), []byte(strings.ToLower(dup))) {
+			t.Fatalf("scanJSON(%q) names a duplicate %q that is not in it", body, dup)
+		}
+	})
 }
