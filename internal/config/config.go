@@ -141,6 +141,9 @@ type Timeouts struct {
 	ClientIdle Duration `yaml:"client_idle"`
 	// TunnelIdle closes a tunnel with no traffic either way for this long. Default 10m.
 	TunnelIdle Duration `yaml:"tunnel_idle"`
+	// BodyIdle cuts off a request body that sends nothing for this long
+	// (answered 408 where an answer is still possible). Default 30s.
+	BodyIdle Duration `yaml:"body_idle"`
 	// Shutdown is how long in-flight requests may run after SIGTERM. Default 15s.
 	Shutdown Duration `yaml:"shutdown"`
 }
@@ -256,6 +259,7 @@ func (c *Config) applyDefaults() {
 	setDuration(&c.Timeouts.ResponseHeader, 60*time.Second)
 	setDuration(&c.Timeouts.ClientIdle, 120*time.Second)
 	setDuration(&c.Timeouts.TunnelIdle, 10*time.Minute)
+	setDuration(&c.Timeouts.BodyIdle, 30*time.Second)
 	setDuration(&c.Timeouts.Shutdown, 15*time.Second)
 	setDuration(&c.CA.LeafValidity, 7*24*time.Hour)
 	if c.CA.LeafCacheSize == 0 {

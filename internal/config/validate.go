@@ -82,7 +82,7 @@ func (c *Config) validate() []error {
 	}{
 		{"dial", c.Timeouts.Dial}, {"tls_handshake", c.Timeouts.TLSHandshake},
 		{"response_header", c.Timeouts.ResponseHeader}, {"client_idle", c.Timeouts.ClientIdle},
-		{"tunnel_idle", c.Timeouts.TunnelIdle}, {"shutdown", c.Timeouts.Shutdown},
+		{"tunnel_idle", c.Timeouts.TunnelIdle}, {"shutdown", c.Timeouts.Shutdown}, {"body_idle", c.Timeouts.BodyIdle},
 	} {
 		if d.v <= 0 {
 			add(errors.New("must be positive"), "timeouts", d.key)

@@ -2,9 +2,11 @@ package filter
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -54,7 +56,12 @@ func Middleware(log *slog.Logger, bans *Bans, of func(*http.Request) *Rules) fun
 			if v == nil {
 				var err error
 				if v, err = rules.CheckBody(r); err != nil {
-					obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "cannot read the request body",
+					status, msg := http.StatusBadRequest, "cannot read the request body"
+					if errors.Is(err, os.ErrDeadlineExceeded) {
+						status, msg = http.StatusRequestTimeout, "request body timed out"
+						w.Header().Set("Connection", "close")
+					}
+					obs.WriteError(w, r, &obs.Error{Status: status, Msg: msg,
 						Host: decision.From(r.Context()).Target.String(), Err: err})
 					return
 				}

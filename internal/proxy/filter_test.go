@@ -167,3 +167,28 @@ func TestMalformedClientRequests(t *testing.T) {
 		t.Errorf("a broken chunked body: status %d %s, want 400", resp.StatusCode, body)
 	}
 }
+
+// TestSlowBodyCutOff: a body that stops sending is cut off after
+// timeouts.body_idle with 408, both when it streams to the upstream and
+// when the rules read it whole first.
+func TestSlowBodyCutOff(t *testing.T) {
+	upCA := testpki.NewCA(t, "upstream CA")
+	up := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }), "api.test", "node.test")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	h := newHarness(t, upstreamEntry(t, "api.test", caPath, up.Listener.Addr().String())+
+		upstreamEntry(t, "node.test", caPath, up.Listener.Addr().String(), "    rules: json\n"),
+		"timeouts: {body_idle: 300ms}", "rule_sets:\n  json:\n    json_max_depth: 8")
+	for _, host := range []string{"api.test", "node.test"} {
+		conn, tc := dialIntercepted(t, h, host+":443")
+		fmt.Fprintf(tc, "POST /slow HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", host)
+		tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%s: no answer to a stalled body: %v", host, err)
+		}
+		if resp.StatusCode != http.StatusRequestTimeout {
+			t.Errorf("%s: a stalled body got %d, want 408", host, resp.StatusCode)
+		}
+	}
+}

@@ -153,6 +153,15 @@ type answeringError interface {
 // proxyError answers a request whose upstream could not be reached.
 func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rec := decision.From(r.Context())
+	cb, _ := r.Context().Value(clientBodyKey{}).(*clientBody)
+	if bodyTimedOut(r) {
+		// The server cancels the request when its body read fails; the
+		// client is still there to be told why.
+		w.Header().Set("Connection", "close")
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusRequestTimeout, Msg: "request body timed out", Host: rec.Target.String(),
+			Detail: "the request body sent nothing for timeouts.body_idle; the upstream request was abandoned", Err: err})
+		return
+	}
 	if r.Context().Err() != nil {
 		rec.Status, rec.Reason, rec.Err = 499, "client closed the request", err
 		return
@@ -162,7 +171,7 @@ func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 		ae.Answer(w, r)
 		return
 	}
-	if cb, ok := r.Context().Value(clientBodyKey{}).(*clientBody); ok && cb.err != nil {
+	if cb != nil && cb.err != nil {
 		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad request body", Host: rec.Target.String(),
 			Detail: "the request body could not be read: " + cb.err.Error(), Err: cb.err})
 		return

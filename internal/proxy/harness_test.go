@@ -99,6 +99,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(banList.Flush) // before the data dir goes, as sluice does when it stops
 	bans, err := filter.NewBans(banList, log, nil, h.reg, 64)
 	if err != nil {
 		t.Fatal(err)

@@ -59,15 +59,16 @@ type Deps struct {
 func (t *Table) Build(d Deps) {
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
 		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
-		obs.Recover(d.Log),                             // a panic becomes a 500 that the access log records
-		canon.Middleware(t.identify),                   // canonical request: target and client from the entry point, one spelling of the path
-		filter.BanGate(d.Bans),                         // banned client: refused before anything is read
-		policy.Middleware(t.Policy),                    // allowlist: deny, tunnel, intercept or reverse, recorded
-		d.Proxy.Connect(t.upstream, t.Config.Timeouts), // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
-		filter.Middleware(d.Log, d.Bans, t.rules),      // the route's rule set: method, path, headers, then the body as it streams
-		blobs.Middleware(d.Blobs, t.blobs),             // immutable files from disk, verified
-		cache.Middleware(d.Cache, t.cache),             // fresh hit: answer; miss: coalesce and fill through the rest
-		throttle.Middleware(d.Limit, t.throttle),       // a miss waits for upstream budget, or gets sluice's own 429
+		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
+		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()), // a body that sends nothing for body_idle is cut off
+		canon.Middleware(t.identify),                     // canonical request: target and client from the entry point, one spelling of the path
+		filter.BanGate(d.Bans),                           // banned client: refused before anything is read
+		policy.Middleware(t.Policy),                      // allowlist: deny, tunnel, intercept or reverse, recorded
+		d.Proxy.Connect(t.upstream, t.Config.Timeouts),   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
+		filter.Middleware(d.Log, d.Bans, t.rules),        // the route's rule set: method, path, headers, then the body as it streams
+		blobs.Middleware(d.Blobs, t.blobs),               // immutable files from disk, verified
+		cache.Middleware(d.Cache, t.cache),               // fresh hit: answer; miss: coalesce and fill through the rest
+		throttle.Middleware(d.Limit, t.throttle),         // a miss waits for upstream budget, or gets sluice's own 429
 	)
 }
 

@@ -18,6 +18,7 @@ func TestMemoryMeters(t *testing.T) {
 func TestMemoryBans(t *testing.T) {
 	storetest.BanList(t, func(t *testing.T, now func() time.Time) store.BanList {
 		b, err := store.OpenBans(filepath.Join(t.TempDir(), "bans.json"), slog.New(slog.DiscardHandler), now)
+		t.Cleanup(b.Flush)
 		if err != nil {
 			t.Fatal(err)
 		}
