@@ -390,3 +390,36 @@ func TestLeavingClientDoesNotAbortOthers(t *testing.T) {
 }
 
 func runtimeGosched() { time.Sleep(time.Millisecond) }
+
+// FuzzIndexLoad: whatever index.json holds, opening the store neither
+// panics nor removes a file outside it, and keeps only well-formed entries.
+func FuzzIndexLoad(f *testing.F) {
+	good := `[{"key":"registry.test:443/v2/x/blobs/sha256:` + strings.Repeat("a", 64) + `","digest":"` + strings.Repeat("a", 64) + `","size":3,"used":"2026-12-01T12:00:00Z"}]`
+	for _, s := range []string{good, `[{"key":"k","digest":"","size":1}]`, `[{"key":"k","digest":"../../victim","size":1}]`,
+		`[null]`, `[{"digest":"` + strings.Repeat("b", 64) + `","size":-1}]`, `{}`, `[`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, index []byte) {
+		root := t.TempDir()
+		victim := filepath.Join(root, "victim")
+		os.WriteFile(victim, []byte("keep"), 0o600)
+		dir := filepath.Join(root, "store", "blobs")
+		os.MkdirAll(filepath.Join(dir, "sha256", "aa"), 0o700)
+		os.WriteFile(filepath.Join(dir, "sha256", "aa", strings.Repeat("a", 64)), []byte("abc"), 0o600)
+		os.WriteFile(filepath.Join(dir, "index.json"), index, 0o600)
+		s, err := Open(dir, Options{MaxBytes: 1 << 20, Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			return
+		}
+		for _, e := range s.List() {
+			if !validDigest(e.Digest) || e.Size < 0 {
+				t.Fatalf("index entry %+v kept", e)
+			}
+		}
+		s.Remove("")
+		s.GC()
+		if _, err := os.Stat(victim); err != nil {
+			t.Fatalf("a file outside the store went: %v", err)
+		}
+	})
+}

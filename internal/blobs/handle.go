@@ -60,11 +60,10 @@ func urlDigest(path string) string {
 	if i < 0 {
 		return ""
 	}
-	d := path[i+len("/blobs/sha256:"):]
-	if len(d) != 64 || strings.Trim(d, "0123456789abcdef") != "" {
-		return ""
+	if d := path[i+len("/blobs/sha256:"):]; validDigest(d) {
+		return d
 	}
-	return d
+	return ""
 }
 
 // Handle serves r (matched by m) from the store, or downloads it once

@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,6 +109,11 @@ func Open(dir string, opts Options) (*Store, error) {
 
 func (s *Store) indexPath() string { return filepath.Join(s.dir, "index.json") }
 
+// validDigest reports whether d is a sha256 digest in lower-case hex.
+func validDigest(d string) bool {
+	return len(d) == 64 && strings.Trim(d, "0123456789abcdef") == ""
+}
+
 func (s *Store) filePath(digest string) string {
 	return filepath.Join(s.dir, "sha256", digest[:2], digest)
 }
@@ -127,6 +133,15 @@ func (s *Store) load() error {
 		s.opts.Log.Warn("blob index unreadable; starting empty", "path", s.indexPath(), "error", err.Error())
 		return nil
 	}
+	// A tampered index must neither crash the store nor name a file
+	// outside it (a digest of "../../x"): only well-formed entries count.
+	es = slices.DeleteFunc(es, func(e *Entry) bool {
+		bad := e == nil || !validDigest(e.Digest) || e.Size < 0 || e.Key == ""
+		if bad {
+			s.opts.Log.Warn("blob index entry ignored: not a valid entry", "path", s.indexPath())
+		}
+		return bad
+	})
 	slices.SortFunc(es, func(a, b *Entry) int { return a.Used.Compare(b.Used) }) // the most recent added last
 	for _, e := range es {
 		fi, err := os.Stat(s.filePath(e.Digest))
