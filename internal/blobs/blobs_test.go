@@ -423,3 +423,32 @@ func FuzzIndexLoad(f *testing.F) {
 		}
 	})
 }
+
+// TestFileChangedWhileRunning: a stored file rewritten on disk while sluice
+// runs, at the same size, is hashed again before it is served, never served
+// as it is.
+func TestFileChangedWhileRunning(t *testing.T) {
+	body := randomBytes(50_000)
+	o := newOrigin(t)
+	path := blobPath(body)
+	o.put(path, body)
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	m := matcher(t)
+	get(s, m, o.next, context.Background(), "GET", path)
+	if w := get(s, m, o.next, context.Background(), "GET", path); w.header.Get("X-Cache") != "HIT" {
+		t.Fatalf("second GET: X-Cache %q, want HIT", w.header.Get("X-Cache"))
+	}
+	file := filepath.Join(dir, "sha256", digestOf(body)[:2], digestOf(body))
+	corrupt := bytes.Clone(body)
+	corrupt[100] ^= 0xff
+	if err := os.WriteFile(file, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute) // a new modification time, whatever the file system's resolution
+	os.Chtimes(file, later, later)
+	w := get(s, m, o.next, context.Background(), "GET", path)
+	if w.digest() != digestOf(body) || o.hits.Load() != 2 {
+		t.Errorf("after the file changed: digest ok %v, upstream hits %d; want it detected and fetched again", w.digest() == digestOf(body), o.hits.Load())
+	}
+}

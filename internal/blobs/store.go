@@ -74,7 +74,10 @@ type Entry struct {
 	LastModified string    `json:"last_modified,omitempty"`
 	Used         time.Time `json:"used"`
 
-	verified bool // hashed since this process loaded it
+	// verified is when the file was last hashed and found right, as its
+	// modification time then: a file changed since (even at the same size)
+	// is hashed again before it is served.
+	verified time.Time
 }
 
 // Open loads (or creates) the store under dir. Temporary files left by a
@@ -216,16 +219,20 @@ func (s *Store) lookup(key, digest string) *Entry {
 // once per process; a file that fails either is dropped (and refetched).
 func (s *Store) open(e *Entry) (*os.File, error) {
 	f, err := os.Open(s.filePath(e.Digest))
+	var mod time.Time
 	if err == nil {
 		var fi os.FileInfo
-		if fi, err = f.Stat(); err == nil && fi.Size() != e.Size {
-			err = fmt.Errorf("size %d, want %d", fi.Size(), e.Size)
+		if fi, err = f.Stat(); err == nil {
+			mod = fi.ModTime()
+			if fi.Size() != e.Size {
+				err = fmt.Errorf("size %d, want %d", fi.Size(), e.Size)
+			}
 		}
 	}
 	s.mu.Lock()
 	verified := e.verified
 	s.mu.Unlock()
-	if err == nil && !verified {
+	if err == nil && (verified.IsZero() || !mod.Equal(verified)) {
 		h := sha256.New()
 		if _, err = io.Copy(h, f); err == nil {
 			if got := hex.EncodeToString(h.Sum(nil)); got != e.Digest {
@@ -246,7 +253,7 @@ func (s *Store) open(e *Entry) (*os.File, error) {
 		s.saveLocked()
 		return nil, err
 	}
-	e.verified = true
+	e.verified = mod
 	return f, nil
 }
 
@@ -273,7 +280,10 @@ func (s *Store) commit(tmp string, e *Entry) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e.Used, e.verified = s.opts.Now(), true
+	e.Used = s.opts.Now()
+	if fi, err := os.Stat(dst); err == nil {
+		e.verified = fi.ModTime()
+	}
 	s.addLocked(e)
 	for s.size > s.opts.MaxBytes && s.entries.Len() > 1 {
 		s.entries.RemoveOldest()
