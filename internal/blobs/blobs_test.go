@@ -201,8 +201,11 @@ func TestDigestMismatchStoresNothing(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir, 1<<30)
 	w := get(s, matcher(t), o.next, context.Background(), "GET", path)
-	if !w.aborted || w.n >= int64(len(bad)) {
-		t.Errorf("client got %d of %d bytes, aborted=%v: want the download aborted, never complete", w.n, len(bad), w.aborted)
+	// Streaming, the client's response is aborted before its last byte; a
+	// client that came as the download ended gets a 502 (this was the
+	// flake: it used to fetch the same bad bytes again and get them whole).
+	if w.status == http.StatusOK && !w.aborted || w.n >= int64(len(bad)) {
+		t.Errorf("client got status %d, %d of %d bytes, aborted=%v: want the download aborted or refused, never complete", w.status, w.n, len(bad), w.aborted)
 	}
 	if size, files := s.Size(); size != 0 || files != 0 {
 		t.Errorf("store holds %d bytes in %d files after a digest mismatch", size, files)

@@ -256,12 +256,21 @@ func (s *Store) streamRelay(w http.ResponseWriter, r *http.Request, d *download,
 
 // afterDownload answers a reader that arrived as the download ended: from
 // the stored file, or, if the store could not keep it, from the upstream.
+// A download that failed on the upstream's side (its bytes did not match
+// the digest, or broke off) is answered 502: fetching the same bytes again
+// to pass them on unverified is what the store is there to prevent.
 func (s *Store) afterDownload(w http.ResponseWriter, r *http.Request, d *download, next http.Handler) {
 	d.mu.Lock()
 	for !d.done {
 		d.cond.Wait()
 	}
+	streamErr := d.streamErr
 	d.mu.Unlock()
+	if streamErr != nil {
+		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadGateway, Msg: "blob download failed",
+			Detail: streamErr.Error(), ProxyStatus: "destination_unavailable", Err: streamErr})
+		return
+	}
 	if e := s.lookup(d.key, d.wantDigest); e != nil {
 		if f, err := s.open(e); err == nil {
 			defer f.Close()
