@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,10 +96,15 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 				rec.Query = RedactQuery(r.URL.Query())
 			}
 			cw := &countingWriter{ResponseWriter: w, rec: rec}
+			var body *countingBody
 			if r.Body != nil && r.Body != http.NoBody {
-				r.Body = &countingBody{ReadCloser: r.Body, n: &rec.BytesIn}
+				body = &countingBody{ReadCloser: r.Body}
+				r.Body = body
 			}
 			defer func() {
+				if body != nil {
+					rec.BytesIn = body.n.Load()
+				}
 				// A handler aborts a response (http.ErrAbortHandler) by
 				// panicking; the line is still written, then the panic goes on.
 				if p := recover(); p != nil {
@@ -267,14 +273,17 @@ func (w *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 // Unwrap lets http.ResponseController reach Flush, Hijack and deadlines.
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// countingBody counts the body bytes read. The forwarder's transport may
+// still be reading it on its own goroutine when the handler returns, so
+// the count is atomic.
 type countingBody struct {
 	io.ReadCloser
-	n *int64
+	n atomic.Int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	*b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }
 

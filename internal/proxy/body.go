@@ -21,7 +21,12 @@ func (s *Server) BodyIdle(idle time.Duration) func(http.Handler) http.Handler {
 				return
 			}
 			b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: idle}
-			defer b.stop()
+			// Made here, stopped, before the body can be read on another
+			// goroutine (the forwarder's transport): Reset and Stop are safe
+			// from any goroutine, the field is not.
+			b.timer = time.AfterFunc(time.Hour, b.expire)
+			b.timer.Stop()
+			defer b.timer.Stop()
 			r.Body = b
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b)))
 		})
@@ -42,11 +47,7 @@ type idleBody struct {
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		b.timer = time.AfterFunc(b.idle, b.expire)
-	} else {
-		b.timer.Reset(b.idle)
-	}
+	b.timer.Reset(b.idle)
 	n, err := b.ReadCloser.Read(p)
 	b.timer.Stop()
 	return n, err
@@ -55,12 +56,6 @@ func (b *idleBody) Read(p []byte) (int, error) {
 func (b *idleBody) expire() {
 	b.timedOut.Store(true)
 	b.rc.SetReadDeadline(time.Now()) // the pending read fails now
-}
-
-func (b *idleBody) stop() {
-	if b.timer != nil {
-		b.timer.Stop()
-	}
 }
 
 // bodyTimedOut reports whether r's body was cut off by BodyIdle.
