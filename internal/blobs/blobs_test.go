@@ -280,12 +280,7 @@ func TestCorruptFileRefetched(t *testing.T) {
 	s := openStore(t, dir, 1<<30)
 	m := matcher(t)
 	get(s, m, o.next, context.Background(), "GET", path)
-	file := filepath.Join(dir, "sha256", digestOf(body)[:2], digestOf(body))
-	corrupt := bytes.Clone(body)
-	corrupt[100] ^= 0xff
-	if err := os.WriteFile(file, corrupt, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	corruptOnDisk(t, dir, body)
 	s = openStore(t, dir, 1<<30)
 	w := get(s, m, o.next, context.Background(), "GET", path)
 	if w.digest() != digestOf(body) || o.hits.Load() != 2 {
@@ -427,6 +422,23 @@ func FuzzIndexLoad(f *testing.F) {
 	})
 }
 
+// corruptOnDisk rewrites the stored file of body with one byte changed, at
+// the same size and with a later modification time (whatever the file
+// system's resolution).
+func corruptOnDisk(t *testing.T, dir string, body []byte) {
+	t.Helper()
+	file := filepath.Join(dir, "sha256", digestOf(body)[:2], digestOf(body))
+	corrupt := bytes.Clone(body)
+	corrupt[100] ^= 0xff
+	if err := os.WriteFile(file, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(file, later, later); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFileChangedWhileRunning: a stored file rewritten on disk while sluice
 // runs, at the same size, is hashed again before it is served, never served
 // as it is.
@@ -442,14 +454,7 @@ func TestFileChangedWhileRunning(t *testing.T) {
 	if w := get(s, m, o.next, context.Background(), "GET", path); w.header.Get("X-Cache") != "HIT" {
 		t.Fatalf("second GET: X-Cache %q, want HIT", w.header.Get("X-Cache"))
 	}
-	file := filepath.Join(dir, "sha256", digestOf(body)[:2], digestOf(body))
-	corrupt := bytes.Clone(body)
-	corrupt[100] ^= 0xff
-	if err := os.WriteFile(file, corrupt, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	later := time.Now().Add(time.Minute) // a new modification time, whatever the file system's resolution
-	os.Chtimes(file, later, later)
+	corruptOnDisk(t, dir, body)
 	w := get(s, m, o.next, context.Background(), "GET", path)
 	if w.digest() != digestOf(body) || o.hits.Load() != 2 {
 		t.Errorf("after the file changed: digest ok %v, upstream hits %d; want it detected and fetched again", w.digest() == digestOf(body), o.hits.Load())

@@ -56,12 +56,11 @@ func Middleware(log *slog.Logger, bans *Bans, of func(*http.Request) *Rules) fun
 			if v == nil {
 				var err error
 				if v, err = rules.CheckBody(r); err != nil {
-					status, msg := http.StatusBadRequest, "cannot read the request body"
 					if errors.Is(err, os.ErrDeadlineExceeded) {
-						status, msg = http.StatusRequestTimeout, "request body timed out"
-						w.Header().Set("Connection", "close")
+						obs.WriteBodyTimeout(w, r, err)
+						return
 					}
-					obs.WriteError(w, r, &obs.Error{Status: status, Msg: msg,
+					obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "cannot read the request body",
 						Host: decision.From(r.Context()).Target.String(), Err: err})
 					return
 				}

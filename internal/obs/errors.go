@@ -80,3 +80,12 @@ func sfString(s string) string {
 	}
 	return string(append(b, '"'))
 }
+
+// WriteBodyTimeout answers a request whose body sent nothing for
+// timeouts.body_idle, and closes the connection: what the client sends
+// next cannot be told from the rest of that body.
+func WriteBodyTimeout(w http.ResponseWriter, r *http.Request, err error) {
+	w.Header().Set("Connection", "close")
+	WriteError(w, r, &Error{Status: http.StatusRequestTimeout, Msg: "request body timed out", Host: decision.From(r.Context()).Target.String(),
+		Detail: "the request body sent nothing for timeouts.body_idle; nothing more of it was forwarded", Err: err})
+}

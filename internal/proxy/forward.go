@@ -157,9 +157,7 @@ func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 	if bodyTimedOut(r) {
 		// The server cancels the request when its body read fails; the
 		// client is still there to be told why.
-		w.Header().Set("Connection", "close")
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusRequestTimeout, Msg: "request body timed out", Host: rec.Target.String(),
-			Detail: "the request body sent nothing for timeouts.body_idle; the upstream request was abandoned", Err: err})
+		obs.WriteBodyTimeout(w, r, err)
 		return
 	}
 	if r.Context().Err() != nil {
