@@ -218,6 +218,15 @@ func (f *fetched) failed() bool {
 type flight struct {
 	done chan struct{}
 	res  *fetched
+	// interim carries the fill's 1xx responses (103 Early Hints, ...) to
+	// the leader, whose own goroutine writes them: the fill runs detached
+	// and must not touch a writer its client may already have left.
+	interim chan interimResponse
+}
+
+type interimResponse struct {
+	status int
+	header http.Header
 }
 
 // fetch coalesces concurrent fetches of key: the first request starts one
@@ -229,7 +238,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	c.mu.Lock()
 	f, joined := c.flights[key]
 	if !joined {
-		f = &flight{done: make(chan struct{})}
+		f = &flight{done: make(chan struct{}), interim: make(chan interimResponse, maxInterim)}
 		c.flights[key] = f
 	}
 	c.mu.Unlock()
@@ -238,17 +247,45 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	} else {
 		go c.run(f, key, r, next, prepare, store)
 	}
-	select {
-	case <-f.done:
-		if !joined {
+	interim := f.interim
+	if joined {
+		interim = nil // interim responses answer the request that asked for them
+	}
+	for {
+		select {
+		case ir := <-interim:
+			writeInterim(w, ir)
+		case <-f.done:
+			if !joined {
+				rec := decision.From(r.Context())
+				rec.UpstreamAddr, rec.Budget, rec.Waited = f.res.upstreamAddr, f.res.budget, f.res.waited
+			}
+			return f.res, true
+		case <-r.Context().Done():
 			rec := decision.From(r.Context())
-			rec.UpstreamAddr, rec.Budget, rec.Waited = f.res.upstreamAddr, f.res.budget, f.res.waited
+			rec.Status, rec.Reason = 499, "client closed the request while the cache was filling"
+			return nil, false
 		}
-		return f.res, true
-	case <-r.Context().Done():
-		rec := decision.From(r.Context())
-		rec.Status, rec.Reason = 499, "client closed the request while the cache was filling"
-		return nil, false
+	}
+}
+
+// maxInterim is how many 1xx responses a fill passes on; net/http's
+// transport accepts no more than five before a final response.
+const maxInterim = 5
+
+// writeInterim sends a 1xx response with its own header fields, leaving
+// the ones already set for the final response as they were.
+func writeInterim(w http.ResponseWriter, ir interimResponse) {
+	h := w.Header()
+	saved := h.Clone()
+	clear(h)
+	for k, vs := range ir.header {
+		h[k] = vs
+	}
+	w.WriteHeader(ir.status)
+	clear(h)
+	for k, vs := range saved {
+		h[k] = vs
 	}
 }
 
@@ -270,7 +307,7 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, p
 	if prepare != nil {
 		prepare(out)
 	}
-	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes}
+	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes, interim: f.interim}
 	aborted := c.serveInto(rw, out, next, key)
 	res := rw.result(aborted)
 	res.leader, res.next, res.at = r, next, c.opts.Now()
@@ -320,6 +357,7 @@ type recorder struct {
 	body     bytes.Buffer
 	limit    int64
 	tooLarge bool
+	interim  chan<- interimResponse
 }
 
 func (rw *recorder) Header() http.Header { return rw.header }
@@ -348,8 +386,19 @@ func (rw *recorder) result(aborted bool) *fetched {
 }
 
 func (rw *recorder) WriteHeader(code int) {
-	if rw.status != 0 || code < 200 {
-		return // informational responses are not stored
+	if rw.status != 0 {
+		return
+	}
+	if code < 200 {
+		// Not stored, but passed to the client that is waiting for this
+		// fill; 101 never is: a fill cannot switch protocols.
+		if code != http.StatusSwitchingProtocols {
+			select {
+			case rw.interim <- interimResponse{status: code, header: rw.header.Clone()}:
+			default:
+			}
+		}
+		return
 	}
 	rw.status = code
 	if n, err := strconv.ParseInt(rw.header.Get("Content-Length"), 10, 64); err == nil && n > rw.limit {

@@ -78,6 +78,7 @@ func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
 			rec := decision.From(pr.In.Context())
 			pr.Out.URL.Scheme, pr.Out.URL.Host = rec.Scheme.String(), rec.Target.Authority(rec.Scheme.DefaultPort())
 			pr.Out.Host = "" // the Host header follows the URL: the target, never the client's claim
+			pr.Out.Header.Add("Via", via(pr.In.ProtoMajor, pr.In.ProtoMinor))
 			if rec.Entry == decision.EntryReverse {
 				// A backend wants to know its real client: the one the entry
 				// point named, never the hops a client claims.
@@ -96,6 +97,10 @@ func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
 			}
 			return u.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
 		}),
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Add("Via", via(resp.ProtoMajor, resp.ProtoMinor))
+			return nil
+		},
 		ErrorHandler: f.proxyError,
 		BufferPool:   bufferPool,
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

@@ -66,6 +66,7 @@ func (t *Table) Build(d Deps) {
 		policy.Middleware(t.Policy),                      // allowlist: deny, tunnel, intercept or reverse, recorded
 		d.Proxy.Connect(t.upstream, t.Config.Timeouts),   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
 		filter.Middleware(d.Log, d.Bans, t.rules),        // the route's rule set: method, path, headers, then the body as it streams
+		proxy.MaxForwards,                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
 		blobs.Middleware(d.Blobs, t.blobs),               // immutable files from disk, verified
 		cache.Middleware(d.Cache, t.cache),               // fresh hit: answer; miss: coalesce and fill through the rest
 		throttle.Middleware(d.Limit, t.throttle),         // a miss waits for upstream budget, or gets sluice's own 429
