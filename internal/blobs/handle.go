@@ -131,7 +131,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	select {
 	case <-d.headers:
 	case <-r.Context().Done():
-		rec.Status, rec.Reason = 499, "client left before the blob download started"
+		rec.Status, rec.Reason = obs.StatusClientClosed, "client left before the blob download started"
 		return
 	}
 	stop := context.AfterFunc(r.Context(), func() { d.mu.Lock(); d.cond.Broadcast(); d.mu.Unlock() })

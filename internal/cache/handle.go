@@ -263,7 +263,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 			return f.res, true
 		case <-r.Context().Done():
 			rec := decision.From(r.Context())
-			rec.Status, rec.Reason = 499, "client closed the request while the cache was filling"
+			rec.Status, rec.Reason = obs.StatusClientClosed, "client closed the request while the cache was filling"
 			return nil, false
 		}
 	}

@@ -1,10 +1,12 @@
 // Package obs holds what every request shares for observability: the
 // access-log stage (one canonical line and the metrics per request, written
 // from the request's decision record), panic recovery, and the JSON error
-// answers that sluice itself writes.
+// answers that sluice itself writes, and each client connection's account
+// of the streams it reset (Conns).
 //
 // Metrics: sluice_proxy_requests_total{mode,decision,code},
-// sluice_proxy_request_duration_seconds{mode}.
+// sluice_proxy_request_duration_seconds{mode}, sluice_client_stream_resets_total,
+// sluice_client_reset_closes_total.
 package obs
 
 import (
@@ -114,6 +116,12 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 					write(r.Context(), log, opts.JSONLines, m, rec, time.Since(rec.Start))
 					panic(p)
 				}
+				// An HTTP/2 stream the client reset before its answer was
+				// done: a flood of them is summarised, not logged line by line.
+				if r.ProtoMajor == 2 && r.Context().Err() != nil && !noteReset(r, time.Now()) {
+					m.observe(rec, time.Since(rec.Start))
+					return
+				}
 				write(r.Context(), log, opts.JSONLines, m, rec, time.Since(rec.Start))
 			}()
 			next.ServeHTTP(cw, r.WithContext(decision.With(r.Context(), rec)))
@@ -128,6 +136,8 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	switch {
 	case outcome == decision.Deny.String() || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
 		level = slog.LevelWarn
+	case rec.Status == StatusClientClosed:
+		// The client left: nothing for an operator to act on.
 	case rec.Err != nil && rec.Status >= 500, rec.Status == 0 && rec.Err != nil:
 		level = slog.LevelError
 	case rec.Err != nil:

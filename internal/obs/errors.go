@@ -89,3 +89,7 @@ func WriteBodyTimeout(w http.ResponseWriter, r *http.Request, err error) {
 	WriteError(w, r, &Error{Status: http.StatusRequestTimeout, Msg: "request body timed out", Host: decision.From(r.Context()).Target.String(),
 		Detail: "the request body sent nothing for timeouts.body_idle; nothing more of it was forwarded", Err: err})
 }
+
+// StatusClientClosed is the status the access log records for a request
+// whose client went away before its answer (nginx's 499): nothing is sent.
+const StatusClientClosed = 499

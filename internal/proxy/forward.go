@@ -71,6 +71,45 @@ type Forwarder struct {
 }
 
 // Forwarder returns the pipeline's last handler; up returns a request's upstream.
+// roundTripDetached sends a request without a body so that its client
+// leaving midway does not cost the upstream connection: cancelling an
+// HTTP/1.1 request in flight closes its connection, so a client resetting
+// streams would make sluice dial once per stream. The request goes on for
+// at most abandonGrace after its client left, and the rest of its answer
+// (up to maxDrain bytes) is read off so the connection returns to the pool.
+func roundTripDetached(rt http.RoundTripper, r *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stop := context.AfterFunc(r.Context(), func() { time.AfterFunc(abandonGrace, cancel) })
+	resp, err := rt.RoundTrip(r.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	if err != nil {
+		stop()
+		cancel()
+		return nil, err
+	}
+	resp.Body = &drainingBody{ReadCloser: resp.Body, done: func() { stop(); cancel() }}
+	return resp, nil
+}
+
+const (
+	abandonGrace = 5 * time.Second
+	maxDrain     = 256 << 10
+)
+
+// drainingBody reads what is left of an answer, up to maxDrain, before it
+// closes it: an HTTP/1.1 connection whose answer was not read to the end
+// cannot be reused.
+type drainingBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *drainingBody) Close() error {
+	io.CopyN(io.Discard, b.ReadCloser, maxDrain)
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
+}
+
 func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
 	f := &Forwarder{s: s}
 	f.rp = &httputil.ReverseProxy{
@@ -95,7 +134,15 @@ func (s *Server) Forwarder(up func(*http.Request) *Upstream) *Forwarder {
 			if u == nil {
 				return nil, fmt.Errorf("no upstream for %s: the policy chose no route", rec.Target)
 			}
-			return u.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+			if err := r.Context().Err(); err != nil {
+				return nil, err // the client left (an HTTP/2 reset): nothing to send, nothing to dial
+			}
+			if r.Body != nil && r.Body != http.NoBody || r.Header.Get("Upgrade") != "" {
+				// A body cannot be sent twice, an upgraded connection is the
+				// client's: both end with their client.
+				return u.transport.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+			}
+			return roundTripDetached(u.transport, r, trace)
 		}),
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Add("Via", via(resp.ProtoMajor, resp.ProtoMinor))
@@ -166,7 +213,7 @@ func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	if r.Context().Err() != nil {
-		rec.Status, rec.Reason, rec.Err = 499, "client closed the request", err
+		rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client closed the request", err
 		return
 	}
 	var ae answeringError

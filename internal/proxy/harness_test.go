@@ -50,8 +50,10 @@ type harness struct {
 	root        *ca.Root
 	dir         string
 	logs        *testenv.Buffer
-	resolver    *fakeResolver
-	reg         *prometheus.Registry
+	// logBytes counts what was logged, also in a benchmark, whose log is not kept.
+	logBytes atomic.Int64
+	resolver *fakeResolver
+	reg      *prometheus.Registry
 }
 
 // newHarness starts sluice with the given hosts section (YAML, indented
@@ -86,9 +88,9 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 		t.Fatal(err)
 	}
 	h.root = root
-	var logTo io.Writer = io.MultiWriter(h.logs, t.Output())
+	var logTo io.Writer = io.MultiWriter(h.logs, t.Output(), byteCounter{&h.logBytes})
 	if _, ok := t.(*testing.B); ok {
-		logTo = io.Discard // a benchmark measures the formatting, not a growing buffer
+		logTo = byteCounter{&h.logBytes} // a benchmark measures the formatting, not a growing buffer
 	}
 	log := slog.New(slog.NewJSONHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	blobStore, err := blobs.Open(filepath.Join(dir, "blobs"), blobs.Options{MaxBytes: 1 << 30, Log: log, Registerer: h.reg})
@@ -213,21 +215,30 @@ func get(t *testing.T, c *http.Client, rawURL string) (*http.Response, []byte) {
 // connect sends a raw CONNECT and returns the response.
 func connect(t *testing.T, proxyAddr, target string) (*http.Response, []byte) {
 	t.Helper()
-	c, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, resp := dialConnect(t, proxyAddr, target)
 	defer c.Close()
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		t.Fatalf("CONNECT %s: %v", target, err)
-	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
 	}
 	body, _ := io.ReadAll(resp.Body)
 	return resp, body
+}
+
+// dialConnect sends a raw CONNECT on a new connection and reads the
+// answer's head; after a 200 the connection is the tunnel.
+func dialConnect(t testing.TB, proxyAddr, target string) (net.Conn, *http.Response) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		c.Close()
+		t.Fatalf("CONNECT %s: %v", target, err)
+	}
+	return c, resp
 }
 
 // echo is the test upstream: it answers JSON describing the request.
@@ -356,3 +367,7 @@ func (h *harness) metric(name, label, value string) float64 {
 	}
 	return 0
 }
+
+type byteCounter struct{ n *atomic.Int64 }
+
+func (c byteCounter) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return len(p), nil }

@@ -34,6 +34,7 @@ import (
 	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/hostport"
+	"sluice/internal/obs"
 )
 
 // Options are what New needs.
@@ -104,6 +105,10 @@ func New(opts Options) (*Server, error) {
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: s.mitmCertificate,
 	}
+	conns, err := obs.NewConns(opts.Log, opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	t := opts.Config.Timeouts
 	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
 	server := func() *http.Server {
@@ -112,12 +117,22 @@ func New(opts Options) (*Server, error) {
 			ReadHeaderTimeout: t.TLSHandshake.D(),
 			IdleTimeout:       t.ClientIdle.D(),
 			ErrorLog:          errLog,
+			ConnContext:       conns.ConnContext,
+			ConnState:         conns.ConnState,
+			// Each stream in flight may hold an upstream request: the
+			// bound on what one client connection costs (RFC 9113 asks for
+			// at least 100; Go's default is 250).
+			HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxClientStreams},
 		}
 	}
 	s.forward, s.rev, s.mitm = server(), server(), server()
-	s.mitm.ConnContext = sessionContext
+	s.mitm.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return conns.ConnContext(sessionContext(ctx, c), c)
+	}
 	return s, nil
 }
+
+const maxClientStreams = 100
 
 // Listeners are the sockets Serve serves; nil ones are off.
 type Listeners struct {

@@ -30,7 +30,7 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 			lease, err := l.Acquire(r.Context(), spec, host, r)
 			if err != nil {
 				if r.Context().Err() != nil {
-					rec.Status, rec.Reason, rec.Err = 499, "client left while waiting for upstream budget", err
+					rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client left while waiting for upstream budget", err
 					return
 				}
 				retry := l.RetryAfter(spec, host, r)
