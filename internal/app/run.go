@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -126,7 +127,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	if os.Getenv("GOMEMLIMIT") == "" {
-		g.Go(func() error { tuneMemory(gctx, gw.Deps.Cache); return nil })
+		g.Go(func() error { tuneMemory(gctx, gw.Deps.Cache, idleCollect); return nil })
 	}
 	g.Go(func() error {
 		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
@@ -206,17 +207,43 @@ const minMemoryLimit = 32 << 20
 // gives back what a burst allocated instead of holding five times the live
 // heap (GOGC=400), while a filling cache or a crowd of connections still
 // has room: the limit follows them up within a second.
-func tuneMemory(ctx context.Context, c *cache.Cache) {
+//
+// A burst that ends leaves its memory as garbage that no collection comes
+// for, since nothing allocates any more: after idle without one, when the
+// heap holds idleSlack more than after tuneMemory's last such collection,
+// it collects and returns the memory to the system itself.
+func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	for {
-		metrics.Read(live)
-		var heap int64
-		if live[0].Value.Kind() == metrics.KindUint64 {
-			heap = int64(live[0].Value.Uint64())
+	samples := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+	}
+	value := func(i int) int64 {
+		if samples[i].Value.Kind() != metrics.KindUint64 {
+			return 0
 		}
-		debug.SetMemoryLimit(max(minMemoryLimit, 3*c.Bytes(), 2*heap))
+		return int64(samples[i].Value.Uint64())
+	}
+	var lastCycles, heldAfterCollect int64
+	var sinceCollect time.Duration
+	for {
+		metrics.Read(samples)
+		live, cycles, held := value(0), value(1), value(2)+value(3)
+		if cycles != lastCycles {
+			lastCycles, sinceCollect = cycles, 0
+		} else if sinceCollect += time.Second; sinceCollect >= idle && held-heldAfterCollect > idleSlack {
+			// Two collections: the first leaves what sync.Pools held (the
+			// closed connections' buffers) to the second.
+			runtime.GC()
+			debug.FreeOSMemory()
+			metrics.Read(samples)
+			lastCycles, heldAfterCollect, sinceCollect = value(1), value(2)+value(3), 0
+			live = value(0)
+		}
+		debug.SetMemoryLimit(max(minMemoryLimit, 3*c.Bytes(), 2*live))
 		select {
 		case <-ctx.Done():
 			return
@@ -224,6 +251,11 @@ func tuneMemory(ctx context.Context, c *cache.Cache) {
 		}
 	}
 }
+
+const (
+	idleCollect = 10 * time.Second
+	idleSlack   = 16 << 20
+)
 
 func configName(path string) string {
 	if path == "" {
