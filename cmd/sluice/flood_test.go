@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,15 +32,20 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// BenchmarkConnFloodRSS: 10,000 intercepted TLS connections (each with one
-// request answered) held open at once, then closed; it reports sluice's
-// resident memory before, with all of them open, and 1 s, 10 s, 30 s and
-// 60 s after they closed. The figures are those of a separate sluice
-// process; run it with -benchtime 1x.
-func BenchmarkConnFloodRSS(b *testing.B) {
-	const conns = 10000
+// startSluice runs sluice in a process of its own (this test binary as
+// main), in front of an HTTP/1.1 upstream for api.test that answers "ok"
+// once it has read the whole request, and returns its pid, its proxy address and
+// the roots that trust its CA.
+func startSluice(b *testing.B) (pid int, proxyAddr string, roots *x509.CertPool) {
 	upCA := testpki.NewCA(b, "upstream CA")
-	up := upCA.Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "api.test")
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	// HTTP/1.1, as many API fronts are: one connection per request in flight.
+	up.TLS = &tls.Config{Certificates: []tls.Certificate{upCA.Leaf(b, "api.test")}}
+	up.StartTLS()
+	b.Cleanup(up.Close)
 	dir := b.TempDir()
 	port := testenv.FreePort(b)
 	cfg := filepath.Join(dir, "sluice.yaml")
@@ -59,15 +65,70 @@ hosts:
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
-	proxyAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	proxyAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	testenv.WaitListening(b, proxyAddr)
 	caPEM, err := os.ReadFile(filepath.Join(dir, "data", "ca.pem"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	roots := x509.NewCertPool()
+	roots = x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
-	rss := func() float64 { return float64(residentBytes(b, cmd.Process.Pid)) / (1 << 20) }
+	return cmd.Process.Pid, proxyAddr, roots
+}
+
+// BenchmarkSlowClientsFDs: 600 clients each send a POST whose 100-byte
+// body comes one byte a second; it reports sluice's open file descriptors
+// before and while they send, and upstream connections held (sluice's
+// FDs beyond one per client and its idle ones).
+func BenchmarkSlowClientsFDs(b *testing.B) {
+	const clients = 600
+	pid, proxyAddr, roots := startSluice(b)
+	fds := func() float64 {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(len(ents))
+	}
+	for b.Loop() {
+		held := open(b, proxyAddr, roots, 1)
+		held[0].Close()
+		time.Sleep(time.Second)
+		idle := fds()
+		b.ReportMetric(idle, "idle-fds")
+		conns := make([]net.Conn, clients)
+		for i := range conns {
+			c, err := interceptedConn(proxyAddr, roots)
+			if err != nil {
+				b.Fatal(err)
+			}
+			fmt.Fprint(c, "POST /api/v3/order HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\ns")
+			conns[i] = c
+		}
+		for range 5 {
+			time.Sleep(time.Second)
+			for _, c := range conns {
+				c.Write([]byte("y"))
+			}
+		}
+		slow := fds()
+		b.ReportMetric(slow, "slow-fds")
+		b.ReportMetric(slow-idle-clients, "beyond-one-per-client-fds")
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// BenchmarkConnFloodRSS: 10,000 intercepted TLS connections (each with one
+// request answered) held open at once, then closed; it reports sluice's
+// resident memory before, with all of them open, and 1 s, 10 s, 30 s and
+// 60 s after they closed. The figures are those of a separate sluice
+// process; run it with -benchtime 1x.
+func BenchmarkConnFloodRSS(b *testing.B) {
+	const conns = 10000
+	pid, proxyAddr, roots := startSluice(b)
+	rss := func() float64 { return float64(residentBytes(b, pid)) / (1 << 20) }
 
 	for b.Loop() {
 		open(b, proxyAddr, roots, 1) // the CA's leaf for api.test is minted
@@ -117,7 +178,8 @@ func open(b *testing.B, proxyAddr string, roots *x509.CertPool, n int) []net.Con
 	return conns
 }
 
-func interceptedGET(proxyAddr string, roots *x509.CertPool) (net.Conn, error) {
+// interceptedConn is a TLS connection to api.test through sluice.
+func interceptedConn(proxyAddr string, roots *x509.CertPool) (net.Conn, error) {
 	c, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		return nil, err
@@ -133,8 +195,20 @@ func interceptedGET(proxyAddr string, roots *x509.CertPool) (net.Conn, error) {
 		return fail(fmt.Errorf("CONNECT: %s", resp.Status))
 	}
 	tc := tls.Client(c, &tls.Config{RootCAs: roots, ServerName: "api.test", NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		return fail(err)
+	}
+	return tc, nil
+}
+
+func interceptedGET(proxyAddr string, roots *x509.CertPool) (net.Conn, error) {
+	tc, err := interceptedConn(proxyAddr, roots)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (net.Conn, error) { tc.Close(); return nil, err }
 	fmt.Fprint(tc, "GET /api/v3/time HTTP/1.1\r\nHost: api.test\r\n\r\n")
-	resp, err = http.ReadResponse(bufio.NewReader(tc), nil)
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
 	if err != nil {
 		return fail(err)
 	}

@@ -202,31 +202,20 @@ type answeringError interface {
 	Answer(http.ResponseWriter, *http.Request)
 }
 
-// proxyError answers a request whose upstream could not be reached.
+// proxyError answers a request whose upstream could not be reached, or
+// whose body could not be read on the way there.
 func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	rec := decision.From(r.Context())
-	cb, _ := r.Context().Value(clientBodyKey{}).(*clientBody)
-	if bodyTimedOut(r) {
-		// The server cancels the request when its body read fails; the
-		// client is still there to be told why.
-		obs.WriteBodyTimeout(w, r, err)
-		return
-	}
-	if r.Context().Err() != nil {
-		rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client closed the request", err
-		return
-	}
 	var ae answeringError
-	if errors.As(err, &ae) {
-		ae.Answer(w, r)
+	if cb, _ := r.Context().Value(clientBodyKey{}).(*clientBody); bodyTimedOut(r) || errors.As(err, &ae) || r.Context().Err() != nil || cb != nil && cb.err != nil {
+		// The server cancels the request when its body read fails; the
+		// client may still be there to be told why.
+		if cb != nil && cb.err != nil {
+			err = cb.err
+		}
+		answerBodyError(w, r, err)
 		return
 	}
-	if cb != nil && cb.err != nil {
-		obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "bad request body", Host: rec.Target.String(),
-			Detail: "the request body could not be read: " + cb.err.Error(), Err: cb.err})
-		return
-	}
-	f.s.writeUpstreamError(w, r, rec.Target.String(), err)
+	f.s.writeUpstreamError(w, r, decision.From(r.Context()).Target.String(), err)
 }
 
 // writeUpstreamError maps a dial, TLS or HTTP failure to 403, 502 or 504

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ type strictUpstream struct {
 }
 
 func (u *strictUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body) // an exchange answers a whole request
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	ok, hdr := u.decide(time.Now())
@@ -196,5 +198,48 @@ func TestThrottlePausesOn429(t *testing.T) {
 	}
 	if gap := times[1].Sub(times[0]); gap < 900*time.Millisecond {
 		t.Errorf("second request reached the upstream %v after its 429 with Retry-After: 1; want it held about 1 s", gap)
+	}
+}
+
+// TestSlowBodyIsNoProbe: the first request after a start probes the
+// budget (nothing else goes out until the upstream reports its count). A
+// POST whose client sends its body slowly must not be that probe: other
+// clients of the budget go on at once, and the POST still gets through.
+func TestSlowBodyIsNoProbe(t *testing.T) {
+	up := &strictUpstream{decide: fixedWindow(100, time.Second, nil)}
+	upCA := testpki.NewCA(t, "upstream CA")
+	srv := upCA.Upstream(t, up, "api.test")
+	h := newHarness(t, upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), srv.Listener.Addr().String(),
+		"    throttle: {model: window, limit: 100, window: 1s, feedback: [binance], max_wait: 1s}\n"))
+	body, feed := io.Pipe()
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "https://api.test/api/v3/order", body)
+		resp, err := h.client(false).Do(req)
+		if err != nil {
+			t.Error(err)
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	fmt.Fprint(feed, "symbol=")
+	waitFor(t, "the slow POST to reach sluice", func() bool { return strings.Contains(h.logs.String(), `"method":"CONNECT"`) })
+	time.Sleep(100 * time.Millisecond) // its head is in the pipeline
+	c := h.client(false)
+	for i := range 3 {
+		resp, b := get(t, c, "https://api.test/api/v3/ticker")
+		if resp.StatusCode != 200 {
+			t.Errorf("GET %d while a slow POST sends its body: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	for _, s := range []string{"B", "T", "C"} {
+		time.Sleep(100 * time.Millisecond)
+		io.WriteString(feed, s)
+	}
+	feed.Close()
+	if code := <-slow; code != 200 {
+		t.Errorf("the slow POST: %d, want 200", code)
 	}
 }

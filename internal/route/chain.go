@@ -69,6 +69,7 @@ func (t *Table) Build(d Deps) {
 		proxy.MaxForwards,                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
 		blobs.Middleware(d.Blobs, t.blobs),               // immutable files from disk, verified
 		cache.Middleware(d.Cache, t.cache),               // fresh hit: answer; miss: coalesce and fill through the rest
+		d.Proxy.BufferBody,                               // a small body is read whole before budget or an upstream connection is spent on it
 		throttle.Middleware(d.Limit, t.throttle),         // a miss waits for upstream budget, or gets sluice's own 429
 	)
 }
