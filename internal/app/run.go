@@ -128,6 +128,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	g, gctx := errgroup.WithContext(ctx)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		g.Go(func() error { tuneMemory(gctx, gw.Deps.Cache, idleCollect); return nil })
+		if every := cfg.Blobs.ScrubEvery.D(); every > 0 {
+			g.Go(func() error { scrubBlobs(gctx, blobStore, every, log.With("component", "blobs")); return nil })
+		}
 	}
 	g.Go(func() error {
 		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
@@ -249,6 +252,22 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// scrubBlobs hashes every stored blob again every period until ctx ends.
+func scrubBlobs(ctx context.Context, s *blobs.Store, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		checked, dropped := s.Scrub(ctx.Done())
+		log.Info("blob scrub done", "files", checked, "dropped", dropped, "took", time.Since(start).Round(time.Millisecond).String())
 	}
 }
 

@@ -462,3 +462,39 @@ func TestFileChangedWhileRunning(t *testing.T) {
 		t.Errorf("after the file changed: digest ok %v, upstream hits %d; want it detected and fetched again", w.digest() == digestOf(body), o.hits.Load())
 	}
 }
+
+// TestScrubFindsWhatTheTimeHides: a file changed on disk with its
+// modification time put back passes the check on open; the scrub hashes
+// every file and drops it, so it is fetched again, and leaves the good one.
+func TestScrubFindsWhatTheTimeHides(t *testing.T) {
+	good, rotten := randomBytes(40_000), randomBytes(50_000)
+	o := newOrigin(t)
+	o.put(blobPath(good), good)
+	o.put(blobPath(rotten), rotten)
+	dir := t.TempDir()
+	s := openStore(t, dir, 1<<30)
+	m := matcher(t)
+	for _, b := range [][]byte{good, rotten} {
+		get(s, m, o.next, context.Background(), "GET", blobPath(b))
+		get(s, m, o.next, context.Background(), "GET", blobPath(b)) // verified once
+	}
+	file := filepath.Join(dir, "sha256", digestOf(rotten)[:2], digestOf(rotten))
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corruptOnDisk(t, dir, rotten)
+	if err := os.Chtimes(file, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if checked, dropped := s.Scrub(nil); checked != 2 || dropped != 1 {
+		t.Errorf("scrub: %d files hashed, %d dropped; want 2 and 1", checked, dropped)
+	}
+	hits := o.hits.Load()
+	if w := get(s, m, o.next, context.Background(), "GET", blobPath(rotten)); w.digest() != digestOf(rotten) || o.hits.Load() != hits+1 {
+		t.Errorf("the rotten file after the scrub: digest ok %v, upstream hits +%d; want it fetched again", w.digest() == digestOf(rotten), o.hits.Load()-hits)
+	}
+	if w := get(s, m, o.next, context.Background(), "GET", blobPath(good)); w.header.Get("X-Cache") != "HIT" {
+		t.Errorf("the good file after the scrub: X-Cache %q, want HIT", w.header.Get("X-Cache"))
+	}
+}

@@ -12,6 +12,7 @@ type storeMetrics struct {
 	evictions prometheus.Counter
 	bytes     prometheus.Gauge
 	files     prometheus.Gauge
+	scrubbed  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
@@ -24,8 +25,10 @@ func newMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 			Help: "Files evicted to stay within blobs.max_bytes."}),
 		bytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sluice", Subsystem: "blobs", Name: "bytes", Help: "Bytes of files in the blob store."}),
 		files: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sluice", Subsystem: "blobs", Name: "files", Help: "Files in the blob store."}),
+		scrubbed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "blobs", Name: "scrubbed_total",
+			Help: "Files the scrub hashed, by result: ok, or dropped (missing, or content not matching its digest)."}, []string{"result"}),
 	}
-	return m, metrics.Register(reg, m.requests, m.downloads, m.evictions, m.bytes, m.files)
+	return m, metrics.Register(reg, m.requests, m.downloads, m.evictions, m.bytes, m.files, m.scrubbed)
 }
 
 func (m *storeMetrics) result(r string) { m.requests.WithLabelValues(r).Inc() }

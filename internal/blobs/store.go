@@ -10,11 +10,13 @@
 // Concurrent requests for one blob share one upstream download and read
 // the file as it grows.
 //
-// Config keys: blobs.max_bytes, blobs.patterns, blobs.when_clients_leave;
+// Config keys: blobs.max_bytes, blobs.patterns, blobs.when_clients_leave,
+// blobs.scrub_every;
 // per host: blobs (off, or {patterns, with_credentials}).
 //
 // Metrics: sluice_blobs_requests_total{result}, sluice_blobs_bytes,
-// sluice_blobs_files, sluice_blobs_downloads_total{outcome}.
+// sluice_blobs_files, sluice_blobs_downloads_total{outcome},
+// sluice_blobs_scrubbed_total{result}.
 package blobs
 
 import (
@@ -233,13 +235,8 @@ func (s *Store) open(e *Entry) (*os.File, error) {
 	verified := e.verified
 	s.mu.Unlock()
 	if err == nil && (verified.IsZero() || !mod.Equal(verified)) {
-		h := sha256.New()
-		if _, err = io.Copy(h, f); err == nil {
-			if got := hex.EncodeToString(h.Sum(nil)); got != e.Digest {
-				err = fmt.Errorf("content digest %s, want %s", got, e.Digest)
-			} else {
-				_, err = f.Seek(0, io.SeekStart)
-			}
+		if err = contentMatches(f, e.Digest); err == nil {
+			_, err = f.Seek(0, io.SeekStart)
 		}
 	}
 	s.mu.Lock()
@@ -328,6 +325,65 @@ func (s *Store) Remove(id string) int {
 	s.saveLocked()
 	s.m.update(s.size, len(s.refs))
 	return n
+}
+
+// Scrub hashes every stored file, whatever its modification time says,
+// and drops each one that is missing or does not match its digest (bit
+// rot, or a change that kept the time), so that it is fetched again. It
+// holds the store's lock only between files and stops early when stop is
+// closed. It returns how many files it hashed and dropped.
+func (s *Store) Scrub(stop <-chan struct{}) (checked, dropped int) {
+	s.mu.Lock()
+	digests := make([]string, 0, len(s.refs))
+	for d := range s.refs {
+		digests = append(digests, d)
+	}
+	s.mu.Unlock()
+	for _, d := range digests {
+		select {
+		case <-stop:
+			return checked, dropped
+		default:
+		}
+		err := hashMatches(s.filePath(d), d)
+		checked++
+		if err == nil {
+			s.m.scrubbed.WithLabelValues("ok").Inc()
+			continue
+		}
+		s.mu.Lock()
+		if s.refs[d] > 0 { // not replaced or evicted meanwhile
+			s.opts.Log.Warn("blob dropped by the scrub: the file on disk does not match", "digest", d, "error", err.Error())
+			s.dropDigestLocked(d)
+			s.saveLocked()
+			dropped++
+			s.m.scrubbed.WithLabelValues("dropped").Inc()
+		}
+		s.mu.Unlock()
+	}
+	return checked, dropped
+}
+
+// hashMatches reports why the file at path does not hash to digest (nil: it does).
+func hashMatches(path, digest string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return contentMatches(f, digest)
+}
+
+// contentMatches reports why what r holds does not hash to digest (nil: it does).
+func contentMatches(r io.Reader, digest string) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return fmt.Errorf("content digest %s, want %s", got, digest)
+	}
+	return nil
 }
 
 // GC removes files that no entry uses (left by an older index) and stale

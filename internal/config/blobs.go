@@ -19,6 +19,11 @@ type BlobsConfig struct {
 	// WhenClientsLeave is finish (the default: the download completes for
 	// later requests) or abort (stop when no client is reading any more).
 	WhenClientsLeave string `yaml:"when_clients_leave"`
+	// ScrubEvery, when set, hashes every stored file again that often and
+	// drops the ones whose content no longer matches. Default off: a file
+	// whose size or modification time changed is hashed before it is
+	// served in any case.
+	ScrubEvery Duration `yaml:"scrub_every,omitempty"`
 }
 
 // DefaultBlobPatterns match files that never change once published.

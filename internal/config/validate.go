@@ -88,6 +88,9 @@ func (c *Config) validate() []error {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
 	}
+	if e := c.Blobs.ScrubEvery; e < 0 || e > 0 && e < Duration(time.Minute) {
+		add(errors.New("must be at least 1m (leave it out for no scrub)"), "blobs", "scrub_every")
+	}
 	if c.Blobs.WhenClientsLeave != "finish" && c.Blobs.WhenClientsLeave != "abort" {
 		add(fmt.Errorf("%q is not one of finish, abort", c.Blobs.WhenClientsLeave), "blobs", "when_clients_leave")
 	}
