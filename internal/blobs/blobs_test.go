@@ -37,6 +37,8 @@ type origin struct {
 	gate chan struct{}
 	// cut, if set, ends the body early with a broken connection.
 	cut bool
+	// claim, if set, is sent as Docker-Content-Digest, true or not.
+	claim string
 }
 
 func newOrigin(t *testing.T) *origin {
@@ -45,8 +47,11 @@ func newOrigin(t *testing.T) *origin {
 		o.hits.Add(1)
 		o.mu.Lock()
 		body, ok := o.files[r.URL.Path]
-		gate, cut := o.gate, o.cut
+		gate, cut, claim := o.gate, o.cut, o.claim
 		o.mu.Unlock()
+		if claim != "" {
+			w.Header().Set("Docker-Content-Digest", claim)
+		}
 		if !ok {
 			http.NotFound(w, r)
 			return
@@ -496,5 +501,27 @@ func TestScrubFindsWhatTheTimeHides(t *testing.T) {
 	}
 	if w := get(s, m, o.next, context.Background(), "GET", blobPath(good)); w.header.Get("X-Cache") != "HIT" {
 		t.Errorf("the good file after the scrub: X-Cache %q, want HIT", w.header.Get("X-Cache"))
+	}
+}
+
+// TestDigestClaimsAreTrue: Docker-Content-Digest names the digest of the
+// bytes sent, never an upstream's claim that nothing verifies.
+func TestDigestClaimsAreTrue(t *testing.T) {
+	deb, layer := randomBytes(30_000), randomBytes(31_000)
+	o := newOrigin(t)
+	debPath := "/pool/main/h/hello/hello_2.10-3_amd64.deb"
+	o.put(debPath, deb)
+	o.put(blobPath(layer), layer)
+	o.claim = "sha256:" + digestOf([]byte("something else"))
+	s := openStore(t, t.TempDir(), 1<<30)
+	m := matcher(t)
+	for _, tt := range []struct{ name, path, digest string }{{"package", debPath, digestOf(deb)}, {"layer", blobPath(layer), digestOf(layer)}} {
+		for _, want := range []string{"MISS", "HIT"} {
+			w := get(s, m, o.next, context.Background(), "GET", tt.path)
+			claim := w.header.Get("Docker-Content-Digest")
+			if w.header.Get("X-Cache") != want || claim != "" && claim != "sha256:"+tt.digest {
+				t.Errorf("%s, X-Cache %s (want %s): Docker-Content-Digest %q; want none or sha256:%s", tt.name, w.header.Get("X-Cache"), want, claim, tt.digest)
+			}
+		}
 	}
 }

@@ -168,6 +168,12 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	rec.Cache = decision.Miss
 	copyHeader(w.Header(), header)
 	w.Header().Set("X-Cache", "MISS")
+	// The upstream's digest claim goes out only where the download is
+	// verified against it (a digest-named URL: a mismatch aborts it); a
+	// stored file's is the digest sluice computed.
+	if claim := w.Header().Get("Docker-Content-Digest"); claim != "" && (d.wantDigest == "" || claim != "sha256:"+d.wantDigest) {
+		w.Header().Del("Docker-Content-Digest")
+	}
 	if d.length >= 0 {
 		w.Header().Set("Content-Length", strconv.FormatInt(d.length, 10))
 	}
