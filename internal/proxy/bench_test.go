@@ -30,10 +30,19 @@ func BenchmarkGET(b *testing.B) {
 		},
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 	}}
+	// The same over a new connection each time: a TLS handshake (and for
+	// sluice a CONNECT) per request, what bots that do not keep
+	// connections alive cost.
+	newConn := func(c *http.Client) *http.Client {
+		t := c.Transport.(*http.Transport).Clone()
+		t.DisableKeepAlives = true
+		return &http.Client{Transport: t}
+	}
 	for _, bc := range []struct {
 		name, host string
 		c          *http.Client
-	}{{"direct", "api.test", direct}, {"intercepted", "api.test", h.client(false)}, {"cache_hit", "api.binance.com", h.client(false)}} {
+	}{{"direct", "api.test", direct}, {"intercepted", "api.test", h.client(false)}, {"cache_hit", "api.binance.com", h.client(false)},
+		{"direct_newconn", "api.test", newConn(direct)}, {"cache_hit_newconn", "api.binance.com", newConn(h.client(false))}} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
 				resp, err := bc.c.Get("https://" + bc.host + "/api/v3/ticker/price?symbol=BTCUSDT")
