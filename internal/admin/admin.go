@@ -1,6 +1,6 @@
 // Package admin serves sluice's admin listener (loopback by default):
 //
-//	GET    /healthz           {"status":"ok"} while the proxy runs
+//	GET    /healthz           {"status":"ok","data_dir":...} while the proxy runs
 //	GET    /metrics           Prometheus metrics of every component
 //	GET    /ca.pem            the CA certificate clients must trust (public)
 //	GET    /v1/blobs          the blob store: size, files, entries
@@ -8,7 +8,9 @@
 //	DELETE /v1/blobs?all=1    remove every entry
 //	POST   /v1/blobs/gc       remove unreferenced and temporary files
 //	GET    /config            the running config, as YAML
-//	PUT    /config            validate a whole new config (YAML) and swap it in
+//	PUT    /config            validate a whole new config (YAML) and swap it in;
+//	                          ?dir=ABS resolves its relative paths there (the
+//	                          file's directory), else the running config's
 //	GET    /bans              the banned clients
 //	POST   /bans              ban {"client": IP, "duration": "1h", "reason": "..."}
 //	DELETE /bans/{client}     lift a ban
@@ -30,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -52,9 +55,14 @@ type Options struct {
 	// Token is the bearer token the protected endpoints require.
 	Token string
 	// Config returns the running config as YAML; Reload validates a new
-	// one and swaps it in, or returns every problem found.
+	// one (its relative paths against dir; "": the running config's) and
+	// swaps it in, returning what takes effect only after a restart, or
+	// returns every problem found.
 	Config func() ([]byte, error)
-	Reload func(yaml []byte) error
+	Reload func(yaml []byte, dir string) (restartOnly []string, err error)
+	// DataDir is the running sluice's data dir, which /healthz names so
+	// that the command line finds the token whatever config it was given.
+	DataDir string
 }
 
 // Server is the admin HTTP server.
@@ -70,7 +78,7 @@ func New(opts Options) *Server {
 	mux := http.NewServeMux()
 	private := http.NewServeMux() // behind the token
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "data_dir": opts.DataDir})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(opts.Log.Handler(), slog.LevelError),
@@ -124,12 +132,21 @@ func New(opts Options) *Server {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 				return
 			}
-			if err := opts.Reload(data); err != nil {
+			dir := r.URL.Query().Get("dir")
+			if dir != "" && !filepath.IsAbs(dir) {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("dir %q is not an absolute path; nothing changed", dir)})
+				return
+			}
+			restartOnly, err := opts.Reload(data, dir)
+			if err != nil {
 				writeJSON(w, http.StatusBadRequest, map[string]any{"error": "config refused; the running one stays",
 					"errors": strings.Split(err.Error(), "\n")})
 				return
 			}
-			writeJSON(w, http.StatusOK, map[string]string{"status": "config swapped in"})
+			if restartOnly == nil {
+				restartOnly = []string{} // [] in the JSON, never null
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"status": "config swapped in", "restart_only": restartOnly})
 		})
 	}
 	if opts.Bans != nil {

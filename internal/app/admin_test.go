@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -92,7 +93,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("POST /bans: %d %s", code, body)
 	}
 	c.CloseIdleConnections()
-	if _, err := c.Get("https://a.test/"); err == nil || !strings.Contains(err.Error(), "Forbidden") {
+	if _, err := c.Get("https://a.test/"); err == nil || !strings.Contains(err.Error(), "sluice: client banned") {
 		t.Errorf("banned client: %v, want its CONNECT refused", err)
 	}
 	var out bytes.Buffer
@@ -107,6 +108,14 @@ func TestAdminAPI(t *testing.T) {
 	if got := status(t, c, "https://a.test/"); got != 200 {
 		t.Errorf("after the ban was lifted: %d", got)
 	}
+	// The documented form: flags after the arguments, -c last.
+	if err := Run(context.Background(), []string{"bans", "add", "198.51.100.9", "--for", "2h", "--reason", "scraping", "-c", cli}, io.Discard, io.Discard); err != nil {
+		t.Errorf("sluice bans add IP --for 2h --reason scraping -c FILE: %v", err)
+	}
+	out.Reset()
+	if err := Run(context.Background(), []string{"bans", "ls", "--config", cli}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "198.51.100.9") || !strings.Contains(out.String(), "scraping") {
+		t.Errorf("sluice bans ls after add: %v\n%s", err, out.String())
+	}
 	out.Reset()
 	os.WriteFile(cli, []byte(strings.Replace(readFile(t, cli), "  b.test", "  #b.test", 1)), 0o644)
 	if err := Run(context.Background(), []string{"reload", "-c", cli}, &out, io.Discard); err != nil {
@@ -115,5 +124,68 @@ func TestAdminAPI(t *testing.T) {
 	c.CloseIdleConnections()
 	if _, err := c.Get("https://b.test/"); err == nil {
 		t.Error("b.test still allowed after sluice reload removed it")
+	}
+}
+
+// TestEveryCommandHelp: --help on every command says what it does, its
+// flags and an example, and succeeds.
+func TestEveryCommandHelp(t *testing.T) {
+	for name := range commands {
+		for _, help := range []string{"--help", "-h"} {
+			var out, errOut bytes.Buffer
+			args := append(strings.Fields(name), help)
+			if err := Run(context.Background(), args, &out, &errOut); err != nil {
+				t.Errorf("sluice %s: %v (stderr %q)", strings.Join(args, " "), err, errOut.String())
+			}
+			for _, want := range []string{"usage: sluice " + commands[name].synopsis, commands[name].what, "flags:", "example:\n  " + commands[name].example} {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("sluice %s: output lacks %q:\n%s", strings.Join(args, " "), want, out.String())
+				}
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"--help"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "usage:") {
+		t.Errorf("sluice --help: %v\n%s", err, out.String())
+	}
+}
+
+// TestReloadResolvesAgainstTheFile: sluice reload -c FILE reads FILE's
+// relative paths against FILE's directory (not the server's), finds the
+// running sluice's token although FILE names another data_dir, and says
+// which changes wait for a restart.
+func TestReloadResolvesAgainstTheFile(t *testing.T) {
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "a.test", "b.test")
+	lines := strings.SplitAfter(hosts, "\n")
+	r := startRun(t, baseConfig(lines[0]))
+	c := r.client()
+	if _, err := c.Get("https://b.test/"); err == nil || !strings.Contains(err.Error(), "host not listed") {
+		t.Fatalf("b.test before the reload: %v, want its CONNECT refused", err)
+	}
+	// FILE elsewhere, with b.test's upstream CA beside it, named relatively.
+	other := t.TempDir()
+	_, rest, _ := strings.Cut(lines[1], "upstream_ca: ")
+	caPath, _, _ := strings.Cut(rest, ",")
+	if err := os.WriteFile(filepath.Join(other, "b-ca.pem"), []byte(readFile(t, caPath)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(other, "sluice.yaml")
+	doc := fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: %s}\ndata_dir: elsewhere\ntimeouts: {shutdown: 5s}\nhosts:\n%s%s",
+		r.addrs["admin"], lines[0], strings.Replace(lines[1], caPath, "b-ca.pem", 1))
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"reload", "-c", file}, &out, io.Discard); err != nil {
+		t.Fatalf("sluice reload -c %s: %v\n%s", file, err, out.String())
+	}
+	for _, want := range []string{"config swapped in", "changed data_dir: takes effect after a restart", "changed listen: takes effect after a restart"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("sluice reload printed %q, want a line %q", out.String(), want)
+		}
+	}
+	c.CloseIdleConnections()
+	if got := status(t, c, "https://b.test/"); got != 200 {
+		t.Errorf("b.test after the reload: %d, want 200 (its upstream_ca read from beside FILE)", got)
 	}
 }

@@ -6,15 +6,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"sluice/internal/config"
 )
@@ -57,16 +61,24 @@ func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, er
 	if cfg.Listen.Admin == config.Off {
 		return nil, errors.New("listen.admin is off: this command talks to the running sluice through it")
 	}
+	base := "http://" + clientAddr(cfg.Listen.Admin)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
 	tok, err := adminToken(cfg.Path(cfg.DataDir), false)
+	if errors.Is(err, os.ErrNotExist) {
+		// The running sluice may keep its data elsewhere (a config being
+		// reloaded that moves data_dir): it says where.
+		if dir, herr := runningDataDir(client, base); herr == nil && dir != "" {
+			tok, err = adminToken(dir, false)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
-	req, err := http.NewRequest(method, "http://"+clientAddr(cfg.Listen.Admin)+path, bytes.NewReader(body))
+	req, err := http.NewRequest(method, base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
@@ -79,15 +91,32 @@ func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, er
 	return out, nil
 }
 
+// runningDataDir asks the admin listener at base where the running
+// sluice keeps its data (GET /healthz needs no token).
+func runningDataDir(client *http.Client, base string) (string, error) {
+	resp, err := client.Get(base + "/healthz")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var h struct {
+		DataDir string `json:"data_dir"`
+	}
+	err = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&h)
+	return h.DataDir, err
+}
+
 // reloadCmd sends the config file to the running sluice, which validates
-// it whole and swaps it in, or keeps the running one and says why.
+// it whole (its relative paths against the file's directory) and swaps it
+// in, or keeps the running one and says why.
 func reloadCmd(args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("reload", "reload -c FILE", stdout, stderr)
+	fs, cfgPath := flags("reload", stdout, stderr)
+	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer")
 	if done, err := parse(fs, args); done {
 		return err
 	}
 	if *cfgPath == "" {
-		return errors.New("usage: sluice reload -c FILE")
+		return errors.New("usage: sluice " + commands["reload"].synopsis)
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -97,21 +126,57 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	out, err := adminCall(cfg, http.MethodPut, "/config", data)
+	dir, err := filepath.Abs(filepath.Dir(*cfgPath))
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(out)
-	return err
+	out, err := adminCall(cfg, http.MethodPut, "/config?dir="+url.QueryEscape(dir), data)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		_, err = stdout.Write(out)
+		return err
+	}
+	var res struct {
+		Status      string   `json:"status"`
+		RestartOnly []string `json:"restart_only"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, res.Status)
+	for _, k := range res.RestartOnly {
+		fmt.Fprintf(stdout, "changed %s: takes effect after a restart\n", k)
+	}
+	return nil
+}
+
+// printResult writes an admin API answer: as it came with --json, else
+// its fields one per line, for people.
+func printResult(stdout io.Writer, body []byte, jsonOut bool) error {
+	if jsonOut {
+		_, err := stdout.Write(body)
+		return err
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(body, &fields); err != nil {
+		_, err := stdout.Write(body) // not an object: as it came
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		fmt.Fprintf(stdout, "%s: %v\n", k, fields[k])
+	}
+	return nil
 }
 
 // bansCmd lists, adds or lifts client bans: sluice bans ls | add IP | rm IP.
 func bansCmd(args []string, stdout, stderr io.Writer) error {
-	const synopsis = "bans [-c FILE] ls | add IP [--for 1h] [--reason TEXT] | rm IP"
-	fs, cfgPath := flags("bans", synopsis, stdout, stderr)
+	fs, cfgPath := flags("bans", stdout, stderr)
 	dur := fs.Duration("for", time.Hour, "with add: how long the ban lasts")
 	reason := fs.String("reason", "operator", "with add: why")
-	verb, operands, done, err := parseVerb(fs, args, synopsis)
+	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer instead of a table")
+	verb, operands, done, err := parseVerb(fs, args)
 	if done {
 		return err
 	}
@@ -123,6 +188,10 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case verb == "ls" && len(operands) == 0:
 		if out, err = adminCall(cfg, http.MethodGet, "/bans", nil); err != nil {
+			return err
+		}
+		if *jsonOut {
+			_, err = stdout.Write(out)
 			return err
 		}
 		var bans []struct {
@@ -145,31 +214,25 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 	case verb == "rm" && len(operands) == 1:
 		out, err = adminCall(cfg, http.MethodDelete, "/bans/"+operands[0], nil)
 	default:
-		return errors.New("usage: sluice " + synopsis)
+		return errors.New("usage: sluice " + commands["bans"].synopsis)
 	}
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(out)
-	return err
+	return printResult(stdout, out, *jsonOut)
 }
 
-// parseVerb parses a command of the form NAME [flags] VERB [flags]
-// [OPERANDS]: flags may come before or after the verb. done reports that
-// the command is over (--help, or err).
-func parseVerb(fs *flag.FlagSet, args []string, synopsis string) (verb string, operands []string, done bool, err error) {
+// parseVerb parses a command of the form NAME VERB [OPERANDS], its flags
+// anywhere among them. done reports that the command is over (--help, or err).
+func parseVerb(fs *pflag.FlagSet, args []string) (verb string, operands []string, done bool, err error) {
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, pflag.ErrHelp) {
 			return "", nil, true, nil
 		}
 		return "", nil, true, err
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		return "", nil, true, errors.New("usage: sluice " + synopsis)
+	if fs.NArg() == 0 {
+		return "", nil, true, errors.New("usage: sluice " + commands[fs.Name()].synopsis)
 	}
-	if err := fs.Parse(rest[1:]); err != nil {
-		return "", nil, true, err
-	}
-	return rest[0], fs.Args(), false, nil
+	return fs.Arg(0), fs.Args()[1:], false, nil
 }

@@ -6,13 +6,16 @@ package app
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"sluice/internal/ca"
 	"sluice/internal/config"
@@ -57,7 +60,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				fmt.Fprint(stdout, usage)
 				return nil
 			}
-			return errors.New(`usage: sluice ca export [-c FILE] [--format pem|p12] [-o FILE]`)
+			return errors.New("usage: sluice " + commands["ca export"].synopsis)
 		}
 		return caExportCmd(rest[1:], stdout, stderr)
 	case "env":
@@ -69,6 +72,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "reload":
 		return reloadCmd(rest, stdout, stderr)
 	case "version":
+		fs, _ := flags("version", stdout, stderr)
+		if done, err := parse(fs, rest); done {
+			return err
+		}
 		fmt.Fprintln(stdout, "sluice", Version())
 		return nil
 	case "help", "-h", "-help", "--help":
@@ -81,30 +88,57 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" || s == "help" }
 
-// flags returns a flag set for a command; --help prints its usage to stdout.
-func flags(name, synopsis string, stdout, stderr io.Writer) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+// command is what --help says of a command.
+type command struct {
+	synopsis string // after "sluice "
+	what     string
+	example  string
+}
+
+var commands = map[string]command{
+	"run":       {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
+	"check":     {"check [-c FILE]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in.", "sluice check -c sluice.yaml"},
+	"ca export": {"ca export [-c FILE] [--format pem|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
+	"env":       {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
+	"blobs":     {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
+	"bans":      {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
+	"reload":    {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
+	"version":   {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
+}
+
+// flags returns the flag set of a command (which must be in commands):
+// flags may come before, between or after its arguments, and --help
+// prints what the command does, its flags and an example to stdout.
+func flags(name string, stdout, stderr io.Writer) (*pflag.FlagSet, *string) {
+	c := commands[name]
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", "", "config `FILE` (default: the embedded default config)")
+	fs.SortFlags = false
+	cfgPath := new(string)
+	if strings.Contains(c.synopsis, "-c FILE") {
+		fs.StringVarP(cfgPath, "config", "c", "", "config `FILE` (default: the embedded default config)")
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "usage: sluice %s\n\n", synopsis)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(stderr)
+		flagText := fs.FlagUsages()
+		if flagText == "" {
+			flagText = "  none\n"
+		}
+		fmt.Fprintf(stdout, "usage: sluice %s\n\n%s\n\nflags:\n%s\nexample:\n  %s\n", c.synopsis, c.what, flagText, c.example)
 	}
 	return fs, cfgPath
 }
 
-// parse parses args; it reports done when --help was asked for.
-func parse(fs *flag.FlagSet, args []string) (done bool, err error) {
+// parse parses args of a command that takes no arguments; it reports done
+// when --help was asked for, or with err.
+func parse(fs *pflag.FlagSet, args []string) (done bool, err error) {
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, pflag.ErrHelp) {
 			return true, nil
 		}
 		return true, err
 	}
 	if fs.NArg() > 0 {
-		return true, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return true, fmt.Errorf("unexpected argument %q (see sluice %s --help)", fs.Arg(0), fs.Name())
 	}
 	return false, nil
 }
@@ -129,7 +163,7 @@ func loadConfig(path string) (*config.Config, error) {
 }
 
 func checkCmd(args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("check", "check [-c FILE]", stdout, stderr)
+	fs, cfgPath := flags("check", stdout, stderr)
 	if done, err := parse(fs, args); done {
 		return err
 	}
@@ -146,9 +180,9 @@ func checkCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 func caExportCmd(args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("ca export", "ca export [-c FILE] [--format pem|p12] [-o FILE]", stdout, stderr)
+	fs, cfgPath := flags("ca export", stdout, stderr)
 	format := fs.String("format", "pem", "`pem` or p12 (a PKCS#12 trust store: the certificate, never the key)")
-	outPath := fs.String("o", "", "write to `FILE` instead of standard output")
+	outPath := fs.StringP("output", "o", "", "write to `FILE` instead of standard output")
 	password := fs.String("password", "changeit", "password of the p12 trust store (Java's default)")
 	if done, err := parse(fs, args); done {
 		return err
@@ -182,9 +216,14 @@ func caExportCmd(args []string, stdout, stderr io.Writer) error {
 // envCmd prints the shell exports that send clients through sluice and
 // make them trust its CA: eval "$(sluice env)".
 func envCmd(args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("env", "env [-c FILE]   (use as: eval \"$(sluice env)\")", stdout, stderr)
+	fs, cfgPath := flags("env", stdout, stderr)
+	format := fs.String("format", "sh", "`sh` (export lines for eval), dotenv (KEY=value, for compose env_file) or systemd (Environment= lines)")
 	if done, err := parse(fs, args); done {
 		return err
+	}
+	line, ok := envFormats[*format]
+	if !ok {
+		return fmt.Errorf("--format %q: want sh, dotenv or systemd", *format)
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -207,9 +246,10 @@ func envCmd(args []string, stdout, stderr io.Writer) error {
 		{"SSL_CERT_FILE", bundle}, {"REQUESTS_CA_BUNDLE", bundle}, {"CURL_CA_BUNDLE", bundle},
 		{"NODE_EXTRA_CA_CERTS", bundle},
 		{"NODE_USE_ENV_PROXY", "1"}, // Node 22.21+/24.5+: honour HTTPS_PROXY in fetch and https
+		{"GIT_SSL_CAINFO", bundle}, {"PIP_CERT", bundle}, {"AWS_CA_BUNDLE", bundle},
 	}
 	for _, v := range vars {
-		fmt.Fprintf(stdout, "export %s=%s\n", v[0], shellQuote(v[1]))
+		fmt.Fprintln(stdout, line(v[0], v[1]))
 	}
 	return nil
 }
@@ -226,22 +266,58 @@ func clientAddr(listen string) string {
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// Version returns the module version and VCS revision sluice was built from.
-func Version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v += " " + s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				v += " (modified)"
+// envFormats write one variable of sluice env: for a shell, a compose
+// env_file (taken literally, unquoted) and a systemd unit (quoted).
+var envFormats = map[string]func(k, v string) string{
+	"sh":      func(k, v string) string { return "export " + k + "=" + shellQuote(v) },
+	"dotenv":  func(k, v string) string { return k + "=" + v },
+	"systemd": func(k, v string) string { return "Environment=" + strconv.Quote(k+"="+v) },
+}
+
+// Set at link time where the build has no module version or VCS stamp
+// (a tarball, -buildvcs=false): go build -ldflags "-X
+// sluice/internal/app.linkVersion=v1.2.3 -X sluice/internal/app.linkRevision=abc123".
+var linkVersion, linkRevision string
+
+// Build is what sluice was built from.
+type Build struct {
+	Version   string // the module version, "(devel)" for a plain build of a checkout
+	Revision  string // the VCS revision, "+modified" when the tree had changes; "unknown" without
+	GoVersion string
+}
+
+// BuildInfo reads the module version, VCS revision and Go version from
+// the binary, falling back to the values set at link time.
+func BuildInfo() Build {
+	b := Build{Version: linkVersion, Revision: linkRevision, GoVersion: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && (bi.Main.Version != "(devel)" || b.Version == "") {
+			b.Version = bi.Main.Version
+		}
+		modified := false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				b.Revision = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
 			}
 		}
+		if modified {
+			b.Revision += "+modified"
+		}
 	}
-	return v + " " + bi.GoVersion
+	if b.Version == "" {
+		b.Version = "(devel)"
+	}
+	if b.Revision == "" {
+		b.Revision = "unknown"
+	}
+	return b
+}
+
+// Version is BuildInfo in one line: "v1.2.3 abc123 go1.26.8".
+func Version() string {
+	b := BuildInfo()
+	return b.Version + " " + b.Revision + " " + b.GoVersion
 }

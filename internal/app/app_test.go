@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -135,8 +139,9 @@ func TestRunEndToEnd(t *testing.T) {
 	if got := status(t, c, "https://api.test/ping"); got != 200 {
 		t.Errorf("allowed host: status %d, want 200", got)
 	}
-	if _, err := c.Get("https://denied.test/"); err == nil || !strings.Contains(err.Error(), "Forbidden") {
-		t.Errorf("denied host: err %v, want the CONNECT refused with 403", err)
+	// Go prints the status line of a refused CONNECT: it must say why.
+	if _, err := c.Get("https://denied.test/"); err == nil || !strings.Contains(err.Error(), `sluice: host not listed; add "denied.test" to hosts`) {
+		t.Errorf("denied host: err %v, want the CONNECT refused with the reason and the fix", err)
 	}
 
 	admin := "http://" + r.addrs["admin"]
@@ -432,5 +437,74 @@ func TestReverseListener(t *testing.T) {
 	}
 	if hits.Load() != 1 {
 		t.Errorf("backend hits %d, want 1", hits.Load())
+	}
+}
+
+// TestEnvFormats: sluice env writes the same variables for a shell, a
+// compose env_file and a systemd unit, the CA variables of git, pip and
+// the AWS SDKs among them.
+func TestEnvFormats(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "sluice.yaml")
+	os.WriteFile(cfg, []byte("data_dir: data\nhosts: {}\n"), 0o644)
+	want := map[string]string{}
+	for _, kv := range envFrom(t, cfg) {
+		k, v, _ := strings.Cut(kv, "=")
+		want[k] = v
+	}
+	for _, k := range []string{"HTTPS_PROXY", "SSL_CERT_FILE", "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE"} {
+		if want[k] == "" {
+			t.Errorf("sluice env does not set %s", k)
+		}
+	}
+	for format, parse := range map[string]func(string) (string, string, bool){
+		"dotenv": func(l string) (string, string, bool) { return strings.Cut(l, "=") },
+		"systemd": func(l string) (string, string, bool) {
+			q, ok := strings.CutPrefix(l, "Environment=")
+			kv, err := strconv.Unquote(q)
+			k, v, _ := strings.Cut(kv, "=")
+			return k, v, ok && err == nil
+		},
+	} {
+		var out bytes.Buffer
+		if err := Run(context.Background(), []string{"env", "--format", format, "-c", cfg}, &out, io.Discard); err != nil {
+			t.Fatalf("sluice env --format %s: %v", format, err)
+		}
+		got := map[string]string{}
+		for line := range strings.Lines(strings.TrimSpace(out.String())) {
+			k, v, ok := parse(strings.TrimSuffix(line, "\n"))
+			if !ok {
+				t.Errorf("--format %s: line %q", format, line)
+			}
+			got[k] = v
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("--format %s: %v, want %v", format, got, want)
+		}
+	}
+	if err := Run(context.Background(), []string{"env", "--format", "fish", "-c", cfg}, io.Discard, io.Discard); err == nil {
+		t.Error("sluice env --format fish accepted")
+	}
+}
+
+// TestVersionFallsBackToLinkValues: where the build has no module version
+// or VCS stamp, sluice version reports what was set at link time, and
+// always the Go version.
+func TestVersionFallsBackToLinkValues(t *testing.T) {
+	defer func(v, r string) { linkVersion, linkRevision = v, r }(linkVersion, linkRevision)
+	linkVersion, linkRevision = "v9.8.7", "0123abcd"
+	b := BuildInfo() // go test stamps no module version into its binary
+	stamped := false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			stamped = stamped || s.Key == "vcs.revision"
+		}
+	}
+	if b.Version != "v9.8.7" || !stamped && b.Revision != "0123abcd" || b.GoVersion != runtime.Version() {
+		t.Errorf("BuildInfo() = %+v, want the link-time version and revision and %s", b, runtime.Version())
+	}
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"version"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "v9.8.7") || !strings.Contains(out.String(), runtime.Version()) {
+		t.Errorf("sluice version: %v %q", err, out.String())
 	}
 }

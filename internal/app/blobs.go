@@ -14,10 +14,10 @@ import (
 // blobsCmd lists or removes blob store entries through the running
 // sluice's admin listener: sluice blobs ls | rm ID | rm --all | gc.
 func blobsCmd(args []string, stdout, stderr io.Writer) error {
-	const synopsis = "blobs [-c FILE] ls | rm KEY_OR_DIGEST | rm --all | gc"
-	fs, cfgPath := flags("blobs", synopsis, stdout, stderr)
+	fs, cfgPath := flags("blobs", stdout, stderr)
 	all := fs.Bool("all", false, "with rm: remove every entry")
-	verb, operands, done, err := parseVerb(fs, args, synopsis)
+	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer instead of a table")
+	verb, operands, done, err := parseVerb(fs, args)
 	if done {
 		return err
 	}
@@ -36,15 +36,14 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 	case verb == "gc" && len(operands) == 0:
 		method, path = http.MethodPost, "/v1/blobs/gc"
 	default:
-		return errors.New("usage: sluice " + synopsis)
+		return errors.New("usage: sluice " + commands["blobs"].synopsis)
 	}
 	body, err := adminCall(cfg, method, path, nil)
 	if err != nil {
 		return err
 	}
-	if verb != "ls" {
-		_, err = stdout.Write(body)
-		return err
+	if verb != "ls" || *jsonOut {
+		return printResult(stdout, body, *jsonOut)
 	}
 	var list struct {
 		Bytes   int64 `json:"bytes"`

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,7 +108,11 @@ func TestBlobsCLI(t *testing.T) {
 		t.Errorf("blobs ls:\n%s", out.String())
 	}
 	out.Reset()
-	if err := Run(context.Background(), []string{"blobs", "-c", cli, "rm", "--all"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"removed":1`) {
+	if err := Run(context.Background(), []string{"blobs", "--json", "-c", cli, "ls"}, &out, io.Discard); err != nil || !json.Valid(out.Bytes()) || !strings.Contains(out.String(), `"entries"`) {
+		t.Errorf("blobs --json ls: %v %s", err, out.String())
+	}
+	out.Reset()
+	if err := Run(context.Background(), []string{"blobs", "rm", "-c", cli, "--all"}, &out, io.Discard); err != nil || strings.TrimSpace(out.String()) != "removed: 1" {
 		t.Fatalf("blobs rm --all: %v %s", err, out.String())
 	}
 	if xc, _, _ := fetchDeb(t, c); xc != "MISS" {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,7 +39,7 @@ import (
 // runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
 // config that does not validate is refused and the running one stays.
 func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("run", "run [-c FILE]", stdout, stderr)
+	fs, cfgPath := flags("run", stdout, stderr)
 	if done, err := parse(fs, args); done {
 		return err
 	}
@@ -73,9 +75,10 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Namespace: "sluice", Name: "config_reloads_total", Help: "Config reloads by result (ok, error).",
 	}, []string{"result"})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "sluice", Name: "build_info", Help: "Always 1; the version label says which build runs.",
-	}, []string{"version"})
-	buildInfo.WithLabelValues(Version()).Set(1)
+		Namespace: "sluice", Name: "build_info", Help: "Always 1; the labels say which build runs.",
+	}, []string{"version", "revision", "goversion"})
+	build := BuildInfo()
+	buildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), reloads, buildInfo)
 
 	blobStore, err := blobs.Open(filepath.Join(dataDir, "blobs"), blobs.Options{
@@ -141,26 +144,26 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// on any error the running config stays.
 	var mu sync.Mutex
 	running := cfg
-	swap := func(load func() (*route.Table, error), source string) error {
+	swap := func(load func() (*route.Table, error), source string) ([]string, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		t, err := load()
 		if err != nil {
 			reloads.WithLabelValues("error").Inc()
 			log.Error("config reload refused; the running config stays", "config", source, "error", err.Error())
-			return err
+			return nil, err
 		}
 		gw.Install(t)
 		next := t.Config
 		reloads.WithLabelValues("ok").Inc()
-		if !reflect.DeepEqual(next.Listen, running.Listen) || next.DataDir != running.DataDir ||
-			next.Cache.MaxBytes != running.Cache.MaxBytes || next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes || next.Cache.FetchTimeout != running.Cache.FetchTimeout {
-			log.Warn("changes to listen, data_dir and the cache limits take effect after a restart")
+		restartOnly := restartOnlyChanges(running, next)
+		if len(restartOnly) > 0 {
+			log.Warn("these changes take effect after a restart", "keys", strings.Join(restartOnly, ", "))
 		}
 		level.Set(parseLevel(next.Log.Level))
 		running = next
 		log.Info("config reloaded", "config", source, "hosts", len(next.Hosts))
-		return nil
+		return restartOnly, nil
 	}
 	if lns[2] != nil {
 		token, err := adminToken(dataDir, true)
@@ -169,9 +172,10 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Token: token,
 			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
-			Reload: func(data []byte) error {
-				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cfg.Dir, dial) }, "PUT /config")
+			Reload: func(data []byte, dir string) ([]string, error) {
+				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cmp.Or(dir, cfg.Dir), dial) }, "PUT /config")
 			},
+			DataDir: dataDir,
 		})
 		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
 	}
@@ -182,7 +186,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Info("shutting down", "grace", cfg.Timeouts.Shutdown.D().String())
 				return nil
 			case <-hup:
-				swap(func() (*route.Table, error) { return loadTable(*cfgPath, dial) }, configName(*cfgPath))
+				swap(func() (*route.Table, error) { return loadTable(*cfgPath, dial) }, configName(*cfgPath)) // refusals and warnings are logged
 			}
 		}
 	})
@@ -253,6 +257,34 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// restartOnlyChanges names the keys whose change from running to next the
+// running sluice does not apply until it restarts.
+func restartOnlyChanges(running, next *config.Config) []string {
+	var keys []string
+	for _, k := range []struct {
+		key     string
+		changed bool
+	}{
+		{"listen", !reflect.DeepEqual(next.Listen, running.Listen)},
+		{"data_dir", next.DataDir != running.DataDir},
+		{"cache.max_bytes", next.Cache.MaxBytes != running.Cache.MaxBytes},
+		{"cache.max_object_bytes", next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes},
+		{"cache.fetch_timeout", next.Cache.FetchTimeout != running.Cache.FetchTimeout},
+		{"blobs.max_bytes", next.Blobs.MaxBytes != running.Blobs.MaxBytes},
+		{"blobs.when_clients_leave", next.Blobs.WhenClientsLeave != running.Blobs.WhenClientsLeave},
+		{"blobs.scrub_every", next.Blobs.ScrubEvery != running.Blobs.ScrubEvery},
+		{"bans.ipv6_prefix", next.Bans.IPv6Prefix != running.Bans.IPv6Prefix},
+		{"timeouts.client_idle", next.Timeouts.ClientIdle != running.Timeouts.ClientIdle},
+		{"timeouts.shutdown", next.Timeouts.Shutdown != running.Timeouts.Shutdown},
+		{"ca", next.CA != running.CA},
+	} {
+		if k.changed {
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
 }
 
 // scrubBlobs hashes every stored blob again every period until ctx ends.

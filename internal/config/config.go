@@ -20,7 +20,7 @@ import (
 type Config struct {
 	Listen Listen `yaml:"listen"`
 	// DataDir holds the CA, the client CA bundle and later the blob store.
-	// A leading "~/" is the user's home. Default "~/.local/share/sluice".
+	// A leading "~/" is the user's home. Default: DefaultDataDir.
 	DataDir string `yaml:"data_dir"`
 	// HostsFile is a plain list of host patterns, one per line, "#" starts a
 	// comment; each becomes an intercepted host entry unless Hosts lists it too.
@@ -253,7 +253,7 @@ func (c *Config) applyDefaults() {
 	setString(&c.Listen.Proxy, "127.0.0.1:3128")
 	setString(&c.Listen.Admin, "127.0.0.1:9090")
 	setString(&c.Listen.ProxyTLS, Off)
-	setString(&c.DataDir, "~/.local/share/sluice")
+	setString(&c.DataDir, DefaultDataDir())
 	setDuration(&c.Timeouts.Dial, 10*time.Second)
 	setDuration(&c.Timeouts.TLSHandshake, 10*time.Second)
 	setDuration(&c.Timeouts.ResponseHeader, 60*time.Second)
@@ -336,6 +336,23 @@ func setDuration(p *Duration, v time.Duration) {
 
 // Path resolves a path from the config file: "~/" is the home directory and
 // a relative path is relative to c.Dir.
+// DefaultDataDir is where sluice keeps its state when data_dir is not set:
+// $XDG_DATA_HOME/sluice, else $HOME/.local/share/sluice, else the first of
+// $STATE_DIRECTORY (set by systemd for StateDirectory=); "" when none of
+// them is set, which validation refuses.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "sluice")
+	}
+	if h := os.Getenv("HOME"); filepath.IsAbs(h) {
+		return filepath.Join(h, ".local", "share", "sluice")
+	}
+	if d, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); filepath.IsAbs(d) {
+		return d
+	}
+	return ""
+}
+
 func (c *Config) Path(p string) string {
 	if rest, ok := strings.CutPrefix(p, "~/"); ok {
 		if home, err := os.UserHomeDir(); err == nil {

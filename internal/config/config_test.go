@@ -180,3 +180,54 @@ func TestMarshalRedacted(t *testing.T) {
 		t.Errorf("MarshalRedacted: %v\n%s", err, out)
 	}
 }
+
+// TestDataDirDefault: without data_dir, sluice keeps its state under
+// $XDG_DATA_HOME, else $HOME/.local/share, else $STATE_DIRECTORY; with
+// none of them set it refuses and names data_dir, and never creates a
+// directory named "~".
+func TestDataDirDefault(t *testing.T) {
+	for _, tt := range []struct {
+		name, xdg, home, state, doc, want, wantErr string
+	}{
+		{"XDG first", "/xdg", "/home/bot", "/var/lib/sluice", "hosts: {}\n", "/xdg/sluice", ""},
+		{"then HOME", "", "/home/bot", "/var/lib/sluice", "hosts: {}\n", "/home/bot/.local/share/sluice", ""},
+		{"then systemd's StateDirectory", "", "", "/var/lib/sluice:/var/lib/other", "hosts: {}\n", "/var/lib/sluice", ""},
+		{"none of them", "", "", "", "hosts: {}\n", "", "data_dir: no default"},
+		{"~/ without HOME", "", "", "/var/lib/sluice", "data_dir: ~/state\nhosts: {}\n", "", "data_dir: \"~/state\" starts with ~/ but HOME is not set"},
+		{"a relative XDG_DATA_HOME is ignored", "rel", "/home/bot", "", "hosts: {}\n", "/home/bot/.local/share/sluice", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("XDG_DATA_HOME", tt.xdg)
+			t.Setenv("HOME", tt.home)
+			t.Setenv("STATE_DIRECTORY", tt.state)
+			c, err := Parse([]byte(tt.doc), "test.yaml", t.TempDir())
+			switch {
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("error %v, want one containing %q", err, tt.wantErr)
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("error %v", err)
+			case tt.wantErr == "" && c.DataDir != tt.want:
+				t.Errorf("data_dir %q, want %q", c.DataDir, tt.want)
+			}
+		})
+	}
+}
+
+// TestHostsFileKeepsProfiles: a plain host list (the old stack's api-list)
+// gives each listed host the profile the embedded default gives it, so it
+// keeps its cache rules, budget and withdrawal guard; an entry in hosts
+// still says what it says.
+func TestHostsFileKeepsProfiles(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "api-list"), []byte("api.binance.com\nfapi.binance.com\nacme.myshopify.com\napi.example.org\napi.bybit.com\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "c.yaml"), []byte("hosts_file: api-list\nhosts:\n  api.bybit.com: {mode: tunnel}\n"), 0o644)
+	c, err := Load(filepath.Join(dir, "c.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{"api.binance.com": "binance", "fapi.binance.com": "binance", "acme.myshopify.com": "shopify", "api.example.org": "", "api.bybit.com": ""} {
+		if h := c.Hosts[host]; h == nil || h.Profile != want {
+			t.Errorf("hosts[%q] = %+v, want profile %q", host, h, want)
+		}
+	}
+}

@@ -6,13 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+
+	"go.yaml.in/yaml/v3"
 
 	"sluice/internal/hostport"
 )
 
 // loadHostsFile adds an intercepted entry for every pattern in HostsFile
 // that Hosts does not list already; Hosts wins, so a file can hold the plain
-// list and the YAML the exceptions.
+// list and the YAML the exceptions. An entry gets the profile the embedded
+// default gives its host (api.binance.com: binance), so that an old
+// stack's plain allowlist keeps the cache rules, budget and withdrawal
+// guard sluice has for it.
 func (c *Config) loadHostsFile() error {
 	path := c.Path(c.HostsFile)
 	data, err := ReadFile(path)
@@ -42,10 +48,48 @@ func (c *Config) loadHostsFile() error {
 			continue
 		}
 		listed[n] = true
-		c.Hosts[n] = &Host{Mode: ModeIntercept, Ports: []uint16{443}}
+		c.Hosts[n] = &Host{Mode: ModeIntercept, Ports: []uint16{443}, Profile: defaultProfile(n)}
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", path, err))
 	}
 	return errors.Join(errs...)
+}
+
+// defaultProfiles maps the embedded default's host patterns to their profiles.
+var defaultProfiles = sync.OnceValue(func() map[string]string {
+	var d struct {
+		Hosts map[string]struct {
+			Profile string `yaml:"profile"`
+		} `yaml:"hosts"`
+	}
+	if err := yaml.Unmarshal(defaultYAML, &d); err != nil {
+		panic("config: the embedded default does not decode: " + err.Error())
+	}
+	m := map[string]string{}
+	for p, h := range d.Hosts {
+		if h.Profile != "" {
+			m[p] = h.Profile
+		}
+	}
+	return m
+})
+
+// defaultProfile is the profile the embedded default gives the host
+// pattern n: its own entry's, else that of a "*." pattern covering it.
+func defaultProfile(n string) string {
+	m := defaultProfiles()
+	if p, ok := m[n]; ok {
+		return p
+	}
+	for rest := n; ; {
+		_, after, ok := strings.Cut(rest, ".")
+		if !ok {
+			return ""
+		}
+		if p, ok := m["*."+after]; ok {
+			return p
+		}
+		rest = after
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"regexp/syntax"
 	"slices"
@@ -46,6 +48,13 @@ func fieldErr(err error, keys ...string) error { return &FieldError{Keys: keys, 
 func (c *Config) validate() []error {
 	var errs []error
 	add := func(err error, keys ...string) { errs = append(errs, fieldErr(err, keys...)) }
+
+	switch {
+	case c.DataDir == "":
+		add(errors.New("no default: XDG_DATA_HOME, HOME and STATE_DIRECTORY are all unset; set data_dir to the directory for sluice's CA, token and store"), "data_dir")
+	case strings.HasPrefix(c.DataDir, "~/") && !filepath.IsAbs(os.Getenv("HOME")):
+		add(fmt.Errorf("%q starts with ~/ but HOME is not set; give an absolute path", c.DataDir), "data_dir")
+	}
 
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{

@@ -2,6 +2,7 @@ package obs
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -17,6 +18,10 @@ type Error struct {
 	Rule   string
 	Host   string
 	Detail string // what happened and how to change it
+	// Hint is the short form of what to change ("add \"x\" to hosts"):
+	// the status line of a refused CONNECT carries it with Msg, since
+	// many clients print only that line.
+	Hint string
 	// ProxyStatus is the RFC 9209 error type, e.g. "destination_ip_prohibited".
 	ProxyStatus string
 	Err         error
@@ -59,8 +64,48 @@ func WriteError(w http.ResponseWriter, r *http.Request, e *Error) {
 		ps += "; details=" + sfString(e.Detail)
 	}
 	h.Set("Proxy-Status", ps)
+	body = append(body, '\n')
+	if r.Method == http.MethodConnect && r.ProtoMajor == 1 && writeConnectRefusal(w, rec, e, body) {
+		return
+	}
 	w.WriteHeader(e.Status)
-	w.Write(append(body, '\n'))
+	w.Write(body)
+}
+
+// writeConnectRefusal answers a CONNECT on HTTP/1 itself, so that the
+// status line says why (Python, Go, curl and ccxt print only that line
+// of a refused CONNECT): "403 sluice: host not listed; add "x" to hosts".
+// It reports false when the connection cannot be taken over.
+func writeConnectRefusal(w http.ResponseWriter, rec *decision.Record, e *Error, body []byte) bool {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	reason := "sluice: " + e.Msg
+	if e.Hint != "" {
+		reason += "; " + e.Hint
+	}
+	fmt.Fprintf(brw, "HTTP/1.1 %03d %s\r\n", e.Status, statusLineText(reason))
+	w.Header().Set("Connection", "close")
+	w.Header().Write(brw)
+	brw.WriteString("\r\n")
+	brw.Write(body)
+	brw.Flush()
+	rec.Status, rec.BytesOut = e.Status, int64(len(body))
+	return true
+}
+
+// statusLineText keeps what a reason phrase may hold (RFC 9112 section
+// 4): tabs, spaces and visible ASCII.
+func statusLineText(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c != '\t' && (c < ' ' || c > '~') {
+			b[i] = ' '
+		}
+	}
+	return string(b)
 }
 
 // sfString encodes s as a structured-field string (RFC 8941): printable

@@ -25,6 +25,7 @@ func Middleware(p *Policy) func(http.Handler) http.Handler {
 			obs.WriteError(w, r, &obs.Error{
 				Status: http.StatusForbidden, Msg: d.Reason, Host: d.Target.String(),
 				Detail:      fmt.Sprintf("sluice refused %s (%s); to allow it, %s", d.Target, d.Reason, d.Fix),
+				Hint:        d.Fix,
 				ProxyStatus: "http_request_denied",
 			})
 		})

@@ -155,12 +155,13 @@ func (p *Policy) Decide(target hostport.HostPort, scheme decision.Scheme) Decisi
 	case h.Mode == config.ModeDeny:
 		d.Reason = "host denied by its entry"
 		d.Fix = "set " + key("mode") + " to intercept or tunnel"
+	case scheme == decision.HTTP && !h.PlainHTTP:
+		// Before the port: plain_http is what allows it (and port 80 with it).
+		d.Reason = "plain http not allowed"
+		d.Fix = "set " + key("plain_http") + ": true"
 	case !slices.Contains(h.Ports, target.Port):
 		d.Reason = fmt.Sprintf("port %d not allowed", target.Port)
 		d.Fix = fmt.Sprintf("add %d to %s", target.Port, key("ports"))
-	case scheme == decision.HTTP && !h.PlainHTTP:
-		d.Reason = "plain http not allowed"
-		d.Fix = "set " + key("plain_http") + ": true"
 	case h.Mode == config.ModeTunnel:
 		d.Action, d.Reason = decision.Tunnel, decision.Tunnel.String()
 	default:

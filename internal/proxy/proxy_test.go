@@ -113,7 +113,7 @@ func TestDeniedHostsAreNeverResolvedOrDialed(t *testing.T) {
 		{"wrong port", "api.test:8443", `add 8443 to hosts."api.test".ports`, false},
 		{"metadata IP", "169.254.169.254:443", `add "169.254.169.254" to hosts`, false},
 		{"plain http, unlisted", "evil.test", `add "evil.test" to hosts`, true},
-		{"plain http not allowed", "plain.test", `add 80 to hosts."plain.test".ports`, true},
+		{"plain http not allowed", "plain.test", `set hosts."plain.test".plain_http: true`, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var status int
@@ -124,6 +124,10 @@ func TestDeniedHostsAreNeverResolvedOrDialed(t *testing.T) {
 			} else {
 				resp, b := connect(t, h.proxyAddr, tt.target)
 				status, body = resp.StatusCode, b
+				// Clients print the status line of a refused CONNECT, not its body.
+				if !strings.HasPrefix(resp.Status, "403 sluice: ") || !strings.Contains(resp.Status, tt.wantFix) {
+					t.Errorf("status line %q, want it to say why and name %q", resp.Status, tt.wantFix)
+				}
 			}
 			if status != http.StatusForbidden {
 				t.Fatalf("status %d, want 403; body %s", status, body)

@@ -13,8 +13,9 @@ import (
 
 // RequireTool returns the path of the named program. If it is missing the
 // test is skipped with a message naming it, or fails when
-// SLUICE_REQUIRE_INTEGRATION=1 (as in CI, which installs every such tool).
-func RequireTool(t testing.TB, name string) string {
+// SLUICE_REQUIRE_INTEGRATION=1 (as in CI, which installs every such tool);
+// debianPackage names its package when that is not the program's name.
+func RequireTool(t testing.TB, name string, debianPackage ...string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
@@ -23,7 +24,11 @@ func RequireTool(t testing.TB, name string) string {
 	if os.Getenv("SLUICE_REQUIRE_INTEGRATION") == "1" {
 		t.Fatalf("%s is required (SLUICE_REQUIRE_INTEGRATION=1) but not installed: %v", name, err)
 	}
-	t.Skipf("skipping: %s is not installed (apt-get install %s)", name, name)
+	pkg := name
+	if len(debianPackage) > 0 {
+		pkg = debianPackage[0]
+	}
+	t.Skipf("skipping: %s is not installed (apt-get install %s)", name, pkg)
 	return ""
 }
 
