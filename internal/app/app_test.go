@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -150,9 +151,18 @@ func TestRunEndToEnd(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("GET /healthz: %v %v", resp, err)
 	}
-	resp, _ = plain.Get(admin + "/metrics")
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// A refused CONNECT's answer goes out before its access line and
+	// metrics are written (as any answer does): poll for them.
+	var metrics []byte
+	for range 100 {
+		resp, _ = plain.Get(admin + "/metrics")
+		metrics, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Contains(metrics, []byte(`decision="deny"`)) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="intercept"} 1`, `decision="deny"`, "sluice_ca_leaves_minted_total 1"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
@@ -506,5 +516,40 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 	var out bytes.Buffer
 	if err := Run(context.Background(), []string{"version"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "v9.8.7") || !strings.Contains(out.String(), runtime.Version()) {
 		t.Errorf("sluice version: %v %q", err, out.String())
+	}
+}
+
+// TestSeriesFromTheStart: the documented series exist at the first scrape,
+// before any request (zero counters), so that alerts on them work; a
+// budget's series exist for every budget the config names. Two wait for
+// what labels them: sluice_proxy_requests_total (mode, decision, status
+// class) and sluice_filter_violations_total (rule set, check).
+func TestSeriesFromTheStart(t *testing.T) {
+	r := startRun(t, baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}}\n"))
+	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	have := map[string]bool{}
+	for line := range strings.Lines(string(scrape)) {
+		if name, _, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			name, _, _ = strings.Cut(name, "{")
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				name = strings.TrimSuffix(name, suffix)
+			}
+			have[name] = true
+		}
+	}
+	readme := readFile(t, filepath.Join("..", "..", "README.md"))
+	waitForLabels := map[string]bool{"sluice_proxy_requests_total": true, "sluice_filter_violations_total": true}
+	for _, name := range regexp.MustCompile("`(sluice_[a-z0-9_]+)").FindAllStringSubmatch(readme, -1) {
+		if !have[name[1]] && !waitForLabels[name[1]] {
+			t.Errorf("%s is documented in README.md but not in the first scrape", name[1])
+		}
+	}
+	if !strings.Contains(string(scrape), `sluice_throttle_available{budget="test_budget"}`) {
+		t.Error("the config's budget test_budget has no sluice_throttle_available series at the first scrape")
 	}
 }

@@ -74,6 +74,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Name: "config_reloads_total", Help: "Config reloads by result (ok, error).",
 	}, []string{"result"})
+	reloads.WithLabelValues("ok")
+	reloads.WithLabelValues("error")
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "sluice", Name: "build_info", Help: "Always 1; the labels say which build runs.",
 	}, []string{"version", "revision", "goversion"})

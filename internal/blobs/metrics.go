@@ -28,6 +28,14 @@ func newMetrics(reg prometheus.Registerer) (*storeMetrics, error) {
 		scrubbed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "blobs", Name: "scrubbed_total",
 			Help: "Files the scrub hashed, by result: ok, or dropped (missing, or content not matching its digest)."}, []string{"result"}),
 	}
+	for _, r := range []string{"hit", "miss", "bypass"} {
+		m.requests.WithLabelValues(r) // every series from the first scrape
+	}
+	for _, o := range []string{"stored", "failed", "not_ok"} {
+		m.downloads.WithLabelValues(o)
+	}
+	m.scrubbed.WithLabelValues("ok")
+	m.scrubbed.WithLabelValues("dropped")
 	return m, metrics.Register(reg, m.requests, m.downloads, m.evictions, m.bytes, m.files, m.scrubbed)
 }
 

@@ -81,6 +81,8 @@ func New(root *Root, opts Options) (*Authority, error) {
 	if err := metrics.Register(opts.Registerer, a.minted, a.lookup); err != nil {
 		return nil, err
 	}
+	a.lookup.WithLabelValues("hit") // both results from the first scrape
+	a.lookup.WithLabelValues("miss")
 	return a, nil
 }
 

@@ -123,6 +123,9 @@ func New(opts Options) (*Cache, error) {
 		Namespace: "sluice", Subsystem: "cache", Name: "fills_total",
 		Help: "Upstream fetches made to fill the cache, by outcome: stored, not_stored, too_large, revalidated.",
 	}, []string{"outcome"})
+	for _, o := range []string{"stored", "not_stored", "too_large", "revalidated"} {
+		c.fills.WithLabelValues(o)
+	}
 	c.evictions = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "evictions_total",
 		Help: "Entries evicted to stay within cache.max_bytes.",

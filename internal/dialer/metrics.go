@@ -16,5 +16,8 @@ func CountRefusals(reg prometheus.Registerer) (func(Class), error) {
 	if err := metrics.Register(reg, refused); err != nil {
 		return nil, err
 	}
+	for c := Loopback; c <= Reserved; c++ {
+		refused.WithLabelValues(c.String()) // every class from the first scrape
+	}
 	return func(c Class) { refused.WithLabelValues(c.String()).Inc() }, nil
 }

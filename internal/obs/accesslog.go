@@ -70,6 +70,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if err := metrics.Register(reg, m.requests, m.duration); err != nil {
 		return nil, err
 	}
+	for _, e := range []decision.Entry{decision.EntryForward, decision.EntryConnect, decision.EntryIntercept, decision.EntryReverse} {
+		m.duration.WithLabelValues(e.String()) // every mode from the first scrape
+	}
 	return m, nil
 }
 

@@ -30,5 +30,14 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors); err != nil {
 		return nil, err
 	}
+	m.sessions.WithLabelValues("tunnel")
+	m.sessions.WithLabelValues("intercept")
+	for _, kind := range upstreamErrorKinds {
+		m.upstreamErrors.WithLabelValues(kind)
+	}
 	return m, nil
 }
+
+// upstreamErrorKinds are the RFC 9209 error types classify reports.
+var upstreamErrorKinds = []string{"destination_ip_prohibited", "dns_error", "dns_timeout", "tls_certificate_error",
+	"connection_refused", "connection_timeout", "http_response_timeout", "connection_terminated", "tls_protocol_error", "destination_unavailable"}

@@ -57,6 +57,9 @@ type Deps struct {
 // Build makes the table's pipeline. This is the only place its order is
 // defined: cheapest refusals first, and only what goes upstream spends budget.
 func (t *Table) Build(d Deps) {
+	for _, rt := range t.routes {
+		d.Limit.Declare(rt.Throttle)
+	}
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
 		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
 		obs.Recover(d.Log), // a panic becomes a 500 that the access log records

@@ -34,6 +34,16 @@ func newMetrics(reg prometheus.Registerer) (*throttleMetrics, error) {
 	return m, metrics.Register(reg, m.queue, m.waits, m.avail, m.limitedVec, m.rejects)
 }
 
+// declare creates budget's series, so that they exist from the first scrape.
+func (m *throttleMetrics) declare(budget string) {
+	m.queue.WithLabelValues(budget)
+	m.waits.WithLabelValues(budget)
+	m.avail.WithLabelValues(budget)
+	m.rejects.WithLabelValues(budget)
+	m.limitedVec.WithLabelValues(budget, "429")
+	m.limitedVec.WithLabelValues(budget, "418")
+}
+
 func (m *throttleMetrics) queued(budget string, d float64) { m.queue.WithLabelValues(budget).Add(d) }
 func (m *throttleMetrics) wait(budget string, d time.Duration) {
 	m.waits.WithLabelValues(budget).Observe(d.Seconds())

@@ -243,6 +243,14 @@ type Lease struct {
 
 // Acquire waits until r's cost fits the budget of spec for host. It fails
 // with ErrTimeout after max_wait, or with the context's error.
+// Declare creates the metric series of specs' budgets, so that alerts on
+// them work from the first scrape, before a request has spent any.
+func (l *Limiter) Declare(specs Specs) {
+	for _, s := range specs {
+		l.metrics.declare(s.name)
+	}
+}
+
 func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.Request) (*Lease, error) {
 	in := l.instance(spec, host, r)
 	waited, err := in.acquire(ctx, clientOf(r), spec.Cost(r), spec.maxWait)
