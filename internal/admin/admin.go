@@ -1,6 +1,7 @@
 // Package admin serves sluice's admin listener (loopback by default):
 //
-//	GET    /healthz           {"status":"ok","data_dir":...} while the proxy runs
+//	GET    /healthz           {"status":"ok","data_dir":...} while the proxy runs;
+//	                          503 {"status":"draining",...} while it shuts down
 //	GET    /metrics           Prometheus metrics of every component
 //	GET    /ca.pem            the CA certificate clients must trust (public)
 //	GET    /v1/blobs          the blob store: size, files, entries
@@ -34,6 +35,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +70,9 @@ type Options struct {
 // Server is the admin HTTP server.
 type Server struct {
 	srv *http.Server
+	// draining is set when sluice begins to shut down: /healthz answers
+	// 503 from then on, so that a load balancer stops sending clients.
+	draining atomic.Bool
 }
 
 // New builds the admin server; Serve starts it.
@@ -75,9 +80,15 @@ type Server struct {
 const maxConfigBytes = 16 << 20
 
 func New(opts Options) *Server {
+	s := &Server{}
 	mux := http.NewServeMux()
 	private := http.NewServeMux() // behind the token
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining", "data_dir": opts.DataDir,
+				"reason": "sluice is shutting down: it takes no new connections, and requests in flight finish within timeouts.shutdown"})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "data_dir": opts.DataDir})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
@@ -202,12 +213,13 @@ func New(opts Options) *Server {
 		}
 		protected.ServeHTTP(w, r)
 	}))
-	return &Server{srv: &http.Server{
+	s.srv = &http.Server{
 		Handler:           http.NewCrossOriginProtection().Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug),
-	}}
+	}
+	return s
 }
 
 // requireToken lets through requests carrying "Authorization: Bearer TOKEN".
@@ -229,14 +241,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// Serve serves on ln until ctx ends, then shuts down within grace.
-func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+// Serve serves on ln until ctx ends; then /healthz answers 503 draining
+// until drained is closed (the proxy listeners finished) or grace passed,
+// and the admin listener shuts down within grace.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration, drained <-chan struct{}) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	}
+	// Draining: /healthz says so until the proxy listeners are done.
+	s.draining.Store(true)
+	select {
+	case <-drained:
+	case <-time.After(grace):
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()

@@ -236,6 +236,25 @@ func TestGracefulShutdown(t *testing.T) {
 	<-started
 	r.cancel() // SIGTERM, as main turns it into a cancelled context
 	r.waitLog("shutting down")
+	// While a request is in flight, the admin listener still answers, and
+	// /healthz says sluice is draining.
+	var code int
+	var health string
+	for range 100 {
+		resp, err := http.Get("http://" + r.addrs["admin"] + "/healthz")
+		if err != nil {
+			t.Fatalf("GET /healthz during shutdown: %v, want an answer", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if code, health = resp.StatusCode, string(b); code == http.StatusServiceUnavailable {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(health, `"status":"draining"`) {
+		t.Errorf("GET /healthz during shutdown: %d %s, want 503 draining", code, health)
+	}
 	close(release)
 	if res := <-got; res.err != nil || res.body != "finished" {
 		t.Errorf("in-flight request during shutdown: %q, %v; want it to finish", res.body, res.err)
@@ -551,5 +570,43 @@ func TestSeriesFromTheStart(t *testing.T) {
 	}
 	if !strings.Contains(string(scrape), `sluice_throttle_available{budget="test_budget"}`) {
 		t.Error("the config's budget test_budget has no sluice_throttle_available series at the first scrape")
+	}
+}
+
+// TestShutdownCutOffIsLogged: a request still in flight when the shutdown
+// grace is over is cut off, and its access line says so: sluice closed it,
+// not its client.
+func TestShutdownCutOffIsLogged(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	started := make(chan struct{}, 1)
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}), "stuck.test")
+	r := startRun(t, strings.Replace(baseConfig(hosts), "shutdown: 5s", "shutdown: 1s", 1))
+	c := r.client()
+	go func() {
+		if resp, err := c.Get("https://stuck.test/never"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	r.cancel()
+	if err := <-r.done; err != nil {
+		t.Errorf("Run after shutdown = %v, want nil", err)
+	}
+	r.done <- nil // for the cleanup
+	var line string
+	for l := range strings.Lines(r.stderr.String()) {
+		if strings.Contains(l, `"path":"/never"`) {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "cut off: sluice shut down") {
+		t.Errorf("access line of the cut-off request: %q, want it to say sluice cut it off", line)
 	}
 }

@@ -137,7 +137,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			g.Go(func() error { scrubBlobs(gctx, blobStore, every, log.With("component", "blobs")); return nil })
 		}
 	}
+	proxyDone := make(chan struct{})
 	g.Go(func() error {
+		defer close(proxyDone)
 		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
 		gw.Close()
 		return err
@@ -179,7 +181,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			},
 			DataDir: dataDir,
 		})
-		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D()) })
+		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D(), proxyDone) })
 	}
 	g.Go(func() error {
 		for {

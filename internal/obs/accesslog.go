@@ -100,6 +100,10 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 			if r.URL.RawQuery != "" && opts.Queries {
 				rec.Query = RedactQuery(r.URL.Query())
 			}
+			if s, _ := r.Context().Value(shutdownKey{}).(*Shutdown); s != nil {
+				s.inflight.Add(1)
+				defer s.inflight.Add(-1)
+			}
 			cw := &countingWriter{ResponseWriter: w, rec: rec}
 			var body *countingBody
 			if r.Body != nil && r.Body != http.NoBody {
@@ -109,6 +113,9 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 			defer func() {
 				if body != nil {
 					rec.BytesIn = body.n.Load()
+				}
+				if rec.Status == StatusClientClosed && cutOff(r.Context()) {
+					rec.Reason = "cut off: sluice shut down before the answer was complete (timeouts.shutdown)"
 				}
 				// A handler aborts a response (http.ErrAbortHandler) by
 				// panicking; the line is still written, then the panic goes on.

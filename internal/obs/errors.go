@@ -1,10 +1,14 @@
 package obs
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"sluice/internal/decision"
 )
@@ -138,3 +142,52 @@ func WriteBodyTimeout(w http.ResponseWriter, r *http.Request, err error) {
 // StatusClientClosed is the status the access log records for a request
 // whose client went away before its answer (nginx's 499): nothing is sent.
 const StatusClientClosed = 499
+
+// Shutdown marks the requests of a server that is shutting down, so that
+// one it cuts off is logged as that, not as a client that left, and
+// counts them, so that their lines are written before sluice exits.
+type Shutdown struct {
+	cut      atomic.Bool
+	once     sync.Once
+	done     chan struct{}
+	inflight atomic.Int64
+}
+
+// NewShutdown returns a Shutdown for a server that runs.
+func NewShutdown() *Shutdown { return &Shutdown{done: make(chan struct{})} }
+
+type shutdownKey struct{}
+
+// WithShutdown gives ctx's requests s.
+func WithShutdown(ctx context.Context, s *Shutdown) context.Context {
+	return context.WithValue(ctx, shutdownKey{}, s)
+}
+
+// CutOff records that the server is closing the connections still open:
+// the grace of timeouts.shutdown is over.
+func (s *Shutdown) CutOff() {
+	s.cut.Store(true)
+	s.once.Do(func() { close(s.done) })
+}
+
+// Wait waits up to d for the requests in flight to finish their lines.
+func (s *Shutdown) Wait(d time.Duration) {
+	for deadline := time.Now().Add(d); s.inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// CutOffDone is closed when ctx's server cuts its requests off (nil when
+// ctx has no Shutdown).
+func CutOffDone(ctx context.Context) <-chan struct{} {
+	if s, _ := ctx.Value(shutdownKey{}).(*Shutdown); s != nil {
+		return s.done
+	}
+	return nil
+}
+
+// cutOff reports whether ctx's server cut its requests off.
+func cutOff(ctx context.Context) bool {
+	s, _ := ctx.Value(shutdownKey{}).(*Shutdown)
+	return s != nil && s.cut.Load()
+}

@@ -79,7 +79,15 @@ type Forwarder struct {
 // (up to maxDrain bytes) is read off so the connection returns to the pool.
 func roundTripDetached(rt http.RoundTripper, r *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	stop := context.AfterFunc(r.Context(), func() { time.AfterFunc(abandonGrace, cancel) })
+	stop := context.AfterFunc(r.Context(), func() {
+		t := time.AfterFunc(abandonGrace, cancel)
+		select { // a shutdown that cuts requests off cuts this one too
+		case <-obs.CutOffDone(r.Context()):
+			t.Stop()
+			cancel()
+		case <-ctx.Done():
+		}
+	})
 	resp, err := rt.RoundTrip(r.WithContext(httptrace.WithClientTrace(ctx, trace)))
 	if err != nil {
 		stop()

@@ -148,7 +148,8 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	g, gctx := errgroup.WithContext(ctx)
 	// Requests outlive ctx by the shutdown grace; each server marks its
 	// requests with the entry point they came in by.
-	base := context.WithoutCancel(ctx)
+	shutdown := obs.NewShutdown()
+	base := obs.WithShutdown(context.WithoutCancel(ctx), shutdown)
 	for srv, entry := range map[*http.Server]decision.Entry{s.forward: decision.EntryForward, s.rev: decision.EntryReverse, s.mitm: decision.EntryIntercept} {
 		ectx := decision.WithEntry(base, entry)
 		srv.BaseContext = func(net.Listener) context.Context { return ectx }
@@ -199,12 +200,15 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		for _, srv := range []*http.Server{s.forward, s.rev, s.mitm} {
 			wg.Go(func() {
 				if err := srv.Shutdown(sctx); err != nil {
+					shutdown.CutOff()
 					srv.Close()
 				}
 			})
 		}
 		wg.Wait()
+		shutdown.CutOff() // tunnels and intercepted connections still open
 		s.closeHijacked()
+		shutdown.Wait(time.Second) // the lines of what was cut off
 		return nil
 	})
 	return g.Wait()
