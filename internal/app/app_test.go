@@ -40,10 +40,31 @@ type running struct {
 	cancel context.CancelFunc
 	done   chan error
 	addrs  map[string]string // listener -> address
+	// logFile, when set, is where the config sends the log (log.file).
+	logFile string
+}
+
+// log is what sluice has logged so far.
+func (r *running) log() string {
+	if r.logFile != "" {
+		return readFileIfAny(r.logFile)
+	}
+	return r.stderr.String()
 }
 
 // startRun writes cfg (with %s for the data dir) and runs `sluice run -c`.
 func startRun(t *testing.T, cfgYAML string) *running {
+	t.Helper()
+	return startRunLogging(t, cfgYAML, "")
+}
+
+// startRunLogFile is startRun for a config whose log.file is logs/sluice.log.
+func startRunLogFile(t *testing.T, cfgYAML string) *running {
+	t.Helper()
+	return startRunLogging(t, cfgYAML, filepath.Join("logs", "sluice.log"))
+}
+
+func startRunLogging(t *testing.T, cfgYAML, logFile string) *running {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sluice.yaml")
@@ -51,6 +72,9 @@ func startRun(t *testing.T, cfgYAML string) *running {
 		t.Fatal(err)
 	}
 	r := &running{t: t, cfg: path, dir: dir, stderr: &testenv.Buffer{}, done: make(chan error, 1), addrs: map[string]string{}}
+	if logFile != "" {
+		r.logFile = filepath.Join(dir, logFile)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() {
@@ -65,7 +89,7 @@ func startRun(t *testing.T, cfgYAML string) *running {
 		}
 	})
 	r.waitLog("sluice started")
-	for _, l := range strings.Split(r.stderr.String(), "\n") {
+	for _, l := range strings.Split(r.log(), "\n") {
 		var m map[string]string
 		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "listening" {
 			r.addrs[m["listener"]] = m["addr"]
@@ -78,16 +102,16 @@ func startRun(t *testing.T, cfgYAML string) *running {
 func (r *running) waitLog(s string) {
 	r.t.Helper()
 	for range 1000 {
-		if strings.Contains(r.stderr.String(), s) {
+		if strings.Contains(r.log(), s) {
 			return
 		}
 		select {
 		case err := <-r.done:
-			r.t.Fatalf("sluice run exited (%v) before logging %q:\n%s", err, s, r.stderr)
+			r.t.Fatalf("sluice run exited (%v) before logging %q:\n%s%s", err, s, r.stderr, r.log())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	r.t.Fatalf("no log line with %q after 10s:\n%s", s, r.stderr)
+	r.t.Fatalf("no log line with %q after 10s:\n%s", s, r.log())
 }
 
 func (r *running) client() *http.Client {
@@ -609,4 +633,49 @@ func TestShutdownCutOffIsLogged(t *testing.T) {
 	if !strings.Contains(line, "cut off: sluice shut down") {
 		t.Errorf("access line of the cut-off request: %q, want it to say sluice cut it off", line)
 	}
+}
+
+// TestLogFileAndFail2ban: with log.file the log goes to that file, and the
+// fail2ban filter the README gives finds the client of a rule violation
+// in the lines sluice really writes there.
+func TestLogFileAndFail2ban(t *testing.T) {
+	regex := testenv.RequireTool(t, "fail2ban-regex", "fail2ban")
+	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "api.test")
+	hosts = strings.Replace(hosts, "allow_private: true}", "allow_private: true, profile: binance}", 1)
+	r := startRunLogFile(t, strings.Replace(baseConfig(hosts), "data_dir: data\n", "data_dir: data\nlog: {file: logs/sluice.log}\n", 1))
+	c := r.client()
+	for range 3 {
+		if got := status(t, c, "https://api.test/sapi/v1/capital/withdraw/apply"); got != http.StatusForbidden {
+			t.Fatalf("a withdrawal through the binance profile: %d, want 403", got)
+		}
+	}
+	logFile := filepath.Join(r.dir, "logs", "sluice.log")
+	var lines string
+	for range 100 { // the log writer flushes within 100 ms
+		if lines = readFileIfAny(logFile); strings.Count(lines, `"msg":"rule_violation"`) == 3 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(lines, `"msg":"sluice started"`) {
+		t.Fatalf("%s does not hold sluice's log:\n%s", logFile, lines)
+	}
+	readme := readFile(t, filepath.Join("..", "..", "README.md"))
+	_, rest, _ := strings.Cut(readme, "filter.d/sluice.conf")
+	_, rest, _ = strings.Cut(rest, "```ini\n")
+	filter, _, _ := strings.Cut(rest, "```")
+	filterFile := filepath.Join(t.TempDir(), "sluice.conf")
+	os.WriteFile(filterFile, []byte(filter), 0o644)
+	out, err := exec.Command(regex, logFile, filterFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Lines: ") || !regexp.MustCompile(`(?m)^Lines: \d+ lines, \d+ ignored, 3 matched`).Match(out) {
+		t.Errorf("fail2ban-regex %s with the README's filter: %v\n%s", logFile, err, out)
+	}
+	if !strings.Contains(string(out), "127.0.0.1") {
+		t.Errorf("fail2ban-regex found no client 127.0.0.1:\n%s", out)
+	}
+}
+
+func readFileIfAny(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }

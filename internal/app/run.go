@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"gopkg.in/natefinch/lumberjack.v2"
 
 	"sluice/internal/admin"
 	"sluice/internal/blobs"
@@ -58,7 +59,13 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg := table.Config
 	tuneRuntime()
 	level := new(slog.LevelVar)
-	logOut := obs.NewLogWriter(stderr, 100*time.Millisecond)
+	var logTo io.Writer = stderr
+	if cfg.Log.File != "" {
+		rotating := &lumberjack.Logger{Filename: cfg.Path(cfg.Log.File), MaxSize: max(int(cfg.Log.MaxSize>>20), 1), MaxBackups: cfg.Log.MaxFiles}
+		defer rotating.Close()
+		logTo = rotating
+	}
+	logOut := obs.NewLogWriter(logTo, 100*time.Millisecond)
 	defer logOut.Flush()
 	log := newLogger(logOut, cfg.Log, level)
 
@@ -283,6 +290,7 @@ func restartOnlyChanges(running, next *config.Config) []string {
 		{"timeouts.client_idle", next.Timeouts.ClientIdle != running.Timeouts.ClientIdle},
 		{"timeouts.shutdown", next.Timeouts.Shutdown != running.Timeouts.Shutdown},
 		{"ca", next.CA != running.CA},
+		{"log.file", next.Log.File != running.Log.File || next.Log.MaxSize != running.Log.MaxSize || next.Log.MaxFiles != running.Log.MaxFiles},
 	} {
 		if k.changed {
 			keys = append(keys, k.key)

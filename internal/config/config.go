@@ -166,6 +166,13 @@ type Log struct {
 	// Queries logs the query strings of requests. They often carry API keys
 	// and signatures, so they are left out unless this is true.
 	Queries bool `yaml:"queries,omitempty"`
+	// File, when set, is where the log goes instead of standard error,
+	// rotated at MaxSize with MaxFiles old files kept (a relative path is
+	// relative to the config file). Under systemd, standard error is the
+	// journal already.
+	File     string   `yaml:"file,omitempty"`
+	MaxSize  ByteSize `yaml:"max_size,omitempty"`
+	MaxFiles int      `yaml:"max_files,omitempty"`
 }
 
 //go:embed default.yaml
@@ -297,6 +304,14 @@ func (c *Config) applyDefaults() {
 	}
 	setString(&c.Log.Level, "info")
 	setString(&c.Log.Format, "json")
+	if c.Log.File != "" {
+		if c.Log.MaxSize == 0 {
+			c.Log.MaxSize = 100 << 20
+		}
+		if c.Log.MaxFiles == 0 {
+			c.Log.MaxFiles = 5
+		}
+	}
 	if c.Hosts == nil {
 		c.Hosts = map[string]*Host{}
 	}

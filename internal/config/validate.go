@@ -97,6 +97,12 @@ func (c *Config) validate() []error {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
 	}
+	if c.Log.File != "" && c.Log.MaxSize < 1<<20 {
+		add(errors.New("must be at least 1MiB"), "log", "max_size")
+	}
+	if c.Log.MaxFiles < 0 {
+		add(errors.New("must not be negative"), "log", "max_files")
+	}
 	if e := c.Blobs.ScrubEvery; e < 0 || e > 0 && e < Duration(time.Minute) {
 		add(errors.New("must be at least 1m (leave it out for no scrub)"), "blobs", "scrub_every")
 	}
