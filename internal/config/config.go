@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -204,7 +205,7 @@ func Parse(data []byte, name, dir string) (*Config, error) {
 func Decode(data []byte, name, dir string) (*Config, []error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, []error{fileError(name, err)}
+		return nil, []error{fileError(name, err, nil)}
 	}
 	if len(root.Content) == 0 {
 		// An empty file is more likely a truncated or wrong one than a wish
@@ -220,9 +221,9 @@ func Decode(data []byte, name, dir string) (*Config, []error) {
 		// that every problem is reported at once. Anything else is fatal.
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
-			return nil, []error{fileError(name, err)}
+			return nil, []error{fileError(name, err, &root)}
 		}
-		errs = append(errs, fileError(name, err))
+		errs = append(errs, fileError(name, err, &root))
 	}
 	c.Dir, c.name, c.root = dir, name, &root
 	c.applyDefaults()
@@ -236,13 +237,22 @@ func Decode(data []byte, name, dir string) (*Config, []error) {
 
 // fileError prefixes each line of a YAML decoding error with the file name,
 // so that "line 3: ..." reads "sluice.yaml:3: ...".
-func fileError(name string, err error) error {
+func fileError(name string, err error, root *yaml.Node) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
-		errs := make([]error, 0, len(te.Errors))
+		type lineErr struct {
+			line int
+			msg  string
+		}
+		les := make([]lineErr, 0, len(te.Errors))
 		for _, e := range te.Errors {
-			e = unknownField.ReplaceAllString(e, `unknown key "$1"`)
-			errs = append(errs, errors.New(name+":"+strings.TrimPrefix(e, "line ")))
+			line, msg := explain(root, e)
+			les = append(les, lineErr{line, msg})
+		}
+		slices.SortStableFunc(les, func(a, b lineErr) int { return a.line - b.line })
+		errs := make([]error, 0, len(les))
+		for _, le := range les {
+			errs = append(errs, fmt.Errorf("%s:%d: %s", name, le.line, le.msg))
 		}
 		return errors.Join(errs...)
 	}
@@ -253,7 +263,7 @@ func fileError(name string, err error) error {
 	return fmt.Errorf("%s: %s", name, msg)
 }
 
-var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
 
 // applyDefaults fills every unset field that has a default.
 func (c *Config) applyDefaults() {

@@ -231,3 +231,22 @@ func TestHostsFileKeepsProfiles(t *testing.T) {
 		}
 	}
 }
+
+// TestTypeErrorsInWords: a value of the wrong shape is reported with its
+// key path and the shape expected, in words; hosts written as a list gets
+// the hint to use hosts_file; a misspelt key gets the known key nearest it.
+func TestTypeErrorsInWords(t *testing.T) {
+	for _, tt := range []struct{ doc, want string }{
+		{"hosts:\n  - api.binance.com\n", `t.yaml:2: hosts: expected a map of host entries (api.example.com: {profile: ...}), got a list; for a plain list of hosts, put them in a file and set hosts_file: FILE`},
+		{"hosts:\n  a.test:\n    ports: \"443\"\n", "t.yaml:3: hosts.\"a.test\".ports: expected a list of ports (e.g. [443, 8443]), got a text value `443`"},
+		{"hosts:\n  a.test: {plain_http: maybe}\n", "t.yaml:2: hosts.\"a.test\".plain_http: expected true or false, got a text value `maybe`"},
+		{"hosts:\n  a.test: {upstrem_ca: ca.pem}\n", `t.yaml:2: unknown key "upstrem_ca" (did you mean "upstream_ca"?)`},
+		{"listen: {proxyy: 127.0.0.1:3128}\nhosts: {}\n", `t.yaml:1: unknown key "proxyy" (did you mean "proxy"?)`},
+		{"hosts: {}\nzzz: 1\n", `t.yaml:2: unknown key "zzz"`},
+	} {
+		_, err := Parse([]byte(tt.doc), "t.yaml", t.TempDir())
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Parse(%q):\n%v\nwant a line\n%s", tt.doc, err, tt.want)
+		}
+	}
+}
