@@ -223,7 +223,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	os.WriteFile(r.cfg, []byte(baseConfig(hosts)+"  c.test: {mode: intercpet}\n"), 0o644)
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	r.waitLog("config reload refused")
-	if !strings.Contains(r.stderr.String(), `sluice.yaml:7: mode \"intercpet\"`) {
+	if !strings.Contains(r.stderr.String(), `sluice.yaml:7: hosts.\"c.test\".mode: mode \"intercpet\"`) {
 		t.Errorf("refused reload does not log the error with its line:\n%s", r.stderr)
 	}
 	c.CloseIdleConnections()

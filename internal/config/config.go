@@ -212,6 +212,9 @@ func Decode(data []byte, name, dir string) (*Config, []error) {
 		// to deny every host; the embedded default is what runs without -c.
 		return nil, []error{fmt.Errorf("%s: the config is empty (no YAML document); write at least one key, e.g. hosts: {}", name)}
 	}
+	if dups := duplicateKeys(name, &root); len(dups) > 0 {
+		return nil, dups // the decoder would stop at the first
+	}
 	c := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true) // a typo is an error, not a silent default

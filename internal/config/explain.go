@@ -52,6 +52,9 @@ func explain(root *yaml.Node, e string) (int, string) {
 		}
 		return line, out
 	}
+	if path := keyPathAt(root, line); path != "" { // a value's own check ("-3s" is not a duration)
+		return line, path + ": " + msg
+	}
 	return line, msg
 }
 
@@ -184,4 +187,40 @@ func editDistance(a, b string) int {
 		prev = cur
 	}
 	return prev[len(b)]
+}
+
+// duplicateKeys reports every key that a mapping of the document holds
+// twice, in line order.
+func duplicateKeys(name string, root *yaml.Node) []error {
+	var errs []error
+	var walk func(n *yaml.Node, path []string)
+	walk = func(n *yaml.Node, path []string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			first := map[string]int{}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				if line, dup := first[k.Value]; dup {
+					where := ""
+					if len(path) > 0 {
+						where = KeyPath(path...) + ": "
+					}
+					errs = append(errs, fmt.Errorf("%s:%d: %skey %q is already at line %d", name, k.Line, where, k.Value, line))
+				} else {
+					first[k.Value] = k.Line
+				}
+				walk(n.Content[i+1], append(slices.Clone(path), k.Value))
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, append(slices.Clone(path), strconv.Itoa(i)))
+			}
+		}
+	}
+	walk(root, nil)
+	return errs
 }

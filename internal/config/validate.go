@@ -191,7 +191,16 @@ func located(name string, root *yaml.Node, errs []error) []error {
 			}
 			continue
 		}
-		les = append(les, lineErr{0, err}) // decoding errors name their file and line already
+		// Decoding errors name their file and line already: sorted by it.
+		parts := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			parts = j.Unwrap()
+		}
+		for _, e := range parts {
+			num, _, _ := strings.Cut(strings.TrimPrefix(e.Error(), name+":"), ":")
+			line, _ := strconv.Atoi(num)
+			les = append(les, lineErr{line, e})
+		}
 	}
 	slices.SortStableFunc(les, func(a, b lineErr) int { return a.line - b.line })
 	out := make([]error, len(les))
