@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
 
 	"sluice/internal/ca"
 	"sluice/internal/config"
@@ -97,7 +98,7 @@ type command struct {
 
 var commands = map[string]command{
 	"run":       {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
-	"check":     {"check [-c FILE]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in.", "sluice check -c sluice.yaml"},
+	"check":     {"check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand"},
 	"ca export": {"ca export [-c FILE] [--format pem|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
 	"env":       {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
 	"blobs":     {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
@@ -164,14 +165,23 @@ func loadConfig(path string) (*config.Config, error) {
 
 func checkCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("check", stdout, stderr)
+	expand := fs.Bool("expand", false, "print each host's effective cache, budget and rule settings, its profile's merged in")
 	if done, err := parse(fs, args); done {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath)
+	t, err := loadTable(*cfgPath, nil)
 	if err != nil {
 		return err
 	}
-	out, err := cfg.Marshal()
+	if *expand {
+		enc := yaml.NewEncoder(stdout)
+		enc.SetIndent(2)
+		if err := enc.Encode(map[string]any{"hosts": t.Expanded()}); err != nil {
+			return err
+		}
+		return enc.Close()
+	}
+	out, err := t.Config.Marshal()
 	if err != nil {
 		return err
 	}

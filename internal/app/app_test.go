@@ -29,6 +29,8 @@ import (
 
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // running is one `sluice run` inside the test process.
@@ -678,4 +680,45 @@ func TestLogFileAndFail2ban(t *testing.T) {
 func readFileIfAny(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
+}
+
+// TestCheckExpand: sluice check --expand prints what a host entry ends up
+// with: a plain hosts_file entry for api.binance.com gets the binance
+// profile's cache rules, budgets and withdrawal guard.
+func TestCheckExpand(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "api-list"), []byte("api.binance.com\napi.example.org\n"), 0o644)
+	cfg := filepath.Join(dir, "sluice.yaml")
+	os.WriteFile(cfg, []byte("hosts_file: api-list\ndata_dir: data\nhosts: {}\n"), 0o644)
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"check", "-c", cfg, "--expand"}, &out, io.Discard); err != nil {
+		t.Fatalf("sluice check --expand: %v", err)
+	}
+	var got struct {
+		Hosts map[string]struct {
+			Profile    string `yaml:"profile"`
+			Cache      string `yaml:"cache"`
+			CacheRules []any  `yaml:"cache_rules"`
+			Throttle   []struct {
+				Budget string `yaml:"budget"`
+			} `yaml:"throttle"`
+			Rules   string `yaml:"rules"`
+			RuleSet struct {
+				DenyPaths []struct {
+					Prefix string `yaml:"prefix"`
+				} `yaml:"deny_paths"`
+			} `yaml:"rule_set"`
+		} `yaml:"hosts"`
+	}
+	if err := yaml.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("--expand output is not YAML: %v\n%s", err, out.String())
+	}
+	b := got.Hosts["api.binance.com"]
+	if b.Profile != "binance" || b.Cache != "rules" || len(b.CacheRules) == 0 || len(b.Throttle) == 0 || b.Rules != "binance" ||
+		len(b.RuleSet.DenyPaths) == 0 || !strings.Contains(b.RuleSet.DenyPaths[0].Prefix, "withdraw") {
+		t.Errorf("api.binance.com expanded: %+v\nwant the binance profile's cache rules, budgets and withdrawal guard", b)
+	}
+	if e := got.Hosts["api.example.org"]; e.Profile != "" || e.Cache != "off" || len(e.Throttle) != 0 {
+		t.Errorf("api.example.org expanded: %+v, want no profile, no cache, no budget", e)
+	}
 }

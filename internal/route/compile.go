@@ -47,6 +47,32 @@ type Route struct {
 	Rules    *filter.Rules  // nil: no request rules
 	Throttle throttle.Specs // none: no budget
 	Blobs    *blobs.Matcher // nil: no blob store for this host
+	// Settings are the host's effective settings, its profile's merged
+	// in, as the route was compiled from them (sluice check --expand).
+	Settings Settings
+}
+
+// Settings are the cache, budget and rule settings a host entry ends up
+// with once its profile is applied.
+type Settings struct {
+	Profile  string             `yaml:"profile,omitempty"`
+	Cache    config.CacheMode   `yaml:"cache"`
+	Rules    []config.CacheRule `yaml:"cache_rules,omitempty"`
+	Throttle []config.Throttle  `yaml:"throttle,omitempty"`
+	RuleSet  string             `yaml:"rules,omitempty"`
+	// RuleSetSettings is the rule set RuleSet names.
+	RuleSetSettings *config.RuleSet `yaml:"rule_set,omitempty"`
+}
+
+// Expanded returns every host entry's effective settings, by pattern.
+func (t *Table) Expanded() map[string]Settings {
+	out := map[string]Settings{}
+	for pattern := range t.Config.Hosts {
+		if rt, ok := t.routes[pattern]; ok {
+			out[pattern] = rt.Settings
+		}
+	}
+	return out
 }
 
 // Load reads the config file at path and compiles it: every problem of
@@ -183,6 +209,14 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 	}
 	r.Cache, err = c.cache(h.Cache, p, profileRules, staleWindow(c.cfg, h.Cache))
 	at(err, "cache")
+	r.Settings.Cache = cacheMode(h.Cache, profileRules)
+	if h.Cache != nil {
+		r.Settings.Rules = append(r.Settings.Rules, h.Cache.Rules...)
+	}
+	r.Settings.Rules = append(r.Settings.Rules, profileRules...)
+	if p != nil {
+		r.Settings.Profile = p.Name
+	}
 
 	if h.Blobs == nil || !h.Blobs.Off {
 		var extra []*regexp.Regexp
@@ -199,10 +233,17 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 	if !at(err, "rules") {
 		r.Rules, err = c.ruleSet(name, rs)
 		at(err, "rules")
+		r.Settings.RuleSet, r.Settings.RuleSetSettings = name, rs
 	}
 
 	r.Throttle, err = c.throttle(h, e.Pattern, p)
 	at(err, "throttle")
+	switch {
+	case h.Throttle != nil && !h.Throttle.Off:
+		r.Settings.Throttle = []config.Throttle{h.Throttle.Throttle}
+	case h.Throttle == nil && p != nil:
+		r.Settings.Throttle = p.Throttle
+	}
 	return r
 }
 
