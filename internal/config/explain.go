@@ -90,45 +90,46 @@ func shapeOf(goType string) string {
 }
 
 // keyPathAt is the key path of the value on line in the document root
-// ("hosts.\"a.test\".ports"), or "" if no key is there.
+// ("hosts.\"a.test\".ports"), the deepest key there, or "" if none is.
 func keyPathAt(root *yaml.Node, line int) string {
-	if root == nil {
+	var best []string
+	eachKey(root, func(path []string, _, k, v *yaml.Node) {
+		if (k.Line == line || v.Line == line) && len(path) > len(best) {
+			best = path
+		}
+	})
+	if best == nil {
 		return ""
 	}
-	var walk func(n *yaml.Node, path []string) []string
-	walk = func(n *yaml.Node, path []string) []string {
+	return KeyPath(best...)
+}
+
+// eachKey calls fn for every key of every mapping in the document, parents
+// before children, with the key's path (its own name last) and its mapping.
+func eachKey(root *yaml.Node, fn func(path []string, mapping, k, v *yaml.Node)) {
+	if root == nil {
+		return
+	}
+	var walk func(n *yaml.Node, path []string)
+	walk = func(n *yaml.Node, path []string) {
 		switch n.Kind {
 		case yaml.DocumentNode:
 			for _, c := range n.Content {
-				if p := walk(c, path); p != nil {
-					return p
-				}
+				walk(c, path)
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				k, v := n.Content[i], n.Content[i+1]
-				p := append(slices.Clone(path), k.Value)
-				if found := walk(v, p); found != nil {
-					return found // the deepest key on the line
-				}
-				if k.Line == line || v.Line == line {
-					return p
-				}
+				p := append(slices.Clone(path), n.Content[i].Value)
+				fn(p, n, n.Content[i], n.Content[i+1])
+				walk(n.Content[i+1], p)
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
-				if found := walk(c, append(slices.Clone(path), strconv.Itoa(i))); found != nil {
-					return found
-				}
+				walk(c, append(slices.Clone(path), strconv.Itoa(i)))
 			}
 		}
-		return nil
 	}
-	p := walk(root, nil)
-	if p == nil {
-		return ""
-	}
-	return KeyPath(p...)
+	walk(root, nil)
 }
 
 // closestKey is the known key of the config type typeName ("config.Host")
@@ -193,34 +194,21 @@ func editDistance(a, b string) int {
 // twice, in line order.
 func duplicateKeys(name string, root *yaml.Node) []error {
 	var errs []error
-	var walk func(n *yaml.Node, path []string)
-	walk = func(n *yaml.Node, path []string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path)
-			}
-		case yaml.MappingNode:
-			first := map[string]int{}
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k := n.Content[i]
-				if line, dup := first[k.Value]; dup {
-					where := ""
-					if len(path) > 0 {
-						where = KeyPath(path...) + ": "
-					}
-					errs = append(errs, fmt.Errorf("%s:%d: %skey %q is already at line %d", name, k.Line, where, k.Value, line))
-				} else {
-					first[k.Value] = k.Line
-				}
-				walk(n.Content[i+1], append(slices.Clone(path), k.Value))
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				walk(c, append(slices.Clone(path), strconv.Itoa(i)))
-			}
+	first := map[*yaml.Node]map[string]int{} // by mapping: key -> its first line
+	eachKey(root, func(path []string, m, k, _ *yaml.Node) {
+		if first[m] == nil {
+			first[m] = map[string]int{}
 		}
-	}
-	walk(root, nil)
+		line, dup := first[m][k.Value]
+		if !dup {
+			first[m][k.Value] = k.Line
+			return
+		}
+		where := ""
+		if len(path) > 1 {
+			where = KeyPath(path[:len(path)-1]...) + ": "
+		}
+		errs = append(errs, fmt.Errorf("%s:%d: %skey %q is already at line %d", name, k.Line, where, k.Value, line))
+	})
 	return errs
 }

@@ -252,32 +252,32 @@ func classify(err error) *obs.Error {
 	e := &obs.Error{Status: http.StatusBadGateway, Err: err, Detail: err.Error()}
 	switch {
 	case errors.Is(err, dialer.ErrForbidden):
-		e.Status, e.Msg, e.ProxyStatus = http.StatusForbidden, "upstream address not allowed", "destination_ip_prohibited"
+		e.Status, e.Msg, e.ProxyStatus = http.StatusForbidden, "upstream address not allowed", psIPProhibited
 		if errors.As(err, &dialErr) {
 			e.Detail = fmt.Sprintf("%s resolves to %s, which sluice does not connect to (SSRF guard): %v; if this host is meant to be private, set allow_private: true in its hosts entry", dialErr.Host, dialErr.Addr, dialErr.Err)
 		}
 	case errors.As(err, &dnsErr):
-		e.Msg, e.ProxyStatus = "upstream host not found", "dns_error"
+		e.Msg, e.ProxyStatus = "upstream host not found", psDNSError
 		if dnsErr.IsTimeout {
-			e.Status, e.ProxyStatus = http.StatusGatewayTimeout, "dns_timeout"
+			e.Status, e.ProxyStatus = http.StatusGatewayTimeout, psDNSTimeout
 		}
 	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
-		e.Msg, e.ProxyStatus = "upstream certificate not trusted", "tls_certificate_error"
+		e.Msg, e.ProxyStatus = "upstream certificate not trusted", psTLSCertificate
 	case errors.Is(err, syscall.ECONNREFUSED):
-		e.Msg, e.ProxyStatus = "upstream refused the connection", "connection_refused"
+		e.Msg, e.ProxyStatus = "upstream refused the connection", psConnRefused
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
-		e.Status, e.Msg, e.ProxyStatus = http.StatusGatewayTimeout, "upstream timed out", "connection_timeout"
+		e.Status, e.Msg, e.ProxyStatus = http.StatusGatewayTimeout, "upstream timed out", psConnTimeout
 		if errors.As(err, &dialErr) && dialErr.Op != "connect" {
-			e.ProxyStatus = "dns_timeout"
+			e.ProxyStatus = psDNSTimeout
 		} else if !errors.As(err, &dialErr) {
-			e.ProxyStatus = "http_response_timeout"
+			e.ProxyStatus = psResponseTimeout
 		}
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		e.Msg, e.ProxyStatus = "upstream closed the connection", "connection_terminated"
+		e.Msg, e.ProxyStatus = "upstream closed the connection", psConnTerminated
 	case isTLSError(err):
-		e.Msg, e.ProxyStatus = "upstream TLS handshake failed", "tls_protocol_error"
+		e.Msg, e.ProxyStatus = "upstream TLS handshake failed", psTLSProtocol
 	default:
-		e.Msg, e.ProxyStatus = "upstream error", "destination_unavailable"
+		e.Msg, e.ProxyStatus = "upstream error", psUnavailable
 	}
 	return e
 }

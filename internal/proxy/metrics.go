@@ -38,6 +38,19 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 	return m, nil
 }
 
-// upstreamErrorKinds are the RFC 9209 error types classify reports.
-var upstreamErrorKinds = []string{"destination_ip_prohibited", "dns_error", "dns_timeout", "tls_certificate_error",
-	"connection_refused", "connection_timeout", "http_response_timeout", "connection_terminated", "tls_protocol_error", "destination_unavailable"}
+// The RFC 9209 error types classify reports, each a series of
+// sluice_proxy_upstream_errors_total from the first scrape.
+const (
+	psIPProhibited    = "destination_ip_prohibited"
+	psDNSError        = "dns_error"
+	psDNSTimeout      = "dns_timeout"
+	psTLSCertificate  = "tls_certificate_error"
+	psConnRefused     = "connection_refused"
+	psConnTimeout     = "connection_timeout"
+	psResponseTimeout = "http_response_timeout"
+	psConnTerminated  = "connection_terminated"
+	psTLSProtocol     = "tls_protocol_error"
+	psUnavailable     = "destination_unavailable"
+)
+
+var upstreamErrorKinds = []string{psIPProhibited, psDNSError, psDNSTimeout, psTLSCertificate, psConnRefused, psConnTimeout, psResponseTimeout, psConnTerminated, psTLSProtocol, psUnavailable}

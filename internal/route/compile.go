@@ -236,14 +236,8 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 		r.Settings.RuleSet, r.Settings.RuleSetSettings = name, rs
 	}
 
-	r.Throttle, err = c.throttle(h, e.Pattern, p)
+	r.Throttle, r.Settings.Throttle, err = c.throttle(h, e.Pattern, p)
 	at(err, "throttle")
-	switch {
-	case h.Throttle != nil && !h.Throttle.Off:
-		r.Settings.Throttle = []config.Throttle{h.Throttle.Throttle}
-	case h.Throttle == nil && p != nil:
-		r.Settings.Throttle = p.Throttle
-	}
 	return r
 }
 
@@ -290,31 +284,32 @@ func (c *compiler) ruleSet(name string, rs *config.RuleSet) (*filter.Rules, erro
 	return r, nil
 }
 
-// throttle compiles the host's own throttle, or its profile's budgets.
-func (c *compiler) throttle(h *config.Host, pattern string, p *config.Profile) (throttle.Specs, error) {
+// throttle compiles the host's own throttle, or its profile's budgets; it
+// returns the settings it compiled with them.
+func (c *compiler) throttle(h *config.Host, pattern string, p *config.Profile) (throttle.Specs, []config.Throttle, error) {
 	maxWait := c.cfg.Throttle.MaxWait.D()
 	if h.Throttle != nil {
 		if h.Throttle.Off {
-			return nil, nil
+			return nil, nil, nil
 		}
 		s, err := throttle.Compile(&h.Throttle.Throttle, pattern, maxWait)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return throttle.Specs{s}, nil
+		return throttle.Specs{s}, []config.Throttle{h.Throttle.Throttle}, nil
 	}
 	if p == nil || len(p.Throttle) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if s, ok := c.throttles[p.Name]; ok {
-		return s, nil
+		return s, p.Throttle, nil
 	}
 	s, err := throttle.CompileAll(p.Throttle, pattern, maxWait)
 	if err != nil {
-		return nil, fmt.Errorf("profile %s: %w", p.Name, err)
+		return nil, nil, fmt.Errorf("profile %s: %w", p.Name, err)
 	}
 	c.throttles[p.Name] = s
-	return s, nil
+	return s, p.Throttle, nil
 }
 
 // roots returns the system roots plus the PEM certificates in file.
