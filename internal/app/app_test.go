@@ -392,37 +392,6 @@ func envFrom(t *testing.T, cfg string) []string {
 	return env
 }
 
-// TestPythonRequestsWithSluiceEnv runs Python requests with nothing but the
-// environment `sluice env` prints: it must reach an intercepted host.
-func TestPythonRequestsWithSluiceEnv(t *testing.T) {
-	python := pythonWithRequests(t)
-	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "via "+r.Host) }), "api.test")
-	r := startRun(t, baseConfig(hosts))
-	env := envFrom(t, r.cfg)
-	for i, kv := range env {
-		if strings.HasPrefix(strings.ToUpper(kv), "HTTPS_PROXY=") || strings.HasPrefix(strings.ToUpper(kv), "HTTP_PROXY=") {
-			k, _, _ := strings.Cut(kv, "=")
-			env[i] = k + "=http://" + r.addrs["proxy"] // the test's port, not the config's :0
-		}
-	}
-	cmd := exec.Command(python, "-c", `import requests; r = requests.get("https://api.test/x", timeout=10); print(r.status_code, r.text)`)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "200 via api.test" {
-		t.Errorf("python requests with sluice env: %v\n%s", err, out)
-	}
-}
-
-func pythonWithRequests(t *testing.T) string {
-	for _, p := range []string{"python3", "/usr/bin/python3"} {
-		if exec.Command(p, "-c", "import requests").Run() == nil {
-			return p
-		}
-	}
-	testenv.RequireTool(t, "python3-requests")
-	return ""
-}
-
 // TestShutdownClosesTunnels: a tunnel carries no request boundary to wait
 // for, so shutdown closes it and Run still returns promptly with nil.
 func TestShutdownClosesTunnels(t *testing.T) {

