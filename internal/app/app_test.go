@@ -184,12 +184,13 @@ func TestRunEndToEnd(t *testing.T) {
 		resp, _ = plain.Get(admin + "/metrics")
 		metrics, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if bytes.Contains(metrics, []byte(`decision="deny"`)) {
+		if bytes.Contains(metrics, []byte(`sluice_proxy_requests_total{code="4xx",decision="deny",mode="connect"} 1`)) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="intercept"} 1`, `decision="deny"`, "sluice_ca_leaves_minted_total 1"} {
+	for _, want := range []string{`sluice_proxy_requests_total{code="2xx",decision="intercept",mode="intercept"} 1`,
+		`sluice_proxy_requests_total{code="4xx",decision="deny",mode="connect"} 1`, "sluice_ca_leaves_minted_total 1"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -535,11 +536,11 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 
 // TestSeriesFromTheStart: the documented series exist at the first scrape,
 // before any request (zero counters), so that alerts on them work; a
-// budget's series exist for every budget the config names. Two wait for
-// what labels them: sluice_proxy_requests_total (mode, decision, status
-// class) and sluice_filter_violations_total (rule set, check).
+// budget's series exist for every budget the config names, a rule set's
+// for every check it makes, the requests' for each entry point's decisions.
 func TestSeriesFromTheStart(t *testing.T) {
-	r := startRun(t, baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}}\n"))
+	r := startRun(t, baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n")+
+		"rule_sets:\n  only_get: {methods: [GET]}\n")
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -557,14 +558,20 @@ func TestSeriesFromTheStart(t *testing.T) {
 		}
 	}
 	readme := readFile(t, filepath.Join("..", "..", "README.md"))
-	waitForLabels := map[string]bool{"sluice_proxy_requests_total": true, "sluice_filter_violations_total": true}
 	for _, name := range regexp.MustCompile("`(sluice_[a-z0-9_]+)").FindAllStringSubmatch(readme, -1) {
-		if !have[name[1]] && !waitForLabels[name[1]] {
+		if !have[name[1]] {
 			t.Errorf("%s is documented in README.md but not in the first scrape", name[1])
 		}
 	}
-	if !strings.Contains(string(scrape), `sluice_throttle_available{budget="test_budget"}`) {
-		t.Error("the config's budget test_budget has no sluice_throttle_available series at the first scrape")
+	for _, series := range []string{
+		`sluice_throttle_available{budget="test_budget"}`,
+		`sluice_filter_violations_total{check="method",rule_set="only_get"} 0`,
+		`sluice_proxy_requests_total{code="4xx",decision="deny",mode="connect"} 0`,
+		`sluice_proxy_requests_total{code="2xx",decision="tunnel",mode="connect"} 0`,
+	} {
+		if !strings.Contains(string(scrape), series) {
+			t.Errorf("no %s at the first scrape", series)
+		}
 	}
 }
 

@@ -48,6 +48,17 @@ func NewBans(list store.BanList, log *slog.Logger, now func() time.Time, reg pro
 	return b, nil
 }
 
+// Declare creates the violation series of every check rules can report,
+// at zero, so that an alert on them works before the first violation.
+func (b *Bans) Declare(rules *Rules) {
+	if rules == nil {
+		return
+	}
+	for _, check := range rules.Checks() {
+		b.violations.WithLabelValues(rules.Name, check)
+	}
+}
+
 // Banned reports whether client is banned now. A ban list that cannot be
 // read bans no one (logged): sluice keeps serving.
 func (b *Bans) Banned(ctx context.Context, client string) (store.Ban, bool) {

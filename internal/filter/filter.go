@@ -188,6 +188,49 @@ func splitJSONPath(p string) []string {
 	return out
 }
 
+// The checks a violation names (its Check, the metrics' check label).
+const (
+	CheckMethod           = "method"
+	CheckPath             = "path"
+	CheckHeaderCount      = "header_count"
+	CheckHeaderBytes      = "header_bytes"
+	CheckRequiredHeader   = "required_header"
+	CheckForbiddenHeader  = "forbidden_header"
+	CheckQuery            = "query"
+	CheckBodyBytes        = "body_bytes"
+	CheckJSON             = "json"
+	CheckJSONDuplicateKey = "json_duplicate_key"
+	CheckJSONDepth        = "json_depth"
+	CheckJSONRoot         = "json_root"
+	CheckJSONValue        = "json_value"
+	CheckJSONLimit        = "json_limit"
+)
+
+// Checks returns the checks this rule set can report a violation of, so
+// that their series exist before the first one.
+func (r *Rules) Checks() []string {
+	var out []string
+	add := func(on bool, checks ...string) {
+		if on {
+			out = append(out, checks...)
+		}
+	}
+	add(len(r.methods) > 0, CheckMethod)
+	add(len(r.allow) > 0 || len(r.deny) > 0, CheckPath)
+	add(r.maxCount > 0, CheckHeaderCount)
+	add(r.maxHeader > 0, CheckHeaderBytes)
+	add(len(r.require) > 0, CheckRequiredHeader)
+	add(len(r.forbid) > 0, CheckForbiddenHeader)
+	add(len(r.query) > 0, CheckQuery)
+	add(r.maxBody > 0 || r.hasJSONRules(), CheckBodyBytes)
+	add(r.hasJSONRules(), CheckJSON, CheckJSONDuplicateKey)
+	add(r.jsonDepth > 0, CheckJSONDepth)
+	add(len(r.jsonRoot) > 0, CheckJSONRoot)
+	add(len(r.denyJSON) > 0, CheckJSONValue)
+	add(len(r.limits) > 0, CheckJSONLimit)
+	return out
+}
+
 // Violation is a broken rule: Status is the answer's, Check names the
 // check for metrics and logs.
 type Violation struct {
@@ -205,14 +248,14 @@ func violation(status int, check, format string, args ...any) *Violation {
 // CheckHead checks what is known before the body is read.
 func (r *Rules) CheckHead(req *http.Request) *Violation {
 	if len(r.methods) > 0 && !slices.Contains(r.methods, req.Method) {
-		return violation(http.StatusMethodNotAllowed, "method", "method %s is not allowed (allowed: %s)", req.Method, strings.Join(r.methods, ", "))
+		return violation(http.StatusMethodNotAllowed, CheckMethod, "method %s is not allowed (allowed: %s)", req.Method, strings.Join(r.methods, ", "))
 	}
 	path := req.URL.Path
 	if len(r.allow) > 0 && !slices.ContainsFunc(r.allow, func(p pathMatch) bool { return p.match(req.Method, path) }) {
-		return violation(http.StatusForbidden, "path", "path %s is not in the allowed paths", path)
+		return violation(http.StatusForbidden, CheckPath, "path %s is not in the allowed paths", path)
 	}
 	if slices.ContainsFunc(r.deny, func(p pathMatch) bool { return p.match(req.Method, path) }) {
-		return violation(http.StatusForbidden, "path", "%s %s is denied", req.Method, path)
+		return violation(http.StatusForbidden, CheckPath, "%s %s is denied", req.Method, path)
 	}
 	if r.maxCount > 0 || r.maxHeader > 0 {
 		n, size := 0, int64(0)
@@ -223,20 +266,20 @@ func (r *Rules) CheckHead(req *http.Request) *Violation {
 			}
 		}
 		if r.maxCount > 0 && n > r.maxCount {
-			return violation(http.StatusRequestHeaderFieldsTooLarge, "header_count", "%d header fields, at most %d", n, r.maxCount)
+			return violation(http.StatusRequestHeaderFieldsTooLarge, CheckHeaderCount, "%d header fields, at most %d", n, r.maxCount)
 		}
 		if r.maxHeader > 0 && size > r.maxHeader {
-			return violation(http.StatusRequestHeaderFieldsTooLarge, "header_bytes", "%d bytes of header fields, at most %d", size, r.maxHeader)
+			return violation(http.StatusRequestHeaderFieldsTooLarge, CheckHeaderBytes, "%d bytes of header fields, at most %d", size, r.maxHeader)
 		}
 	}
 	for _, h := range r.require {
 		if req.Header.Get(h) == "" {
-			return violation(http.StatusBadRequest, "required_header", "header %s is required", h)
+			return violation(http.StatusBadRequest, CheckRequiredHeader, "header %s is required", h)
 		}
 	}
 	for _, h := range r.forbid {
 		if _, ok := req.Header[h]; ok {
-			return violation(http.StatusBadRequest, "forbidden_header", "header %s is not allowed", h)
+			return violation(http.StatusBadRequest, CheckForbiddenHeader, "header %s is not allowed", h)
 		}
 	}
 	if len(r.query) > 0 {
@@ -244,13 +287,13 @@ func (r *Rules) CheckHead(req *http.Request) *Violation {
 		for _, d := range r.query {
 			for _, v := range q[d.param] {
 				if d.re.MatchString(v) {
-					return violation(http.StatusBadRequest, "query", "query parameter %s=%q is denied", d.param, v)
+					return violation(http.StatusBadRequest, CheckQuery, "query parameter %s=%q is denied", d.param, v)
 				}
 			}
 		}
 	}
 	if r.maxBody > 0 && req.ContentLength > r.maxBody {
-		return violation(http.StatusRequestEntityTooLarge, "body_bytes", "body of %d bytes, at most %d", req.ContentLength, r.maxBody)
+		return violation(http.StatusRequestEntityTooLarge, CheckBodyBytes, "body of %d bytes, at most %d", req.ContentLength, r.maxBody)
 	}
 	return nil
 }
@@ -308,7 +351,7 @@ func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
 		return nil, err
 	}
 	if int64(len(body)) > limit {
-		return violation(http.StatusRequestEntityTooLarge, "body_bytes", "body larger than %d bytes", limit), nil
+		return violation(http.StatusRequestEntityTooLarge, CheckBodyBytes, "body larger than %d bytes", limit), nil
 	}
 	req.Body = io.NopCloser(bytes.NewReader(body))
 	req.ContentLength = int64(len(body))
@@ -322,20 +365,20 @@ func (r *Rules) checkJSON(body []byte) *Violation {
 	d, dup, err := scanJSON(body)
 	switch {
 	case err != nil:
-		return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+		return violation(http.StatusBadRequest, CheckJSON, "body is not valid JSON: %v", err)
 	case dup != "":
 		// Parsers disagree about which of two values wins: the rules
 		// might check one and the upstream act on the other.
-		return violation(http.StatusBadRequest, "json_duplicate_key", "key %q appears twice in one object", dup)
+		return violation(http.StatusBadRequest, CheckJSONDuplicateKey, "key %q appears twice in one object", dup)
 	case r.jsonDepth > 0 && d > r.jsonDepth:
-		return violation(http.StatusBadRequest, "json_depth", "JSON nested %d deep, at most %d", d, r.jsonDepth)
+		return violation(http.StatusBadRequest, CheckJSONDepth, "JSON nested %d deep, at most %d", d, r.jsonDepth)
 	}
 	if len(r.denyJSON) == 0 && len(r.jsonRoot) == 0 && len(r.limits) == 0 {
 		return nil
 	}
 	var doc any
 	if err := json.Unmarshal(body, &doc); err != nil {
-		return violation(http.StatusBadRequest, "json", "body is not valid JSON: %v", err)
+		return violation(http.StatusBadRequest, CheckJSON, "body is not valid JSON: %v", err)
 	}
 	if len(r.jsonRoot) > 0 {
 		root := "scalar"
@@ -346,7 +389,7 @@ func (r *Rules) checkJSON(body []byte) *Violation {
 			root = "array"
 		}
 		if !slices.Contains(r.jsonRoot, root) {
-			return violation(http.StatusBadRequest, "json_root", "the body is a JSON %s, want %s", root, strings.Join(r.jsonRoot, " or "))
+			return violation(http.StatusBadRequest, CheckJSONRoot, "the body is a JSON %s, want %s", root, strings.Join(r.jsonRoot, " or "))
 		}
 	}
 	for _, l := range r.limits {
@@ -357,12 +400,12 @@ func (r *Rules) checkJSON(body []byte) *Violation {
 	for _, d := range r.denyJSON {
 		if len(d.packed) > 0 {
 			if v, ok := findPacked(doc, d); ok {
-				return violation(http.StatusForbidden, "json_value", "%s names %q", strings.Join(d.path, "."), v)
+				return violation(http.StatusForbidden, CheckJSONValue, "%s names %q", strings.Join(d.path, "."), v)
 			}
 			continue
 		}
 		if v, ok := findValue(doc, d.path, d.values); ok {
-			return violation(http.StatusForbidden, "json_value", "%s %q is denied", strings.Join(d.path, "."), v)
+			return violation(http.StatusForbidden, CheckJSONValue, "%s %q is denied", strings.Join(d.path, "."), v)
 		}
 	}
 	return nil
@@ -411,11 +454,11 @@ func checkLimit(doc any, path []string, l jsonLimit) *Violation {
 		switch x := x.(type) {
 		case []any:
 			if l.maxItems > 0 && len(x) > l.maxItems {
-				v = violation(http.StatusBadRequest, "json_limit", "%s holds %d items, at most %d", where, len(x), l.maxItems)
+				v = violation(http.StatusBadRequest, CheckJSONLimit, "%s holds %d items, at most %d", where, len(x), l.maxItems)
 			}
 		case string:
 			if l.maxBytes > 0 && len(x) > l.maxBytes {
-				v = violation(http.StatusBadRequest, "json_limit", "%s is %d bytes, at most %d", where, len(x), l.maxBytes)
+				v = violation(http.StatusBadRequest, CheckJSONLimit, "%s is %d bytes, at most %d", where, len(x), l.maxBytes)
 			}
 		}
 		return v != nil

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,9 @@ func TestRules(t *testing.T) {
 			got := ""
 			if v != nil {
 				got = v.Check
+				if !slices.Contains(r.Checks(), got) {
+					t.Errorf("violation of %q, which the rule set's Checks %v leave out (no series before it)", got, r.Checks())
+				}
 			}
 			if got != tt.check {
 				t.Errorf("%s %s: violation %q (%v), want %q", tt.method, tt.target, got, v, tt.check)
@@ -260,6 +264,9 @@ func TestEOSIOProfile(t *testing.T) {
 		got := ""
 		if v != nil {
 			got = v.Check
+			if !slices.Contains(r.Checks(), got) {
+				t.Errorf("violation of %q, which the rule set's Checks %v leave out (no series before it)", got, r.Checks())
+			}
 		}
 		if got != tt.check {
 			t.Errorf("%s: violation %q (%v), want %q", tt.name, got, v, tt.check)

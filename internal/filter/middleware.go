@@ -121,5 +121,5 @@ func (e *cutOff) Is(target error) bool { return target == errTooLarge }
 // Answer writes the 413 violation for the cut-off body.
 func (e *cutOff) Answer(w http.ResponseWriter, r *http.Request) {
 	e.g.refuse(w, r, e.rules, &Violation{Status: http.StatusRequestEntityTooLarge,
-		Check: "body_bytes", Detail: "body longer than max_body_bytes (cut off while streaming)"})
+		Check: CheckBodyBytes, Detail: "body longer than max_body_bytes (cut off while streaming)"})
 }

@@ -70,10 +70,25 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if err := metrics.Register(reg, m.requests, m.duration); err != nil {
 		return nil, err
 	}
-	for _, e := range []decision.Entry{decision.EntryForward, decision.EntryConnect, decision.EntryIntercept, decision.EntryReverse} {
-		m.duration.WithLabelValues(e.String()) // every mode from the first scrape
+	for mode, actions := range entryActions {
+		m.duration.WithLabelValues(mode.String()) // every mode from the first scrape
+		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), "4xx")
+		for _, a := range actions {
+			for _, code := range []string{"2xx", "4xx", "5xx"} {
+				m.requests.WithLabelValues(mode.String(), a.String(), code)
+			}
+		}
 	}
 	return m, nil
+}
+
+// entryActions are the decisions each entry point leads to besides deny:
+// their request series exist, at zero, from the first scrape.
+var entryActions = map[decision.Entry][]decision.Action{
+	decision.EntryForward:   {decision.Intercept},
+	decision.EntryConnect:   {decision.Tunnel, decision.Intercept},
+	decision.EntryIntercept: {decision.Intercept},
+	decision.EntryReverse:   {decision.Reverse},
 }
 
 // LogOptions configures AccessLog.

@@ -59,6 +59,7 @@ type Deps struct {
 func (t *Table) Build(d Deps) {
 	for _, rt := range t.routes {
 		d.Limit.Declare(rt.Throttle)
+		d.Bans.Declare(rt.Rules)
 	}
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
 		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
