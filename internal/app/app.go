@@ -37,6 +37,7 @@ usage:
   sluice bans [-c FILE] ls | add IP [--for 1h] | rm IP
                                        list, add or lift client bans in the running sluice
   sluice reload -c FILE                validate FILE and swap it into the running sluice
+  sluice hosts suggest [LOG_FILE...]   turn report mode's log into a hosts section
   sluice version                       print the version
 
 Each command takes --help.
@@ -56,16 +57,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "check":
 		return checkCmd(rest, stdout, stderr)
 	case "ca":
-		if len(rest) == 0 || rest[0] != "export" {
-			if len(rest) > 0 && isHelp(rest[0]) {
-				fmt.Fprint(stdout, usage)
-				return nil
-			}
-			return errors.New("usage: sluice " + commands["ca export"].synopsis)
-		}
-		return caExportCmd(rest[1:], stdout, stderr)
+		return subcommand(cmd, "export", rest, stdout, func(args []string) error { return caExportCmd(args, stdout, stderr) })
 	case "env":
 		return envCmd(rest, stdout, stderr)
+	case "hosts":
+		return subcommand(cmd, "suggest", rest, stdout, func(args []string) error { return hostsSuggestCmd(args, os.Stdin, stdout, stderr) })
 	case "blobs":
 		return blobsCmd(rest, stdout, stderr)
 	case "bans":
@@ -87,6 +83,19 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", cmd)
 }
 
+// subcommand runs a command that has a single subcommand (ca export,
+// hosts suggest): run with the arguments after it.
+func subcommand(cmd, sub string, rest []string, stdout io.Writer, run func([]string) error) error {
+	if len(rest) == 0 || rest[0] != sub {
+		if len(rest) > 0 && isHelp(rest[0]) {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+		return errors.New("usage: sluice " + commands[cmd+" "+sub].synopsis)
+	}
+	return run(rest[1:])
+}
+
 func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" || s == "help" }
 
 // command is what --help says of a command.
@@ -97,14 +106,15 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":       {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
-	"check":     {"check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand"},
-	"ca export": {"ca export [-c FILE] [--format pem|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
-	"env":       {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
-	"blobs":     {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
-	"bans":      {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
-	"reload":    {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
-	"version":   {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
+	"run":           {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
+	"check":         {"check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand"},
+	"ca export":     {"ca export [-c FILE] [--format pem|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
+	"env":           {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
+	"blobs":         {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
+	"bans":          {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
+	"reload":        {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
+	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
+	"version":       {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
 }
 
 // flags returns the flag set of a command (which must be in commands):

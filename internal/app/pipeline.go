@@ -12,6 +12,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
+	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
 	"sluice/internal/store"
@@ -47,12 +48,17 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 	if err != nil {
 		return nil, nil, err
 	}
+	reports, err := policy.NewReports(log.With("component", "policy"), reg)
+	if err != nil {
+		return nil, nil, err
+	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
 		Reverse: gw.Backend})
 	if err != nil {
 		return nil, nil, err
 	}
-	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, AccessLines: accessLines}
+	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports,
+		AccessLines: accessLines}
 	gw.Install(t)
 	return gw, srv, nil
 }

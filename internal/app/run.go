@@ -134,6 +134,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	log.Info("sluice started", "version", Version(), "config", configName(*cfgPath), "hosts", len(cfg.Hosts), "data_dir", dataDir)
+	warnReportMode(log, cfg)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -174,6 +175,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		level.Set(parseLevel(next.Log.Level))
 		running = next
 		log.Info("config reloaded", "config", source, "hosts", len(next.Hosts))
+		warnReportMode(log, next)
 		return restartOnly, nil
 	}
 	if lns[2] != nil {
@@ -365,4 +367,12 @@ func parseLevel(s string) slog.Level {
 	var l slog.Level
 	l.UnmarshalText([]byte(s)) // validated by config
 	return l
+}
+
+// warnReportMode says, at start and at each reload, that the host list is
+// not enforced: report mode is for learning, never for production.
+func warnReportMode(log *slog.Logger, cfg *config.Config) {
+	if cfg.Policy == config.PolicyReport {
+		log.Warn("policy: report: the host list is not enforced; what it would refuse is tunneled and logged (sluice hosts suggest turns that log into hosts)")
+	}
 }

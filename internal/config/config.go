@@ -28,11 +28,13 @@ type Config struct {
 	HostsFile string `yaml:"hosts_file,omitempty"`
 	// Hosts maps a host pattern (exact name, or "*.suffix" for every name
 	// under suffix) to what sluice does with it. A host not listed is denied.
-	Hosts    map[string]*Host `yaml:"hosts"`
-	Cache    CacheConfig      `yaml:"cache"`
-	Throttle ThrottleConfig   `yaml:"throttle"`
-	Blobs    BlobsConfig      `yaml:"blobs"`
-	Bans     BansConfig       `yaml:"bans"`
+	Hosts map[string]*Host `yaml:"hosts"`
+	// Policy is enforce (default) or report: see PolicyReport.
+	Policy   PolicyMode     `yaml:"policy,omitempty"`
+	Cache    CacheConfig    `yaml:"cache"`
+	Throttle ThrottleConfig `yaml:"throttle"`
+	Blobs    BlobsConfig    `yaml:"blobs"`
+	Bans     BansConfig     `yaml:"bans"`
 	// RuleSets are named request rule sets that host entries name.
 	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty"`
 	Timeouts Timeouts            `yaml:"timeouts"`
@@ -93,7 +95,7 @@ const Off = "off"
 // Host is one entry of Config.Hosts. A nil *Host (a key with no value) takes
 // every default.
 type Host struct {
-	// Mode is intercept (default), tunnel or deny.
+	// Mode is intercept (default), tunnel, deny or report.
 	Mode Mode `yaml:"mode,omitempty"`
 	// Profile names an embedded API profile (see Profiles).
 	Profile string `yaml:"profile,omitempty"`
@@ -274,6 +276,9 @@ func (c *Config) applyDefaults() {
 	setString(&c.Listen.Admin, "127.0.0.1:9090")
 	setString(&c.Listen.ProxyTLS, Off)
 	setString(&c.DataDir, DefaultDataDir())
+	if c.Policy == "" {
+		c.Policy = PolicyEnforce
+	}
 	setDuration(&c.Timeouts.Dial, 10*time.Second)
 	setDuration(&c.Timeouts.TLSHandshake, 10*time.Second)
 	setDuration(&c.Timeouts.ResponseHeader, 60*time.Second)

@@ -48,7 +48,7 @@ func (c *Config) loadHostsFile() error {
 			continue
 		}
 		listed[n] = true
-		c.Hosts[n] = &Host{Mode: ModeIntercept, Ports: []uint16{443}, Profile: defaultProfile(n)}
+		c.Hosts[n] = &Host{Mode: ModeIntercept, Ports: []uint16{443}, Profile: DefaultProfile(n)}
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", path, err))
@@ -75,9 +75,9 @@ var defaultProfiles = sync.OnceValue(func() map[string]string {
 	return m
 })
 
-// defaultProfile is the profile the embedded default gives the host
+// DefaultProfile is the profile the embedded default gives the host
 // pattern n: its own entry's, else that of a "*." pattern covering it.
-func defaultProfile(n string) string {
+func DefaultProfile(n string) string {
 	m := defaultProfiles()
 	if p, ok := m[n]; ok {
 		return p

@@ -38,14 +38,41 @@ const (
 	ModeTunnel Mode = "tunnel"
 	// ModeDeny refuses the host.
 	ModeDeny Mode = "deny"
+	// ModeReport lets the traffic of every host the entry covers through
+	// untouched (a CONNECT tunneled, a plain request forwarded) and logs
+	// each host and port once: for learning what a fleet needs.
+	ModeReport Mode = "report"
 )
 
-// UnmarshalYAML accepts the three modes only.
+// UnmarshalYAML accepts the four modes only.
 func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 	switch v := Mode(n.Value); v {
-	case ModeIntercept, ModeTunnel, ModeDeny:
+	case ModeIntercept, ModeTunnel, ModeDeny, ModeReport:
 		*m = v
 		return nil
 	}
-	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: mode %q is not one of intercept, tunnel, deny", n.Line, n.Value)}}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: mode %q is not one of intercept, tunnel, deny, report", n.Line, n.Value)}}
+}
+
+// PolicyMode is whether the host list is enforced (the default) or only
+// reported against.
+type PolicyMode string
+
+const (
+	// PolicyEnforce refuses what the host list does not allow.
+	PolicyEnforce PolicyMode = "enforce"
+	// PolicyReport lets what enforce would refuse through untouched, as
+	// ModeReport does, and logs it once per host and port; an entry's own
+	// mode: deny still refuses.
+	PolicyReport PolicyMode = "report"
+)
+
+// UnmarshalYAML accepts enforce and report only.
+func (m *PolicyMode) UnmarshalYAML(n *yaml.Node) error {
+	switch v := PolicyMode(n.Value); v {
+	case PolicyEnforce, PolicyReport:
+		*m = v
+		return nil
+	}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: policy %q is not one of enforce, report", n.Line, n.Value)}}
 }

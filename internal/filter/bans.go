@@ -51,7 +51,7 @@ func NewBans(list store.BanList, log *slog.Logger, now func() time.Time, reg pro
 // Declare creates the violation series of every check rules can report,
 // at zero, so that an alert on them works before the first violation.
 func (b *Bans) Declare(rules *Rules) {
-	if rules == nil {
+	if b == nil || rules == nil {
 		return
 	}
 	for _, check := range rules.Checks() {

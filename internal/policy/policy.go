@@ -31,18 +31,24 @@ type Policy struct {
 	exact     map[string]*Entry
 	wildcards []*Entry // longest suffix first, so the most specific entry wins
 	reverse   bool
+	report    bool // policy: report
 }
 
 // ReverseRule is the Rule of requests to the reverse listener's backend.
 const ReverseRule = "listen.reverse"
 
+// ReportRule is the Rule of requests that policy: report lets through
+// without a matching entry.
+const ReportRule = "policy.report"
+
 // New compiles the host entries of a validated config; reverse says whether
-// the config has a reverse listener, whose requests all go to its backend.
+// the config has a reverse listener, whose requests all go to its backend;
+// report is policy: report.
 // Every bad or duplicate host key is reported, each at its key path; the
 // Policy returned holds the good ones, so that a compile goes on to report
 // every other problem too.
-func New(hosts map[string]*config.Host, reverse bool) (*Policy, error) {
-	p := &Policy{exact: map[string]*Entry{}, reverse: reverse}
+func New(hosts map[string]*config.Host, reverse, report bool) (*Policy, error) {
+	p := &Policy{exact: map[string]*Entry{}, reverse: reverse, report: report}
 	var errs []error
 	byPattern := map[string]string{}
 	for _, key := range slices.Sorted(maps.Keys(hosts)) {
@@ -102,14 +108,21 @@ type Decision struct {
 	Reason string
 	// Fix names the config key that would allow the target, for denials.
 	Fix string
+	// Report, when set, is why enforce would have refused the target
+	// that report mode lets through (Fix then says what would allow it).
+	Report string
 }
 
-// Rule returns the matching entry's pattern, or "" when none matched.
+// Rule returns the matching entry's pattern, ReportRule for a target that
+// report mode lets through without one, or "" when none matched.
 func (d Decision) Rule() string {
-	if d.Entry == nil {
-		return ""
+	switch {
+	case d.Entry != nil:
+		return d.Entry.Pattern
+	case d.Report != "":
+		return ReportRule
 	}
-	return d.Entry.Pattern
+	return ""
 }
 
 // DecideRecord returns the decision for a request or CONNECT by its entry
@@ -125,6 +138,11 @@ func (p *Policy) DecideRecord(rec *decision.Record) Decision {
 		return Decision{Action: decision.Reverse, Target: rec.Target, Reason: decision.Reverse.String()}
 	}
 	d := p.Decide(rec.Target, rec.Scheme)
+	if d.Report != "" && rec.Entry != decision.EntryConnect {
+		// A plain request goes out as it came, on a route with no cache,
+		// rules or budget, as a tunnel would carry it.
+		d.Action = decision.Intercept
+	}
 	if d.Action == decision.Tunnel && rec.Entry != decision.EntryConnect {
 		d.Action, d.Reason = decision.Deny, "host is tunneled, not intercepted"
 		d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
@@ -141,8 +159,31 @@ func (d Decision) rule() string {
 	return d.Rule()
 }
 
-// Decide returns the decision for target reached with scheme.
+// Decide returns the decision for target reached with scheme. What enforce
+// would refuse, report mode (policy: report, or the entry's mode: report)
+// tunnels, noting why in Report; an entry's mode: deny is always refused.
 func (p *Policy) Decide(target hostport.HostPort, scheme decision.Scheme) Decision {
+	d := p.enforce(target, scheme)
+	if d.Action == decision.Deny && p.reports(d.Entry) {
+		d.Action, d.Report, d.Reason = decision.Tunnel, d.Reason, "report"
+	}
+	return d
+}
+
+func (p *Policy) reports(e *Entry) bool {
+	if e != nil {
+		switch e.Host.Mode {
+		case config.ModeReport:
+			return true
+		case config.ModeDeny:
+			return false
+		}
+	}
+	return p.report
+}
+
+// enforce returns the decision of enforce mode.
+func (p *Policy) enforce(target hostport.HostPort, scheme decision.Scheme) Decision {
 	d := Decision{Action: decision.Deny, Target: target, Entry: p.Lookup(target.Host)}
 	if d.Entry == nil {
 		d.Reason = "host not listed"
@@ -155,6 +196,12 @@ func (p *Policy) Decide(target hostport.HostPort, scheme decision.Scheme) Decisi
 	case h.Mode == config.ModeDeny:
 		d.Reason = "host denied by its entry"
 		d.Fix = "set " + key("mode") + " to intercept or tunnel"
+	case h.Mode == config.ModeReport:
+		d.Reason = "host in report mode"
+		d.Fix = "set " + key("mode") + " to intercept or tunnel"
+		if d.Entry.Pattern != target.Host {
+			d.Fix = fmt.Sprintf("add %s to hosts", config.KeyPath(target.Host))
+		}
 	case scheme == decision.HTTP && !h.PlainHTTP:
 		// Before the port: plain_http is what allows it (and port 80 with it).
 		d.Reason = "plain http not allowed"

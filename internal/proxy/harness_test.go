@@ -28,6 +28,7 @@ import (
 	"sluice/internal/dialer"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
+	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
 	"sluice/internal/store"
@@ -123,11 +124,15 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reports, err := policy.NewReports(log, h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.srv, err = proxy.New(proxy.Options{Config: cfg, Pipeline: h.gw, Authority: authority, Root: root, Log: log, Registerer: h.reg, Reverse: h.gw.Backend})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans}
+	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports}
 	h.gw.Install(table)
 	h.bans = bans
 	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t)}

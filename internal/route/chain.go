@@ -49,6 +49,8 @@ type Deps struct {
 	Blobs  *blobs.Store // nil: no blob store
 	Limit  *throttle.Limiter
 	Bans   *filter.Bans // nil: no bans
+	// Reports notes what report mode lets through (nil: nothing noted).
+	Reports *policy.Reports
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -67,7 +69,7 @@ func (t *Table) Build(d Deps) {
 		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()), // a body that sends nothing for body_idle is cut off
 		canon.Middleware(t.identify),                     // canonical request: target and client from the entry point, one spelling of the path
 		filter.BanGate(d.Bans),                           // banned client: refused before anything is read
-		policy.Middleware(t.Policy),                      // allowlist: deny, tunnel, intercept or reverse, recorded
+		policy.Middleware(t.Policy, d.Reports),           // allowlist: deny, tunnel, intercept or reverse, recorded
 		d.Proxy.Connect(t.upstream, t.Config.Timeouts),   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
 		filter.Middleware(d.Log, d.Bans, t.rules),        // the route's rule set: method, path, headers, then the body as it streams
 		proxy.MaxForwards,                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here

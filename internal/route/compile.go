@@ -131,7 +131,7 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 		ruleSets: map[string]*filter.Rules{}, throttles: map[string]throttle.Specs{}}
 	t := &Table{Config: cfg, routes: map[string]*Route{}}
 	var err error
-	t.Policy, err = policy.New(cfg.Hosts, cfg.Listen.Reverse != nil)
+	t.Policy, err = policy.New(cfg.Hosts, cfg.Listen.Reverse != nil, cfg.Policy == config.PolicyReport)
 	c.add(err)
 	if c.system, err = x509.SystemCertPool(); err != nil {
 		return nil, []error{fmt.Errorf("system roots: %w", err)}
@@ -145,9 +145,16 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 		}
 	}
 	for _, e := range t.Policy.Entries() {
-		if e.Host.Mode != config.ModeDeny {
+		switch e.Host.Mode {
+		case config.ModeDeny:
+		case config.ModeReport:
+			t.routes[e.Pattern] = c.passRoute(e)
+		default:
 			t.routes[e.Pattern] = c.hostRoute(e)
 		}
+	}
+	if cfg.Policy == config.PolicyReport {
+		t.routes[policy.ReportRule] = c.passRoute(&policy.Entry{Pattern: policy.ReportRule})
 	}
 	if rv := cfg.Listen.Reverse; rv != nil {
 		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
@@ -183,15 +190,15 @@ func (c *compiler) add(err error) {
 	c.errs = append(c.errs, err)
 }
 
-func (c *compiler) hostRoute(e *policy.Entry) *Route {
-	h, keys := &e.Host, []string{"hosts", e.Key}
-	at := func(err error, key ...string) bool {
-		c.add(config.Under(err, append(keys[:2:2], key...)...))
+// passRoute is a route that only reaches the upstream (verified, by the
+// entry's connect_to and roots): what report mode lets through gets no
+// cache, rules, budget or blob store.
+func (c *compiler) passRoute(e *policy.Entry) *Route {
+	h := &e.Host
+	at := func(err error, key string) bool {
+		c.add(config.Under(err, "hosts", e.Key, key))
 		return err != nil
 	}
-	p, err := profile(e.Key, h)
-	c.add(err)
-	r := &Route{}
 	route := dialer.Route{AllowPrivate: h.AllowPrivate, Timeout: c.cfg.Timeouts.Dial.D()}
 	if h.ConnectTo != "" {
 		hp, err := hostport.Parse(h.ConnectTo, 0)
@@ -201,7 +208,18 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 	}
 	roots, err := c.roots(h.UpstreamCA)
 	at(err, "upstream_ca")
-	r.Upstream = proxy.NewUpstream(roots, c.dialer, route, c.cfg.Timeouts)
+	return &Route{Upstream: proxy.NewUpstream(roots, c.dialer, route, c.cfg.Timeouts)}
+}
+
+func (c *compiler) hostRoute(e *policy.Entry) *Route {
+	h, keys := &e.Host, []string{"hosts", e.Key}
+	at := func(err error, key ...string) bool {
+		c.add(config.Under(err, append(keys[:2:2], key...)...))
+		return err != nil
+	}
+	p, err := profile(e.Key, h)
+	c.add(err)
+	r := c.passRoute(e)
 
 	var profileRules []config.CacheRule
 	if p != nil {
