@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
@@ -14,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -118,17 +120,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, ln := range lns {
-			if ln != nil {
-				ln.Close()
-			}
-		}
-	}()
-	for name, ln := range map[string]net.Listener{"proxy": lns[0], "proxy_tls": lns[1], "admin": lns[2], "reverse": lns[3]} {
-		if ln != nil {
-			log.Info("listening", "listener", name, "addr", ln.Addr().String())
-		}
+	defer closeAll(lns)
+	for _, name := range slices.Sorted(maps.Keys(lns)) {
+		log.Info("listening", "listener", strings.TrimSuffix(name, ".addr"), "addr", lns[name].Addr().String())
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -148,7 +142,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	proxyDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(proxyDone)
-		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns[0], ProxyTLS: lns[1], Reverse: lns[3]})
+		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns["proxy"], ProxyTLS: lns["proxy_tls"], Reverse: lns["reverse.addr"],
+			TransparentTLS: lns["transparent_tls"], TransparentHTTP: lns["transparent_http"]})
 		gw.Close()
 		return err
 	})
@@ -178,7 +173,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		warnReportMode(log, next)
 		return restartOnly, nil
 	}
-	if lns[2] != nil {
+	if lns["admin"] != nil {
 		token, err := adminToken(dataDir, true)
 		if err != nil {
 			return err
@@ -190,7 +185,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			},
 			DataDir: dataDir,
 		})
-		g.Go(func() error { return adm.Serve(gctx, lns[2], cfg.Timeouts.Shutdown.D(), proxyDone) })
+		g.Go(func() error { return adm.Serve(gctx, lns["admin"], cfg.Timeouts.Shutdown.D(), proxyDone) })
 	}
 	g.Go(func() error {
 		for {
@@ -329,29 +324,32 @@ func configName(path string) string {
 	return path
 }
 
-// listen opens the proxy, proxy_tls, admin and reverse listeners (nil when off).
-func listen(l config.Listen) ([]net.Listener, error) {
-	reverse := config.Off
+// listen opens the TCP listeners that are not off, by their listen key.
+func listen(l config.Listen) (map[string]net.Listener, error) {
+	addrs := map[string]string{"proxy": l.Proxy, "proxy_tls": l.ProxyTLS, "admin": l.Admin,
+		"transparent_tls": l.TransparentTLS, "transparent_http": l.TransparentHTTP}
 	if l.Reverse != nil {
-		reverse = l.Reverse.Addr
+		addrs["reverse.addr"] = l.Reverse.Addr
 	}
-	lns := make([]net.Listener, 4)
-	for i, a := range []struct{ key, addr string }{{"proxy", l.Proxy}, {"proxy_tls", l.ProxyTLS}, {"admin", l.Admin}, {"reverse.addr", reverse}} {
-		if a.addr == config.Off {
+	lns := map[string]net.Listener{}
+	for key, addr := range addrs {
+		if addr == config.Off {
 			continue
 		}
-		ln, err := net.Listen("tcp", a.addr)
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, prev := range lns[:i] {
-				if prev != nil {
-					prev.Close()
-				}
-			}
-			return nil, fmt.Errorf("listen.%s: %w", a.key, err)
+			closeAll(lns)
+			return nil, fmt.Errorf("listen.%s: %w", key, err)
 		}
-		lns[i] = ln
+		lns[key] = ln
 	}
 	return lns, nil
+}
+
+func closeAll(lns map[string]net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
 }
 
 func newLogger(w io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {

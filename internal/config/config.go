@@ -40,6 +40,7 @@ type Config struct {
 	Timeouts Timeouts            `yaml:"timeouts"`
 	CA       CA                  `yaml:"ca"`
 	Log      Log                 `yaml:"log"`
+	DNS      DNS                 `yaml:"dns"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory
@@ -62,6 +63,65 @@ type Listen struct {
 	Admin string `yaml:"admin"`
 	// Reverse is an optional reverse-proxy listener in front of one backend.
 	Reverse *Reverse `yaml:"reverse,omitempty"`
+	// TransparentTLS takes TLS connections from clients that DNS sent to
+	// sluice (they believe they talk to the host on 443) and routes each by
+	// its SNI. Default off.
+	TransparentTLS string `yaml:"transparent_tls,omitempty"`
+	// TransparentHTTP takes plain requests from such clients (port 80) and
+	// routes each by its Host. Default off.
+	TransparentHTTP string `yaml:"transparent_http,omitempty"`
+	// DNS is the DNS server (UDP and TCP) that answers allowed names with
+	// dns.answer and refuses every other. Default off.
+	DNS string `yaml:"dns,omitempty"`
+}
+
+// DNS configures sluice's DNS server and how sluice itself resolves.
+type DNS struct {
+	// Answer are the addresses at which clients reach sluice: the A and
+	// AAAA answers for every allowed name.
+	Answer []string `yaml:"answer,omitempty,flow"`
+	// Refuse is the answer for every other name: refused (default) or nxdomain.
+	Refuse string `yaml:"refuse,omitempty"`
+	// RateLimit is the responses per second one client gets (default 1000;
+	// off for none); past it, UDP queries are dropped and TCP ones refused.
+	RateLimit *RateLimit `yaml:"rate_limit,omitempty"`
+	// Resolvers are the resolvers sluice itself uses for upstream names:
+	// "IP:port" (UDP, then TCP when truncated) or "tls://HOST:853" (DNS
+	// over TLS, verified against the system roots). Empty: the system's.
+	Resolvers []string `yaml:"resolvers,omitempty,flow"`
+	// Pin is first (the first good answer for each host is kept in the
+	// data dir and used for every later connection) or off. Default first
+	// when listen.dns or a transparent listener is set, else off.
+	Pin string `yaml:"pin,omitempty"`
+	// Recheck is how often pinned hosts are resolved again to find answers
+	// that disagree with the pin (warned, never followed). Default 10m.
+	Recheck Duration `yaml:"recheck,omitempty"`
+}
+
+// RateLimit is a per-client rate: a number per second, or "off".
+type RateLimit struct {
+	PerSecond int
+	Off       bool
+}
+
+// UnmarshalYAML reads a positive number or "off".
+func (r *RateLimit) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Value == Off {
+		r.Off = true
+		return nil
+	}
+	if err := n.Decode(&r.PerSecond); err != nil || r.PerSecond <= 0 {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: rate_limit %q: want a positive number of responses per second, or off", n.Line, n.Value)}}
+	}
+	return nil
+}
+
+// MarshalYAML writes the number or "off".
+func (r RateLimit) MarshalYAML() (any, error) {
+	if r.Off {
+		return Off, nil
+	}
+	return r.PerSecond, nil
 }
 
 // Reverse is a reverse-proxy listener: every request to Addr goes to Backend.
@@ -275,6 +335,18 @@ func (c *Config) applyDefaults() {
 	setString(&c.Listen.Proxy, "127.0.0.1:3128")
 	setString(&c.Listen.Admin, "127.0.0.1:9090")
 	setString(&c.Listen.ProxyTLS, Off)
+	setString(&c.Listen.TransparentTLS, Off)
+	setString(&c.Listen.TransparentHTTP, Off)
+	setString(&c.Listen.DNS, Off)
+	setString(&c.DNS.Refuse, "refused")
+	if c.DNS.RateLimit == nil {
+		c.DNS.RateLimit = &RateLimit{PerSecond: 1000}
+	}
+	if c.Listen.DNS != Off || c.Listen.TransparentTLS != Off || c.Listen.TransparentHTTP != Off {
+		setString(&c.DNS.Pin, "first")
+	}
+	setString(&c.DNS.Pin, Off)
+	setDuration(&c.DNS.Recheck, 10*time.Minute)
 	setString(&c.DataDir, DefaultDataDir())
 	if c.Policy == "" {
 		c.Policy = PolicyEnforce

@@ -59,6 +59,7 @@ func (c *Config) validate() []error {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
 		{"proxy", c.Listen.Proxy}, {"proxy_tls", c.Listen.ProxyTLS}, {"admin", c.Listen.Admin},
+		{"transparent_tls", c.Listen.TransparentTLS}, {"transparent_http", c.Listen.TransparentHTTP}, {"dns", c.Listen.DNS},
 	} {
 		if l.addr == Off {
 			if l.key == "proxy" {
@@ -80,6 +81,7 @@ func (c *Config) validate() []error {
 	if r := c.Listen.Reverse; r != nil {
 		errs = append(errs, r.validate(seen)...)
 	}
+	errs = append(errs, c.DNS.validate(c.Listen.DNS != Off)...)
 
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
 		errs = append(errs, c.Hosts[pattern].validate(pattern)...)
@@ -325,4 +327,29 @@ func FoldRegexp(expr string) (*regexp.Regexp, error) {
 		se.Expr = strings.TrimPrefix(se.Expr, "(?i)")
 	}
 	return re, err
+}
+
+func (d *DNS) validate(serving bool) []error {
+	var errs []error
+	add := func(err error, keys ...string) {
+		errs = append(errs, fieldErr(err, append([]string{"dns"}, keys...)...))
+	}
+	if serving && len(d.Answer) == 0 {
+		add(errors.New("listen.dns is set: list the addresses at which clients reach sluice (example: [192.0.2.10])"), "answer")
+	}
+	for i, a := range d.Answer {
+		if _, err := netip.ParseAddr(a); err != nil {
+			add(fmt.Errorf("%q is not an IP address", a), "answer", strconv.Itoa(i))
+		}
+	}
+	if d.Refuse != "refused" && d.Refuse != "nxdomain" {
+		add(fmt.Errorf("%q is not one of refused, nxdomain", d.Refuse), "refuse")
+	}
+	if d.Pin != "first" && d.Pin != Off {
+		add(fmt.Errorf("%q is not one of first, off", d.Pin), "pin")
+	}
+	if d.Recheck < Duration(time.Minute) {
+		add(errors.New("must be at least 1m"), "recheck")
+	}
+	return errs
 }

@@ -27,11 +27,23 @@ const (
 	EntryIntercept
 	// EntryReverse is a request to the reverse-proxy listener.
 	EntryReverse
+	// EntryTransparentTLS is a TLS connection to the transparent listener,
+	// its target the ClientHello's SNI on port 443.
+	EntryTransparentTLS
+	// EntryTransparentHTTP is a plain request to the transparent HTTP
+	// listener, its target its Host on port 80.
+	EntryTransparentHTTP
 )
 
-var entryNames = [...]string{EntryForward: "forward", EntryConnect: "connect", EntryIntercept: "intercept", EntryReverse: "reverse"}
+var entryNames = [...]string{EntryForward: "forward", EntryConnect: "connect", EntryIntercept: "intercept", EntryReverse: "reverse",
+	EntryTransparentTLS: "transparent_tls", EntryTransparentHTTP: "transparent_http"}
 
 func (e Entry) String() string { return entryNames[e] }
+
+// Connection reports whether the entry decides a whole connection (a
+// CONNECT, a transparent TLS connection), which may be tunneled, rather
+// than one request.
+func (e Entry) Connection() bool { return e == EntryConnect || e == EntryTransparentTLS }
 
 // Action is what the policy decided for a target.
 type Action uint8

@@ -85,10 +85,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // entryActions are the decisions each entry point leads to besides deny:
 // their request series exist, at zero, from the first scrape.
 var entryActions = map[decision.Entry][]decision.Action{
-	decision.EntryForward:   {decision.Intercept},
-	decision.EntryConnect:   {decision.Tunnel, decision.Intercept},
-	decision.EntryIntercept: {decision.Intercept},
-	decision.EntryReverse:   {decision.Reverse},
+	decision.EntryForward:         {decision.Intercept},
+	decision.EntryConnect:         {decision.Tunnel, decision.Intercept},
+	decision.EntryIntercept:       {decision.Intercept},
+	decision.EntryReverse:         {decision.Reverse},
+	decision.EntryTransparentTLS:  {decision.Tunnel, decision.Intercept},
+	decision.EntryTransparentHTTP: {decision.Intercept},
 }
 
 // LogOptions configures AccessLog.

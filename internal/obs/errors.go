@@ -69,7 +69,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, e *Error) {
 	}
 	h.Set("Proxy-Status", ps)
 	body = append(body, '\n')
-	if r.Method == http.MethodConnect && r.ProtoMajor == 1 && writeConnectRefusal(w, rec, e, body) {
+	if rec.Entry == decision.EntryConnect && r.ProtoMajor == 1 && writeConnectRefusal(w, rec, e, body) {
 		return
 	}
 	w.WriteHeader(e.Status)

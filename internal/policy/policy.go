@@ -138,12 +138,12 @@ func (p *Policy) DecideRecord(rec *decision.Record) Decision {
 		return Decision{Action: decision.Reverse, Target: rec.Target, Reason: decision.Reverse.String()}
 	}
 	d := p.Decide(rec.Target, rec.Scheme)
-	if d.Report != "" && rec.Entry != decision.EntryConnect {
+	if d.Report != "" && !rec.Entry.Connection() {
 		// A plain request goes out as it came, on a route with no cache,
 		// rules or budget, as a tunnel would carry it.
 		d.Action = decision.Intercept
 	}
-	if d.Action == decision.Tunnel && rec.Entry != decision.EntryConnect {
+	if d.Action == decision.Tunnel && !rec.Entry.Connection() {
 		d.Action, d.Reason = decision.Deny, "host is tunneled, not intercepted"
 		d.Fix = "use CONNECT, or set " + config.KeyPath("hosts", d.Entry.Key, "mode") + " to intercept"
 	}

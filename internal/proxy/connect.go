@@ -50,6 +50,16 @@ func (s *Server) Connect(up func(*http.Request) *Upstream, t config.Timeouts) fu
 	}
 }
 
+// established answers a CONNECT's 200; a transparent connection gets
+// nothing, its client believes it already talks to the host.
+func established(c net.Conn, rec *decision.Record) error {
+	if rec.Entry != decision.EntryConnect {
+		return nil
+	}
+	_, err := io.WriteString(c, connectEstablished)
+	return err
+}
+
 // hijack takes the client connection over from net/http. Bytes the client
 // sent after the CONNECT head (an eager ClientHello) stay readable.
 func hijack(w http.ResponseWriter) (net.Conn, error) {
@@ -87,7 +97,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.
 		return
 	}
 	rec.Status = http.StatusOK
-	if _, err := io.WriteString(client, connectEstablished); err != nil {
+	if err := established(client, rec); err != nil {
 		client.Close()
 		up.Close()
 		return
@@ -163,7 +173,7 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 		return
 	}
 	rec.Status = http.StatusOK
-	if _, err := io.WriteString(c, connectEstablished); err != nil {
+	if err := established(c, rec); err != nil {
 		c.Close()
 		return
 	}

@@ -46,6 +46,8 @@ type harness struct {
 	tlsAddr   string
 	// reverseAddr is the reverse listener's, when the config has one.
 	reverseAddr string
+	// The transparent listeners' addresses (listen.transparent_tls, _http).
+	transparentTLSAddr, transparentHTTPAddr string
 	bans        *filter.Bans
 	clients     map[bool]*http.Client
 	root        *ca.Root
@@ -135,8 +137,9 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports}
 	h.gw.Install(table)
 	h.bans = bans
-	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t)}
+	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t), TransparentTLS: listenLoopback(t), TransparentHTTP: listenLoopback(t)}
 	h.proxyAddr, h.tlsAddr = lns.Proxy.Addr().String(), lns.ProxyTLS.Addr().String()
+	h.transparentTLSAddr, h.transparentHTTPAddr = lns.TransparentTLS.Addr().String(), lns.TransparentHTTP.Addr().String()
 	if cfg.Listen.Reverse != nil {
 		lns.Reverse = listenLoopback(t)
 		h.reverseAddr = lns.Reverse.Addr().String()

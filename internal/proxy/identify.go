@@ -51,9 +51,27 @@ func Identify(r *http.Request, rec *decision.Record, rev *Backend) *obs.Error {
 			rec.ClientIP = realClient(r, rec.ClientIP, rev)
 		}
 		return nil
+	case decision.EntryTransparentHTTP:
+		if r.Method == http.MethodConnect {
+			return &obs.Error{Status: http.StatusMethodNotAllowed, Msg: "CONNECT on the transparent listener",
+				Detail: "listen.transparent_http takes plain requests, routed by Host; send CONNECT to listen.proxy"}
+		}
+		// The client believes it talks to the host itself, on port 80.
+		hp, err := hostport.Parse(r.Host, 80)
+		if err != nil {
+			return &obs.Error{Status: http.StatusBadRequest, Msg: "bad host", Host: r.Host,
+				Detail: fmt.Sprintf("the transparent listener routes by Host: %v", err)}
+		}
+		rec.Target, rec.Scheme = hp, decision.HTTP
+		return nil
 	}
 	if r.Method == http.MethodConnect {
-		rec.Entry = decision.EntryConnect
+		if rec.Entry != decision.EntryTransparentTLS {
+			rec.Entry = decision.EntryConnect
+		} else if r.Host == "" {
+			return &obs.Error{Status: http.StatusBadRequest, Msg: "no SNI",
+				Detail: "the transparent listener routes TLS by the ClientHello's server name, and this one names none"}
+		}
 		if r.URL.Path != "" || r.URL.Scheme != "" || r.URL.RawQuery != "" {
 			// RFC 9110 §9.3.6: the target is host:port, never a path that
 			// would leave the Host header to name it.

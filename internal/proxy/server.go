@@ -65,8 +65,10 @@ type Server struct {
 	reverse   func() *Backend
 	cfg       *config.Config
 
+	pipeline http.Handler
 	forward  *http.Server // the proxy listeners' server
 	rev      *http.Server // the reverse-proxy listener's server
+	plain    *http.Server // the transparent HTTP listener's server
 	mitm     *http.Server // serves requests inside intercepted CONNECTs
 	mitmLn   *connListener
 	mitmTLS  *tls.Config
@@ -96,7 +98,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m,
+		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
 	}
 	s.selfCert = &selfCert{root: opts.Root, names: selfNames(opts.Config.Listen.ProxyTLS), now: opts.Now, validity: opts.Config.CA.LeafValidity.D()}
@@ -125,7 +127,7 @@ func New(opts Options) (*Server, error) {
 			HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxClientStreams},
 		}
 	}
-	s.forward, s.rev, s.mitm = server(), server(), server()
+	s.forward, s.rev, s.mitm, s.plain = server(), server(), server(), server()
 	s.mitm.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return conns.ConnContext(sessionContext(ctx, c), c)
 	}
@@ -136,9 +138,11 @@ const maxClientStreams = 100
 
 // Listeners are the sockets Serve serves; nil ones are off.
 type Listeners struct {
-	Proxy    net.Listener
-	ProxyTLS net.Listener // the HTTPS-proxy listener
-	Reverse  net.Listener
+	Proxy           net.Listener
+	ProxyTLS        net.Listener // the HTTPS-proxy listener
+	Reverse         net.Listener
+	TransparentTLS  net.Listener
+	TransparentHTTP net.Listener
 }
 
 // Serve runs the listeners until ctx ends, then shuts down gracefully
@@ -150,7 +154,8 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	// requests with the entry point they came in by.
 	shutdown := obs.NewShutdown()
 	base := obs.WithShutdown(context.WithoutCancel(ctx), shutdown)
-	for srv, entry := range map[*http.Server]decision.Entry{s.forward: decision.EntryForward, s.rev: decision.EntryReverse, s.mitm: decision.EntryIntercept} {
+	for srv, entry := range map[*http.Server]decision.Entry{s.forward: decision.EntryForward, s.rev: decision.EntryReverse,
+		s.mitm: decision.EntryIntercept, s.plain: decision.EntryTransparentHTTP} {
 		ectx := decision.WithEntry(base, entry)
 		srv.BaseContext = func(net.Listener) context.Context { return ectx }
 	}
@@ -191,13 +196,22 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 			GetCertificate: s.selfCert.get,
 		}))
 	}
+	if lns.TransparentHTTP != nil {
+		serve(s.plain, lns.TransparentHTTP)
+	}
+	if ln := lns.TransparentTLS; ln != nil {
+		g.Go(func() error { return s.serveTransparentTLS(ln, base) })
+	}
 	serve(s.mitm, s.mitmLn)
 	g.Go(func() error {
 		<-gctx.Done()
+		if lns.TransparentTLS != nil {
+			lns.TransparentTLS.Close()
+		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), s.cfg.Timeouts.Shutdown.D())
 		defer cancel()
 		var wg sync.WaitGroup
-		for _, srv := range []*http.Server{s.forward, s.rev, s.mitm} {
+		for _, srv := range []*http.Server{s.forward, s.rev, s.mitm, s.plain} {
 			wg.Go(func() {
 				if err := srv.Shutdown(sctx); err != nil {
 					shutdown.CutOff()
