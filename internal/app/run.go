@@ -32,6 +32,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
+	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
@@ -121,6 +122,14 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeAll(lns)
+	var dnsUDP net.PacketConn
+	if cfg.Listen.DNS != config.Off {
+		// UDP on the port the TCP listener got (they differ only for :0).
+		if dnsUDP, err = net.ListenPacket("udp", lns["dns"].Addr().String()); err != nil {
+			return fmt.Errorf("listen.dns (udp): %w", err)
+		}
+		defer dnsUDP.Close()
+	}
 	for _, name := range slices.Sorted(maps.Keys(lns)) {
 		log.Info("listening", "listener", strings.TrimSuffix(name, ".addr"), "addr", lns[name].Addr().String())
 	}
@@ -138,6 +147,18 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if every := cfg.Blobs.ScrubEvery.D(); every > 0 {
 			g.Go(func() error { scrubBlobs(gctx, blobStore, every, log.With("component", "blobs")); return nil })
 		}
+	}
+	if dnsUDP != nil {
+		rl := 0
+		if !cfg.DNS.RateLimit.Off {
+			rl = cfg.DNS.RateLimit.PerSecond
+		}
+		dnsSrv, err := dnsserver.New(dnsserver.Options{Answers: func() *dnsserver.Answers { return gw.Table().DNS },
+			RateLimit: rl, Log: log.With("component", "dns"), Registerer: reg})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return dnsSrv.Serve(gctx, dnsUDP, lns["dns"]) })
 	}
 	proxyDone := make(chan struct{})
 	g.Go(func() error {
@@ -287,6 +308,7 @@ func restartOnlyChanges(running, next *config.Config) []string {
 		{"timeouts.client_idle", next.Timeouts.ClientIdle != running.Timeouts.ClientIdle},
 		{"timeouts.shutdown", next.Timeouts.Shutdown != running.Timeouts.Shutdown},
 		{"ca", next.CA != running.CA},
+		{"dns.rate_limit", *next.DNS.RateLimit != *running.DNS.RateLimit},
 		{"log.file", next.Log.File != running.Log.File || next.Log.MaxSize != running.Log.MaxSize || next.Log.MaxFiles != running.Log.MaxFiles},
 	} {
 		if k.changed {
@@ -324,10 +346,11 @@ func configName(path string) string {
 	return path
 }
 
-// listen opens the TCP listeners that are not off, by their listen key.
+// listen opens the TCP listeners that are not off, by their listen key
+// (dns: its TCP side).
 func listen(l config.Listen) (map[string]net.Listener, error) {
 	addrs := map[string]string{"proxy": l.Proxy, "proxy_tls": l.ProxyTLS, "admin": l.Admin,
-		"transparent_tls": l.TransparentTLS, "transparent_http": l.TransparentHTTP}
+		"transparent_tls": l.TransparentTLS, "transparent_http": l.TransparentHTTP, "dns": l.DNS}
 	if l.Reverse != nil {
 		addrs["reverse.addr"] = l.Reverse.Addr
 	}

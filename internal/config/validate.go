@@ -337,11 +337,6 @@ func (d *DNS) validate(serving bool) []error {
 	if serving && len(d.Answer) == 0 {
 		add(errors.New("listen.dns is set: list the addresses at which clients reach sluice (example: [192.0.2.10])"), "answer")
 	}
-	for i, a := range d.Answer {
-		if _, err := netip.ParseAddr(a); err != nil {
-			add(fmt.Errorf("%q is not an IP address", a), "answer", strconv.Itoa(i))
-		}
-	}
 	if d.Refuse != "refused" && d.Refuse != "nxdomain" {
 		add(fmt.Errorf("%q is not one of refused, nxdomain", d.Refuse), "refuse")
 	}

@@ -98,6 +98,17 @@ func (p *Policy) Lookup(host string) *Entry {
 	return nil
 }
 
+// Resolvable reports whether sluice's DNS server answers a normalised
+// name with sluice's addresses: an entry that does not deny it covers it,
+// or report mode is on and no entry denies it.
+func (p *Policy) Resolvable(name string) bool {
+	e := p.Lookup(name)
+	if e == nil {
+		return p.report
+	}
+	return e.Host.Mode != config.ModeDeny
+}
+
 // A Decision records what the policy decided for one target and why.
 type Decision struct {
 	Action decision.Action

@@ -8,11 +8,13 @@ import (
 	"io/fs"
 	"maps"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"time"
 
 	"sluice/internal/blobs"
@@ -20,6 +22,7 @@ import (
 	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/dialer"
+	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
 	"sluice/internal/hostport"
 	"sluice/internal/policy"
@@ -36,6 +39,8 @@ type Table struct {
 	Policy *policy.Policy
 	// Backend is the reverse listener's backend; nil without one.
 	Backend *proxy.Backend
+	// DNS is what sluice's DNS server answers under this table.
+	DNS     *dnsserver.Answers
 	routes  map[string]*Route // by hosts pattern, and policy.ReverseRule
 	handler http.Handler      // the pipeline over this table, once Build ran
 }
@@ -158,6 +163,18 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 	}
 	if rv := cfg.Listen.Reverse; rv != nil {
 		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
+	}
+	t.DNS = &dnsserver.Answers{Allowed: t.Policy.Resolvable, NXDomain: cfg.DNS.Refuse == "nxdomain"}
+	for i, a := range cfg.DNS.Answer {
+		ip, err := netip.ParseAddr(a)
+		switch {
+		case err != nil:
+			c.add(config.Under(fmt.Errorf("%q is not an IP address", a), "dns", "answer", strconv.Itoa(i)))
+		case ip.Unmap().Is4():
+			t.DNS.V4 = append(t.DNS.V4, ip.Unmap())
+		default:
+			t.DNS.V6 = append(t.DNS.V6, ip)
+		}
 	}
 	if len(c.errs) > 0 {
 		return nil, c.errs
