@@ -15,6 +15,9 @@
 //	GET    /bans              the banned clients
 //	POST   /bans              ban {"client": IP, "duration": "1h", "reason": "..."}
 //	DELETE /bans/{client}     lift a ban
+//	GET    /dns/pins          the pinned upstream addresses, and answers that disagree
+//	POST   /dns/pins/{host}/accept
+//	                          move host's pin to the answer that disagreed
 //
 // Every endpoint but /healthz, /metrics and /ca.pem needs the bearer
 // token from DATA_DIR/admin.token.
@@ -43,6 +46,7 @@ import (
 
 	"sluice/internal/blobs"
 	"sluice/internal/filter"
+	"sluice/internal/resolve"
 )
 
 // Options are what New needs.
@@ -54,6 +58,8 @@ type Options struct {
 	Blobs *blobs.Store
 	// Bans is the client ban list.
 	Bans *filter.Bans
+	// Pins are the DNS pins, nil with dns.pin: off.
+	Pins *resolve.Pins
 	// Token is the bearer token the protected endpoints require.
 	Token string
 	// Config returns the running config as YAML; Reload validates a new
@@ -203,6 +209,22 @@ func New(opts Options) *Server {
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ban lifted"})
+		})
+	}
+	if opts.Pins != nil {
+		private.HandleFunc("GET /dns/pins", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Pins.List())
+		})
+		private.HandleFunc("POST /dns/pins/{host}/accept", func(w http.ResponseWriter, r *http.Request) {
+			pin, err := opts.Pins.Accept(r.PathValue("host"))
+			switch {
+			case errors.Is(err, resolve.ErrNoDisagreement):
+				writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			case err != nil:
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+			default:
+				writeJSON(w, http.StatusOK, pin)
+			}
 		})
 	}
 	protected := requireToken(opts.Token, private)

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"sluice/internal/config"
+	"sluice/internal/resolve"
 )
 
 // adminToken returns the admin API's bearer token from DATA_DIR/admin.token,
@@ -176,12 +179,8 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 	dur := fs.Duration("for", time.Hour, "with add: how long the ban lasts")
 	reason := fs.String("reason", "operator", "with add: why")
 	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer instead of a table")
-	verb, operands, done, err := parseVerb(fs, args)
+	cfg, verb, operands, done, err := adminVerb(fs, cfgPath, args)
 	if done {
-		return err
-	}
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
 		return err
 	}
 	var out []byte
@@ -220,6 +219,64 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return printResult(stdout, out, *jsonOut)
+}
+
+func dnsCmd(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("dns", stdout, stderr)
+	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer instead of a table")
+	cfg, verb, operands, done, err := adminVerb(fs, cfgPath, args)
+	if done {
+		return err
+	}
+	switch {
+	case verb == "pins" && len(operands) == 0:
+		out, err := adminCall(cfg, http.MethodGet, "/dns/pins", nil)
+		if err != nil || *jsonOut {
+			if err == nil {
+				_, err = stdout.Write(out)
+			}
+			return err
+		}
+		var pins []resolve.Pin
+		if err := json.Unmarshal(out, &pins); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "HOST\tPINNED\tSINCE\tDISAGREEING ANSWER")
+		for _, p := range pins {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Host, joinAddrs(p.Addrs), p.Since.Format(time.RFC3339), cmp.Or(joinAddrs(p.Disagreeing), "-"))
+		}
+		return tw.Flush()
+	case verb == "accept" && len(operands) == 1:
+		out, err := adminCall(cfg, http.MethodPost, "/dns/pins/"+url.PathEscape(operands[0])+"/accept", nil)
+		if err != nil {
+			return err
+		}
+		return printResult(stdout, out, *jsonOut)
+	}
+	return errors.New("usage: sluice " + commands["dns"].synopsis)
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, " ")
+}
+
+// adminVerb parses a command that talks to the running sluice (NAME VERB
+// [OPERANDS], flags anywhere) and loads the config that locates it.
+func adminVerb(fs *pflag.FlagSet, cfgPath *string, args []string) (*config.Config, string, []string, bool, error) {
+	verb, operands, done, err := parseVerb(fs, args)
+	if done {
+		return nil, "", nil, true, err
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return nil, "", nil, true, err
+	}
+	return cfg, verb, operands, false, nil
 }
 
 // parseVerb parses a command of the form NAME VERB [OPERANDS], its flags

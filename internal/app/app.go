@@ -38,6 +38,8 @@ usage:
                                        list, add or lift client bans in the running sluice
   sluice reload -c FILE                validate FILE and swap it into the running sluice
   sluice hosts suggest [LOG_FILE...]   turn report mode's log into a hosts section
+  sluice dns [-c FILE] pins | accept HOST
+                                       list the DNS pins, or accept the answer that disagreed
   sluice version                       print the version
 
 Each command takes --help.
@@ -68,6 +70,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return bansCmd(rest, stdout, stderr)
 	case "reload":
 		return reloadCmd(rest, stdout, stderr)
+	case "dns":
+		return dnsCmd(rest, stdout, stderr)
 	case "version":
 		fs, _ := flags("version", stdout, stderr)
 		if done, err := parse(fs, rest); done {
@@ -113,6 +117,7 @@ var commands = map[string]command{
 	"blobs":         {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
 	"bans":          {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
 	"reload":        {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
+	"dns":           {"dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com"},
 	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
 	"version":       {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
 }

@@ -68,7 +68,12 @@ func startRunLogFile(t *testing.T, cfgYAML string) *running {
 
 func startRunLogging(t *testing.T, cfgYAML, logFile string) *running {
 	t.Helper()
-	dir := t.TempDir()
+	return startRunIn(t, t.TempDir(), cfgYAML, logFile)
+}
+
+// startRunIn is startRun in dir, which may hold what an earlier run left.
+func startRunIn(t *testing.T, dir, cfgYAML, logFile string) *running {
+	t.Helper()
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
 		t.Fatal(err)

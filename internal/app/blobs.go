@@ -17,12 +17,8 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("blobs", stdout, stderr)
 	all := fs.Bool("all", false, "with rm: remove every entry")
 	jsonOut := fs.Bool("json", false, "print the admin API's JSON answer instead of a table")
-	verb, operands, done, err := parseVerb(fs, args)
+	cfg, verb, operands, done, err := adminVerb(fs, cfgPath, args)
 	if done {
-		return err
-	}
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
 		return err
 	}
 	var method, path string

@@ -36,6 +36,7 @@ import (
 	"sluice/internal/filter"
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
+	"sluice/internal/resolve"
 	"sluice/internal/route"
 	"sluice/internal/store"
 )
@@ -48,7 +49,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	// One dialer for every config: the system resolver, its refusals counted.
+	// One dialer for every config: the system resolver (or dns.resolvers,
+	// from the startup config), its refusals counted.
 	dial := dialer.New(nil, 10*time.Second)
 	onRefuse, err := dialer.CountRefusals(reg)
 	if err != nil {
@@ -105,6 +107,16 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer banList.Flush()
+	if len(table.Resolvers) > 0 {
+		dial.UseResolver(&resolve.Client{Servers: table.Resolvers})
+	}
+	var pins *resolve.Pins
+	if cfg.DNS.Pin == "first" {
+		if pins, err = resolve.OpenPins(filepath.Join(dataDir, "dns-pins.json"), log.With("component", "dns"), reg); err != nil {
+			return err
+		}
+		dial.Pins = pins
+	}
 	bans, err := filter.NewBans(banList, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
 	if err != nil {
 		return err
@@ -160,6 +172,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		g.Go(func() error { return dnsSrv.Serve(gctx, dnsUDP, lns["dns"]) })
 	}
+	if pins != nil {
+		g.Go(func() error { pins.Keep(gctx, dial.Resolver(), cfg.DNS.Recheck.D()); return nil })
+	}
 	proxyDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(proxyDone)
@@ -199,7 +214,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return err
 		}
-		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Token: token,
+		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Pins: pins, Token: token,
 			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
 			Reload: func(data []byte, dir string) ([]string, error) {
 				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cmp.Or(dir, cfg.Dir), dial) }, "PUT /config")
@@ -309,6 +324,9 @@ func restartOnlyChanges(running, next *config.Config) []string {
 		{"timeouts.shutdown", next.Timeouts.Shutdown != running.Timeouts.Shutdown},
 		{"ca", next.CA != running.CA},
 		{"dns.rate_limit", *next.DNS.RateLimit != *running.DNS.RateLimit},
+		{"dns.resolvers", !slices.Equal(next.DNS.Resolvers, running.DNS.Resolvers)},
+		{"dns.pin", next.DNS.Pin != running.DNS.Pin},
+		{"dns.recheck", next.DNS.Recheck != running.DNS.Recheck},
 		{"log.file", next.Log.File != running.Log.File || next.Log.MaxSize != running.Log.MaxSize || next.Log.MaxFiles != running.Log.MaxFiles},
 	} {
 		if k.changed {

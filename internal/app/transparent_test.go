@@ -1,16 +1,22 @@
 package app
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 
+	"sluice/internal/testdns"
 	"sluice/internal/testenv"
+	"sluice/internal/testpki"
 )
 
 // TestTransparentWithDNS is a bot that cannot be told about a proxy: dig
@@ -71,4 +77,77 @@ func splitAddr(t *testing.T, addr string) (string, string) {
 		t.Fatalf("address %q has no port", addr)
 	}
 	return addr[:i], addr[i+1:]
+}
+
+// TestPinnedResolution: sluice resolves upstream names with dns.resolvers
+// (a resolver on loopback that counts questions) and pins the first good
+// answer in the data dir. After a restart the resolver's answer changes:
+// the recheck at start reports it, the connection still goes to the pinned
+// address, and only `sluice dns accept` moves the pin. A name the policy
+// refuses is never resolved; an answer that points at loopback for a host
+// that does not allow private addresses (rebinding) is refused, not pinned.
+func TestPinnedResolution(t *testing.T) {
+	resolver := testdns.Start(t)
+	upCA := testpki.NewCA(t, "upstream CA")
+	up := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pinned") }), "api.test")
+	_, port := splitAddr(t, up.Listener.Addr().String())
+	caPath := upCA.WritePEM(t, t.TempDir())
+	resolver.Set("api.test", "127.0.0.1")
+	resolver.Set("rebind.test", "127.0.0.1")
+	cfg := fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
+data_dir: data
+timeouts: {shutdown: 5s}
+dns: {resolvers: [%s], pin: first}
+hosts:
+  api.test: {ports: [%s], upstream_ca: %s, allow_private: true}
+  rebind.test: {ports: [%s], upstream_ca: %s}
+`, resolver.Addr, port, caPath, port, caPath)
+	dir := t.TempDir()
+	r := startRunIn(t, dir, cfg, "")
+	c := r.client()
+	target := "https://api.test:" + port + "/"
+	if got := status(t, c, target); got != 200 {
+		t.Fatalf("api.test through sluice: %d", got)
+	}
+	if got := status(t, c, "https://rebind.test:"+port+"/"); got != http.StatusForbidden {
+		t.Errorf("rebind.test resolving to loopback: %d, want the private-address guard's 403", got)
+	}
+	if _, err := c.Get("https://evil.test/"); err == nil {
+		t.Error("evil.test allowed")
+	}
+	if n := resolver.Queries("evil.test"); n != 0 {
+		t.Errorf("a refused name was resolved %d times", n)
+	}
+	c.CloseIdleConnections()
+	r.cancel()
+	if err := <-r.done; err != nil {
+		t.Fatal(err)
+	}
+	r.done <- nil // for the cleanup
+	pins := readFileIfAny(filepath.Join(dir, "data", "dns-pins.json"))
+	if !strings.Contains(pins, `"host": "api.test"`) || strings.Contains(pins, "rebind.test") {
+		t.Fatalf("dns-pins.json after the first run:\n%s", pins)
+	}
+
+	resolver.Set("api.test", "127.0.0.2") // a hijacked record: nothing of sluice's listens there
+	r = startRunIn(t, dir, cfg, "")
+	r.waitLog("dns answer disagrees with the pin")
+	c = r.client()
+	if got := status(t, c, target); got != 200 {
+		t.Errorf("api.test after its record changed: %d; the pin must hold", got)
+	}
+	cli := filepath.Join(dir, "cli.yaml")
+	os.WriteFile(cli, []byte(strings.Replace(cfg, "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644)
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"dns", "pins", "-c", cli}, &out, io.Discard); err != nil ||
+		!regexp.MustCompile(`api\.test\s+127\.0\.0\.1\s+\S+\s+127\.0\.0\.2`).MatchString(out.String()) {
+		t.Errorf("sluice dns pins: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := Run(context.Background(), []string{"dns", "accept", "api.test", "-c", cli}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "127.0.0.2") {
+		t.Errorf("sluice dns accept api.test: %v\n%s", err, out.String())
+	}
+	if err := Run(context.Background(), []string{"dns", "accept", "api.test", "-c", cli}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "nothing to accept") {
+		t.Errorf("a second accept: %v, want nothing to accept", err)
+	}
 }

@@ -31,6 +31,12 @@ type Route struct {
 	Timeout time.Duration
 }
 
+// Pinner keeps each name's first good answer (dns.pin: first).
+type Pinner interface {
+	Pinned(host string) ([]netip.Addr, bool)
+	Pin(host string, addrs []netip.Addr)
+}
+
 // Dialer dials upstreams. The zero value is not usable; use New.
 type Dialer struct {
 	resolver Resolver
@@ -38,7 +44,17 @@ type Dialer struct {
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	// OnRefuse, if set, is called for each address refused by the guard.
 	OnRefuse func(Class)
+	// Pins, if set, answers for the names it has pinned, and pins the
+	// addresses the guard allowed of every other name's first answer.
+	// Set it (like OnRefuse) before the first Dial.
+	Pins Pinner
 }
+
+// UseResolver makes r resolve names from now on; call it before the first Dial.
+func (d *Dialer) UseResolver(r Resolver) { d.resolver = r }
+
+// Resolver returns the resolver names are looked up with.
+func (d *Dialer) Resolver() Resolver { return d.resolver }
 
 // New returns a Dialer that uses r for names (nil: the system resolver)
 // and bounds each connect with timeout.
@@ -82,7 +98,7 @@ func (d *Dialer) Dial(ctx context.Context, target hostport.HostPort, route Route
 	if route.ConnectTo != nil {
 		dest = *route.ConnectTo
 	}
-	addrs, err := d.resolve(ctx, dest.Host)
+	addrs, pinned, err := d.resolve(ctx, dest.Host)
 	if err != nil {
 		return nil, &Error{Op: "resolve", Host: dest.Host, Err: err}
 	}
@@ -106,6 +122,9 @@ func (d *Dialer) Dial(ctx context.Context, target hostport.HostPort, route Route
 		}
 		return nil, refused
 	}
+	if d.Pins != nil && !pinned {
+		d.Pins.Pin(dest.Host, allowed) // never an address the guard refused: a rebinding answer is not kept
+	}
 	var errs []error
 	for _, a := range allowed {
 		addr := net.JoinHostPort(a.String(), strconv.Itoa(int(dest.Port)))
@@ -121,9 +140,17 @@ func (d *Dialer) Dial(ctx context.Context, target hostport.HostPort, route Route
 	return nil, errors.Join(errs...)
 }
 
-func (d *Dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+// resolve returns host's addresses, and whether they are its pin (an IP
+// literal counts as pinned: there is nothing to keep).
+func (d *Dialer) resolve(ctx context.Context, host string) ([]netip.Addr, bool, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
-		return []netip.Addr{a}, nil
+		return []netip.Addr{a}, true, nil
 	}
-	return d.resolver.LookupNetIP(ctx, "ip", host)
+	if d.Pins != nil {
+		if addrs, ok := d.Pins.Pinned(host); ok {
+			return addrs, true, nil
+		}
+	}
+	addrs, err := d.resolver.LookupNetIP(ctx, "ip", host)
+	return addrs, false, err
 }

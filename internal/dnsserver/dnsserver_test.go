@@ -2,9 +2,9 @@ package dnsserver
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"slices"
+	"sluice/internal/testdns"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,14 +23,7 @@ func start(t *testing.T, answers *atomic.Pointer[Answers], rateLimit int) (strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := net.ListenPacket("udp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := testdns.Listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, pc, ln) }()

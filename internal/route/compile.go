@@ -27,6 +27,7 @@ import (
 	"sluice/internal/hostport"
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
+	"sluice/internal/resolve"
 	"sluice/internal/throttle"
 )
 
@@ -40,9 +41,11 @@ type Table struct {
 	// Backend is the reverse listener's backend; nil without one.
 	Backend *proxy.Backend
 	// DNS is what sluice's DNS server answers under this table.
-	DNS     *dnsserver.Answers
-	routes  map[string]*Route // by hosts pattern, and policy.ReverseRule
-	handler http.Handler      // the pipeline over this table, once Build ran
+	DNS *dnsserver.Answers
+	// Resolvers are dns.resolvers (none: the system's).
+	Resolvers []resolve.Server
+	routes    map[string]*Route // by hosts pattern, and policy.ReverseRule
+	handler   http.Handler      // the pipeline over this table, once Build ran
 }
 
 // Route is what the stages after the policy use for one host entry.
@@ -163,6 +166,11 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 	}
 	if rv := cfg.Listen.Reverse; rv != nil {
 		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
+	}
+	for i, r := range cfg.DNS.Resolvers {
+		srv, err := resolve.ParseServer(r)
+		c.add(config.Under(err, "dns", "resolvers", strconv.Itoa(i)))
+		t.Resolvers = append(t.Resolvers, srv)
 	}
 	t.DNS = &dnsserver.Answers{Allowed: t.Policy.Resolvable, NXDomain: cfg.DNS.Refuse == "nxdomain"}
 	for i, a := range cfg.DNS.Answer {
