@@ -542,10 +542,12 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 // TestSeriesFromTheStart: the documented series exist at the first scrape,
 // before any request (zero counters), so that alerts on them work; a
 // budget's series exist for every budget the config names, a rule set's
-// for every check it makes, the requests' for each entry point's decisions.
+// for every check it makes, the requests' for each entry point's decisions,
+// the DNS server's and the pins' once they are on.
 func TestSeriesFromTheStart(t *testing.T) {
-	r := startRun(t, baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n")+
-		"rule_sets:\n  only_get: {methods: [GET]}\n")
+	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n") +
+		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\n"
+	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	if err != nil {
 		t.Fatal(err)

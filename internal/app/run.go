@@ -134,10 +134,10 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeAll(lns)
-	var dnsUDP net.PacketConn
+	var dnsUDP *net.UDPConn
 	if cfg.Listen.DNS != config.Off {
 		// UDP on the port the TCP listener got (they differ only for :0).
-		if dnsUDP, err = net.ListenPacket("udp", lns["dns"].Addr().String()); err != nil {
+		if dnsUDP, err = dnsserver.ListenUDP(lns["dns"].Addr().String()); err != nil {
 			return fmt.Errorf("listen.dns (udp): %w", err)
 		}
 		defer dnsUDP.Close()

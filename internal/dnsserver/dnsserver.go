@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/time/rate"
 
 	"sluice/internal/hostport"
@@ -56,22 +59,37 @@ type Server struct {
 	log     *slog.Logger
 	perSec  int
 	clients *lru.Cache[netip.Addr, *rate.Limiter]
-	queries *prometheus.CounterVec
+	counts  [len(qtypeNames)][len(resultNames)]prometheus.Counter
 }
 
 // clientMemory bounds the clients whose rate is tracked; one forgotten
 // starts again with a full allowance.
 const clientMemory = 65536
 
-// The results a query is counted by.
+// What a query is counted by.
+type qtype int
+
 const (
-	resultAnswered    = "answered"
-	resultNoData      = "nodata" // an allowed name, a type sluice has no records of
-	resultRefused     = "refused"
-	resultNXDomain    = "nxdomain"
-	resultRateLimited = "rate_limited"
-	resultMalformed   = "malformed"
+	qtypeA qtype = iota
+	qtypeAAAA
+	qtypeOther
 )
+
+var qtypeNames = [...]string{qtypeA: "A", qtypeAAAA: "AAAA", qtypeOther: "other"}
+
+type result int
+
+const (
+	resultAnswered result = iota
+	resultNoData          // an allowed name, a type sluice has no records of
+	resultRefused
+	resultNXDomain
+	resultRateLimited
+	resultMalformed
+)
+
+var resultNames = [...]string{resultAnswered: "answered", resultNoData: "nodata", resultRefused: "refused",
+	resultNXDomain: "nxdomain", resultRateLimited: "rate_limited", resultMalformed: "malformed"}
 
 // New builds a Server; it serves nothing until Serve.
 func New(opts Options) (*Server, error) {
@@ -82,74 +100,201 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{answers: opts.Answers, log: opts.Log, perSec: opts.RateLimit, clients: clients,
-		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
-			Help: "DNS queries answered by sluice's DNS server, by query type (A, AAAA, other) and result."}, []string{"type", "result"})}
-	for _, t := range []string{"A", "AAAA", "other"} {
-		for _, r := range []string{resultAnswered, resultNoData, resultRefused, resultNXDomain, resultRateLimited, resultMalformed} {
-			s.queries.WithLabelValues(t, r)
+	s := &Server{answers: opts.Answers, log: opts.Log, perSec: opts.RateLimit, clients: clients}
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "dns", Name: "queries_total",
+		Help: "DNS queries answered by sluice's DNS server, by query type (A, AAAA, other) and result."}, []string{"type", "result"})
+	for t, tn := range qtypeNames {
+		for r, rn := range resultNames {
+			s.counts[t][r] = queries.WithLabelValues(tn, rn)
 		}
 	}
-	return s, metrics.Register(opts.Registerer, s.queries)
+	return s, metrics.Register(opts.Registerer, queries)
 }
 
-// Serve answers on pc (UDP) and ln (TCP), either may be nil, until ctx ends.
-func (s *Server) Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
-	var servers []*dns.Server
+// ListenUDP opens the UDP socket for addr (IP:port) in the address's own
+// family, as Serve wants it.
+func ListenUDP(addr string) (*net.UDPConn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	network := "udp6"
+	if ap.Addr().Unmap().Is4() {
+		network = "udp4"
+	}
+	return net.ListenUDP(network, net.UDPAddrFromAddrPort(ap))
+}
+
+// Serve answers on pc (UDP: a "udp4" or "udp6" socket, see ListenUDP)
+// and ln (TCP), either may be nil, until ctx ends; it closes both.
+func (s *Server) Serve(ctx context.Context, pc *net.UDPConn, ln net.Listener) error {
+	errc := make(chan error, 1+runtime.GOMAXPROCS(0))
+	var udp sync.WaitGroup
 	if pc != nil {
-		servers = append(servers, &dns.Server{PacketConn: pc, Handler: s})
+		bc, oob := batchConn(pc)
+		for range runtime.GOMAXPROCS(0) {
+			udp.Go(func() { errc <- s.serveUDP(bc, oob) })
+		}
 	}
+	var tcp *dns.Server
 	if ln != nil {
-		servers = append(servers, &dns.Server{Listener: ln, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
-	}
-	errc := make(chan error, len(servers))
-	for _, srv := range servers {
-		go func() { errc <- srv.ActivateAndServe() }()
+		tcp = &dns.Server{Listener: ln, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+		go func() { errc <- tcp.ActivateAndServe() }()
 	}
 	var first error
 	select {
 	case <-ctx.Done():
 	case first = <-errc:
 	}
-	var wg sync.WaitGroup
-	for _, srv := range servers {
-		wg.Go(func() { srv.Shutdown() })
+	if pc != nil {
+		pc.Close()
+		udp.Wait()
 	}
-	wg.Wait()
+	if tcp != nil {
+		tcp.Shutdown()
+	}
 	return first
 }
 
-// ServeDNS answers one query.
+// packetConn reads and writes batches of datagrams (recvmmsg and sendmmsg
+// on Linux): one system call for many queries under load.
+type packetConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// batchConn wraps c (a "udp4" or "udp6" socket); oob says whether each
+// query's destination address comes with it, to answer from that address:
+// a socket bound to 0.0.0.0 or [::] on a host with several addresses must
+// not answer from another.
+func batchConn(c *net.UDPConn) (packetConn, bool) {
+	local, _ := c.LocalAddr().(*net.UDPAddr)
+	wildcard := local != nil && local.IP.IsUnspecified()
+	if local != nil && local.IP.To4() != nil {
+		p := ipv4.NewPacketConn(c)
+		return p, wildcard && p.SetControlMessage(ipv4.FlagDst, true) == nil
+	}
+	p := ipv6.NewPacketConn(c)
+	return p, wildcard && p.SetControlMessage(ipv6.FlagDst, true) == nil
+}
+
+const udpBatch = 32
+
+// serveUDP reads queries in batches and answers them in batches until the
+// socket is closed.
+func (s *Server) serveUDP(c packetConn, oob bool) error {
+	in := make([]ipv4.Message, udpBatch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, 4096)}
+		if oob {
+			in[i].OOB = make([]byte, 128)
+		}
+	}
+	out := make([]ipv4.Message, 0, udpBatch)
+	outBufs := make([][]byte, udpBatch)
+	for i := range outBufs {
+		outBufs[i] = make([]byte, 0, 1232)
+	}
+	for {
+		n, err := c.ReadBatch(in, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			s.log.Warn("dns: reading queries failed; going on", "error", err.Error())
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		out = out[:0]
+		for i := range n {
+			msg := &in[i]
+			addr, _ := msg.Addr.(*net.UDPAddr)
+			if addr == nil {
+				continue
+			}
+			q := new(dns.Msg)
+			if err := q.Unpack(msg.Buffers[0][:msg.N]); err != nil || q.Response {
+				s.counts[qtypeOther][resultMalformed].Inc() // no answer: it could only feed a reflection
+				continue
+			}
+			m := s.respond(q, addrOf(addr.IP), true)
+			if m == nil {
+				continue
+			}
+			packed, err := m.PackBuffer(outBufs[len(out)][:0])
+			if err != nil {
+				continue
+			}
+			reply := ipv4.Message{Buffers: [][]byte{packed}, Addr: addr}
+			if oob {
+				reply.OOB = sourceFor(msg.OOB[:msg.NN])
+			}
+			out = append(out, reply)
+		}
+		for sent := 0; sent < len(out); {
+			k, err := c.WriteBatch(out[sent:], 0)
+			if err != nil {
+				break // the client's loss, as for any datagram; the next batch goes on
+			}
+			sent += k
+		}
+	}
+}
+
+// sourceFor returns the control message that sends a reply from the
+// address the query was sent to.
+func sourceFor(oob []byte) []byte {
+	var cm4 ipv4.ControlMessage
+	if cm4.Parse(oob) == nil && cm4.Dst != nil {
+		return (&ipv4.ControlMessage{Src: cm4.Dst}).Marshal()
+	}
+	var cm6 ipv6.ControlMessage
+	if cm6.Parse(oob) == nil && cm6.Dst != nil {
+		return (&ipv6.ControlMessage{Src: cm6.Dst}).Marshal()
+	}
+	return nil
+}
+
+// ServeDNS answers one query over TCP (miekg's server).
 func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
-	client := clientAddr(w.RemoteAddr())
-	_, udp := w.RemoteAddr().(*net.UDPAddr)
-	qtype := "other"
+	var client netip.Addr
+	if a, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		client = addrOf(a.IP)
+	}
+	if m := s.respond(q, client, false); m != nil {
+		w.WriteMsg(m)
+	}
+}
+
+// respond is the answer to q from client, counted and, when refused,
+// logged; nil: no answer (a UDP client past its rate).
+func (s *Server) respond(q *dns.Msg, client netip.Addr, udp bool) *dns.Msg {
+	qt := qtypeOther
 	if len(q.Question) == 1 {
 		switch q.Question[0].Qtype {
 		case dns.TypeA:
-			qtype = "A"
+			qt = qtypeA
 		case dns.TypeAAAA:
-			qtype = "AAAA"
+			qt = qtypeAAAA
 		}
 	}
 	if !s.allow(client) {
-		s.queries.WithLabelValues(qtype, resultRateLimited).Inc()
+		s.counts[qt][resultRateLimited].Inc()
 		if udp {
-			return // dropped: a flood spoofing this address gets nothing to reflect
+			return nil // dropped: a flood spoofing this address gets nothing to reflect
 		}
 		m := new(dns.Msg)
 		m.SetRcode(q, dns.RcodeRefused)
-		w.WriteMsg(m)
-		return
+		return m
 	}
-	m, result := s.answer(q)
-	s.queries.WithLabelValues(qtype, result).Inc()
-	if result != resultAnswered && result != resultNoData && s.log != nil {
+	m, res := s.answer(q)
+	s.counts[qt][res].Inc()
+	if res != resultAnswered && res != resultNoData && s.log != nil {
 		name := ""
 		if len(q.Question) == 1 {
 			name = q.Question[0].Name
 		}
-		s.log.Info("dns query refused", "client_ip", client.String(), "name", name, "type", qtype, "result", result)
+		s.log.Info("dns query refused", "client_ip", client.String(), "name", name, "type", qtypeNames[qt], "result", resultNames[res])
 	}
 	if udp {
 		size := dns.MinMsgSize
@@ -158,11 +303,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		}
 		m.Truncate(size)
 	}
-	w.WriteMsg(m)
+	return m
 }
 
 // answer builds the response to q and names its result.
-func (s *Server) answer(q *dns.Msg) (*dns.Msg, string) {
+func (s *Server) answer(q *dns.Msg) (*dns.Msg, result) {
 	m := new(dns.Msg)
 	if q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 || q.Question[0].Qclass != dns.ClassINET || q.Response {
 		m.SetRcodeFormatError(q)
@@ -221,14 +366,7 @@ func (s *Server) allow(client netip.Addr) bool {
 	return l.Allow()
 }
 
-func clientAddr(a net.Addr) netip.Addr {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	}
-	return netip.Addr{}
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
 }

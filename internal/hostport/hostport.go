@@ -109,6 +109,9 @@ func NormalizeHost(h string) (string, error) {
 		return "", fmt.Errorf("%q: host name is not valid UTF-8", h)
 	}
 	name := strings.TrimSuffix(h, ".")
+	if !plainASCII(name) && plainASCII(strings.ToLower(name)) {
+		name = strings.ToLower(name) // API.Binance.com, or a resolver's 0x20 mixed case: no IDNA needed
+	}
 	ascii := name
 	if !plainASCII(name) { // IDNA mapping is costly; most API hosts need none
 		var err error
@@ -125,21 +128,25 @@ func NormalizeHost(h string) (string, error) {
 	if len(ascii) == 0 || len(ascii) > 253 {
 		return "", fmt.Errorf("%q: host name must be 1 to 253 characters", h)
 	}
-	labels := strings.Split(ascii, ".")
-	for _, l := range labels {
-		if len(l) == 0 || len(l) > 63 {
+	lastStart := 0
+	for i := 0; i <= len(ascii); i++ {
+		if i < len(ascii) && ascii[i] != '.' {
+			if c := ascii[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "", fmt.Errorf("%q: character %q is not allowed in a host name", h, rune(c))
+			}
+			continue
+		}
+		if n := i - lastStart; n == 0 || n > 63 {
 			return "", fmt.Errorf("%q: each dot-separated label must be 1 to 63 characters", h)
 		}
-		for _, r := range l {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return "", fmt.Errorf("%q: character %q is not allowed in a host name", h, r)
-			}
+		if i < len(ascii) {
+			lastStart = i + 1
 		}
 	}
 	// A name whose last label is numeric is an IPv4 address to most
 	// resolvers and URL parsers ("127.1", "0x7f.0.0.1"); refuse it rather than
 	// let it reach one under a name that no policy pattern expects.
-	last := labels[len(labels)-1]
+	last := ascii[lastStart:]
 	if strings.Trim(last, "0123456789") == "" || strings.HasPrefix(last, "0x") && strings.Trim(last[2:], "0123456789abcdef") == "" {
 		return "", fmt.Errorf("%q: not a valid IP address or host name", h)
 	}

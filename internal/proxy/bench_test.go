@@ -13,8 +13,9 @@ import (
 
 // BenchmarkGET compares a keep-alive GET straight to a TLS upstream with
 // the same GET intercepted by sluice, forwarded and answered from the
-// cache (the binance profile caches the ticker for 5 s); the ratios are
-// sluice's per-request overhead.
+// cache (the binance profile caches the ticker for 5 s), through CONNECT
+// and through the transparent listener; the ratios are sluice's
+// per-request overhead.
 func BenchmarkGET(b *testing.B) {
 	body := []byte(`{"symbol":"BTCUSDT","price":"65745.70396954"}`)
 	upCA := testpki.NewCA(b, "upstream CA")
@@ -38,11 +39,15 @@ func BenchmarkGET(b *testing.B) {
 		t.DisableKeepAlives = true
 		return &http.Client{Transport: t}
 	}
+	transparent := transparentClient(h, &tls.Config{RootCAs: h.pool()})
 	for _, bc := range []struct {
 		name, host string
 		c          *http.Client
 	}{{"direct", "api.test", direct}, {"intercepted", "api.test", h.client(false)}, {"cache_hit", "api.binance.com", h.client(false)},
-		{"direct_newconn", "api.test", newConn(direct)}, {"cache_hit_newconn", "api.binance.com", newConn(h.client(false))}} {
+		{"direct_newconn", "api.test", newConn(direct)}, {"cache_hit_newconn", "api.binance.com", newConn(h.client(false))},
+		// The same through the transparent listener: no CONNECT, the target from the SNI.
+		{"transparent_cache_hit", "api.binance.com", transparent},
+		{"transparent_cache_hit_newconn", "api.binance.com", newConn(transparent)}} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
 				resp, err := bc.c.Get("https://" + bc.host + "/api/v3/ticker/price?symbol=BTCUSDT")
