@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,25 +22,26 @@ import (
 
 // TestTransparentWithDNS is a bot that cannot be told about a proxy: dig
 // asks sluice's DNS server, which answers allowed names with sluice's
-// address and refuses the rest; curl, resolving the name to sluice, talks
-// TLS to the transparent listener and gets the fake exchange's answer
-// through the binance profile; a reload that adds a host changes the
-// answers at once.
+// address and refuses the rest without asking any resolver; curl, with
+// the name resolved to sluice (--resolve), talks TLS on port 443 to the
+// transparent listener and gets the fake exchange's answer through the
+// binance profile; a reload that adds a host changes the answers at once.
 func TestTransparentWithDNS(t *testing.T) {
 	dig := testenv.RequireTool(t, "dig", "bind9-dnsutils")
 	curl := testenv.RequireTool(t, "curl")
+	front := transparentAddress(t)
+	resolver := testdns.Start(t) // sluice's own resolver: must hear nothing of what clients ask
 	hosts := upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"serverTime":1}`)
 	}), "api.binance.com", "api.kraken.com")
 	lines := strings.SplitAfter(hosts, "\n")
 	cfg := func(hosts string) string {
-		return "listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0, transparent_tls: 127.0.0.1:0, dns: 127.0.0.1:0}\n" +
-			"dns: {answer: [127.0.0.1], pin: \"off\"}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nhosts:\n" +
+		return fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0, transparent_tls: %q, dns: 127.0.0.1:0}\n", front) +
+			fmt.Sprintf("dns: {answer: [%s], resolvers: [%s]}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nhosts:\n", strings.TrimSuffix(front, ":443"), resolver.Addr) +
 			strings.ReplaceAll(hosts, "allow_private: true}", "allow_private: true, profile: binance}")
 	}
 	r := startRun(t, cfg(lines[0]))
-	dnsAddr := r.addrs["dns"]
-	dnsHost, dnsPort := splitAddr(t, dnsAddr)
+	dnsHost, dnsPort := splitAddr(t, r.addrs["dns"])
 	ask := func(name string) string {
 		out, err := exec.Command(dig, "@"+dnsHost, "-p", dnsPort, "+tries=1", "+time=2", name, "A").CombinedOutput()
 		if err != nil {
@@ -47,19 +49,24 @@ func TestTransparentWithDNS(t *testing.T) {
 		}
 		return string(out)
 	}
-	if out := ask("api.binance.com"); !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "api.binance.com.\t30\tIN\tA\t127.0.0.1") {
+	frontIP := strings.TrimSuffix(front, ":443")
+	if out := ask("api.binance.com"); !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "api.binance.com.\t30\tIN\tA\t"+frontIP) {
 		t.Errorf("dig api.binance.com:\n%s", out)
 	}
-	if out := ask("api.kraken.com"); !strings.Contains(out, "status: REFUSED") {
-		t.Errorf("dig api.kraken.com (not listed yet):\n%s", out)
+	for _, name := range []string{"api.kraken.com", "evil.test"} {
+		if out := ask(name); !strings.Contains(out, "status: REFUSED") {
+			t.Errorf("dig %s (not listed):\n%s", name, out)
+		}
+		if n := resolver.Queries(name); n != 0 {
+			t.Errorf("a refused name, %s, reached sluice's resolver %d times", name, n)
+		}
 	}
 
-	_, tlsPort := splitAddr(t, r.addrs["transparent_tls"])
 	ca := filepath.Join(r.dir, "data", "ca.pem")
-	out, err := exec.Command(curl, "-sS", "--cacert", ca, "--connect-to", "api.binance.com:443:127.0.0.1:"+tlsPort,
+	out, err := exec.Command(curl, "-sS", "--cacert", ca, "--resolve", "api.binance.com:443:"+frontIP,
 		"https://api.binance.com/api/v3/time").CombinedOutput()
 	if err != nil || string(out) != `{"serverTime":1}` {
-		t.Errorf("curl through the transparent listener: %v\n%s", err, out)
+		t.Errorf("curl --resolve api.binance.com:443:%s: %v\n%s", frontIP, err, out)
 	}
 
 	os.WriteFile(r.cfg, []byte(cfg(hosts)), 0o644)
@@ -68,6 +75,22 @@ func TestTransparentWithDNS(t *testing.T) {
 	if out := ask("api.kraken.com"); !strings.Contains(out, "status: NOERROR") {
 		t.Errorf("dig api.kraken.com after the reload that lists it:\n%s", out)
 	}
+}
+
+// transparentAddress returns a loopback address of this test's own on
+// port 443, where a client sent by DNS connects (binding it needs root).
+func transparentAddress(t *testing.T) string {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.%d.%d:443", 100+os.Getpid()%100, 2+os.Getpid()%250)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if os.Getenv("SLUICE_REQUIRE_INTEGRATION") == "1" {
+			t.Fatalf("listening on %s (port 443 needs root or CAP_NET_BIND_SERVICE): %v", addr, err)
+		}
+		t.Skipf("skipping: cannot listen on %s (port 443 needs root or CAP_NET_BIND_SERVICE): %v", addr, err)
+	}
+	ln.Close()
+	return addr
 }
 
 func splitAddr(t *testing.T, addr string) (string, string) {

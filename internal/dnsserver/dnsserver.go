@@ -2,7 +2,8 @@
 // at a proxy: every name the live config allows is answered with the
 // addresses at which clients reach sluice (dns.answer), every other name
 // is refused (or NXDOMAIN), and nothing is ever forwarded or recursed.
-// Each client gets at most dns.rate_limit responses a second.
+// Each client gets at most dns.rate_limit responses a second. Every query
+// is logged: a refused one at info, an answered one at debug.
 //
 // Config keys: listen.dns, dns.answer, dns.refuse, dns.rate_limit.
 // Metrics: sluice_dns_queries_total{type,result}.
@@ -289,12 +290,18 @@ func (s *Server) respond(q *dns.Msg, client netip.Addr, udp bool) *dns.Msg {
 	}
 	m, res := s.answer(q)
 	s.counts[qt][res].Inc()
-	if res != resultAnswered && res != resultNoData && s.log != nil {
-		name := ""
-		if len(q.Question) == 1 {
-			name = q.Question[0].Name
+	if s.log != nil {
+		refused := res != resultAnswered && res != resultNoData
+		if level := slog.LevelDebug; refused || s.log.Enabled(context.Background(), level) {
+			if refused {
+				level = slog.LevelInfo
+			}
+			name := ""
+			if len(q.Question) == 1 {
+				name = q.Question[0].Name
+			}
+			s.log.Log(context.Background(), level, "dns query", "client_ip", client.String(), "name", name, "type", qtypeNames[qt], "result", resultNames[res])
 		}
-		s.log.Info("dns query refused", "client_ip", client.String(), "name", name, "type", qtypeNames[qt], "result", resultNames[res])
 	}
 	if udp {
 		size := dns.MinMsgSize
