@@ -38,6 +38,8 @@ usage:
                                        list, add or lift client bans in the running sluice
   sluice reload -c FILE                validate FILE and swap it into the running sluice
   sluice hosts suggest [LOG_FILE...]   turn report mode's log into a hosts section
+  sluice firewall [-c FILE] --clients CIDR [--format nft|iptables]
+                                       print rules that leave clients no way out but sluice
   sluice dns [-c FILE] pins | accept HOST
                                        list the DNS pins, or accept the answer that disagreed
   sluice version                       print the version
@@ -72,6 +74,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return reloadCmd(rest, stdout, stderr)
 	case "dns":
 		return dnsCmd(rest, stdout, stderr)
+	case "firewall":
+		return firewallCmd(rest, stdout, stderr)
 	case "version":
 		fs, _ := flags("version", stdout, stderr)
 		if done, err := parse(fs, rest); done {

@@ -102,3 +102,16 @@ func RequireNodeModule(t testing.TB, name string) string {
 	t.Skip("skipping: " + msg)
 	return ""
 }
+
+// RequireRoot skips a test that needs root (network namespaces, packet
+// filters), or fails it under SLUICE_REQUIRE_INTEGRATION=1.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("SLUICE_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf("%s needs root (SLUICE_REQUIRE_INTEGRATION=1)", why)
+	}
+	t.Skipf("skipping: %s needs root", why)
+}
