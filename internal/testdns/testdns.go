@@ -22,11 +22,17 @@ type Resolver struct {
 	queries map[string]int
 }
 
-// Start serves until the test ends.
+// Start serves on a loopback port until the test ends.
 func Start(t testing.TB) *Resolver {
 	t.Helper()
-	r := &Resolver{answers: map[string][]netip.Addr{}, queries: map[string]int{}}
 	pc, ln := Listen(t)
+	return Serve(t, pc, ln)
+}
+
+// Serve serves on pc and ln (one address, UDP and TCP) until the test ends.
+func Serve(t testing.TB, pc net.PacketConn, ln net.Listener) *Resolver {
+	t.Helper()
+	r := &Resolver{answers: map[string][]netip.Addr{}, queries: map[string]int{}}
 	r.Addr = ln.Addr().String()
 	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: r}, {Listener: ln, Handler: r}} {
 		go srv.ActivateAndServe()
