@@ -293,3 +293,30 @@ func parseVerb(fs *pflag.FlagSet, args []string) (verb string, operands []string
 	}
 	return fs.Arg(0), fs.Args()[1:], false, nil
 }
+
+// healthCmd asks the running sluice's /healthz: nil while it serves.
+func healthCmd(args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("health", stdout, stderr)
+	if done, err := parse(fs, args); done {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen.Admin == config.Off {
+		return errors.New("listen.admin is off: the health check asks the admin listener's /healthz")
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
+	resp, err := client.Get("http://" + clientAddr(cfg.Listen.Admin) + "/healthz")
+	if err != nil {
+		return fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("sluice is not serving: %s %s", resp.Status, bytes.TrimSpace(body))
+	}
+	fmt.Fprintln(stdout, "ok")
+	return nil
+}

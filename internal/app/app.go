@@ -29,7 +29,7 @@ const usage = `sluice: an egress gateway for API clients
 usage:
   sluice run [-c FILE]                 run the proxy (embedded default config without -c)
   sluice check [-c FILE]               validate a config and print it with defaults filled in
-  sluice ca export [-c FILE] [--format pem|p12] [-o FILE]
+  sluice ca export [-c FILE] [--format pem|bundle|p12] [-o FILE]
                                        write the CA certificate clients must trust
   sluice env [-c FILE]                 print shell exports that point clients at sluice
   sluice blobs [-c FILE] ls | rm ID | rm --all | gc
@@ -42,6 +42,7 @@ usage:
                                        print rules that leave clients no way out but sluice
   sluice dns [-c FILE] pins | accept HOST
                                        list the DNS pins, or accept the answer that disagreed
+  sluice health [-c FILE]              exit 0 if the running sluice serves (a health check)
   sluice version                       print the version
 
 Each command takes --help.
@@ -76,6 +77,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return dnsCmd(rest, stdout, stderr)
 	case "firewall":
 		return firewallCmd(rest, stdout, stderr)
+	case "health":
+		return healthCmd(rest, stdout, stderr)
 	case "version":
 		fs, _ := flags("version", stdout, stderr)
 		if done, err := parse(fs, rest); done {
@@ -116,7 +119,8 @@ type command struct {
 var commands = map[string]command{
 	"run":           {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
 	"check":         {"check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand"},
-	"ca export":     {"ca export [-c FILE] [--format pem|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
+	"ca export":     {"ca export [-c FILE] [--format pem|bundle|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
+	"health":        {"health [-c FILE]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml"},
 	"env":           {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
 	"blobs":         {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
 	"bans":          {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
@@ -211,7 +215,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) error {
 
 func caExportCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("ca export", stdout, stderr)
-	format := fs.String("format", "pem", "`pem` or p12 (a PKCS#12 trust store: the certificate, never the key)")
+	format := fs.String("format", "pem", "`pem`, bundle (the system roots and the CA, for REQUESTS_CA_BUNDLE or SSL_CERT_FILE) or p12 (a PKCS#12 trust store: the certificate, never the key)")
 	outPath := fs.StringP("output", "o", "", "write to `FILE` instead of standard output")
 	password := fs.String("password", "changeit", "password of the p12 trust store (Java's default)")
 	if done, err := parse(fs, args); done {
@@ -229,12 +233,16 @@ func caExportCmd(args []string, stdout, stderr io.Writer) error {
 	switch *format {
 	case "pem":
 		data = root.CertPEM
+	case "bundle":
+		if data, err = root.Bundle(); err != nil {
+			return err
+		}
 	case "p12":
 		if data, err = root.PKCS12(*password); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("--format %q: want pem or p12", *format)
+		return fmt.Errorf("--format %q: want pem, bundle or p12", *format)
 	}
 	if *outPath == "" {
 		_, err = stdout.Write(data)

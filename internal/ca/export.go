@@ -36,6 +36,15 @@ func BundlePath(dir string) string { return filepath.Join(dir, "ca-bundle.pem") 
 // REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE). It returns the path.
 func (r *Root) WriteBundle(dir string) (string, error) {
 	path := BundlePath(dir)
+	b, err := r.Bundle()
+	if err != nil {
+		return "", err
+	}
+	return path, atomicfile.Write(path, b, 0o644)
+}
+
+// Bundle is the system roots followed by sluice's CA certificate.
+func (r *Root) Bundle() ([]byte, error) {
 	var b bytes.Buffer
 	found := false
 	for _, p := range systemBundles {
@@ -51,9 +60,9 @@ func (r *Root) WriteBundle(dir string) (string, error) {
 		break
 	}
 	if !found {
-		return "", errors.New("no system root bundle found (looked in " + fmt.Sprint(systemBundles) + "); install ca-certificates")
+		return nil, errors.New("no system root bundle found (looked in " + fmt.Sprint(systemBundles) + "); install ca-certificates")
 	}
 	b.WriteString("# sluice CA\n")
 	b.Write(r.CertPEM)
-	return path, atomicfile.Write(path, b.Bytes(), 0o644)
+	return b.Bytes(), nil
 }
