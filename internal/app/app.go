@@ -42,6 +42,8 @@ usage:
                                        print rules that leave clients no way out but sluice
   sluice dns [-c FILE] pins | accept HOST
                                        list the DNS pins, or accept the answer that disagreed
+  sluice fleet --base CONFIG.json (--strategies DIR | --split N)
+                                       write freqtrade bot configs and a compose file for them
   sluice health [-c FILE]              exit 0 if the running sluice serves (a health check)
   sluice version                       print the version
 
@@ -79,6 +81,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return firewallCmd(rest, stdout, stderr)
 	case "health":
 		return healthCmd(rest, stdout, stderr)
+	case "fleet":
+		return fleetCmd(rest, stdout, stderr)
 	case "version":
 		fs, _ := flags("version", stdout, stderr)
 		if done, err := parse(fs, rest); done {
@@ -125,6 +129,7 @@ var commands = map[string]command{
 	"blobs":         {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
 	"bans":          {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
 	"reload":        {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
+	"fleet":         {"fleet --base CONFIG.json (--strategies DIR | --split N) [-o DIR] [--proxy URL] [--ca FILE] [--dns IP]", "Write a freqtrade config per bot (one per strategy file, or the base's pair whitelist split across N bots), each with its own name and database and the ccxt settings that send both its clients through sluice, and compose.fleet.yaml that puts them on deploy/compose.yaml's internal network.", "sluice fleet --base user_data/config.json --split 4 -o user_data/fleet"},
 	"firewall":      {"firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports and its resolvers. Apply with nft -f (or iptables-restore --noflush).", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -"},
 	"dns":           {"dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com"},
 	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
