@@ -1,0 +1,243 @@
+// Package redisstore keeps the state a fleet of sluice instances shares in
+// Redis: budget meters, each call one atomic Lua script (one round trip),
+// and the ban list (a hash of bans and a channel announcing changes, which
+// every instance mirrors in memory, so that checking a ban costs no round
+// trip). Times are the callers': instances agree on the clock by NTP, and
+// tests may run the contract suite on a clock of their own.
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"sluice/internal/store"
+)
+
+// Meters are budget meters in Redis under prefix.
+type Meters struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+var _ store.Meters = (*Meters)(nil)
+
+// NewMeters returns the meters kept in rdb under keys starting with prefix.
+func NewMeters(rdb redis.UniversalClient, prefix string) *Meters {
+	return &Meters{rdb: rdb, prefix: prefix}
+}
+
+// Meter returns the shared meter of key.
+func (m *Meters) Meter(key string, spec store.MeterSpec) store.Meter {
+	k := m.prefix + "meter:" + key
+	if spec.Model == store.Bucket {
+		return &bucket{rdb: m.rdb, key: k, burst: spec.Limit, rate: spec.Rate}
+	}
+	return &window{rdb: m.rdb, key: k, limit: spec.Limit, span: spec.Window}
+}
+
+func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+
+func fromMicros(v any) time.Duration {
+	f, _ := strconv.ParseFloat(v.(string), 64)
+	return time.Duration(math.Ceil(f)) * time.Microsecond
+}
+
+// The window: a sorted set of spendings (score: when, member: id:cost) and
+// their running sum; a spending is held span plus a guard, as the
+// in-memory window holds it (store.MemoryMeters).
+var windowScript = redis.NewScript(`
+local set, sumkey, seq = KEYS[1], KEYS[2], KEYS[3]
+local now, hold, limit, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local function costof(m) return tonumber(string.match(m, ':(.*)$')) end
+local sum = tonumber(redis.call('GET', sumkey) or '0')
+local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - hold)
+for _, m in ipairs(old) do sum = sum - costof(m) end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now - hold) end
+if redis.call('ZCARD', set) == 0 then sum = 0 end
+local ttl = math.ceil(hold / 1000) * 2 + 1000
+local function save()
+  redis.call('SET', sumkey, tostring(sum), 'PX', ttl)
+  redis.call('PEXPIRE', set, ttl)
+  redis.call('PEXPIRE', seq, ttl)
+end
+local function spend(c)
+  redis.call('ZADD', set, now, redis.call('INCR', seq) .. ':' .. tostring(c))
+  sum = sum + c
+end
+if mode == 'avail' then save() return tostring(math.max(limit - sum, 0)) end
+if mode == 'sync' then
+  if cost > sum then spend(cost - sum) end
+  save() return '0'
+end
+local over = sum + cost - limit
+if over <= 0 then
+  if mode == 'take' then spend(cost) end
+  save() return '0'
+end
+local all = redis.call('ZRANGE', set, 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  over = over - costof(all[i])
+  if over <= 1e-9 then save() return tostring(tonumber(all[i+1]) + hold - now) end
+end
+save() return tostring(hold)
+`)
+
+type window struct {
+	rdb   redis.UniversalClient
+	key   string
+	limit float64
+	span  time.Duration
+}
+
+func (w *window) hold() time.Duration { return w.span + min(w.span/20, time.Second) }
+
+func (w *window) run(ctx context.Context, now time.Time, cost float64, mode string) (any, error) {
+	return windowScript.Run(ctx, w.rdb, []string{w.key + ":set", w.key + ":sum", w.key + ":seq"},
+		micros(now), w.hold().Microseconds(), w.limit, cost, mode).Result()
+}
+
+func (w *window) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
+	v, err := w.run(ctx, now, cost, "wait")
+	if err != nil {
+		return 0, err
+	}
+	return fromMicros(v), nil
+}
+
+func (w *window) Take(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
+	v, err := w.run(ctx, now, cost, "take")
+	if err != nil {
+		return 0, err
+	}
+	return fromMicros(v), nil
+}
+
+func (w *window) Sync(ctx context.Context, now time.Time, used float64) error {
+	_, err := w.run(ctx, now, used, "sync")
+	return err
+}
+
+func (w *window) Reshape(context.Context, float64, float64) error { return nil }
+
+func (w *window) Available(ctx context.Context, now time.Time) (float64, error) {
+	v, err := w.run(ctx, now, 0, "avail")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(v.(string), 64)
+}
+
+func (w *window) Capacity() float64 { return w.limit }
+
+// The bucket: a hash of what is spent (level), when it last leaked, and
+// the shape, which Reshape changes for every instance.
+var bucketScript = redis.NewScript(`
+local key = KEYS[1]
+local now, burst, rate, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local h = redis.call('HMGET', key, 'level', 'last', 'burst', 'rate')
+local level, last = tonumber(h[1] or '0'), tonumber(h[2] or '0')
+if h[3] then burst = tonumber(h[3]) end
+if h[4] then rate = tonumber(h[4]) end
+if last > 0 and now > last then level = math.max(level - rate * (now - last) / 1e6, 0) end
+if now > last then last = now end
+local function save()
+  redis.call('HSET', key, 'level', tostring(level), 'last', tostring(last), 'burst', tostring(burst), 'rate', tostring(rate))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) * 2 + 60000)
+end
+if mode == 'reshape' then
+  if cost > 0 then burst = cost end
+  if tonumber(ARGV[6]) > 0 then rate = tonumber(ARGV[6]) end
+  save() return tostring(burst)
+end
+if mode == 'avail' then save() return tostring(math.max(burst - level, 0)) .. ' ' .. tostring(burst) end
+if mode == 'sync' then
+  if cost > level then level = cost end
+  save() return '0'
+end
+local over = level + cost - burst
+if over <= 1e-9 then
+  if mode == 'take' then level = level + cost end
+  save() return '0'
+end
+save() return tostring(over / rate * 1e6)
+`)
+
+type bucket struct {
+	rdb redis.UniversalClient
+	key string
+
+	mu          sync.Mutex // guards the shape last seen, for Capacity
+	burst, rate float64
+}
+
+func (b *bucket) run(ctx context.Context, now time.Time, cost float64, mode string, extra float64) (any, error) {
+	b.mu.Lock()
+	burst, rate := b.burst, b.rate
+	b.mu.Unlock()
+	return bucketScript.Run(ctx, b.rdb, []string{b.key}, micros(now), burst, rate, cost, mode, extra).Result()
+}
+
+func (b *bucket) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
+	v, err := b.run(ctx, now, cost, "wait", 0)
+	if err != nil {
+		return 0, err
+	}
+	return fromMicros(v), nil
+}
+
+func (b *bucket) Take(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
+	v, err := b.run(ctx, now, cost, "take", 0)
+	if err != nil {
+		return 0, err
+	}
+	return fromMicros(v), nil
+}
+
+func (b *bucket) Sync(ctx context.Context, now time.Time, used float64) error {
+	_, err := b.run(ctx, now, used, "sync", 0)
+	return err
+}
+
+func (b *bucket) Reshape(ctx context.Context, capacity, rate float64) error {
+	v, err := b.run(ctx, time.Time{}, capacity, "reshape", rate)
+	if err != nil {
+		return err
+	}
+	burst, err := strconv.ParseFloat(v.(string), 64)
+	if err == nil {
+		b.mu.Lock()
+		b.burst = burst
+		if rate > 0 {
+			b.rate = rate
+		}
+		b.mu.Unlock()
+	}
+	return err
+}
+
+func (b *bucket) Available(ctx context.Context, now time.Time) (float64, error) {
+	v, err := b.run(ctx, now, 0, "avail", 0)
+	if err != nil {
+		return 0, err
+	}
+	var avail, burst float64
+	if _, err := fmt.Sscan(v.(string), &avail, &burst); err != nil {
+		return 0, err
+	}
+	b.mu.Lock()
+	b.burst = burst // another instance may have reshaped it
+	b.mu.Unlock()
+	return avail, nil
+}
+
+func (b *bucket) Capacity() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.burst
+}
