@@ -29,6 +29,7 @@ import (
 
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
+	"sluice/internal/testredis"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -543,10 +544,11 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 // before any request (zero counters), so that alerts on them work; a
 // budget's series exist for every budget the config names, a rule set's
 // for every check it makes, the requests' for each entry point's decisions,
-// the DNS server's and the pins' once they are on.
+// the DNS server's, the pins' and the fleet's once they are on.
 func TestSeriesFromTheStart(t *testing.T) {
+	redis := testredis.Start(t)
 	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n") +
-		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\n"
+		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\"}\n"
 	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	if err != nil {

@@ -22,7 +22,7 @@ import (
 // newGateway builds every component that outlives a reload (the CA's leaf
 // cache, the response cache, the budgets, the server), hands them to the
 // gateway and puts t in force. It starts nothing.
-func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.Writer, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans) (*route.Gateway, *proxy.Server, error) {
+func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.Writer, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans, meters store.Meters) (*route.Gateway, *proxy.Server, error) {
 	cfg := t.Config
 	gw := &route.Gateway{}
 	authority, err := ca.New(root, ca.Options{
@@ -44,7 +44,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 	if err != nil {
 		return nil, nil, err
 	}
-	limiter, err := throttle.New(log.With("component", "throttle"), time.Now, reg, store.MemoryMeters{})
+	limiter, err := throttle.New(log.With("component", "throttle"), time.Now, reg, meters)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -39,6 +39,7 @@ import (
 	"sluice/internal/resolve"
 	"sluice/internal/route"
 	"sluice/internal/store"
+	"sluice/internal/store/redisstore"
 )
 
 // runCmd runs the gateway until ctx ends. SIGHUP re-reads the config: a
@@ -117,7 +118,23 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		dial.Pins = pins
 	}
-	bans, err := filter.NewBans(banList, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
+	// One gateway of a fleet shares budgets and bans in Redis; alone, they
+	// stay here (the ban list in the data dir, also a fleet member's
+	// fallback while Redis is gone).
+	var meters store.Meters = store.MemoryMeters{}
+	var sharedBans store.BanList = banList
+	var fleet *redisstore.Fleet
+	if table.FleetRedis != nil {
+		if fleet, err = redisstore.NewFleet(table.FleetRedis, cfg.Fleet.Instance, cfg.Fleet.Timeout.D(), log.With("component", "fleet"), reg); err != nil {
+			return err
+		}
+		meters = fleet.Meters()
+		fleetBans := fleet.Bans(ctx, banList)
+		defer fleetBans.Close()
+		sharedBans = fleetBans
+		log.Info("fleet member", "instance", cfg.Fleet.Instance, "redis", table.FleetRedis.Addr)
+	}
+	bans, err := filter.NewBans(sharedBans, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
 	if err != nil {
 		return err
 	}
@@ -125,7 +142,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if cfg.Log.Format == "json" {
 		accessLines = logOut // the access line without slog's generic path
 	}
-	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans)
+	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans, meters)
 	if err != nil {
 		return err
 	}
@@ -174,6 +191,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if pins != nil {
 		g.Go(func() error { pins.Keep(gctx, dial.Resolver(), cfg.DNS.Recheck.D()); return nil })
+	}
+	if fleet != nil {
+		g.Go(func() error { fleet.Run(gctx); return nil })
 	}
 	proxyDone := make(chan struct{})
 	g.Go(func() error {
@@ -327,6 +347,7 @@ func restartOnlyChanges(running, next *config.Config) []string {
 		{"dns.resolvers", !slices.Equal(next.DNS.Resolvers, running.DNS.Resolvers)},
 		{"dns.pin", next.DNS.Pin != running.DNS.Pin},
 		{"dns.recheck", next.DNS.Recheck != running.DNS.Recheck},
+		{"fleet", next.Fleet != running.Fleet},
 		{"log.file", next.Log.File != running.Log.File || next.Log.MaxSize != running.Log.MaxSize || next.Log.MaxFiles != running.Log.MaxFiles},
 	} {
 		if k.changed {

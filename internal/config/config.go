@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,6 +42,7 @@ type Config struct {
 	CA       CA                  `yaml:"ca"`
 	Log      Log                 `yaml:"log"`
 	DNS      DNS                 `yaml:"dns"`
+	Fleet    Fleet               `yaml:"fleet"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory
@@ -73,6 +75,18 @@ type Listen struct {
 	// DNS is the DNS server (UDP and TCP) that answers allowed names with
 	// dns.answer and refuses every other. Default off.
 	DNS string `yaml:"dns,omitempty"`
+}
+
+// Fleet makes several instances one gateway: budgets and bans shared in
+// Redis. Without Redis everything stays in this instance's memory.
+type Fleet struct {
+	// Redis is a redis:// or rediss:// URL.
+	Redis string `yaml:"redis,omitempty"`
+	// Instance names this instance in the fleet. Default: the host name.
+	Instance string `yaml:"instance,omitempty"`
+	// Timeout bounds every call to Redis; past it the instance falls back
+	// to its own share. Default 100ms.
+	Timeout Duration `yaml:"timeout,omitempty"`
 }
 
 // DNS configures sluice's DNS server and how sluice itself resolves.
@@ -347,6 +361,12 @@ func (c *Config) applyDefaults() {
 	}
 	setString(&c.DNS.Pin, Off)
 	setDuration(&c.DNS.Recheck, 10*time.Minute)
+	if c.Fleet.Redis != "" {
+		if h, err := os.Hostname(); err == nil {
+			setString(&c.Fleet.Instance, h)
+		}
+		setDuration(&c.Fleet.Timeout, 100*time.Millisecond)
+	}
 	setString(&c.DataDir, DefaultDataDir())
 	if c.Policy == "" {
 		c.Policy = PolicyEnforce
@@ -494,6 +514,15 @@ func redact(n *yaml.Node) {
 			if v.Kind == yaml.ScalarNode && (strings.Contains(k, "password") || strings.Contains(k, "secret") ||
 				strings.Contains(k, "token") || strings.Contains(k, "credential")) {
 				v.Value, v.Tag, v.Style = "REDACTED", "!!str", 0
+			}
+			if v.Kind == yaml.ScalarNode && strings.Contains(v.Value, "://") {
+				// A URL's password (fleet.redis: redis://:PASSWORD@host)
+				if u, err := url.Parse(v.Value); err == nil && u.User != nil {
+					if _, has := u.User.Password(); has {
+						u.User = url.UserPassword(u.User.Username(), "REDACTED")
+						v.Value = u.String()
+					}
+				}
 			}
 		}
 	}

@@ -179,6 +179,13 @@ func TestMarshalRedacted(t *testing.T) {
 	if out, err := c.MarshalRedacted(); err != nil || !strings.Contains(string(out), "a.test") {
 		t.Errorf("MarshalRedacted: %v\n%s", err, out)
 	}
+	c, err = Parse([]byte("fleet: {redis: \"rediss://sluice:s3cret@redis.internal:6380/2\"}\nhosts:\n  a.test: {}\n"), "t.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := c.MarshalRedacted(); strings.Contains(string(out), "s3cret") || !strings.Contains(string(out), "rediss://sluice:REDACTED@redis.internal:6380/2") {
+		t.Errorf("fleet.redis's password not redacted:\n%s", out)
+	}
 }
 
 // TestDataDirDefault: without data_dir, sluice keeps its state under

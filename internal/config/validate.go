@@ -82,6 +82,14 @@ func (c *Config) validate() []error {
 		errs = append(errs, r.validate(seen)...)
 	}
 	errs = append(errs, c.DNS.validate(c.Listen.DNS != Off)...)
+	if c.Fleet.Redis != "" {
+		if c.Fleet.Instance == "" {
+			add(errors.New("the host has no name: give this instance one"), "fleet", "instance")
+		}
+		if c.Fleet.Timeout <= 0 {
+			add(errors.New("must be positive"), "fleet", "timeout")
+		}
+	}
 
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
 		errs = append(errs, c.Hosts[pattern].validate(pattern)...)

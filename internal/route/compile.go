@@ -29,6 +29,8 @@ import (
 	"sluice/internal/proxy"
 	"sluice/internal/resolve"
 	"sluice/internal/throttle"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Table is the runtime form of one config: the policy and, for each host
@@ -44,8 +46,10 @@ type Table struct {
 	DNS *dnsserver.Answers
 	// Resolvers are dns.resolvers (none: the system's).
 	Resolvers []resolve.Server
-	routes    map[string]*Route // by hosts pattern, and policy.ReverseRule
-	handler   http.Handler      // the pipeline over this table, once Build ran
+	// FleetRedis is fleet.redis; nil: no fleet.
+	FleetRedis *redis.Options
+	routes     map[string]*Route // by hosts pattern, and policy.ReverseRule
+	handler    http.Handler      // the pipeline over this table, once Build ran
 }
 
 // Route is what the stages after the policy use for one host entry.
@@ -166,6 +170,11 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 	}
 	if rv := cfg.Listen.Reverse; rv != nil {
 		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
+	}
+	if cfg.Fleet.Redis != "" {
+		opts, err := redis.ParseURL(cfg.Fleet.Redis)
+		c.add(config.Under(err, "fleet", "redis"))
+		t.FleetRedis = opts
 	}
 	for i, r := range cfg.DNS.Resolvers {
 		srv, err := resolve.ParseServer(r)

@@ -43,26 +43,28 @@ var _ store.BanList = (*Bans)(nil)
 const refresh = 5 * time.Second
 
 // OpenBans loads the fleet's bans and follows their changes until Close;
-// now is the clock (nil: time.Now).
-func OpenBans(ctx context.Context, rdb redis.UniversalClient, prefix string, log *slog.Logger, now func() time.Time) (*Bans, error) {
+// now is the clock (nil: time.Now). Redis down at the start is logged: the
+// mirror fills when it answers (the reconnecting subscription and the
+// periodic read).
+func OpenBans(ctx context.Context, rdb redis.UniversalClient, prefix string, log *slog.Logger, now func() time.Time) *Bans {
 	if now == nil {
 		now = time.Now
 	}
 	b := &Bans{rdb: rdb, hash: prefix + "bans", ch: prefix + "bans:changed", prefix: prefix, now: now, log: log,
 		mirror: map[string]store.Ban{}, done: make(chan struct{})}
 	b.sub = rdb.Subscribe(ctx, b.ch)
-	if _, err := b.sub.Receive(ctx); err != nil { // subscribed before the first read: no change is missed
-		b.sub.Close()
-		return nil, err
+	// Subscribed before the first read, so that no change is missed.
+	_, err := b.sub.Receive(ctx)
+	if err == nil {
+		err = b.reload(ctx)
 	}
-	if err := b.reload(ctx); err != nil {
-		b.sub.Close()
-		return nil, err
+	if err != nil {
+		log.Warn("fleet ban list not readable yet; read again every "+refresh.String(), "error", err.Error())
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	go b.follow(fctx)
-	return b, nil
+	return b
 }
 
 // Close stops following the fleet's changes.

@@ -28,10 +28,7 @@ func TestBans(t *testing.T) {
 	rdb := srv.Client()
 	var n atomic.Int64
 	storetest.BanList(t, func(t *testing.T, now func() time.Time) store.BanList {
-		b, err := OpenBans(t.Context(), rdb, fmt.Sprintf("test%d:", n.Add(1)), slog.New(slog.DiscardHandler), now)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := OpenBans(t.Context(), rdb, fmt.Sprintf("test%d:", n.Add(1)), slog.New(slog.DiscardHandler), now)
 		t.Cleanup(func() { b.Close() })
 		return b
 	})
@@ -59,15 +56,9 @@ func TestFleetShares(t *testing.T) {
 	if granted != 10 {
 		t.Errorf("two instances granted %d of a shared budget of 10", granted)
 	}
-	la, err := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	la := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
 	defer la.Close()
-	lb, err := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lb := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
 	defer lb.Close()
 	start := time.Now()
 	la.Add(t.Context(), store.Ban{Client: "203.0.113.5", Until: start.Add(time.Hour), Reason: "test"})
