@@ -27,7 +27,8 @@ func (MemoryMeters) Meter(_ string, spec MeterSpec) Meter {
 // second), so that requests granted in turn but delivered with different
 // delays still land in different upstream windows.
 type window struct {
-	mu    sync.Mutex
+	mu     sync.Mutex
+	paused time.Time
 	limit float64
 	span  time.Duration
 	spent []spending // oldest first
@@ -55,6 +56,9 @@ func (w *window) expire(now time.Time) {
 }
 
 func (w *window) waitLocked(now time.Time, cost float64) time.Duration {
+	if now.Before(w.paused) {
+		return w.paused.Sub(now)
+	}
 	w.expire(now)
 	over := w.sum + cost - w.limit
 	if over <= 0 {
@@ -98,6 +102,15 @@ func (w *window) Sync(_ context.Context, now time.Time, used float64) error {
 
 func (w *window) Reshape(context.Context, float64, float64) error { return nil }
 
+func (w *window) Pause(_ context.Context, until time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if until.After(w.paused) {
+		w.paused = until
+	}
+	return nil
+}
+
 func (w *window) Available(_ context.Context, now time.Time) (float64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -115,6 +128,7 @@ type bucket struct {
 	burst, rate float64
 	level       float64
 	last        time.Time
+	paused      time.Time
 }
 
 func (b *bucket) leak(now time.Time) {
@@ -127,6 +141,9 @@ func (b *bucket) leak(now time.Time) {
 }
 
 func (b *bucket) waitLocked(now time.Time, cost float64) time.Duration {
+	if now.Before(b.paused) {
+		return b.paused.Sub(now)
+	}
 	b.leak(now)
 	over := b.level + cost - b.burst
 	if over <= 1e-9 {
@@ -167,6 +184,15 @@ func (b *bucket) Reshape(_ context.Context, capacity, rate float64) error {
 	}
 	if rate > 0 {
 		b.rate = rate
+	}
+	return nil
+}
+
+func (b *bucket) Pause(_ context.Context, until time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if until.After(b.paused) {
+		b.paused = until
 	}
 	return nil
 }

@@ -52,6 +52,10 @@ type Meter interface {
 	// Reshape sets a bucket's capacity and rate as the upstream reports its
 	// plan (a value of 0 is left as it is); a window ignores it.
 	Reshape(ctx context.Context, capacity, rate float64) error
+	// Pause holds every spending until until: the upstream answered 429
+	// or 418 to one of the budget's users, and every user must wait.
+	// Wait and Take return the rest of the pause meanwhile.
+	Pause(ctx context.Context, until time.Time) error
 	// Available is what fits now.
 	Available(ctx context.Context, now time.Time) (float64, error)
 	// Capacity is the most that fits at once.

@@ -59,6 +59,7 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 		}
 		in.backoff = d
 		in.pausedUntil = now.Add(d)
+		in.pause(in.pausedUntil) // every user of the budget waits (a fleet's other instances too)
 		l.metrics.limited(le.spec.name, status)
 		l.log.Warn("upstream rate limit: budget paused", "budget", le.spec.name, "host", host,
 			"status", status, "pause", d.String())

@@ -202,6 +202,12 @@ func (in *instance) sync(now time.Time, used float64) {
 	}
 }
 
+func (in *instance) pause(until time.Time) {
+	if err := in.m.Pause(in.l.ctx, until); err != nil {
+		in.l.log.Warn("budget meter not paused", "budget", in.name, "error", err.Error())
+	}
+}
+
 func (in *instance) reshape(capacity, rate float64) {
 	if err := in.m.Reshape(in.l.ctx, capacity, rate); err != nil {
 		in.l.log.Warn("budget meter not reshaped", "budget", in.name, "error", err.Error())

@@ -214,6 +214,14 @@ func (m *fleetMeter) Reshape(ctx context.Context, capacity, rate float64) error 
 	return nil
 }
 
+func (m *fleetMeter) Pause(ctx context.Context, until time.Time) error {
+	err := m.f.call(ctx, func(c context.Context) error { return m.shared.Pause(c, until) })
+	if m.local != nil || err != nil {
+		return m.localShare(ctx, time.Now()).Pause(ctx, until)
+	}
+	return nil
+}
+
 func (m *fleetMeter) Available(ctx context.Context, now time.Time) (a float64, err error) {
 	if m.f.call(ctx, func(c context.Context) error { a, err = m.shared.Available(c, now); return err }) != nil {
 		return m.localShare(ctx, now).Available(ctx, now)

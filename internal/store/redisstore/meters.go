@@ -52,8 +52,10 @@ func fromMicros(v any) time.Duration {
 // their running sum; a spending is held span plus a guard, as the
 // in-memory window holds it (store.MemoryMeters).
 var windowScript = redis.NewScript(`
-local set, sumkey, seq = KEYS[1], KEYS[2], KEYS[3]
+local set, sumkey, seq, pause = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, hold, limit, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local paused = tonumber(redis.call('GET', pause) or '0')
+if (mode == 'take' or mode == 'wait') and now < paused then return tostring(paused - now) end
 local function costof(m) return tonumber(string.match(m, ':(.*)$')) end
 local sum = tonumber(redis.call('GET', sumkey) or '0')
 local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - hold)
@@ -98,7 +100,7 @@ type window struct {
 func (w *window) hold() time.Duration { return w.span + min(w.span/20, time.Second) }
 
 func (w *window) run(ctx context.Context, now time.Time, cost float64, mode string) (any, error) {
-	return windowScript.Run(ctx, w.rdb, []string{w.key + ":set", w.key + ":sum", w.key + ":seq"},
+	return windowScript.Run(ctx, w.rdb, []string{w.key + ":set", w.key + ":sum", w.key + ":seq", w.key + ":pause"},
 		micros(now), w.hold().Microseconds(), w.limit, cost, mode).Result()
 }
 
@@ -125,6 +127,25 @@ func (w *window) Sync(ctx context.Context, now time.Time, used float64) error {
 
 func (w *window) Reshape(context.Context, float64, float64) error { return nil }
 
+func (w *window) Pause(ctx context.Context, until time.Time) error {
+	return pause(ctx, w.rdb, w.key+":pause", until)
+}
+
+// pauseScript extends a pause, never shortens it; the key lives as long as
+// the pause (from the caller's clock) and a second more.
+var pauseScript = redis.NewScript(`
+local ends = tonumber(ARGV[1])
+if ends > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 0
+`)
+
+func pause(ctx context.Context, rdb redis.UniversalClient, key string, until time.Time) error {
+	ttl := max(time.Until(until), 0) + time.Second
+	return pauseScript.Run(ctx, rdb, []string{key}, micros(until), ttl.Milliseconds()).Err()
+}
+
 func (w *window) Available(ctx context.Context, now time.Time) (float64, error) {
 	v, err := w.run(ctx, now, 0, "avail")
 	if err != nil {
@@ -138,8 +159,10 @@ func (w *window) Capacity() float64 { return w.limit }
 // The bucket: a hash of what is spent (level), when it last leaked, and
 // the shape, which Reshape changes for every instance.
 var bucketScript = redis.NewScript(`
-local key = KEYS[1]
+local key, pause = KEYS[1], KEYS[2]
 local now, burst, rate, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local paused = tonumber(redis.call('GET', pause) or '0')
+if (mode == 'take' or mode == 'wait') and now < paused then return tostring(paused - now) end
 local h = redis.call('HMGET', key, 'level', 'last', 'burst', 'rate')
 local level, last = tonumber(h[1] or '0'), tonumber(h[2] or '0')
 if h[3] then burst = tonumber(h[3]) end
@@ -180,7 +203,7 @@ func (b *bucket) run(ctx context.Context, now time.Time, cost float64, mode stri
 	b.mu.Lock()
 	burst, rate := b.burst, b.rate
 	b.mu.Unlock()
-	return bucketScript.Run(ctx, b.rdb, []string{b.key}, micros(now), burst, rate, cost, mode, extra).Result()
+	return bucketScript.Run(ctx, b.rdb, []string{b.key, b.key + ":pause"}, micros(now), burst, rate, cost, mode, extra).Result()
 }
 
 func (b *bucket) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
@@ -219,6 +242,10 @@ func (b *bucket) Reshape(ctx context.Context, capacity, rate float64) error {
 		b.mu.Unlock()
 	}
 	return err
+}
+
+func (b *bucket) Pause(ctx context.Context, until time.Time) error {
+	return pause(ctx, b.rdb, b.key+":pause", until)
 }
 
 func (b *bucket) Available(ctx context.Context, now time.Time) (float64, error) {

@@ -35,7 +35,7 @@ func TestBans(t *testing.T) {
 }
 
 // TestFleetShares: two instances' meters and ban lists over one Redis are
-// one budget and one ban list; a ban on one holds on the other within a
+// one budget, one pause and one ban list; a ban on one holds on the other within a
 // second, and how long it took is logged.
 func TestFleetShares(t *testing.T) {
 	srv := testredis.Start(t)
@@ -55,6 +55,14 @@ func TestFleetShares(t *testing.T) {
 	}
 	if granted != 10 {
 		t.Errorf("two instances granted %d of a shared budget of 10", granted)
+	}
+	// A 418 seen by one instance pauses the other.
+	other := b.Meter("bybit", spec)
+	if err := a.Meter("bybit", spec).Pause(t.Context(), now.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := other.Take(t.Context(), now, 1); err != nil || d != 2*time.Minute {
+		t.Errorf("the other instance's Take during the pause: wait %v, %v; want the 2 minutes", d, err)
 	}
 	la := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
 	defer la.Close()

@@ -139,6 +139,26 @@ func Meters(t *testing.T, newMeters func(t *testing.T) store.Meters) {
 		}
 	})
 
+	t.Run("a pause holds every spending until its end", func(t *testing.T) {
+		for _, m := range []store.Meter{window(t, 10, time.Minute), bucket(t, 10, 1)} {
+			if err := m.Pause(ctx, t0.Add(5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Pause(ctx, t0.Add(2*time.Second)); err != nil { // a shorter one does not cut it
+				t.Fatal(err)
+			}
+			if d := must(t)(m.Take(ctx, t0.Add(time.Second), 1)); d != 4*time.Second {
+				t.Errorf("%T: Take a second into a 5 s pause: wait %v, want 4s", m, d)
+			}
+			if d := must(t)(m.Wait(ctx, t0.Add(3*time.Second), 1)); d != 2*time.Second {
+				t.Errorf("%T: Wait 3 s into the pause: %v, want 2s", m, d)
+			}
+			if d := must(t)(m.Take(ctx, t0.Add(5*time.Second), 1)); d != 0 {
+				t.Errorf("%T: Take at the pause's end: wait %v", m, d)
+			}
+		}
+	})
+
 	t.Run("meters of different keys are apart", func(t *testing.T) {
 		ms := newMeters(t)
 		spec := store.MeterSpec{Model: store.Window, Limit: 1, Window: time.Minute}
