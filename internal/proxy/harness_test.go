@@ -48,11 +48,11 @@ type harness struct {
 	reverseAddr string
 	// The transparent listeners' addresses (listen.transparent_tls, _http).
 	transparentTLSAddr, transparentHTTPAddr string
-	bans        *filter.Bans
-	clients     map[bool]*http.Client
-	root        *ca.Root
-	dir         string
-	logs        *testenv.Buffer
+	bans                                    *filter.Bans
+	clients                                 map[bool]*http.Client
+	root                                    *ca.Root
+	dir                                     string
+	logs                                    *testenv.Buffer
 	// logBytes counts what was logged, also in a benchmark, whose log is not kept.
 	logBytes atomic.Int64
 	resolver *fakeResolver
@@ -64,6 +64,12 @@ type harness struct {
 // with "reverse: " is the reverse listener's entry under listen, and the
 // harness serves it on a loopback port of its own (reverseAddr).
 func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
+	t.Helper()
+	return newHarnessMeters(t, nil, hostsYAML, extra...)
+}
+
+// newHarnessMeters is newHarness with the budgets kept in meters (nil: in memory).
+func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra ...string) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	reverse := ""
@@ -122,7 +128,7 @@ func newHarness(t testing.TB, hostsYAML string, extra ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	limiter, err := throttle.New(log, time.Now, h.reg, nil)
+	limiter, err := throttle.New(log, time.Now, h.reg, meters)
 	if err != nil {
 		t.Fatal(err)
 	}
