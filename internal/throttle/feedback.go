@@ -68,7 +68,7 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 	}
 	in.synced, in.probing = true, false
 	le.done = true
-	l.metrics.available(le.spec.name, in.available(now))
+	in.report(now)
 	in.dispatch(now)
 }
 
@@ -211,6 +211,6 @@ func (le *Lease) observeCost(body []byte) {
 	now := l.now()
 	in.reshape(ts.MaximumAvailable, ts.RestoreRate) // the store's bucket and rate, as it reports them
 	in.sync(now, ts.MaximumAvailable-ts.CurrentlyAvailable)
-	l.metrics.available(le.spec.name, in.available(now))
+	in.report(now)
 	in.dispatch(now)
 }

@@ -21,6 +21,8 @@ type instance struct {
 	m    store.Meter
 	// pausedUntil holds every request after an upstream 429 or 418.
 	pausedUntil time.Time
+	// gaugeAt is when the available gauge was last set.
+	gaugeAt time.Time
 	backoff     time.Duration
 	// Until the upstream has reported its count once (synced), one request
 	// at a time goes out (probing): others outside sluice may have spent
@@ -212,6 +214,19 @@ func (in *instance) reshape(capacity, rate float64) {
 	if err := in.m.Reshape(in.l.ctx, capacity, rate); err != nil {
 		in.l.log.Warn("budget meter not reshaped", "budget", in.name, "error", err.Error())
 	}
+}
+
+// gaugeEvery is how often the available gauge is read from the meter: a
+// shared meter's every read is a round trip to Redis.
+const gaugeEvery = 250 * time.Millisecond
+
+// report sets the budget's available gauge, at most every gaugeEvery.
+func (in *instance) report(now time.Time) {
+	if !in.gaugeAt.IsZero() && now.Sub(in.gaugeAt) < gaugeEvery {
+		return
+	}
+	in.gaugeAt = now
+	in.l.metrics.available(in.name, in.available(now))
 }
 
 func (in *instance) available(now time.Time) float64 {

@@ -262,7 +262,7 @@ func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.
 		return nil, err
 	}
 	in.mu.Lock()
-	l.metrics.available(spec.name, in.available(l.now()))
+	in.report(l.now())
 	in.mu.Unlock()
 	return &Lease{l: l, spec: spec, in: in, Waited: waited}, nil
 }
