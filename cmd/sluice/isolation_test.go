@@ -101,7 +101,7 @@ hosts:
 	}
 	t.Cleanup(func() { sluice.Process.Signal(os.Interrupt); sluice.Wait() })
 	fromBot := n.Dialer("bot", 2*time.Second)
-	waitFor(t, "sluice listening in the gateway", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "sluice listening in the gateway", func() bool {
 		c, err := fromBot(context.Background(), "tcp", "10.77.1.1:3128")
 		if err == nil {
 			c.Close()
@@ -200,16 +200,4 @@ func lookup(dial func(context.Context, string, string) (net.Conn, error), server
 		}
 	}
 	return "", fmt.Errorf("no A record: %s", dns.RcodeToString[r.Rcode])
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for range 100 {
-		if cond() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }

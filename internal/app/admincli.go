@@ -61,11 +61,10 @@ func adminToken(dataDir string, create bool) (string, error) {
 // adminCall sends one request to the running sluice's admin listener,
 // with the token from the data dir, and returns the body of a 200.
 func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, error) {
-	if cfg.Listen.Admin == config.Off {
-		return nil, errors.New("listen.admin is off: this command talks to the running sluice through it")
+	client, base, err := adminEndpoint(cfg, 30*time.Second)
+	if err != nil {
+		return nil, err
 	}
-	base := "http://" + clientAddr(cfg.Listen.Admin)
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
 	tok, err := adminToken(cfg.Path(cfg.DataDir), false)
 	if errors.Is(err, os.ErrNotExist) {
 		// The running sluice may keep its data elsewhere (a config being
@@ -294,6 +293,16 @@ func parseVerb(fs *pflag.FlagSet, args []string) (verb string, operands []string
 	return fs.Arg(0), fs.Args()[1:], false, nil
 }
 
+// adminEndpoint is the running sluice's admin listener as a local client
+// reaches it, and a client for it that never goes through a proxy from
+// the environment.
+func adminEndpoint(cfg *config.Config, timeout time.Duration) (*http.Client, string, error) {
+	if cfg.Listen.Admin == config.Off {
+		return nil, "", errors.New("listen.admin is off: this command talks to the running sluice through it")
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{}}, "http://" + clientAddr(cfg.Listen.Admin), nil
+}
+
 // healthCmd asks the running sluice's /healthz: nil while it serves.
 func healthCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("health", stdout, stderr)
@@ -304,11 +313,11 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Listen.Admin == config.Off {
-		return errors.New("listen.admin is off: the health check asks the admin listener's /healthz")
+	client, base, err := adminEndpoint(cfg, 5*time.Second)
+	if err != nil {
+		return err
 	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}} // never via a proxy from the environment
-	resp, err := client.Get("http://" + clientAddr(cfg.Listen.Admin) + "/healthz")
+	resp, err := client.Get(base + "/healthz")
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
 	}

@@ -58,31 +58,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.New("no command given")
 	}
 	cmd, rest := args[0], args[1:]
+	if run, ok := plainCommands[cmd]; ok {
+		return run(rest, stdout, stderr)
+	}
 	switch cmd {
 	case "run":
 		return runCmd(ctx, rest, stdout, stderr)
-	case "check":
-		return checkCmd(rest, stdout, stderr)
 	case "ca":
 		return subcommand(cmd, "export", rest, stdout, func(args []string) error { return caExportCmd(args, stdout, stderr) })
-	case "env":
-		return envCmd(rest, stdout, stderr)
 	case "hosts":
 		return subcommand(cmd, "suggest", rest, stdout, func(args []string) error { return hostsSuggestCmd(args, os.Stdin, stdout, stderr) })
-	case "blobs":
-		return blobsCmd(rest, stdout, stderr)
-	case "bans":
-		return bansCmd(rest, stdout, stderr)
-	case "reload":
-		return reloadCmd(rest, stdout, stderr)
-	case "dns":
-		return dnsCmd(rest, stdout, stderr)
-	case "firewall":
-		return firewallCmd(rest, stdout, stderr)
-	case "health":
-		return healthCmd(rest, stdout, stderr)
-	case "fleet":
-		return fleetCmd(rest, stdout, stderr)
 	case "version":
 		fs, _ := flags("version", stdout, stderr)
 		if done, err := parse(fs, rest); done {
@@ -109,6 +94,13 @@ func subcommand(cmd, sub string, rest []string, stdout io.Writer, run func([]str
 		return errors.New("usage: sluice " + commands[cmd+" "+sub].synopsis)
 	}
 	return run(rest[1:])
+}
+
+// plainCommands are the commands that take their arguments, stdout and
+// stderr and nothing else.
+var plainCommands = map[string]func(args []string, stdout, stderr io.Writer) error{
+	"check": checkCmd, "env": envCmd, "blobs": blobsCmd, "bans": bansCmd, "reload": reloadCmd,
+	"dns": dnsCmd, "firewall": firewallCmd, "health": healthCmd, "fleet": fleetCmd,
 }
 
 func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" || s == "help" }

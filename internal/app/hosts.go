@@ -2,12 +2,14 @@ package app
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -84,7 +86,7 @@ func (s *suggestion) readLog(name string, stdin io.Reader) error {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
-		i := strings.IndexByte(string(line), '{')
+		i := bytes.IndexByte(line, '{')
 		if i < 0 {
 			continue
 		}
@@ -118,15 +120,8 @@ func (s *suggestion) add(l reportLine) {
 		if s.fixes == nil {
 			s.fixes = map[string]string{}
 		}
-		s.fixes[fmt.Sprintf("%s (%s)", hostPort(l.Host, l.Port), l.Reason)] = l.Fix
+		s.fixes[fmt.Sprintf("%s (%s)", net.JoinHostPort(l.Host, strconv.Itoa(int(l.Port))), l.Reason)] = l.Fix
 	}
-}
-
-func hostPort(host string, port uint16) string {
-	if strings.Contains(host, ":") {
-		host = "[" + host + "]"
-	}
-	return host + ":" + strconv.Itoa(int(port))
 }
 
 func (s *suggestion) write(w io.Writer) {

@@ -100,29 +100,17 @@ func (s *Spec) FromTable(t *route.Table) error {
 		s.Notes = append(s.Notes, "no dns.resolvers: sluice uses the system's, so DNS (port 53) to any server is allowed")
 	}
 	for _, r := range resolvers {
-		host, port, err := splitHostPort(r.Addr)
+		hp, err := hostport.Parse(r.Addr, 0)
 		if err != nil {
 			return err
 		}
-		res := Resolver{Port: port, TLS: r.TLS}
-		if a, err := netip.ParseAddr(host); err == nil {
+		res := Resolver{Port: hp.Port, TLS: r.TLS}
+		if a, err := netip.ParseAddr(hp.Host); err == nil {
 			res.Addr = a.Unmap()
 		}
 		s.Resolvers = append(s.Resolvers, res)
 	}
 	return nil
-}
-
-func splitHostPort(hp string) (string, uint16, error) {
-	i := strings.LastIndexByte(hp, ':')
-	if i < 0 {
-		return "", 0, fmt.Errorf("%q has no port", hp)
-	}
-	p, err := strconv.ParseUint(hp[i+1:], 10, 16)
-	if err != nil {
-		return "", 0, fmt.Errorf("%q: bad port", hp)
-	}
-	return strings.Trim(hp[:i], "[]"), uint16(p), nil
 }
 
 func (s *Spec) check() error {

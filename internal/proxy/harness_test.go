@@ -344,13 +344,7 @@ func (h *harness) accessLines() []map[string]any {
 // response was already delivered (an access line written after the body).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for range 500 {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
+	testenv.WaitFor(t, 5*time.Second, what, cond)
 }
 
 // metric returns the value of the counter or gauge name with the given

@@ -28,11 +28,11 @@ func (MemoryMeters) Meter(_ string, spec MeterSpec) Meter {
 // delays still land in different upstream windows.
 type window struct {
 	mu     sync.Mutex
-	paused time.Time
-	limit float64
-	span  time.Duration
-	spent []spending // oldest first
-	sum   float64
+	paused pause
+	limit  float64
+	span   time.Duration
+	spent  []spending // oldest first
+	sum    float64
 }
 
 type spending struct {
@@ -56,8 +56,8 @@ func (w *window) expire(now time.Time) {
 }
 
 func (w *window) waitLocked(now time.Time, cost float64) time.Duration {
-	if now.Before(w.paused) {
-		return w.paused.Sub(now)
+	if d := w.paused.left(now); d > 0 {
+		return d
 	}
 	w.expire(now)
 	over := w.sum + cost - w.limit
@@ -105,9 +105,7 @@ func (w *window) Reshape(context.Context, float64, float64) error { return nil }
 func (w *window) Pause(_ context.Context, until time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if until.After(w.paused) {
-		w.paused = until
-	}
+	w.paused.extend(until)
 	return nil
 }
 
@@ -128,7 +126,7 @@ type bucket struct {
 	burst, rate float64
 	level       float64
 	last        time.Time
-	paused      time.Time
+	paused      pause
 }
 
 func (b *bucket) leak(now time.Time) {
@@ -141,8 +139,8 @@ func (b *bucket) leak(now time.Time) {
 }
 
 func (b *bucket) waitLocked(now time.Time, cost float64) time.Duration {
-	if now.Before(b.paused) {
-		return b.paused.Sub(now)
+	if d := b.paused.left(now); d > 0 {
+		return d
 	}
 	b.leak(now)
 	over := b.level + cost - b.burst
@@ -191,9 +189,7 @@ func (b *bucket) Reshape(_ context.Context, capacity, rate float64) error {
 func (b *bucket) Pause(_ context.Context, until time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if until.After(b.paused) {
-		b.paused = until
-	}
+	b.paused.extend(until)
 	return nil
 }
 
@@ -208,4 +204,22 @@ func (b *bucket) Capacity() float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.burst
+}
+
+// pause holds a meter's spendings until its end; the meter's mutex guards it.
+type pause struct{ until time.Time }
+
+// extend makes the pause last until until, if that is later.
+func (p *pause) extend(until time.Time) {
+	if until.After(p.until) {
+		p.until = until
+	}
+}
+
+// left is what is left of the pause at now.
+func (p *pause) left(now time.Time) time.Duration {
+	if now.Before(p.until) {
+		return p.until.Sub(now)
+	}
+	return 0
 }

@@ -115,3 +115,17 @@ func RequireRoot(t testing.TB, why string) {
 	}
 	t.Skipf("skipping: %s needs root", why)
 }
+
+// WaitFor polls cond every tenth of within until it holds, and fails t
+// when within has passed: for state that settles after an answer was
+// already delivered (an access line, a listener coming up).
+func WaitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for range 100 {
+		if cond() {
+			return
+		}
+		time.Sleep(within / 100)
+	}
+	t.Fatalf("timed out after %v waiting for %s", within, what)
+}

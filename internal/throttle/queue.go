@@ -23,7 +23,7 @@ type instance struct {
 	pausedUntil time.Time
 	// gaugeAt is when the available gauge was last set.
 	gaugeAt time.Time
-	backoff     time.Duration
+	backoff time.Duration
 	// Until the upstream has reported its count once (synced), one request
 	// at a time goes out (probing): others outside sluice may have spent
 	// part of the budget already, and a burst could overrun it.

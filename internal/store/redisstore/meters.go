@@ -43,9 +43,18 @@ func (m *Meters) Meter(key string, spec store.MeterSpec) store.Meter {
 
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
 
-func fromMicros(v any) time.Duration {
-	f, _ := strconv.ParseFloat(v.(string), 64)
-	return time.Duration(math.Ceil(f)) * time.Microsecond
+// fromMicros reads a script's wait in microseconds; what is not a number
+// is an error, never a wait of 0 (which would spend what may not fit).
+func fromMicros(v any, err error) (time.Duration, error) {
+	if err != nil {
+		return 0, err
+	}
+	s, _ := v.(string)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, fmt.Errorf("budget script answered %v: %w", v, err)
+	}
+	return time.Duration(math.Ceil(f)) * time.Microsecond, nil
 }
 
 // The window: a sorted set of spendings (score: when, member: id:cost) and
@@ -105,19 +114,11 @@ func (w *window) run(ctx context.Context, now time.Time, cost float64, mode stri
 }
 
 func (w *window) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
-	v, err := w.run(ctx, now, cost, "wait")
-	if err != nil {
-		return 0, err
-	}
-	return fromMicros(v), nil
+	return fromMicros(w.run(ctx, now, cost, "wait"))
 }
 
 func (w *window) Take(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
-	v, err := w.run(ctx, now, cost, "take")
-	if err != nil {
-		return 0, err
-	}
-	return fromMicros(v), nil
+	return fromMicros(w.run(ctx, now, cost, "take"))
 }
 
 func (w *window) Sync(ctx context.Context, now time.Time, used float64) error {
@@ -151,7 +152,7 @@ func (w *window) Available(ctx context.Context, now time.Time) (float64, error) 
 	if err != nil {
 		return 0, err
 	}
-	return strconv.ParseFloat(v.(string), 64)
+	return strconv.ParseFloat(fmt.Sprint(v), 64)
 }
 
 func (w *window) Capacity() float64 { return w.limit }
@@ -207,19 +208,11 @@ func (b *bucket) run(ctx context.Context, now time.Time, cost float64, mode stri
 }
 
 func (b *bucket) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
-	v, err := b.run(ctx, now, cost, "wait", 0)
-	if err != nil {
-		return 0, err
-	}
-	return fromMicros(v), nil
+	return fromMicros(b.run(ctx, now, cost, "wait", 0))
 }
 
 func (b *bucket) Take(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
-	v, err := b.run(ctx, now, cost, "take", 0)
-	if err != nil {
-		return 0, err
-	}
-	return fromMicros(v), nil
+	return fromMicros(b.run(ctx, now, cost, "take", 0))
 }
 
 func (b *bucket) Sync(ctx context.Context, now time.Time, used float64) error {
@@ -232,7 +225,7 @@ func (b *bucket) Reshape(ctx context.Context, capacity, rate float64) error {
 	if err != nil {
 		return err
 	}
-	burst, err := strconv.ParseFloat(v.(string), 64)
+	burst, err := strconv.ParseFloat(fmt.Sprint(v), 64)
 	if err == nil {
 		b.mu.Lock()
 		b.burst = burst
@@ -254,7 +247,7 @@ func (b *bucket) Available(ctx context.Context, now time.Time) (float64, error) 
 		return 0, err
 	}
 	var avail, burst float64
-	if _, err := fmt.Sscan(v.(string), &avail, &burst); err != nil {
+	if _, err := fmt.Sscan(fmt.Sprint(v), &avail, &burst); err != nil {
 		return 0, err
 	}
 	b.mu.Lock()
