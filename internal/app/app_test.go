@@ -548,7 +548,7 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 func TestSeriesFromTheStart(t *testing.T) {
 	redis := testredis.Start(t)
 	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n") +
-		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\"}\n"
+		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\", cache: true}\n"
 	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	if err != nil {

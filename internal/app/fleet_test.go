@@ -3,6 +3,7 @@ package app
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -147,4 +148,129 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// TestFleetCache: three instances share a cache in Redis in front of an
+// upstream that counts its calls: many clients on every instance polling
+// a few keys across several TTLs make one upstream call per key per TTL
+// for the whole fleet; a response to a request with credentials never
+// reaches Redis; with Redis killed each instance still serves from its
+// own cache and upstream.
+func TestFleetCache(t *testing.T) {
+	redis := testredis.Start(t)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls[r.URL.RequestURI()]++
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // a fill others wait for
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"uri":%q}`, r.URL.RequestURI())
+	})
+	upCA := testpki.NewCA(t, "upstream CA")
+	srv := upCA.Upstream(t, up, "api.test")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	const ttl = time.Second
+	var fleet []*running
+	for i := range 3 {
+		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
+data_dir: data
+timeouts: {shutdown: 5s}
+fleet: {redis: %q, instance: sluice%d, cache: true}
+hosts:
+  api.test:
+    upstream_ca: %s
+    connect_to: %s
+    allow_private: true
+    cache: {rules: [{path: /api/, ttl: %s, public: true}]}
+`, redis.URL(), i, caPath, srv.Listener.Addr(), ttl)))
+	}
+	keys := []string{"/api/v3/ticker?symbol=BTCUSDT", "/api/v3/ticker?symbol=ETHUSDT", "/api/v3/depth?symbol=BTCUSDT"}
+	poll := func(d time.Duration, header http.Header) (served, failed int64) {
+		var wg sync.WaitGroup
+		var ok, bad atomic.Int64
+		deadline := time.Now().Add(d)
+		for _, r := range fleet {
+			c := r.client()
+			for i := range 8 {
+				wg.Go(func() {
+					for n := 0; time.Now().Before(deadline); n++ {
+						req, _ := http.NewRequest(http.MethodGet, "https://api.test"+keys[(i+n)%len(keys)], nil)
+						maps.Copy(req.Header, header)
+						resp, err := c.Do(req)
+						if err != nil {
+							bad.Add(1)
+							continue
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != http.StatusOK {
+							bad.Add(1)
+						} else {
+							ok.Add(1)
+						}
+					}
+				})
+			}
+		}
+		wg.Wait()
+		return ok.Load(), bad.Load()
+	}
+	start := time.Now()
+	served, failed := poll(3500*time.Millisecond, nil)
+	ttls := int(time.Since(start)/ttl) + 1 // the TTLs the polling touched
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed", failed, served+failed)
+	}
+	mu.Lock()
+	for _, k := range keys {
+		if calls[k] > ttls {
+			t.Errorf("%s: %d upstream calls in %d TTLs; the fleet must make one per TTL", k, calls[k], ttls)
+		}
+	}
+	t.Logf("%d requests served by 3 instances; upstream calls %v in %d TTLs", served, calls, ttls)
+	mu.Unlock()
+
+	// With credentials the response is the client's: each instance asks the upstream itself.
+	for _, r := range fleet {
+		req, _ := http.NewRequest(http.MethodGet, "https://api.test/api/v3/account", nil)
+		req.Header.Set("X-MBX-APIKEY", "key-of-one-bot")
+		resp, err := r.client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	if n := calls["/api/v3/account"]; n != 3 {
+		t.Errorf("a request with an API key on 3 instances made %d upstream calls, want 3: a credentialed response was shared", n)
+	}
+	mu.Unlock()
+	rdb := redis.Client()
+	names, err := rdb.Keys(t.Context(), "sluice:cache:e:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		body, _ := rdb.HGet(t.Context(), name, "b").Result()
+		if strings.Contains(body, "account") {
+			t.Errorf("Redis holds the response to a credentialed request: %s", body)
+		}
+	}
+
+	redis.Stop()
+	served, failed = poll(1500*time.Millisecond, nil)
+	if failed != 0 || served == 0 {
+		t.Errorf("with Redis down: %d served, %d failed; every instance must keep serving", served, failed)
+	}
+	for _, r := range fleet {
+		resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Logf("%s", grepLines(string(b), "sluice_cache_fleet_total"))
+	}
 }

@@ -22,7 +22,7 @@ import (
 // newGateway builds every component that outlives a reload (the CA's leaf
 // cache, the response cache, the budgets, the server), hands them to the
 // gateway and puts t in force. It starts nothing.
-func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.Writer, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans, meters store.Meters) (*route.Gateway, *proxy.Server, error) {
+func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.Writer, reg prometheus.Registerer, blobStore *blobs.Store, bans *filter.Bans, meters store.Meters, fleetCache cache.Shared) (*route.Gateway, *proxy.Server, error) {
 	cfg := t.Config
 	gw := &route.Gateway{}
 	authority, err := ca.New(root, ca.Options{
@@ -40,7 +40,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 	}
 	cc := cfg.Cache
 	respCache, err := cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes),
-		FetchTimeout: cc.FetchTimeout.D(), Log: log.With("component", "cache"), Registerer: reg})
+		FetchTimeout: cc.FetchTimeout.D(), Shared: fleetCache, Log: log.With("component", "cache"), Registerer: reg})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -124,6 +124,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var meters store.Meters = store.MemoryMeters{}
 	var sharedBans store.BanList = banList
 	var fleet *redisstore.Fleet
+	var fleetCache cache.Shared // an interface: nil unless set, never a nil *redisstore.Cache
 	if table.FleetRedis != nil {
 		if fleet, err = redisstore.NewFleet(table.FleetRedis, cfg.Fleet.Instance, cfg.Fleet.Timeout.D(), log.With("component", "fleet"), reg); err != nil {
 			return err
@@ -132,7 +133,15 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fleetBans := fleet.Bans(ctx, banList)
 		defer fleetBans.Close()
 		sharedBans = fleetBans
-		log.Info("fleet member", "instance", cfg.Fleet.Instance, "redis", table.FleetRedis.Addr)
+		if cfg.Fleet.Cache {
+			c, err := fleet.Cache(ctx, int64(cfg.Fleet.CacheMaxBytes), reg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			fleetCache = c
+		}
+		log.Info("fleet member", "instance", cfg.Fleet.Instance, "redis", table.FleetRedis.Addr, "cache", cfg.Fleet.Cache)
 	}
 	bans, err := filter.NewBans(sharedBans, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
 	if err != nil {
@@ -142,7 +151,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if cfg.Log.Format == "json" {
 		accessLines = logOut // the access line without slog's generic path
 	}
-	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans, meters)
+	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans, meters, fleetCache)
 	if err != nil {
 		return err
 	}

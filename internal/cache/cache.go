@@ -13,9 +13,12 @@
 // cache.fetch_timeout; per host: cache (rules | standard | off, or
 // {mode, rules, stale_if_error}).
 //
+// With a Shared level (fleet.cache), a local miss of a rules-mode key
+// without credentials looks there first and shares what it fetched.
+//
 // Metrics: sluice_cache_requests_total{result}, sluice_cache_coalesced_total,
 // sluice_cache_fills_total{outcome}, sluice_cache_evictions_total,
-// sluice_cache_bytes, sluice_cache_entries.
+// sluice_cache_bytes, sluice_cache_entries; sluice_cache_fleet_total{result} with Shared.
 package cache
 
 import (
@@ -40,6 +43,8 @@ type Options struct {
 	MaxObjectBytes int64
 	// FetchTimeout bounds one detached upstream fetch.
 	FetchTimeout time.Duration
+	// Shared (nil: none) is the fleet's cache behind this one (fleet.cache).
+	Shared Shared
 	// Now is the clock; nil is time.Now.
 	Now        func() time.Time
 	Log        *slog.Logger
@@ -60,6 +65,7 @@ type Cache struct {
 	coalesced prometheus.Counter
 	fills     *prometheus.CounterVec
 	evictions prometheus.Counter
+	fleet     *prometheus.CounterVec // nil without Shared
 	bytesG    prometheus.GaugeFunc
 	entriesG  prometheus.GaugeFunc
 }
@@ -121,9 +127,9 @@ func New(opts Options) (*Cache, error) {
 	})
 	c.fills = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "fills_total",
-		Help: "Upstream fetches made to fill the cache, by outcome: stored, not_stored, too_large, revalidated.",
+		Help: "Fills of the cache, by outcome: stored, not_stored, too_large, revalidated (upstream fetches), fleet (from another instance, no upstream call).",
 	}, []string{"outcome"})
-	for _, o := range []string{"stored", "not_stored", "too_large", "revalidated"} {
+	for _, o := range []string{"stored", "not_stored", "too_large", "revalidated", "fleet"} {
 		c.fills.WithLabelValues(o)
 	}
 	c.evictions = prometheus.NewCounter(prometheus.CounterOpts{
@@ -138,6 +144,11 @@ func New(opts Options) (*Cache, error) {
 	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.entries.Len()) })
 	if err := metrics.Register(opts.Registerer, c.requests, c.coalesced, c.fills, c.evictions, c.bytesG, c.entriesG); err != nil {
 		return nil, err
+	}
+	if opts.Shared != nil {
+		if c.fleet, err = newFleetCounter(opts.Registerer); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }

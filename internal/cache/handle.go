@@ -52,7 +52,11 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		c.bypass(w, r, next)
 		return
 	}
-	res, ok := c.fetch(w, r, key, next, nil, func(f *fetched) *entry {
+	var ff *fleetFill
+	if c.opts.Shared != nil && !obs.HasCredentials(r) {
+		ff = &fleetFill{ttl: ru.ttl, stale: rules.stale}
+	}
+	res, ok := c.fetch(w, r, key, next, ff, nil, func(f *fetched) *entry {
 		if f.tooLarge {
 			return &entry{key: key, pass: true, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl)}
 		}
@@ -107,6 +111,10 @@ func (c *Cache) deliver(w http.ResponseWriter, r *http.Request, res *fetched, ol
 	}
 	if res.tooLarge {
 		c.bypass(w, r, res.next)
+		return
+	}
+	if res.fromFleet {
+		c.serve(w, r, res.entry, "HIT", now) // no upstream call: another instance made it
 		return
 	}
 	if res.entry != nil && !res.entry.pass {
@@ -207,6 +215,8 @@ type fetched struct {
 	upstreamAddr, budget string
 	waited               time.Duration
 	next                 http.Handler
+	// fromFleet: the entry came from the fleet cache, not the upstream.
+	fromFleet bool
 }
 
 // failed reports whether the upstream failed: sluice could not reach it, or
@@ -231,10 +241,11 @@ type interimResponse struct {
 
 // fetch coalesces concurrent fetches of key: the first request starts one
 // detached upstream fetch, and it and every later request for key wait for
-// its result. prepare (optional) adds the cache's own validators to the
+// its result. ff (nil: none) makes the fill look in the fleet cache first
+// and share what it stores. prepare (optional) adds the cache's own validators to the
 // upstream request; store decides what to keep. ok is false when r's
 // client gave up waiting.
-func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next http.Handler, prepare func(*http.Request), store func(*fetched) *entry) (res *fetched, ok bool) {
+func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) (res *fetched, ok bool) {
 	c.mu.Lock()
 	f, joined := c.flights[key]
 	if !joined {
@@ -245,7 +256,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	if joined {
 		c.coalesced.Inc()
 	} else {
-		go c.run(f, key, r, next, prepare, store)
+		go c.run(f, key, r, next, ff, prepare, store)
 	}
 	interim := f.interim
 	if joined {
@@ -291,10 +302,18 @@ func writeInterim(w http.ResponseWriter, ir interimResponse) {
 
 // run performs a fetch on a context detached from the client's, so that
 // its client leaving does not cancel it for the other waiters.
-func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, prepare func(*http.Request), store func(*fetched) *entry) {
+func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
 	detached, rec := decision.Detach(r.Context())
 	ctx, cancel := context.WithTimeout(detached, c.opts.FetchTimeout)
 	defer cancel()
+	if ff != nil {
+		if e := c.fromFleet(ctx, key, ff); e != nil {
+			c.fills.WithLabelValues("fleet").Inc()
+			c.put(e)
+			c.land(f, key, &fetched{status: e.status, header: e.header, body: e.body, at: e.stored, entry: e, leader: r, next: next, fromFleet: true})
+			return
+		}
+	}
 	out := r.Clone(ctx)
 	out.Method = http.MethodGet
 	out.Body, out.ContentLength = http.NoBody, 0
@@ -324,6 +343,15 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, p
 	if res.entry != nil {
 		c.put(res.entry)
 	}
+	if ff != nil {
+		c.toFleet(ctx, key, ff, res.entry)
+	}
+	c.land(f, key, res)
+}
+
+// land ends flight f with res: its waiters get it, and the next miss of
+// key starts a new fill.
+func (c *Cache) land(f *flight, key string, res *fetched) {
 	c.mu.Lock()
 	delete(c.flights, key)
 	c.mu.Unlock()

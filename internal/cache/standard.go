@@ -279,7 +279,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 			out.Header.Set("If-Modified-Since", old.std.lastModified)
 		}
 	}
-	res, ok := c.fetch(w, r, key, next, prepare, func(f *fetched) *entry {
+	res, ok := c.fetch(w, r, key, next, nil, prepare, func(f *fetched) *entry {
 		if f.status == http.StatusNotModified && old != nil {
 			return c.freshen(old, f, requestTime)
 		}

@@ -87,6 +87,13 @@ type Fleet struct {
 	// Timeout bounds every call to Redis; past it the instance falls back
 	// to its own share. Default 100ms.
 	Timeout Duration `yaml:"timeout,omitempty"`
+	// Cache shares rules-mode responses (to requests without credentials)
+	// in Redis behind each instance's memory cache: one upstream call per
+	// key per TTL for the whole fleet.
+	Cache bool `yaml:"cache,omitempty"`
+	// CacheMaxBytes bounds the fleet cache in Redis; past it the entries
+	// nearest their expiry go first. Default 64MiB.
+	CacheMaxBytes ByteSize `yaml:"cache_max_bytes,omitempty"`
 }
 
 // DNS configures sluice's DNS server and how sluice itself resolves.
@@ -366,6 +373,9 @@ func (c *Config) applyDefaults() {
 			setString(&c.Fleet.Instance, h)
 		}
 		setDuration(&c.Fleet.Timeout, 100*time.Millisecond)
+		if c.Fleet.Cache && c.Fleet.CacheMaxBytes == 0 {
+			c.Fleet.CacheMaxBytes = 64 << 20
+		}
 	}
 	setString(&c.DataDir, DefaultDataDir())
 	if c.Policy == "" {

@@ -250,6 +250,8 @@ func TestTypeErrorsInWords(t *testing.T) {
 		{"hosts:\n  a.test: {upstrem_ca: ca.pem}\n", `t.yaml:2: unknown key "upstrem_ca" (did you mean "upstream_ca"?)`},
 		{"listen: {proxyy: 127.0.0.1:3128}\nhosts: {}\n", `t.yaml:1: unknown key "proxyy" (did you mean "proxy"?)`},
 		{"hosts: {}\nzzz: 1\n", `t.yaml:2: unknown key "zzz"`},
+		{"hosts: {}\nfleet: {cache: true}\n", `t.yaml:2: fleet.cache: needs fleet.redis: the fleet cache is kept in Redis`},
+		{"hosts: {}\nfleet: {redis: \"redis://r:6379\", cache: true, cache_max_bytes: 1KiB}\n", `fleet.cache_max_bytes: must hold at least one object of cache.max_object_bytes`},
 	} {
 		_, err := Parse([]byte(tt.doc), "t.yaml", t.TempDir())
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

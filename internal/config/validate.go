@@ -89,6 +89,11 @@ func (c *Config) validate() []error {
 		if c.Fleet.Timeout <= 0 {
 			add(errors.New("must be positive"), "fleet", "timeout")
 		}
+		if c.Fleet.Cache && c.Fleet.CacheMaxBytes < c.Cache.MaxObjectBytes {
+			add(fmt.Errorf("must hold at least one object of cache.max_object_bytes (%d)", c.Cache.MaxObjectBytes), "fleet", "cache_max_bytes")
+		}
+	} else if c.Fleet.Cache {
+		add(errors.New("needs fleet.redis: the fleet cache is kept in Redis"), "fleet", "cache")
 	}
 
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {

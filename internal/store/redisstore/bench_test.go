@@ -3,12 +3,17 @@ package redisstore
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"sluice/internal/cache"
 	"sluice/internal/store"
 	"sluice/internal/testredis"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // reportLatency adds the p50 and p99 of lat to the benchmark's output.
@@ -85,6 +90,63 @@ func BenchmarkBanPropagation(b *testing.B) {
 			time.Sleep(20 * time.Microsecond)
 		}
 		lat = append(lat, time.Since(start))
+	}
+	reportLatency(b, lat)
+}
+
+// BenchmarkFullWindowWait: a Wait on a window spent to its limit by 6,000
+// spendings (Binance's 6,000 weight a minute, one at a time), which must
+// find when enough of them leave.
+func BenchmarkFullWindowWait(b *testing.B) {
+	srv := testredis.Start(b)
+	spec := store.MeterSpec{Model: store.Window, Limit: 6000, Window: time.Minute}
+	m := NewMeters(srv.Client(), "bench:").Meter("full", spec)
+	start := time.Now()
+	for i := range 6000 {
+		if _, err := m.Take(b.Context(), start.Add(time.Duration(i)*time.Millisecond), 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+	now := start.Add(6 * time.Second)
+	var lat []time.Duration
+	for b.Loop() {
+		t := time.Now()
+		if d, err := m.Wait(b.Context(), now, 1); err != nil || d == 0 {
+			b.Fatalf("wait %v, %v on a full window", d, err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	reportLatency(b, lat)
+}
+
+// BenchmarkFleetCacheLookup: a local miss answered by the fleet cache (a
+// 2 KB response another instance stored), against Redis on loopback.
+func BenchmarkFleetCacheLookup(b *testing.B) {
+	srv := testredis.Start(b)
+	opts, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := NewFleet(opts, "bench", time.Second, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := f.Cache(b.Context(), 1<<20, prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	resp := &cache.SharedResponse{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: make([]byte, 2048), Fresh: time.Hour}
+	if err := c.Store(b.Context(), "GET api.test/ticker", resp); err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	for b.Loop() {
+		t := time.Now()
+		if got, _, err := c.Lookup(b.Context(), "GET api.test/ticker", time.Second); err != nil || got == nil {
+			b.Fatalf("lookup: %v, %v", got, err)
+		}
+		lat = append(lat, time.Since(t))
 	}
 	reportLatency(b, lat)
 }

@@ -91,10 +91,17 @@ if over <= 0 then
   if mode == 'take' then spend(cost) end
   save() return '0'
 end
-local all = redis.call('ZRANGE', set, 0, -1, 'WITHSCORES')
-for i = 1, #all, 2 do
-  over = over - costof(all[i])
-  if over <= 1e-9 then save() return tostring(tonumber(all[i+1]) + hold - now) end
+-- The oldest spendings, a few at a time: the wait ends when enough of
+-- them have left, which rarely needs the whole set.
+local from = 0
+while true do
+  local some = redis.call('ZRANGE', set, from, from + 31, 'WITHSCORES')
+  if #some == 0 then break end
+  for i = 1, #some, 2 do
+    over = over - costof(some[i])
+    if over <= 1e-9 then save() return tostring(tonumber(some[i+1]) + hold - now) end
+  end
+  from = from + 32
 end
 save() return tostring(hold)
 `)

@@ -3,13 +3,20 @@ package redisstore
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"sluice/internal/cache"
 	"sluice/internal/store"
 	"sluice/internal/store/storetest"
 	"sluice/internal/testredis"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestMeters: the Redis meters pass the contract the in-memory ones do.
@@ -78,4 +85,133 @@ func TestFleetShares(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Error("a ban on one instance did not hold on the other within 1 s")
+}
+
+// TestFleetSync: the quota an upstream reports to one instance is what
+// every instance's meter counts from.
+func TestFleetSync(t *testing.T) {
+	srv := testredis.Start(t)
+	spec := store.MeterSpec{Model: store.Window, Limit: 1200, Window: time.Minute}
+	a := NewMeters(srv.Client(), "fleet:").Meter("binance", spec)
+	b := NewMeters(srv.Client(), "fleet:").Meter("binance", spec)
+	now := time.Now()
+	if err := a.Sync(t.Context(), now, 1000); err != nil { // X-MBX-USED-WEIGHT-1M: 1000, seen by a
+		t.Fatal(err)
+	}
+	if avail, err := b.Available(t.Context(), now); err != nil || avail != 200 {
+		t.Errorf("after a synced 1000 of 1200, b has %v available (%v), want 200", avail, err)
+	}
+}
+
+func newTestFleet(t *testing.T, srv *testredis.Server, instance string, reg *prometheus.Registry) *Fleet {
+	t.Helper()
+	opts, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFleet(opts, instance, time.Second, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.rdb.Close() })
+	return f
+}
+
+// TestFleetCacheClaims: one instance at a time fills a key; another waits
+// for its fill and gets it when it is stored, or nothing when the fill
+// stored nothing; a response looked up later has what is left of its TTL.
+func TestFleetCacheClaims(t *testing.T) {
+	srv := testredis.Start(t)
+	open := func(name string) *Cache {
+		c, err := newTestFleet(t, srv, name, prometheus.NewRegistry()).Cache(t.Context(), 1<<20, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := open("a"), open("b")
+	ctx := t.Context()
+	if resp, claimed, err := a.Lookup(ctx, "GET api.test/x", 5*time.Second); err != nil || resp != nil || !claimed {
+		t.Fatalf("first lookup: %v, claimed %v, %v; want the claim", resp, claimed, err)
+	}
+	if resp, claimed, err := b.Lookup(ctx, "GET api.test/x", 5*time.Second); err != nil || resp != nil || claimed {
+		t.Fatalf("second instance's lookup: %v, claimed %v, %v; want no claim", resp, claimed, err)
+	}
+	got := make(chan *cache.SharedResponse)
+	go func() {
+		resp, err := b.Await(ctx, "GET api.test/x", 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- resp
+	}()
+	time.Sleep(50 * time.Millisecond)
+	want := &cache.SharedResponse{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: []byte(`{"p":1}`), Fresh: 2 * time.Second}
+	if err := a.Store(ctx, "GET api.test/x", want); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case resp := <-got:
+		if resp == nil || resp.Status != 200 || string(resp.Body) != `{"p":1}` || resp.Header.Get("Content-Type") != "application/json" || resp.Fresh > 2*time.Second || resp.Fresh < time.Second {
+			t.Errorf("the waiter got %+v", resp)
+		}
+	case <-time.After(time.Second): // its poll alone would answer in 100 ms; the announcement at once
+		t.Fatal("the waiter did not get the stored fill within 1 s")
+	}
+
+	a.Lookup(ctx, "GET api.test/y", 5*time.Second)
+	go func() {
+		resp, _ := b.Await(ctx, "GET api.test/y", 5*time.Second)
+		got <- resp
+	}()
+	time.Sleep(50 * time.Millisecond)
+	a.Release(ctx, "GET api.test/y")
+	select {
+	case resp := <-got:
+		if resp != nil {
+			t.Errorf("a released fill gave the waiter %+v", resp)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the waiter still waits 1 s after the fill was released")
+	}
+}
+
+// TestFleetCacheBound: the fleet cache stays within its bytes, evicting
+// the entries nearest their expiry first, and keeps no URL in Redis.
+func TestFleetCacheBound(t *testing.T) {
+	srv := testredis.Start(t)
+	reg := prometheus.NewRegistry()
+	c, err := newTestFleet(t, srv, "a", prometheus.NewRegistry()).Cache(t.Context(), 16<<10, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := make([]byte, 1000)
+	for i := range 40 {
+		resp := &cache.SharedResponse{Status: 200, Header: http.Header{}, Body: body, Fresh: time.Duration(i+1) * time.Minute}
+		if err := c.Store(t.Context(), fmt.Sprintf("GET api.test/secret-path/%d", i), resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb := srv.Client()
+	total, err := rdb.Get(t.Context(), "sluice:cache:bytes").Int64()
+	if err != nil || total > 16<<10 {
+		t.Errorf("the fleet cache holds %d bytes (%v), bound 16384", total, err)
+	}
+	if n := testutil.ToFloat64(c.evictions); n < 20 {
+		t.Errorf("%v evictions counted for 40 entries of 1 KB in 16 KB", n)
+	}
+	for i, want := range map[int]bool{0: false, 39: true} {
+		resp, _, _ := c.Lookup(t.Context(), fmt.Sprintf("GET api.test/secret-path/%d", i), time.Second)
+		if (resp != nil) != want {
+			t.Errorf("entry %d (TTL %d min) kept: %v, want %v", i, i+1, resp != nil, want)
+		}
+	}
+	keys, _ := rdb.Keys(t.Context(), "*").Result()
+	for _, k := range keys {
+		if strings.Contains(k, "secret-path") {
+			t.Errorf("Redis key %q names a URL", k)
+		}
+	}
 }
