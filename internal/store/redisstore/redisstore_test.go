@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/store"
 	"sluice/internal/store/storetest"
+	"sluice/internal/testenv"
 	"sluice/internal/testredis"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,6 +77,11 @@ func TestFleetShares(t *testing.T) {
 	defer la.Close()
 	lb := OpenBans(t.Context(), srv.Client(), "fleet:", slog.New(slog.DiscardHandler), nil)
 	defer lb.Close()
+	// Strikes count across instances.
+	la.Strike(t.Context(), "198.51.100.7", time.Minute)
+	if n, err := lb.Strike(t.Context(), "198.51.100.7", time.Minute); err != nil || n != 2 {
+		t.Errorf("a strike on each of two instances counts %d (%v), want 2", n, err)
+	}
 	start := time.Now()
 	la.Add(t.Context(), store.Ban{Client: "203.0.113.5", Until: start.Add(time.Hour), Reason: "test"})
 	for time.Since(start) < time.Second {
@@ -214,4 +221,42 @@ func TestFleetCacheBound(t *testing.T) {
 			t.Errorf("Redis key %q names a URL", k)
 		}
 	}
+}
+
+// TestFleetSlowRedis: while Redis is blocked (DEBUG SLEEP), a budget
+// answers from this instance's share within the fleet timeout instead of
+// waiting for Redis, and the instance rejoins once Redis answers.
+func TestFleetSlowRedis(t *testing.T) {
+	srv := testredis.Start(t)
+	opts, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFleet(opts, "a", 100*time.Millisecond, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	m := f.Meters().Meter("binance", store.MeterSpec{Model: store.Bucket, Limit: 10, Rate: 10})
+	if d, err := m.Take(t.Context(), time.Now(), 1); err != nil || d != 0 {
+		t.Fatalf("take with Redis up: %v, %v", d, err)
+	}
+	blocked := make(chan error, 1)
+	go func() { blocked <- srv.Client().Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
+	time.Sleep(200 * time.Millisecond) // the sleep has begun
+	start := time.Now()
+	_, err = m.Take(t.Context(), start, 1)
+	if took := time.Since(start); err != nil || took > time.Second {
+		t.Errorf("take while Redis sleeps 2 s: %v after %v; want the local share's answer within the 100 ms timeout", err, took)
+	}
+	if testutil.ToFloat64(f.up) != 0 {
+		t.Error("sluice_fleet_redis_up is not 0 while Redis does not answer")
+	}
+	if err := <-blocked; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the fleet to rejoin after Redis woke", func() bool { return testutil.ToFloat64(f.up) == 1 })
 }
