@@ -1,10 +1,13 @@
 // Package admin serves sluice's admin listener (loopback by default):
 //
+//	GET    /                  the live dashboard (package dashboard); with
+//	GET    /status            its numbers as JSON, and
+//	GET    /events            as Server-Sent Events
 //	GET    /healthz           {"status":"ok","data_dir":...} while the proxy runs;
 //	                          503 {"status":"draining",...} while it shuts down
 //	GET    /metrics           Prometheus metrics of every component
 //	GET    /ca.pem            the CA certificate clients must trust (public)
-//	GET    /v1/blobs          the blob store: size, files, entries
+//	GET    /v1/blobs          the blob store: size, files, entries, downloads in progress
 //	DELETE /v1/blobs?id=ID    remove the entries with that URL key or digest
 //	DELETE /v1/blobs?all=1    remove every entry
 //	POST   /v1/blobs/gc       remove unreferenced and temporary files
@@ -19,7 +22,7 @@
 //	POST   /dns/pins/{host}/accept
 //	                          move host's pin to the answer that disagreed
 //
-// Every endpoint but /healthz, /metrics and /ca.pem needs the bearer
+// Every endpoint but the dashboard's, /healthz, /metrics and /ca.pem needs the bearer
 // token from DATA_DIR/admin.token.
 // Errors are JSON {"error": "..."}.
 package admin
@@ -45,6 +48,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"sluice/internal/blobs"
+	"sluice/internal/dashboard"
 	"sluice/internal/filter"
 	"sluice/internal/resolve"
 )
@@ -71,6 +75,8 @@ type Options struct {
 	// DataDir is the running sluice's data dir, which /healthz names so
 	// that the command line finds the token whatever config it was given.
 	DataDir string
+	// Dashboard (nil: none) serves GET /, /status and /events.
+	Dashboard *dashboard.Dashboard
 }
 
 // Server is the admin HTTP server.
@@ -105,10 +111,13 @@ func New(opts Options) *Server {
 		w.Header().Set("Content-Disposition", `attachment; filename="sluice-ca.pem"`)
 		w.Write(opts.CACertPEM)
 	})
+	if opts.Dashboard != nil {
+		opts.Dashboard.Register(mux)
+	}
 	if b := opts.Blobs; b != nil {
 		private.HandleFunc("GET /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
 			size, files := b.Size()
-			writeJSON(w, http.StatusOK, map[string]any{"bytes": size, "files": files, "entries": b.List()})
+			writeJSON(w, http.StatusOK, map[string]any{"bytes": size, "files": files, "entries": b.List(), "downloads": b.Downloads()})
 		})
 		private.HandleFunc("DELETE /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
 			id := r.URL.Query().Get("id")

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"sluice/internal/config"
+	"sluice/internal/dashboard"
 	"sluice/internal/resolve"
 )
 
@@ -309,11 +311,7 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 	if done, err := parse(fs, args); done {
 		return err
 	}
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-	client, base, err := adminEndpoint(cfg, 5*time.Second)
+	cfg, client, base, err := adminOf(*cfgPath)
 	if err != nil {
 		return err
 	}
@@ -328,4 +326,84 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout, "ok")
 	return nil
+}
+
+// statusCmd prints the running sluice's dashboard numbers: one screen,
+// again every interval with --watch, or the JSON with --json.
+func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, cfgPath := flags("status", stdout, stderr)
+	watch := fs.Bool("watch", false, "refresh until interrupted")
+	every := fs.Duration("interval", time.Second, "with --watch: how often")
+	jsonOut := fs.Bool("json", false, "print the admin API's JSON (GET /status) instead")
+	if done, err := parse(fs, args); done {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return errors.New("usage: sluice " + commands["status"].synopsis)
+	}
+	if *every <= 0 {
+		return errors.New("--interval must be positive")
+	}
+	cfg, client, base, err := adminOf(*cfgPath)
+	if err != nil {
+		return err
+	}
+	for {
+		body, err := fetchStatus(ctx, client, base+"/status")
+		if err != nil {
+			return fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
+		}
+		if *jsonOut {
+			if _, err := stdout.Write(body); err != nil {
+				return err
+			}
+		} else {
+			var st dashboard.Status
+			if err := json.Unmarshal(body, &st); err != nil {
+				return fmt.Errorf("GET /status: %w", err)
+			}
+			if *watch {
+				io.WriteString(stdout, "\x1b[H\x1b[2J") // home and clear: the screen is redrawn in place
+			}
+			if err := st.WriteText(stdout); err != nil {
+				return err
+			}
+		}
+		if !*watch {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*every):
+		}
+	}
+}
+
+func fetchStatus(ctx context.Context, client *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET /status: %s %s", resp.Status, bytes.TrimSpace(body))
+	}
+	return body, err
+}
+
+// adminOf loads the config at cfgPath and returns the running sluice's
+// admin listener for the calls that need no token (5 s each).
+func adminOf(cfgPath string) (*config.Config, *http.Client, string, error) {
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	client, base, err := adminEndpoint(cfg, 5*time.Second)
+	return cfg, client, base, err
 }

@@ -44,6 +44,8 @@ usage:
                                        list the DNS pins, or accept the answer that disagreed
   sluice fleet --base CONFIG.json (--strategies DIR | --split N)
                                        write freqtrade bot configs and a compose file for them
+  sluice status [-c FILE] [--watch] [--json]
+                                       the running sluice's numbers: traffic, cache, budgets, refusals, bans
   sluice health [-c FILE]              exit 0 if the running sluice serves (a health check)
   sluice version                       print the version
 
@@ -64,6 +66,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "run":
 		return runCmd(ctx, rest, stdout, stderr)
+	case "status":
+		return statusCmd(ctx, rest, stdout, stderr)
 	case "ca":
 		return subcommand(cmd, "export", rest, stdout, func(args []string) error { return caExportCmd(args, stdout, stderr) })
 	case "hosts":
@@ -125,6 +129,7 @@ var commands = map[string]command{
 	"firewall":      {"firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports and its resolvers. Apply with nft -f (or iptables-restore --noflush).", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -"},
 	"dns":           {"dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com"},
 	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
+	"status":        {"status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch"},
 	"version":       {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
 }
 

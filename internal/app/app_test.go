@@ -572,6 +572,27 @@ func TestSeriesFromTheStart(t *testing.T) {
 			t.Errorf("%s is documented in README.md but not in the first scrape", name[1])
 		}
 	}
+	// The Grafana dashboard names only series sluice exports.
+	var board struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join("..", "..", "deploy", "grafana", "sluice.json"))), &board); err != nil || len(board.Panels) == 0 {
+		t.Fatalf("deploy/grafana/sluice.json: %v, %d panels", err, len(board.Panels))
+	}
+	for _, p := range board.Panels {
+		for _, target := range p.Targets {
+			for _, name := range regexp.MustCompile(`sluice_[a-z0-9_]+`).FindAllString(target.Expr, -1) {
+				if base := strings.TrimSuffix(name, "_bucket"); !have[base] {
+					t.Errorf("Grafana panel %q names %s, which sluice does not export", p.Title, name)
+				}
+			}
+		}
+	}
 	for _, series := range []string{
 		`sluice_throttle_available{budget="test_budget"}`,
 		`sluice_filter_violations_total{check="method",rule_set="only_get"} 0`,

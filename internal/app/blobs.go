@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sluice/internal/blobs"
+	"sluice/internal/dashboard"
+	"strconv"
 	"text/tabwriter"
 	"time"
 )
@@ -50,6 +53,7 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 			Size   int64     `json:"size"`
 			Used   time.Time `json:"used"`
 		} `json:"entries"`
+		Downloads []blobs.Progress `json:"downloads"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
 		return err
@@ -60,5 +64,19 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "%d\tsha256:%s\t%s\t%s\n", e.Size, e.Digest[:12], e.Used.Format(time.RFC3339), e.Key)
 	}
 	fmt.Fprintf(tw, "%d bytes in %d files\n", list.Bytes, list.Files)
+	if len(list.Downloads) > 0 {
+		fmt.Fprintln(tw, "\nDOWNLOADING\tOF\tRATE\tREADERS\tURL")
+		for _, d := range list.Downloads {
+			fmt.Fprintf(tw, "%d\t%s\t%s/s\t%d\t%s\n", d.Bytes, lengthOf(d.Length), dashboard.FormatBytes(d.Rate), d.Readers, d.Key)
+		}
+	}
 	return tw.Flush()
+}
+
+// lengthOf prints a download's whole length, which the upstream may not tell.
+func lengthOf(n int64) string {
+	if n < 0 {
+		return "?"
+	}
+	return strconv.FormatInt(n, 10)
 }

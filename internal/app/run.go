@@ -31,6 +31,7 @@ import (
 	"sluice/internal/ca"
 	"sluice/internal/cache"
 	"sluice/internal/config"
+	"sluice/internal/dashboard"
 	"sluice/internal/dialer"
 	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
@@ -243,8 +244,12 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return err
 		}
+		board := dashboard.New(dashboard.Sources{Gatherer: reg, Budgets: gw.Deps.Limit.Levels, Refusals: gw.Deps.Access.Refusals,
+			Bans: bans.List, Blobs: blobStore, Pins: pinList(pins), Instance: instanceName(cfg), Version: Version()})
+		g.Go(func() error { board.Run(gctx); return nil })
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Pins: pins, Token: token,
-			Config: func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
+			Dashboard: board,
+			Config:    func() ([]byte, error) { mu.Lock(); defer mu.Unlock(); return running.MarshalRedacted() },
 			Reload: func(data []byte, dir string) ([]string, error) {
 				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cmp.Or(dir, cfg.Dir), dial) }, "PUT /config")
 			},
@@ -444,4 +449,21 @@ func warnReportMode(log *slog.Logger, cfg *config.Config) {
 	if cfg.Policy == config.PolicyReport {
 		log.Warn("policy: report: the host list is not enforced; what it would refuse is tunneled and logged (sluice hosts suggest turns that log into hosts)")
 	}
+}
+
+// pinList is the dashboard's source of DNS pins; nil with dns.pin: off.
+func pinList(pins *resolve.Pins) func() []resolve.Pin {
+	if pins == nil {
+		return nil
+	}
+	return pins.List
+}
+
+// instanceName names this sluice on its dashboard: its fleet name, else the host's.
+func instanceName(cfg *config.Config) string {
+	if cfg.Fleet.Instance != "" {
+		return cfg.Fleet.Instance
+	}
+	h, _ := os.Hostname()
+	return h
 }

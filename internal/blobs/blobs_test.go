@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"sluice/internal/config"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // origin serves blobs by path and counts the requests; next reaches it
@@ -524,4 +526,60 @@ func TestDigestClaimsAreTrue(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDownloadProgress: a download in progress shows what arrived, of
+// what length, at what rate and for how many readers, in Downloads and
+// the metrics; it is gone once stored.
+func TestDownloadProgress(t *testing.T) {
+	body := randomBytes(4 << 20)
+	o := newOrigin(t)
+	path := blobPath(body)
+	o.put(path, body)
+	gate := make(chan struct{})
+	o.gate = gate
+	reg := prometheus.NewRegistry()
+	s, err := Open(t.TempDir(), Options{MaxBytes: 1 << 30, Log: slog.New(slog.DiscardHandler), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := matcher(t)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { get(s, m, o.next, context.Background(), "GET", path) })
+	}
+	var p []Progress
+	for range 1000 { // the first half arrives, then the origin holds the rest
+		if p = s.Downloads(); len(p) == 1 && p[0].Bytes == int64(len(body)/2) && p[0].Readers == 2 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(p) != 1 || p[0].Bytes != int64(len(body)/2) || p[0].Length != int64(len(body)) || p[0].Readers != 2 || p[0].Rate <= 0 || !strings.Contains(p[0].Key, "sha256:") {
+		t.Fatalf("downloads in progress %+v; want one at half of %d bytes, 2 readers, a rate", p, len(body))
+	}
+	if got := gathered(t, reg, "sluice_blobs_download_bytes"); got != float64(len(body)/2) {
+		t.Errorf("sluice_blobs_download_bytes %v, want %d", got, len(body)/2)
+	}
+	close(gate)
+	wg.Wait()
+	if p := s.Downloads(); len(p) != 0 {
+		t.Errorf("downloads in progress after it was stored: %+v", p)
+	}
+}
+
+// gathered reads a registered gauge's value.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s registered", name)
+	return 0
 }

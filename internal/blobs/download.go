@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sluice/internal/decision"
+	"slices"
 	"strconv"
 	"sync"
+	"time"
+
+	"sluice/internal/decision"
 )
 
 // download is one upstream fetch of a blob into a temporary file, read by
@@ -22,6 +25,7 @@ type download struct {
 	key        string
 	wantDigest string // from the URL, "" if it names none
 	cancel     context.CancelFunc
+	started    time.Time
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -64,7 +68,7 @@ func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler
 	}
 	detached, _ := decision.Detach(r.Context())
 	ctx, cancel := context.WithCancel(detached)
-	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, headers: make(chan struct{}), length: -1, readers: 1,
+	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, started: s.opts.Now(), headers: make(chan struct{}), length: -1, readers: 1,
 		relays: map[*relay]struct{}{}}
 	d.cond = sync.NewCond(&d.mu)
 	s.downloads[key] = d
@@ -282,4 +286,39 @@ func (s *Store) leave(d *download) {
 	if alone && s.opts.AbortWhenAlone {
 		d.cancel()
 	}
+}
+
+// Progress is a download in progress as operators see it.
+type Progress struct {
+	Key string `json:"key"`
+	// Bytes is what arrived so far; Length the whole (-1: not told).
+	Bytes  int64 `json:"bytes"`
+	Length int64 `json:"length"`
+	// Rate is the mean rate since it started, in bytes per second.
+	Rate    float64   `json:"rate"`
+	Readers int       `json:"readers"`
+	Started time.Time `json:"started"`
+}
+
+// Downloads lists the downloads in progress, the oldest first.
+func (s *Store) Downloads() []Progress {
+	s.mu.Lock()
+	ds := make([]*download, 0, len(s.downloads))
+	for _, d := range s.downloads {
+		ds = append(ds, d)
+	}
+	s.mu.Unlock()
+	now := s.opts.Now()
+	out := make([]Progress, 0, len(ds))
+	for _, d := range ds {
+		d.mu.Lock()
+		p := Progress{Key: d.key, Bytes: d.written, Length: d.length, Readers: d.readers, Started: d.started}
+		d.mu.Unlock()
+		if secs := now.Sub(d.started).Seconds(); secs > 0 {
+			p.Rate = float64(p.Bytes) / secs
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Progress) int { return a.Started.Compare(b.Started) })
+	return out
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/atomicfile"
+	"sluice/internal/metrics"
 )
 
 // Options configures a Store.
@@ -109,7 +110,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := s.load(); err != nil {
 		return nil, err
 	}
-	return s, nil
+	inProgress := func(f func([]Progress) float64) func() float64 { return func() float64 { return f(s.Downloads()) } }
+	err = metrics.Register(opts.Registerer,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "sluice", Subsystem: "blobs", Name: "downloads_in_progress",
+			Help: "Blob downloads in progress."}, inProgress(func(ps []Progress) float64 { return float64(len(ps)) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "sluice", Subsystem: "blobs", Name: "download_bytes",
+			Help: "Bytes the downloads in progress have received so far."}, inProgress(func(ps []Progress) float64 {
+			var n int64
+			for _, p := range ps {
+				n += p.Bytes
+			}
+			return float64(n)
+		})))
+	return s, err
 }
 
 func (s *Store) indexPath() string { return filepath.Join(s.dir, "index.json") }

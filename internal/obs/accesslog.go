@@ -37,6 +37,7 @@ type Metrics struct {
 	// hashes its labels, which is a cost on every request. The label
 	// sets are small and bounded.
 	children sync.Map // [3]string{mode, decision, code} -> prometheus.Counter; mode -> prometheus.Observer
+	refusals refusals
 }
 
 func (m *Metrics) observe(rec *decision.Record, d time.Duration) {
@@ -158,6 +159,9 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 
 func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, rec *decision.Record, d time.Duration) {
 	m.observe(rec, d)
+	if rec.RefusedBy != decision.None {
+		m.refusals.add(rec)
+	}
 	level := slog.LevelInfo
 	outcome := rec.Decision()
 	switch {

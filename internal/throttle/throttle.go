@@ -16,6 +16,7 @@
 package throttle
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -359,4 +360,50 @@ func (s *Spec) apiKey(r *http.Request) string {
 	}
 	sum := sha256.Sum256([]byte(v))
 	return hex.EncodeToString(sum[:12])
+}
+
+// Level is one budget's state as operators see it.
+type Level struct {
+	Budget string `json:"budget"`
+	// Key tells apart the budgets one name splits into (a host, a client,
+	// a hash of an API key); "" for a budget of one.
+	Key       string    `json:"key,omitempty"`
+	Available float64   `json:"available"`
+	Capacity  float64   `json:"capacity"`
+	Queued    int       `json:"queued"`
+	Paused    time.Time `json:"paused_until,omitzero"`
+}
+
+// maxLevels is how many budgets Levels reads: a shared meter's every
+// read is a round trip to Redis.
+const maxLevels = 50
+
+// Levels returns the state of the most recently used budgets (at most
+// maxLevels), by name and key.
+func (l *Limiter) Levels() []Level {
+	l.mu.Lock()
+	ins := make([]*instance, 0, min(l.instances.Len(), maxLevels))
+	keys := l.instances.Keys()
+	for i := len(keys) - 1; i >= 0 && len(ins) < maxLevels; i-- { // newest first
+		if in, ok := l.instances.Peek(keys[i]); ok {
+			ins = append(ins, in)
+		}
+	}
+	l.mu.Unlock()
+	now := l.now()
+	out := make([]Level, 0, len(ins))
+	for _, in := range ins {
+		in.mu.Lock()
+		lv := Level{Budget: in.name, Key: strings.TrimPrefix(in.key, in.name+"|"), Capacity: in.m.Capacity(), Queued: in.waiting}
+		if in.pausedUntil.After(now) {
+			lv.Paused = in.pausedUntil
+		}
+		in.mu.Unlock()
+		lv.Available = in.available(now)
+		out = append(out, lv)
+	}
+	slices.SortFunc(out, func(a, b Level) int {
+		return cmp.Or(strings.Compare(a.Budget, b.Budget), strings.Compare(a.Key, b.Key))
+	})
+	return out
 }
