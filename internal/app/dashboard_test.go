@@ -174,3 +174,41 @@ hosts:
 		t.Error("the screenshot is not a PNG")
 	}
 }
+
+// TestStatusCommand: sluice status prints the running sluice's numbers,
+// --json its GET /status, and --watch redraws until interrupted.
+func TestStatusCommand(t *testing.T) {
+	r := startRun(t, baseConfig("  a.test: {}\n"))
+	c := r.client()
+	if _, err := c.Get("https://refused.test/x"); err == nil {
+		t.Fatal("a host not listed was let through")
+	}
+	cli := filepath.Join(r.dir, "cli.yaml")
+	os.WriteFile(cli, []byte(strings.Replace(readFile(t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644)
+	var out bytes.Buffer
+	testenv.WaitFor(t, 5*time.Second, "sluice status to list the refusal", func() bool {
+		out.Reset()
+		return Run(t.Context(), []string{"status", "-c", cli}, &out, io.Discard) == nil && strings.Contains(out.String(), "refused.test:443")
+	})
+	for _, want := range []string{"requests/s", "upstream calls saved", "LAST REFUSALS", "CONNECT", "host not listed", "BANS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("sluice status has no %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if err := Run(t.Context(), []string{"status", "--json", "-c", cli}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"refusals":[{`) {
+		t.Errorf("sluice status --json: %v\n%s", err, out.String())
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	out.Reset()
+	if err := Run(ctx, []string{"status", "--watch", "--interval", "500ms", "-c", cli}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\x1b[2J"); n < 2 {
+		t.Errorf("sluice status --watch drew %d screens in 1.5 s at 500ms", n)
+	}
+	if err := Run(t.Context(), []string{"status", "extra", "-c", cli}, io.Discard, io.Discard); err == nil {
+		t.Error("sluice status with an argument: no error")
+	}
+}
