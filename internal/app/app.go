@@ -38,6 +38,8 @@ usage:
                                        list, add or lift client bans in the running sluice
   sluice reload -c FILE                validate FILE and swap it into the running sluice
   sluice hosts suggest [LOG_FILE...]   turn report mode's log into a hosts section
+  sluice clients cert NAME [-c FILE] [-o DIR]
+                                       mint a client certificate for a client with certificate: true
   sluice firewall [-c FILE] --clients CIDR [--format nft|iptables]
                                        print rules that leave clients no way out but sluice
   sluice dns [-c FILE] pins | accept HOST
@@ -70,6 +72,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return statusCmd(ctx, rest, stdout, stderr)
 	case "ca":
 		return subcommand(cmd, "export", rest, stdout, func(args []string) error { return caExportCmd(args, stdout, stderr) })
+	case "clients":
+		return subcommand(cmd, "cert", rest, stdout, func(args []string) error { return clientsCertCmd(args, stdout, stderr) })
 	case "hosts":
 		return subcommand(cmd, "suggest", rest, stdout, func(args []string) error { return hostsSuggestCmd(args, os.Stdin, stdout, stderr) })
 	case "version":
@@ -128,6 +132,7 @@ var commands = map[string]command{
 	"fleet":         {"fleet --base CONFIG.json (--strategies DIR | --split N) [-o DIR] [--proxy URL] [--ca FILE] [--dns IP]", "Write a freqtrade config per bot (one per strategy file, or the base's pair whitelist split across N bots), each with its own name and database and the ccxt settings that send both its clients through sluice, and compose.fleet.yaml that puts them on deploy/compose.yaml's internal network.", "sluice fleet --base user_data/config.json --split 4 -o user_data/fleet"},
 	"firewall":      {"firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports and its resolvers. Apply with nft -f (or iptables-restore --noflush).", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -"},
 	"dns":           {"dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com"},
+	"clients cert":  {"clients cert NAME [-c FILE] [-o DIR] [--valid 8760h]", "Mint a client certificate from sluice's CA for a client with certificate: true (its common name is NAME); the client presents it on the HTTPS-proxy listener instead of a password.", "sluice clients cert bot3 -o /etc/bots/bot3"},
 	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
 	"status":        {"status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch"},
 	"version":       {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},

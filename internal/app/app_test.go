@@ -547,7 +547,11 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 // the DNS server's, the pins' and the fleet's once they are on.
 func TestSeriesFromTheStart(t *testing.T) {
 	redis := testredis.Start(t)
+	t.Setenv("SLUICE_TEST_KEY", "real-key")
+	t.Setenv("SLUICE_TEST_SECRET", "real-secret")
 	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget}, rules: only_get}\n") +
+		"keys:\n  k: {exchange: binance, key_env: SLUICE_TEST_KEY, secret_env: SLUICE_TEST_SECRET}\n" +
+		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.test], keys: {api.test: k}}\n" +
 		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\", cache: true}\n"
 	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")

@@ -17,6 +17,7 @@ import (
 	"sluice/internal/route"
 	"sluice/internal/store"
 	"sluice/internal/throttle"
+	"sluice/internal/vault"
 )
 
 // newGateway builds every component that outlives a reload (the CA's leaf
@@ -52,12 +53,16 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 	if err != nil {
 		return nil, nil, err
 	}
+	clients, err := vault.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
 		Reverse: gw.Backend})
 	if err != nil {
 		return nil, nil, err
 	}
-	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports,
+	gw.Deps = route.Deps{Log: log, Access: access, Proxy: srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports, Clients: clients,
 		AccessLines: accessLines}
 	gw.Install(t)
 	return gw, srv, nil

@@ -157,19 +157,7 @@ func keyID(pub *ecdsa.PublicKey) []byte {
 // validity. Callers decide which names deserve one: the Authority asks its
 // policy; the HTTPS-proxy listener signs only its own names.
 func (r *Root) Sign(names []string, now time.Time, validity time.Duration) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{Organization: []string{"sluice"}, CommonName: names[0]},
-		NotBefore:             now.Add(-time.Hour), // tolerate clients whose clocks lag
-		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-	}
+	tmpl := leafTemplate(names[0], now, validity, x509.ExtKeyUsageServerAuth)
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -177,9 +165,50 @@ func (r *Root) Sign(names []string, now time.Time, validity time.Duration) (*tls
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.Cert, &key.PublicKey, r.key)
+	c, err := r.issue(tmpl)
 	if err != nil {
 		return nil, fmt.Errorf("mint leaf for %q: %w", names, err)
+	}
+	return c, nil
+}
+
+// SignClient creates a client certificate for the client name (its common
+// name), good for client authentication only, and returns it and its key
+// as PEM.
+func (r *Root) SignClient(name string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	c, err := r.issue(leafTemplate(name, now, validity, x509.ExtKeyUsageClientAuth))
+	if err != nil {
+		return nil, nil, fmt.Errorf("mint client certificate for %q: %w", name, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+func leafTemplate(name string, now time.Time, validity time.Duration, usage x509.ExtKeyUsage) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{Organization: []string{"sluice"}, CommonName: name},
+		NotBefore:             now.Add(-time.Hour), // tolerate clients whose clocks lag
+		NotAfter:              now.Add(validity),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
+		BasicConstraintsValid: true,
+	}
+}
+
+// issue signs tmpl with a new P-256 key.
+func (r *Root) issue(tmpl *x509.Certificate) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.Cert, &key.PublicKey, r.key)
+	if err != nil {
+		return nil, err
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {

@@ -43,6 +43,11 @@ type Config struct {
 	Log      Log                 `yaml:"log"`
 	DNS      DNS                 `yaml:"dns"`
 	Fleet    Fleet               `yaml:"fleet"`
+	// Keys are the exchange credentials sluice signs with (the key vault).
+	Keys map[string]*Key `yaml:"keys,omitempty"`
+	// Clients name the bots: how each proves who it is, and what it may
+	// do. With none, every client may do what the hosts allow.
+	Clients map[string]*Client `yaml:"clients,omitempty"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory
@@ -368,6 +373,11 @@ func (c *Config) applyDefaults() {
 	}
 	setString(&c.DNS.Pin, Off)
 	setDuration(&c.DNS.Recheck, 10*time.Minute)
+	for _, k := range c.Keys {
+		if k != nil {
+			setString(&k.Placeholder, DefaultPlaceholder)
+		}
+	}
 	if c.Fleet.Redis != "" {
 		if h, err := os.Hostname(); err == nil {
 			setString(&c.Fleet.Instance, h)

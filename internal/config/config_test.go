@@ -250,6 +250,10 @@ func TestTypeErrorsInWords(t *testing.T) {
 		{"hosts:\n  a.test: {upstrem_ca: ca.pem}\n", `t.yaml:2: unknown key "upstrem_ca" (did you mean "upstream_ca"?)`},
 		{"listen: {proxyy: 127.0.0.1:3128}\nhosts: {}\n", `t.yaml:1: unknown key "proxyy" (did you mean "proxy"?)`},
 		{"hosts: {}\nzzz: 1\n", `t.yaml:2: unknown key "zzz"`},
+		{"hosts:\n  a.test: {}\nclients:\n  bot: {hosts: [a.test]}\n", `t.yaml:4: clients.bot: give password_file, addresses or certificate: true`},
+		{"hosts:\n  a.test: {}\nclients:\n  bot:\n    addresses: [10.0.0.5]\n    hosts: [a.test]\n    grants: [read, wire]\n", `t.yaml:7: clients.bot.grants: "wire" is no endpoint group`},
+		{"hosts:\n  a.test: {}\nclients:\n  bot:\n    addresses: [10.0.0.5]\n    hosts: [a.test]\n    keys: {a.test: nope}\n", `t.yaml:7: clients.bot.keys."a.test": no key "nope" under keys`},
+		{"hosts: {}\nkeys:\n  k: {exchange: ftx, key_env: K, secret_env: S}\n", `t.yaml:3: keys.k.exchange: "ftx": sluice signs for [binance bybit kraken]`},
 		{"hosts: {}\nfleet: {cache: true}\n", `t.yaml:2: fleet.cache: needs fleet.redis: the fleet cache is kept in Redis`},
 		{"hosts: {}\nfleet: {redis: \"redis://r:6379\", cache: true, cache_max_bytes: 1KiB}\n", `fleet.cache_max_bytes: must hold at least one object of cache.max_object_bytes`},
 	} {

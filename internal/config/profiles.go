@@ -33,6 +33,9 @@ type Profile struct {
 	// Rules is the request rule set applied to the profile's hosts by
 	// default; other host entries can name it too.
 	Rules *RuleSet `yaml:"rules"`
+	// Groups sort the API's endpoints for clients' grants, tried in
+	// order; without any, read is GET and HEAD, and trade the rest.
+	Groups []EndpointGroup `yaml:"groups"`
 }
 
 // Profiles returns the embedded profiles by name. They are parsed once;

@@ -109,7 +109,7 @@ type ThrottleConfig struct {
 
 var (
 	throttleModels = []string{"window", "token_bucket", "leaky_bucket"}
-	throttleKeys   = []string{"budget", "host", "api_key", "host_api_key", "client"}
+	throttleKeys   = []string{"budget", "host", "api_key", "host_api_key", "client", "client_name"}
 	feedbacks      = []string{"binance", "shopify", "shopify_graphql", "ratelimit"}
 )
 

@@ -96,6 +96,7 @@ func (c *Config) validate() []error {
 		add(errors.New("needs fleet.redis: the fleet cache is kept in Redis"), "fleet", "cache")
 	}
 
+	errs = append(errs, c.validateClients()...)
 	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
 		errs = append(errs, c.Hosts[pattern].validate(pattern)...)
 	}

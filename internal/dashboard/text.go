@@ -59,7 +59,11 @@ func (st Status) WriteText(w io.Writer) error {
 		if x.RuleSet != "" {
 			reason += " (" + x.RuleSet + ": " + x.Check + ")"
 		}
-		return fmt.Sprintf("  %s\t%s\t%s\t%s %s\t%s\t%s", x.Time.Local().Format(time.TimeOnly), x.ClientIP, x.Host, x.Method, x.Path, x.Stage, reason)
+		client := x.ClientIP
+		if x.Name != "" {
+			client += " (" + x.Name + ")"
+		}
+		return fmt.Sprintf("  %s\t%s\t%s\t%s %s\t%s\t%s", x.Time.Local().Format(time.TimeOnly), client, x.Host, x.Method, x.Path, x.Stage, reason)
 	})
 	section("BANS", "  CLIENT\tUNTIL\tREASON", len(st.Bans), func(i int) string {
 		x := st.Bans[i]

@@ -81,9 +81,16 @@ const (
 	Rules
 	// Budget answered 429: no upstream budget within max_wait.
 	Budget
+	// Identity refused a client that names no client of the config (407).
+	Identity
+	// Grant refused a request outside its client's hosts, endpoint groups or keys.
+	Grant
+	// Vault could not sign a request with its client's key.
+	Vault
 )
 
-var stageNames = [...]string{None: "", Canon: "canon", Ban: "ban", Policy: "policy", Rules: "rules", Budget: "budget"}
+var stageNames = [...]string{None: "", Canon: "canon", Ban: "ban", Policy: "policy", Rules: "rules", Budget: "budget",
+	Identity: "identity", Grant: "grant", Vault: "vault"}
 
 func (s Stage) String() string { return stageNames[s] }
 
@@ -134,7 +141,9 @@ func (s Scheme) String() string {
 type Record struct {
 	Entry    Entry
 	ClientIP string
-	Method   string
+	// Client is the client's name from clients:, once it proved it.
+	Client string
+	Method string
 	// Target is where the request goes, as the entry point fixed it (the
 	// CONNECT line, the absolute URI, the reverse backend); zero until known.
 	Target hostport.HostPort
@@ -170,7 +179,7 @@ type Record struct {
 // the ban gate, the policy or the rules refused it, else the policy's action.
 func (r *Record) Decision() string {
 	switch r.RefusedBy {
-	case Canon, Ban, Policy, Rules:
+	case Canon, Ban, Identity, Policy, Grant, Rules:
 		return Deny.String()
 	}
 	return r.Action.String()

@@ -184,7 +184,7 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	if rec.Query != "" {
 		path += "?" + rec.Query
 	}
-	var buf [20]field
+	var buf [24]field
 	fs := append(buf[:0],
 		str("client_ip", rec.ClientIP), str("mode", rec.Entry.String()),
 		str("method", rec.Method), str("host", host), str("path", path),
@@ -192,6 +192,9 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 		num("status", float64(rec.Status)), str("cache", rec.Cache.String()), str("upstream_addr", rec.UpstreamAddr),
 		num("bytes_in", float64(rec.BytesIn)), num("bytes_out", float64(rec.BytesOut)), frac("duration", d.Seconds()),
 	)
+	if rec.Client != "" {
+		fs = append(fs, str("client", rec.Client))
+	}
 	if rec.RefusedBy != decision.None {
 		fs = append(fs, str("refused_by", rec.RefusedBy.String()))
 	}

@@ -12,14 +12,16 @@ import (
 type Refusal struct {
 	Time     time.Time `json:"time"`
 	ClientIP string    `json:"client"`
-	Host     string    `json:"host"`
-	Method   string    `json:"method"`
-	Path     string    `json:"path"`
-	Stage    string    `json:"stage"`
-	Reason   string    `json:"reason"`
-	RuleSet  string    `json:"rule_set,omitempty"`
-	Check    string    `json:"check,omitempty"`
-	Status   int       `json:"status"`
+	// Name is the client's name from clients:, once it proved it.
+	Name    string `json:"client_name,omitempty"`
+	Host    string `json:"host"`
+	Method  string `json:"method"`
+	Path    string `json:"path"`
+	Stage   string `json:"stage"`
+	Reason  string `json:"reason"`
+	RuleSet string `json:"rule_set,omitempty"`
+	Check   string `json:"check,omitempty"`
+	Status  int    `json:"status"`
 }
 
 // keptRefusals is how many of the last refusals are kept.
@@ -34,7 +36,7 @@ type refusals struct {
 }
 
 func (rs *refusals) add(rec *decision.Record) {
-	x := Refusal{Time: rec.Start, ClientIP: rec.ClientIP, Method: rec.Method, Path: rec.Path,
+	x := Refusal{Time: rec.Start, ClientIP: rec.ClientIP, Name: rec.Client, Method: rec.Method, Path: rec.Path,
 		Stage: rec.RefusedBy.String(), Reason: rec.Reason, RuleSet: rec.RuleSet, Check: rec.Check, Status: rec.Status}
 	if rec.Target.Host != "" {
 		x.Host = rec.Target.String()

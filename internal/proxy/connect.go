@@ -180,7 +180,7 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 	untrack := s.track(c)
 	sessions := s.metrics.sessions.WithLabelValues(decision.Intercept.String())
 	sessions.Inc()
-	sc := &sessionConn{Conn: c, target: target, onClose: func() { untrack(); sessions.Dec() }}
+	sc := &sessionConn{Conn: c, target: target, client: rec.Client, onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
 	hctx, cancel := context.WithTimeout(r.Context(), handshakeTimeout)
 	defer cancel()
@@ -210,6 +210,7 @@ func clientHandshakeError(err error) error {
 type sessionConn struct {
 	net.Conn
 	target  hostport.HostPort
+	client  string // the CONNECT's named client, "" without clients:
 	onClose func()
 	once    sync.Once
 }
@@ -243,6 +244,7 @@ type sessionKey struct{}
 type session struct {
 	target         hostport.HostPort
 	key, authority string
+	client         string
 }
 
 // sessionContext gives each intercepted connection's requests its target.
@@ -250,7 +252,7 @@ func sessionContext(ctx context.Context, c net.Conn) context.Context {
 	if tc, ok := c.(*tls.Conn); ok {
 		if sc, ok := tc.NetConn().(*sessionConn); ok {
 			t := sc.target
-			return context.WithValue(ctx, sessionKey{}, &session{target: t, key: t.String(), authority: t.Authority(443)})
+			return context.WithValue(ctx, sessionKey{}, &session{target: t, key: t.String(), authority: t.Authority(443), client: sc.client})
 		}
 	}
 	return ctx

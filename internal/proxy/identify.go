@@ -114,7 +114,7 @@ func identifyIntercepted(r *http.Request, rec *decision.Record) *obs.Error {
 	if !ok {
 		return &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: fmt.Errorf("intercepted request without its CONNECT target")}
 	}
-	rec.Target, rec.Scheme = t.target, decision.HTTPS
+	rec.Target, rec.Scheme, rec.Client = t.target, decision.HTTPS, t.client
 	if r.Host == t.authority || r.Host == t.key {
 		return nil // the common case, without parsing
 	}

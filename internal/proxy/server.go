@@ -16,6 +16,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -189,11 +190,16 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		serve(s.rev, ln)
 	}
 	if lns.ProxyTLS != nil {
+		clientCAs := x509.NewCertPool()
+		clientCAs.AddCert(s.selfCert.root.Cert)
 		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// http/1.1 only: CONNECT over HTTP/2 cannot be hijacked
 			NextProtos:     []string{"http/1.1"},
 			GetCertificate: s.selfCert.get,
+			// A client certificate from sluice's CA names a client (clients.NAME.certificate).
+			ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs:  clientCAs,
 		}))
 	}
 	if lns.TransparentHTTP != nil {

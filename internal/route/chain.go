@@ -26,6 +26,7 @@ import (
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/throttle"
+	"sluice/internal/vault"
 )
 
 // Middleware wraps next. It calls next to continue, or writes the response itself.
@@ -51,6 +52,8 @@ type Deps struct {
 	Bans   *filter.Bans // nil: no bans
 	// Reports notes what report mode lets through (nil: nothing noted).
 	Reports *policy.Reports
+	// Clients counts each named client's requests and the vault's signatures.
+	Clients *vault.Metrics
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -63,20 +66,24 @@ func (t *Table) Build(d Deps) {
 		d.Limit.Declare(rt.Throttle)
 		d.Bans.Declare(rt.Rules)
 	}
+	d.Clients.Declare(t.Vault)
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
 		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
 		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
-		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()), // a body that sends nothing for body_idle is cut off
-		canon.Middleware(t.identify),                     // canonical request: target and client from the entry point, one spelling of the path
-		filter.BanGate(d.Bans),                           // banned client: refused before anything is read
-		policy.Middleware(t.Policy, d.Reports),           // allowlist: deny, tunnel, intercept or reverse, recorded
-		d.Proxy.Connect(t.upstream, t.Config.Timeouts),   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
-		filter.Middleware(d.Log, d.Bans, t.rules),        // the route's rule set: method, path, headers, then the body as it streams
-		proxy.MaxForwards,                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
-		blobs.Middleware(d.Blobs, t.blobs),               // immutable files from disk, verified
-		cache.Middleware(d.Cache, t.cache),               // fresh hit: answer; miss: coalesce and fill through the rest
-		d.Proxy.BufferBody,                               // a small body is read whole before budget or an upstream connection is spent on it
-		throttle.Middleware(d.Limit, t.throttle),         // a miss waits for upstream budget, or gets sluice's own 429
+		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()),                 // a body that sends nothing for body_idle is cut off
+		canon.Middleware(t.identify),                                     // canonical request: target and client from the entry point, one spelling of the path
+		filter.BanGate(d.Bans),                                           // banned client: refused before anything is read
+		vault.Identify(d.Clients, t.vault),                               // which named client: proxy credentials, certificate or address; else 407
+		policy.Middleware(t.Policy, d.Reports),                           // allowlist: deny, tunnel, intercept or reverse, recorded
+		vault.Grants(t.grants),                                           // the client's hosts and endpoint groups; no real key where sluice holds it
+		d.Proxy.Connect(t.upstream, t.Config.Timeouts),                   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
+		filter.Middleware(d.Log, d.Bans, t.rules),                        // the route's rule set: method, path, headers, then the body as it streams
+		proxy.MaxForwards,                                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
+		blobs.Middleware(d.Blobs, t.blobs),                               // immutable files from disk, verified
+		cache.Middleware(d.Cache, t.cache),                               // fresh hit: answer; miss: coalesce and fill through the rest
+		d.Proxy.BufferBody,                                               // a small body is read whole before budget or an upstream connection is spent on it
+		throttle.Middleware(d.Limit, t.throttle),                         // a miss waits for upstream budget, or gets sluice's own 429
+		vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault), // last: the real key in, signed as forwarded, one audit line
 	)
 }
 
@@ -98,7 +105,11 @@ func (t *Table) identify(r *http.Request, rec *decision.Record) *obs.Error {
 }
 
 func (t *Table) upstream(r *http.Request) *proxy.Upstream { return t.route(r).Upstream }
-func (t *Table) rules(r *http.Request) *filter.Rules      { return t.route(r).Rules }
+func (t *Table) vault(*http.Request) *vault.Vault         { return t.Vault }
+func (t *Table) grants(r *http.Request) (*vault.Vault, vault.Groups) {
+	return t.Vault, t.route(r).Groups
+}
+func (t *Table) rules(r *http.Request) *filter.Rules { return t.route(r).Rules }
 
 func (t *Table) blobs(r *http.Request) (*blobs.Matcher, string) {
 	return t.route(r).Blobs, decision.From(r.Context()).Target.String()

@@ -29,6 +29,7 @@ import (
 	"sluice/internal/proxy"
 	"sluice/internal/resolve"
 	"sluice/internal/throttle"
+	"sluice/internal/vault"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -48,8 +49,10 @@ type Table struct {
 	Resolvers []resolve.Server
 	// FleetRedis is fleet.redis; nil: no fleet.
 	FleetRedis *redis.Options
-	routes     map[string]*Route // by hosts pattern, and policy.ReverseRule
-	handler    http.Handler      // the pipeline over this table, once Build ran
+	// Vault is the clients and the keys sluice holds; nil: no clients named.
+	Vault   *vault.Vault
+	routes  map[string]*Route // by hosts pattern, and policy.ReverseRule
+	handler http.Handler      // the pipeline over this table, once Build ran
 }
 
 // Route is what the stages after the policy use for one host entry.
@@ -59,6 +62,8 @@ type Route struct {
 	Rules    *filter.Rules  // nil: no request rules
 	Throttle throttle.Specs // none: no budget
 	Blobs    *blobs.Matcher // nil: no blob store for this host
+	// Groups are the endpoint groups of the host's profile, for clients' grants.
+	Groups vault.Groups
 	// Settings are the host's effective settings, its profile's merged
 	// in, as the route was compiled from them (sluice check --expand).
 	Settings Settings
@@ -171,6 +176,8 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 	if rv := cfg.Listen.Reverse; rv != nil {
 		t.Backend, t.routes[policy.ReverseRule] = c.reverse(rv)
 	}
+	t.Vault, err = vault.Compile(cfg)
+	c.add(err)
 	if cfg.Fleet.Redis != "" {
 		opts, err := redis.ParseURL(cfg.Fleet.Redis)
 		c.add(config.Under(err, "fleet", "redis"))
@@ -242,7 +249,7 @@ func (c *compiler) passRoute(e *policy.Entry) *Route {
 	}
 	roots, err := c.roots(h.UpstreamCA)
 	at(err, "upstream_ca")
-	return &Route{Upstream: proxy.NewUpstream(roots, c.dialer, route, c.cfg.Timeouts)}
+	return &Route{Upstream: proxy.NewUpstream(roots, c.dialer, route, c.cfg.Timeouts), Groups: vault.DefaultGroups}
 }
 
 func (c *compiler) hostRoute(e *policy.Entry) *Route {
@@ -268,6 +275,8 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 	r.Settings.Rules = append(r.Settings.Rules, profileRules...)
 	if p != nil {
 		r.Settings.Profile = p.Name
+		r.Groups, err = vault.CompileGroups(p.Groups)
+		c.add(config.Under(err, "profile", p.Name))
 	}
 
 	if h.Blobs == nil || !h.Blobs.Off {

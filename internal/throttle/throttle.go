@@ -325,6 +325,8 @@ func (s *Spec) keyPart(host string, r *http.Request) string {
 		return host
 	case "client":
 		return clientOf(r)
+	case "client_name":
+		return decision.From(r.Context()).Client
 	case "api_key":
 		return s.apiKey(r)
 	case "host_api_key":

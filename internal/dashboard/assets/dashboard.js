@@ -122,7 +122,7 @@ function render(st) {
   ], "no budget spent yet");
 
   fill("refusals", st.refusals || [], [
-    x => time(x.time), x => x.client, x => x.host, x => x.method + " " + x.path, x => x.stage,
+    x => time(x.time), x => x.client + (x.client_name ? " (" + x.client_name + ")" : ""), x => x.host, x => x.method + " " + x.path, x => x.stage,
     x => x.reason + (x.rule_set ? " (" + x.rule_set + ": " + x.check + ")" : ""),
   ], "nothing refused");
 

@@ -1,0 +1,139 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// Key is an exchange credential that sluice holds for its bots (the key
+// vault): bots send Placeholder as their API key and sign with any secret;
+// sluice puts the real key in and signs again. The key and secret come
+// from files (mode 0600) or environment variables, never from this file.
+type Key struct {
+	// Exchange is how requests are signed: binance, bybit or kraken.
+	Exchange   string `yaml:"exchange"`
+	KeyFile    string `yaml:"key_file,omitempty"`
+	SecretFile string `yaml:"secret_file,omitempty"`
+	KeyEnv     string `yaml:"key_env,omitempty"`
+	SecretEnv  string `yaml:"secret_env,omitempty"`
+	// Placeholder is the API key bots send instead of the real one
+	// (default "sluice"); any other key is refused.
+	Placeholder string `yaml:"placeholder,omitempty"`
+}
+
+// Exchanges sluice signs for.
+var Exchanges = []string{"binance", "bybit", "kraken"}
+
+// Client is one bot, or one group of bots that share a name, and what it
+// may do.
+type Client struct {
+	// PasswordFile holds the client's password (or "sha256:" and its hex
+	// digest), mode 0600: it sends Proxy-Authorization: Basic NAME:PASSWORD.
+	PasswordFile string `yaml:"password_file,omitempty"`
+	// Addresses identify the client by source address (IPs or CIDRs), a
+	// weaker fallback for clients that cannot send proxy credentials.
+	Addresses []string `yaml:"addresses,omitempty,flow"`
+	// Certificate: the client may present a certificate from sluice's CA
+	// whose common name is its name (sluice clients cert NAME), on the
+	// HTTPS-proxy listener.
+	Certificate bool `yaml:"certificate,omitempty"`
+	// Hosts are the hosts (names, or keys of hosts:) it may reach.
+	Hosts []string `yaml:"hosts,flow"`
+	// Grants are the endpoint groups of the hosts' profiles it may call
+	// (read, trade, withdraw); empty: every group.
+	Grants []string `yaml:"grants,omitempty,flow"`
+	// Keys name, by host, the vault key sluice signs its requests with.
+	Keys map[string]string `yaml:"keys,omitempty"`
+}
+
+// EndpointGroup is a named set of a profile's endpoints, which clients'
+// grants name. A request is in the first group it matches.
+type EndpointGroup struct {
+	Name      string   `yaml:"name"`
+	Methods   []string `yaml:"methods,omitempty,flow"`
+	Path      string   `yaml:"path,omitempty"`
+	PathRegex string   `yaml:"path_regex,omitempty"`
+}
+
+// DefaultPlaceholder is the API key bots send for a vault key that names none.
+const DefaultPlaceholder = "sluice"
+
+func (c *Config) validateClients() []error {
+	var errs []error
+	add := func(err error, keys ...string) { errs = append(errs, fieldErr(err, keys...)) }
+	for _, name := range slices.Sorted(maps.Keys(c.Keys)) {
+		k := c.Keys[name]
+		if k == nil {
+			add(errors.New("empty: give exchange and where its key and secret are"), "keys", name)
+			continue
+		}
+		if !slices.Contains(Exchanges, k.Exchange) {
+			add(fmt.Errorf("%q: sluice signs for %v", k.Exchange, Exchanges), "keys", name, "exchange")
+		}
+		if (k.KeyFile == "") == (k.KeyEnv == "") {
+			add(errors.New("give exactly one of key_file and key_env"), "keys", name)
+		}
+		if (k.SecretFile == "") == (k.SecretEnv == "") {
+			add(errors.New("give exactly one of secret_file and secret_env"), "keys", name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Clients)) {
+		cl := c.Clients[name]
+		if cl == nil {
+			add(errors.New("empty: give how it proves who it is, and its hosts"), "clients", name)
+			continue
+		}
+		if cl.PasswordFile == "" && len(cl.Addresses) == 0 && !cl.Certificate {
+			add(errors.New("give password_file, addresses or certificate: true, or nobody can be this client"), "clients", name)
+		}
+		for i, a := range cl.Addresses {
+			if _, err := netip.ParsePrefix(a); err != nil {
+				if _, err := netip.ParseAddr(a); err != nil {
+					add(fmt.Errorf("%q is not an IP or CIDR", a), "clients", name, "addresses", fmt.Sprint(i))
+				}
+			}
+		}
+		if len(cl.Hosts) == 0 {
+			add(errors.New("list the hosts this client may reach"), "clients", name, "hosts")
+		}
+		for _, g := range cl.Grants {
+			if !slices.Contains(knownGroups(), g) {
+				add(fmt.Errorf("%q is no endpoint group of a profile (%v)", g, knownGroups()), "clients", name, "grants")
+			}
+		}
+		for _, host := range slices.Sorted(maps.Keys(cl.Keys)) {
+			key := c.Keys[cl.Keys[host]]
+			switch {
+			case key == nil:
+				add(fmt.Errorf("no key %q under keys", cl.Keys[host]), "clients", name, "keys", host)
+			case !slices.Contains(cl.Hosts, host):
+				add(fmt.Errorf("%s is not in this client's hosts", host), "clients", name, "keys", host)
+			default:
+				if h := c.Hosts[host]; h != nil && h.Profile != "" && h.Profile != key.Exchange {
+					add(fmt.Errorf("key %q signs for %s, but %s has the %s profile", cl.Keys[host], key.Exchange, host, h.Profile), "clients", name, "keys", host)
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// knownGroups are the endpoint group names the profiles define, and the
+// default groups of a profile without any.
+func knownGroups() []string {
+	names := []string{"read", "trade"}
+	if ps, err := Profiles(); err == nil {
+		for _, p := range ps {
+			for _, g := range p.Groups {
+				if !slices.Contains(names, g.Name) {
+					names = append(names, g.Name)
+				}
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
+}
