@@ -17,9 +17,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,7 +60,7 @@ func krakenSign(secretB64, path, nonce, body string) string {
 
 // testExchange verifies requests the way Binance, Bybit and Kraken
 // document, with the real secrets: 401 for a wrong key or signature.
-func testExchange(t *testing.T) http.Handler {
+func testExchange(binanceCreds *atomic.Pointer[[2]string]) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		fail := func(why string) {
@@ -66,7 +69,8 @@ func testExchange(t *testing.T) http.Handler {
 		}
 		switch {
 		case strings.HasPrefix(r.Host, "api.binance.com"):
-			if r.Header.Get("X-MBX-APIKEY") != binanceKey {
+			creds := binanceCreds.Load()
+			if r.Header.Get("X-MBX-APIKEY") != creds[0] {
 				fail("API-key format invalid.")
 				return
 			}
@@ -78,7 +82,7 @@ func testExchange(t *testing.T) http.Handler {
 					*part = strings.TrimSuffix((*part)[:i], "&")
 				}
 			}
-			if sig != "" && sig != hmacHex256(binanceSecret, q+b) {
+			if sig != "" && sig != hmacHex256(creds[1], q+b) {
 				fail("Signature for this request is not valid.")
 				return
 			}
@@ -89,9 +93,11 @@ func testExchange(t *testing.T) http.Handler {
 			}
 			want := hmacHex256(bybitSecret, r.Header.Get("X-BAPI-TIMESTAMP")+bybitKey+r.Header.Get("X-BAPI-RECV-WINDOW")+payload)
 			if r.Header.Get("X-BAPI-API-KEY") != bybitKey || r.Header.Get("X-BAPI-SIGN") != want {
-				fail("error sign!")
+				fmt.Fprint(w, `{"retCode":10004,"retMsg":"error sign!","result":{}}`)
 				return
 			}
+			fmt.Fprint(w, `{"retCode":0,"retMsg":"OK","result":{"orderId":"1"}}`)
+			return
 		case strings.HasPrefix(r.Host, "api.kraken.com"):
 			form, _ := url.ParseQuery(string(body))
 			if r.Header.Get("API-Key") != krakenKey || r.Header.Get("API-Sign") != krakenSign(krakenSecret, r.URL.Path, form.Get("nonce"), string(body)) {
@@ -113,7 +119,9 @@ func testExchange(t *testing.T) http.Handler {
 // secret appears in any log line or file under the data dir.
 func TestKeyVault(t *testing.T) {
 	upCA := testpki.NewCA(t, "exchange CA")
-	srv := upCA.Upstream(t, testExchange(t), "api.binance.com", "api.bybit.com", "api.kraken.com")
+	var binanceCreds atomic.Pointer[[2]string]
+	binanceCreds.Store(&[2]string{binanceKey, binanceSecret})
+	srv := upCA.Upstream(t, testExchange(&binanceCreds), "api.binance.com", "api.bybit.com", "api.kraken.com")
 	caPath := upCA.WritePEM(t, t.TempDir())
 	secrets := t.TempDir()
 	write := func(name, content string, mode os.FileMode) string {
@@ -256,6 +264,21 @@ clients:
 		t.Errorf("bot2 to a host it is not granted: %d %s; want its CONNECT refused 403", code, body)
 	}
 
+	t.Run("ccxt", func(t *testing.T) { ccxtThroughVault(t, r) })
+
+	// Rotating the key: new files and a reload; the bots change nothing.
+	const rotatedKey, rotatedSecret = "rotatedKEY0123456789rotatedKEY0123456789", "rotatedSECRET0123456789rotatedSECRET"
+	write("binance.key", rotatedKey, 0o600)
+	write("binance.secret", rotatedSecret, 0o600)
+	binanceCreds.Store(&[2]string{rotatedKey, rotatedSecret})
+	token := strings.TrimSpace(readFile(t, filepath.Join(r.dir, "data", "admin.token")))
+	if code, body := adminDo(t, r, http.MethodPut, "/config?dir="+url.QueryEscape(r.dir), token, []byte(readFile(t, r.cfg))); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if code, body := do(bot1, binanceReq(http.MethodGet, "/api/v3/account", "timestamp="+ts, "sluice")); code != 200 {
+		t.Errorf("bot1 after the key was rotated: %d %s", code, body)
+	}
+
 	// The audit trail, and no secret anywhere.
 	// Each audit line is written once its response is done, which its client may see first.
 	testenv.WaitFor(t, 5*time.Second, "an audit line for each of the 5 signed requests", func() bool {
@@ -273,9 +296,9 @@ clients:
 		}
 	}
 	if audit < 5 {
-		t.Errorf("%d audit lines for 5 signed requests", audit)
+		t.Errorf("%d audit lines for at least 5 signed requests", audit)
 	}
-	secretsOf := []string{binanceKey, binanceSecret, bybitKey, bybitSecret, krakenKey, krakenSecret, "bot1-password", "bot2-password"}
+	secretsOf := []string{binanceKey, binanceSecret, rotatedKey, rotatedSecret, bybitKey, bybitSecret, krakenKey, krakenSecret, "bot1-password", "bot2-password"}
 	for _, s := range secretsOf {
 		if strings.Contains(logs, s) {
 			t.Errorf("the log holds a secret (%.6s...)", s)
@@ -293,7 +316,6 @@ clients:
 		}
 		return nil
 	})
-	token := strings.TrimSpace(readFile(t, filepath.Join(r.dir, "data", "admin.token")))
 	areq, _ := http.NewRequest(http.MethodGet, "http://"+r.addrs["admin"]+"/config", nil)
 	areq.Header.Set("Authorization", "Bearer "+token)
 	if code, body := do(http.DefaultClient, areq); code != 200 || strings.Contains(body, binanceSecret) || !strings.Contains(body, "binance-main") {
@@ -302,7 +324,7 @@ clients:
 	metrics, _ := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	mb, _ := io.ReadAll(metrics.Body)
 	metrics.Body.Close()
-	if !strings.Contains(string(mb), `sluice_vault_signed_total{key="binance-main",outcome="signed"} 3`) || !strings.Contains(string(mb), `sluice_client_requests_total{client="bot2"}`) {
+	if !regexp.MustCompile(`sluice_vault_signed_total\{key="binance-main",outcome="signed"\} [3-9]`).Match(mb) || !strings.Contains(string(mb), `sluice_client_requests_total{client="bot2"}`) {
 		t.Errorf("vault metrics:\n%s", grepLines(string(mb), "sluice_vault_")+grepLines(string(mb), "sluice_client_requests"))
 	}
 }
@@ -354,5 +376,37 @@ func TestClientCertificate(t *testing.T) {
 	}
 	if _, err := get(false); err == nil || !strings.Contains(err.Error(), "unknown client") {
 		t.Errorf("without a certificate: %v; want the CONNECT refused as an unknown client", err)
+	}
+}
+
+// ccxtScript places an order on each exchange with ccxt's own signing
+// code (its implicit API), holding only a placeholder key and secret.
+const ccxtScript = `
+const ccxt = require("ccxt");
+const proxy = process.env.SLUICE_TEST_PROXY;
+(async () => {
+  const opts = {apiKey: "sluice", httpsProxy: proxy, timeout: 10000};
+  const binance = new ccxt.binance({...opts, secret: "not-a-secret"});
+  await binance.privatePostOrder({symbol: "BTCUSDT", side: "BUY", type: "LIMIT", timeInForce: "GTC", quantity: "0.001", price: "20000"});
+  await binance.privateGetAccount();
+  const bybit = new ccxt.bybit({...opts, secret: "not-a-secret"});
+  await bybit.privatePostV5OrderCreate({category: "spot", symbol: "BTCUSDT", side: "Buy", orderType: "Market", qty: "0.001"});
+  const kraken = new ccxt.kraken({...opts, secret: "bm90LWEtc2VjcmV0"});
+  await kraken.privatePostAddOrder({pair: "XBTUSD", type: "buy", ordertype: "limit", price: "20000", volume: "0.001"});
+  console.log("ok");
+})().catch(e => { console.error(String(e)); process.exit(1); });
+`
+
+// ccxtThroughVault runs ccxtScript through r as bot1: each exchange
+// checks the real signature, which only sluice could make.
+func ccxtThroughVault(t *testing.T, r *running) {
+	node := testenv.RequireTool(t, "node", "nodejs")
+	modules := testenv.RequireNodeModule(t, "ccxt")
+	cmd := exec.Command(node, "-e", ccxtScript)
+	cmd.Env = append(os.Environ(), "NODE_PATH="+modules, "NODE_EXTRA_CA_CERTS="+filepath.Join(r.dir, "data", "ca.pem"),
+		"SLUICE_TEST_PROXY=http://bot1:bot1-password@"+r.addrs["proxy"], "HTTPS_PROXY=", "https_proxy=", "NO_PROXY=")
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "ok" {
+		t.Errorf("ccxt with placeholder keys through sluice: %v\n%s", err, out)
 	}
 }
