@@ -16,7 +16,7 @@
 //	                          ?dir=ABS resolves its relative paths there (the
 //	                          file's directory), else the running config's
 //	GET    /bans              the banned clients
-//	POST   /bans              ban {"client": IP, "duration": "1h", "reason": "..."}
+//	POST   /bans              ban {"client": IP or "client:NAME", "duration": "1h", "reason": "..."}
 //	DELETE /bans/{client}     lift a ban
 //	GET    /dns/pins          the pinned upstream addresses, and answers that disagree
 //	POST   /dns/pins/{host}/accept
@@ -195,13 +195,19 @@ func New(opts Options) *Server {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want JSON {\"client\": IP, \"duration\": \"1h\", \"reason\": ...}: " + err.Error()})
 				return
 			}
+			client := req.Client
 			ip, err := netip.ParseAddr(req.Client)
+			if err == nil {
+				client = ip.Unmap().String()
+			} else if name, ok := strings.CutPrefix(req.Client, "client:"); ok && name != "" {
+				err = nil // a named client (clients:), wherever it connects from
+			}
 			d, derr := time.ParseDuration(req.Duration)
 			if err != nil || derr != nil || d <= 0 {
-				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "client must be an IP and duration a positive Go duration (30m, 24h)"})
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "client must be an IP or client:NAME, and duration a positive Go duration (30m, 24h)"})
 				return
 			}
-			if err := opts.Bans.Add(r.Context(), ip.Unmap().String(), d, cmp.Or(req.Reason, "operator")); err != nil {
+			if err := opts.Bans.Add(r.Context(), client, d, cmp.Or(req.Reason, "operator")); err != nil {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "ban not stored: " + err.Error()})
 				return
 			}

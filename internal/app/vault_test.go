@@ -266,12 +266,23 @@ clients:
 
 	t.Run("ccxt", func(t *testing.T) { ccxtThroughVault(t, r) })
 
+	// A ban by name holds the bot, not the address it shares with others.
+	token := strings.TrimSpace(readFile(t, filepath.Join(r.dir, "data", "admin.token")))
+	if code, body := adminDo(t, r, http.MethodPost, "/bans", token, []byte(`{"client":"client:bot2","duration":"1h","reason":"test"}`)); code != 200 {
+		t.Fatalf("ban of client:bot2: %d %s", code, body)
+	}
+	if code, body := do(bot2, binanceReq(http.MethodGet, "/api/v3/account", "timestamp="+ts, "sluice")); code != http.StatusForbidden || !strings.Contains(body, "client banned") {
+		t.Errorf("bot2 banned by name: %d %s", code, body)
+	}
+	if code, body := do(bot1, binanceReq(http.MethodGet, "/api/v3/account", "timestamp="+ts, "sluice")); code != 200 {
+		t.Errorf("bot1, from the same address as banned bot2: %d %s", code, body)
+	}
+
 	// Rotating the key: new files and a reload; the bots change nothing.
 	const rotatedKey, rotatedSecret = "rotatedKEY0123456789rotatedKEY0123456789", "rotatedSECRET0123456789rotatedSECRET"
 	write("binance.key", rotatedKey, 0o600)
 	write("binance.secret", rotatedSecret, 0o600)
 	binanceCreds.Store(&[2]string{rotatedKey, rotatedSecret})
-	token := strings.TrimSpace(readFile(t, filepath.Join(r.dir, "data", "admin.token")))
 	if code, body := adminDo(t, r, http.MethodPut, "/config?dir="+url.QueryEscape(r.dir), token, []byte(readFile(t, r.cfg))); code != 200 {
 		t.Fatalf("reload: %d %s", code, body)
 	}

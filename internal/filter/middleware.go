@@ -14,8 +14,12 @@ import (
 	"sluice/internal/obs"
 )
 
-// BanGate is the ban stage: a banned client is answered 403 before anything
-// of its request is read, and its connection is closed. A nil list bans no one.
+// ClientKey is what a named client (clients:) is counted and banned as.
+func ClientKey(name string) string { return "client:" + name }
+
+// BanGate is the ban stage: a banned client (its address, or once named
+// its name) is answered 403 before anything of its request is read, and
+// its connection is closed. A nil list bans no one.
 func BanGate(bans *Bans) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		if bans == nil {
@@ -24,6 +28,9 @@ func BanGate(bans *Bans) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			rec := decision.From(r.Context())
 			b, banned := bans.Banned(r.Context(), decision.ClientIP(r))
+			if !banned && rec.Client != "" {
+				b, banned = bans.Banned(r.Context(), ClientKey(rec.Client))
+			}
 			if !banned {
 				next.ServeHTTP(w, r)
 				return
@@ -87,6 +94,11 @@ type gate struct {
 func (g *gate) refuse(w http.ResponseWriter, r *http.Request, rules *Rules, v *Violation) {
 	rec := decision.From(r.Context())
 	client := decision.ClientIP(r)
+	if rec.Client != "" {
+		// A named client is banned by its name: its address may be shared
+		// (one gateway host, one NAT), and it may move.
+		client = ClientKey(rec.Client)
+	}
 	banned := g.bans != nil && g.bans.Strike(r.Context(), client, rules, v)
 	g.log.Warn("rule_violation", "client_ip", client, "rule", rules.Name, "check", v.Check, "method", r.Method,
 		"host", rec.Target.String(), "path", r.URL.Path, "banned", banned)

@@ -72,8 +72,8 @@ func (t *Table) Build(d Deps) {
 		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
 		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()),                 // a body that sends nothing for body_idle is cut off
 		canon.Middleware(t.identify),                                     // canonical request: target and client from the entry point, one spelling of the path
-		filter.BanGate(d.Bans),                                           // banned client: refused before anything is read
 		vault.Identify(d.Clients, t.vault),                               // which named client: proxy credentials, certificate or address; else 407
+		filter.BanGate(d.Bans),                                           // banned client (address or name): refused before anything is read
 		policy.Middleware(t.Policy, d.Reports),                           // allowlist: deny, tunnel, intercept or reverse, recorded
 		vault.Grants(t.grants),                                           // the client's hosts and endpoint groups; no real key where sluice holds it
 		d.Proxy.Connect(t.upstream, t.Config.Timeouts),                   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
