@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -419,5 +420,62 @@ func ccxtThroughVault(t *testing.T, r *running) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "ok" {
 		t.Errorf("ccxt with placeholder keys through sluice: %v\n%s", err, out)
+	}
+}
+
+// TestTransparentClientCertificate: on the transparent TLS listener a
+// client that cannot send proxy credentials names itself with a client
+// certificate in the handshake sluice terminates; without one (or on a
+// tunneled host, where sluice sees no handshake) it is refused.
+func TestTransparentClientCertificate(t *testing.T) {
+	front := transparentAddress(t)
+	up := testpki.NewCA(t, "exchange CA")
+	srv := up.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "api.test", "tunnel.test")
+	caPath := up.WritePEM(t, t.TempDir())
+	r := startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0, transparent_tls: %q}
+data_dir: data
+hosts:
+  api.test: {upstream_ca: %s, connect_to: %s, allow_private: true}
+  tunnel.test: {mode: tunnel, connect_to: %s, allow_private: true}
+clients:
+  bot3: {certificate: true, hosts: [api.test, tunnel.test]}
+`, front, caPath, srv.Listener.Addr(), srv.Listener.Addr()))
+	certDir := t.TempDir()
+	if err := Run(t.Context(), []string{"clients", "cert", "bot3", "-c", r.cfg, "-o", certDir}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(certDir, "bot3.pem"), filepath.Join(certDir, "bot3.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := os.ReadFile(filepath.Join(r.dir, "data", "ca.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	upPEM, _ := os.ReadFile(caPath)
+	pool.AppendCertsFromPEM(upPEM) // so that a tunnel to tunnel.test would succeed, if sluice let it through
+	get := func(host string, certs []tls.Certificate) (string, error) {
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", front)
+			},
+			TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs},
+		}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://" + host + "/x")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, b), nil
+	}
+	if got, err := get("api.test", []tls.Certificate{cert}); got != "200 ok" {
+		t.Errorf("bot3 with its certificate, transparently: %q %v", got, err)
+	}
+	if got, err := get("api.test", nil); !strings.HasPrefix(got, "403 ") || !strings.Contains(got, "unknown client") {
+		t.Errorf("without a certificate: %q %v; want 403 unknown client", got, err)
+	}
+	if got, err := get("tunnel.test", []tls.Certificate{cert}); err == nil {
+		t.Errorf("a tunneled host, where no certificate can name the client: %q; want the connection refused", got)
 	}
 }

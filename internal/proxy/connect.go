@@ -180,7 +180,8 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 	untrack := s.track(c)
 	sessions := s.metrics.sessions.WithLabelValues(decision.Intercept.String())
 	sessions.Inc()
-	sc := &sessionConn{Conn: c, target: target, client: rec.Client, onClose: func() { untrack(); sessions.Dec() }}
+	sc := &sessionConn{Conn: c, target: target, client: rec.Client, transparent: rec.Entry == decision.EntryTransparentTLS,
+		onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
 	hctx, cancel := context.WithTimeout(r.Context(), handshakeTimeout)
 	defer cancel()
@@ -209,15 +210,28 @@ func clientHandshakeError(err error) error {
 // CONNECT target to GetCertificate and to the inner server's requests.
 type sessionConn struct {
 	net.Conn
-	target  hostport.HostPort
-	client  string // the CONNECT's named client, "" without clients:
-	onClose func()
-	once    sync.Once
+	target hostport.HostPort
+	client string // the CONNECT's named client, "" without clients:
+	// transparent: the client does not know it talks to a proxy, and may
+	// prove who it is only with a certificate in this handshake.
+	transparent bool
+	onClose     func()
+	once        sync.Once
 }
 
 func (c *sessionConn) Close() error {
 	c.once.Do(c.onClose)
 	return c.Conn.Close()
+}
+
+// mitmConfigFor asks a transparent connection's client for a certificate
+// from sluice's CA, which may name it (clients.NAME.certificate); a
+// proxy's client proved who it is on its CONNECT.
+func (s *Server) mitmConfigFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	if sc, ok := hello.Conn.(*sessionConn); ok && sc.transparent {
+		return s.mitmClientAuth, nil
+	}
+	return nil, nil
 }
 
 // mitmCertificate returns the leaf for the CONNECT target. The client's SNI

@@ -73,7 +73,9 @@ type Server struct {
 	mitm     *http.Server // serves requests inside intercepted CONNECTs
 	mitmLn   *connListener
 	mitmTLS  *tls.Config
-	selfCert *selfCert
+	// mitmClientAuth is mitmTLS asking for a client certificate (transparent connections).
+	mitmClientAuth *tls.Config
+	selfCert       *selfCert
 
 	mu       sync.Mutex
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
@@ -108,6 +110,9 @@ func New(opts Options) (*Server, error) {
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: s.mitmCertificate,
 	}
+	s.mitmClientAuth = s.mitmTLS.Clone()
+	s.mitmClientAuth.ClientAuth, s.mitmClientAuth.ClientCAs = tls.VerifyClientCertIfGiven, rootPool(opts.Root)
+	s.mitmTLS.GetConfigForClient = s.mitmConfigFor
 	conns, err := obs.NewConns(opts.Log, opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -190,8 +195,7 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		serve(s.rev, ln)
 	}
 	if lns.ProxyTLS != nil {
-		clientCAs := x509.NewCertPool()
-		clientCAs.AddCert(s.selfCert.root.Cert)
+		clientCAs := rootPool(s.selfCert.root)
 		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// http/1.1 only: CONNECT over HTTP/2 cannot be hijacked
@@ -278,4 +282,11 @@ func selfNames(listen string) []string {
 		}
 	}
 	return names
+}
+
+// rootPool holds sluice's CA alone: the issuer of client certificates.
+func rootPool(root *ca.Root) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(root.Cert)
+	return p
 }

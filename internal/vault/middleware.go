@@ -72,6 +72,13 @@ func Identify(m *Metrics, of func(*http.Request) *Vault) func(http.Handler) http
 			}
 			if rec.Client == "" {
 				c, why := v.identify(r, rec, auth)
+				if c == nil && rec.Entry == decision.EntryTransparentTLS {
+					// It may still prove who it is with a certificate in the
+					// handshake sluice terminates; Grants refuses it if sluice
+					// would not (a tunneled host).
+					next.ServeHTTP(w, r)
+					return
+				}
 				if c == nil {
 					refuseIdentity(w, r, rec, why)
 					return
@@ -118,10 +125,9 @@ func (v *Vault) identify(r *http.Request, rec *decision.Record, auth string) (*C
 
 func refuseIdentity(w http.ResponseWriter, r *http.Request, rec *decision.Record, why string) {
 	rec.Refuse(decision.Identity, "unknown client: "+why)
-	status := http.StatusProxyAuthRequired
-	if rec.Entry == decision.EntryTransparentTLS || rec.Entry == decision.EntryTransparentHTTP {
-		status = http.StatusForbidden // a client that does not know it talks to a proxy cannot answer a challenge
-	} else {
+	status := http.StatusForbidden // inside a tunnel, or to a client that does not know it talks to a proxy, a challenge means nothing
+	if rec.Entry == decision.EntryForward || rec.Entry == decision.EntryConnect {
+		status = http.StatusProxyAuthRequired
 		w.Header().Set("Proxy-Authenticate", `Basic realm="sluice"`)
 	}
 	obs.WriteError(w, r, &obs.Error{Status: status, Msg: "unknown client", Host: rec.Target.String(),
@@ -138,6 +144,12 @@ func Grants(of func(*http.Request) (*Vault, Groups)) func(http.Handler) http.Han
 			v, groups := of(r)
 			rec := decision.From(r.Context())
 			c := v.Client(rec.Client)
+			if c == nil && v != nil && rec.Entry == decision.EntryTransparentTLS && rec.Action != decision.Intercept {
+				// Only an intercepted connection can name its client by
+				// certificate after the fact.
+				refuseIdentity(w, r, rec, "no client certificate can name it on a tunneled host, and the address is no client's")
+				return
+			}
 			if c == nil {
 				next.ServeHTTP(w, r)
 				return
