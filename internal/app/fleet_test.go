@@ -94,13 +94,23 @@ hosts:
 		}
 		wg.Wait()
 	}
+	// Each instance's first request opens its upstream connection, whose
+	// handshake (slow under -race) could deliver it after sluice's hold of
+	// it ended: one request each, and a window for them to leave.
+	for _, r := range fleet {
+		if resp, err := r.client().Get("https://api.test/api/v3/order"); err == nil {
+			resp.Body.Close()
+		}
+	}
+	time.Sleep(5300 * time.Millisecond)
+	warm := up.accepted.Load()
 	start := time.Now()
 	load(11 * time.Second)
 	windows := int(time.Since(start) / (5 * time.Second)) // whole windows the load ran
 	if up.denied.Load() != 0 {
 		t.Errorf("the upstream answered 429 %d times: the fleet overran the shared budget", up.denied.Load())
 	}
-	if got, budget := up.accepted.Load(), int64(20*windows); got*100 < budget*95 {
+	if got, budget := up.accepted.Load()-warm, int64(20*windows); got*100 < budget*95 {
 		t.Errorf("the upstream served %d in %d windows of 20: under 95%% of the budget", got, windows)
 	} else {
 		t.Logf("the upstream served %d requests in %d windows of 20, none refused", got, windows)

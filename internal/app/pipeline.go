@@ -40,7 +40,11 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 		return nil, nil, err
 	}
 	cc := cfg.Cache
-	respCache, err := cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes),
+	grace := time.Duration(-1) // the fill's own round trip
+	if cc.RefreshGrace != nil {
+		grace = cc.RefreshGrace.D()
+	}
+	respCache, err := cache.New(cache.Options{MaxBytes: int64(cc.MaxBytes), MaxObjectBytes: int64(cc.MaxObjectBytes), RefreshGrace: grace,
 		FetchTimeout: cc.FetchTimeout.D(), Shared: fleetCache, Log: log.With("component", "cache"), Registerer: reg})
 	if err != nil {
 		return nil, nil, err

@@ -350,6 +350,7 @@ func restartOnlyChanges(running, next *config.Config) []string {
 		{"cache.max_bytes", next.Cache.MaxBytes != running.Cache.MaxBytes},
 		{"cache.max_object_bytes", next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes},
 		{"cache.fetch_timeout", next.Cache.FetchTimeout != running.Cache.FetchTimeout},
+		{"cache.refresh_grace", !reflect.DeepEqual(next.Cache.RefreshGrace, running.Cache.RefreshGrace)},
 		{"blobs.max_bytes", next.Blobs.MaxBytes != running.Blobs.MaxBytes},
 		{"blobs.when_clients_leave", next.Blobs.WhenClientsLeave != running.Blobs.WhenClientsLeave},
 		{"blobs.scrub_every", next.Blobs.ScrubEvery != running.Blobs.ScrubEvery},

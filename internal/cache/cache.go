@@ -43,6 +43,9 @@ type Options struct {
 	MaxObjectBytes int64
 	// FetchTimeout bounds one detached upstream fetch.
 	FetchTimeout time.Duration
+	// RefreshGrace is how long past its expiry a rules-mode entry answers
+	// while a refresh runs; negative: the round trip of the fill that stored it.
+	RefreshGrace time.Duration
 	// Shared (nil: none) is the fleet's cache behind this one (fleet.cache).
 	Shared Shared
 	// Now is the clock; nil is time.Now.
@@ -63,6 +66,7 @@ type Cache struct {
 	requests  *prometheus.CounterVec
 	results   map[string]prometheus.Counter // requests' children by result, looked up once
 	coalesced prometheus.Counter
+	refreshes prometheus.Counter
 	fills     *prometheus.CounterVec
 	evictions prometheus.Counter
 	fleet     *prometheus.CounterVec // nil without Shared
@@ -83,6 +87,9 @@ type entry struct {
 	dead time.Time
 	// pass marks a key not to cache (its response was too large) until expires.
 	pass bool
+	// took is how long the fill that stored it waited for the upstream:
+	// a hit within that of the expiry starts the next fill.
+	took time.Duration
 	// std holds what standard mode needs; nil in rules mode.
 	std *stdMeta
 	// index, in standard mode, makes this the entry of a URL's variants.
@@ -125,6 +132,10 @@ func New(opts Options) (*Cache, error) {
 		Namespace: "sluice", Subsystem: "cache", Name: "coalesced_total",
 		Help: "Requests that waited for another request's upstream fetch instead of sending their own.",
 	})
+	c.refreshes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "sluice", Subsystem: "cache", Name: "refreshes_total",
+		Help: "Background fills started by a hit near or just past its entry's expiry (or stale-while-revalidate), answered from the current copy meanwhile.",
+	})
 	c.fills = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "fills_total",
 		Help: "Fills of the cache, by outcome: stored, not_stored, too_large, revalidated (upstream fetches), fleet (from another instance, no upstream call).",
@@ -142,7 +153,7 @@ func New(opts Options) (*Cache, error) {
 	c.entriesG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "sluice", Subsystem: "cache", Name: "entries", Help: "Cached responses.",
 	}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.entries.Len()) })
-	if err := metrics.Register(opts.Registerer, c.requests, c.coalesced, c.fills, c.evictions, c.bytesG, c.entriesG); err != nil {
+	if err := metrics.Register(opts.Registerer, c.requests, c.coalesced, c.refreshes, c.fills, c.evictions, c.bytesG, c.entriesG); err != nil {
 		return nil, err
 	}
 	if opts.Shared != nil {

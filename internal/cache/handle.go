@@ -40,23 +40,11 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 	key := Key(r.Method, host, r.URL, ru.ignore) + "\x00" + acceptedCodings(r.Header)
 	now := c.opts.Now()
 	e := c.get(key, now)
-	switch {
-	case e != nil && e.pass && now.Before(e.expires):
-		c.bypass(w, r, next)
-		return
-	case e != nil && !e.pass && now.Before(e.expires):
-		c.serve(w, r, e, "HIT", now)
-		return
-	case r.Method == http.MethodHead:
-		// A HEAD miss cannot fill a GET entry: pass it on.
-		c.bypass(w, r, next)
-		return
-	}
 	var ff *fleetFill
 	if c.opts.Shared != nil && !obs.HasCredentials(r) {
 		ff = &fleetFill{ttl: ru.ttl, stale: rules.stale}
 	}
-	res, ok := c.fetch(w, r, key, next, ff, nil, func(f *fetched) *entry {
+	store := func(f *fetched) *entry {
 		if f.tooLarge {
 			return &entry{key: key, pass: true, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl)}
 		}
@@ -68,9 +56,35 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		f.setCookie = f.header.Values("Set-Cookie")
 		h := f.header.Clone()
 		h.Del("Set-Cookie")
-		return &entry{key: key, status: f.status, header: h, body: f.body,
-			stored: f.at, expires: f.at.Add(ru.ttl), dead: f.at.Add(ru.ttl + rules.stale)}
-	})
+		e := &entry{key: key, status: f.status, header: h, body: f.body, took: f.took, stored: f.at, expires: f.at.Add(ru.ttl)}
+		e.dead = e.expires.Add(max(rules.stale, c.grace(e)))
+		return e
+	}
+	switch {
+	case e != nil && e.pass && now.Before(e.expires):
+		c.bypass(w, r, next)
+		return
+	case e != nil && !e.pass && now.Before(e.expires.Add(-e.ahead())):
+		c.serve(w, r, e, "HIT", now)
+		return
+	case e != nil && !e.pass && now.Before(e.expires):
+		// Close to its expiry: refreshed in the background, so that the
+		// next copy is there when this one expires.
+		c.refresh(r, key, next, ff, nil, store)
+		c.serve(w, r, e, "REFRESH", now)
+		return
+	case e != nil && !e.pass && now.Before(e.expires.Add(c.grace(e))) && r.Method == http.MethodGet:
+		// Just expired: the copy, no older than its TTL and one round
+		// trip, answers while the refresh runs.
+		c.refresh(r, key, next, ff, nil, store)
+		c.serve(w, r, e, "STALE", now)
+		return
+	case r.Method == http.MethodHead:
+		// A HEAD miss cannot fill a GET entry: pass it on.
+		c.bypass(w, r, next)
+		return
+	}
+	res, ok := c.fetch(w, r, key, next, ff, nil, store)
 	if !ok {
 		return // the client went away while waiting
 	}
@@ -169,13 +183,13 @@ func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *entry, result s
 }
 
 // xCache holds the X-Cache values, so that setting one allocates nothing.
-var xCache = map[string][]string{"HIT": {"HIT"}, "MISS": {"MISS"}, "STALE": {"STALE"}, "BYPASS": {"BYPASS"}}
+var xCache = map[string][]string{"HIT": {"HIT"}, "REFRESH": {"REFRESH"}, "MISS": {"MISS"}, "STALE": {"STALE"}, "BYPASS": {"BYPASS"}}
 
 // count records a request's cache result in the metrics and the access log.
 func (c *Cache) count(r *http.Request, result string) {
 	var res decision.CacheResult
 	switch result {
-	case "HIT":
+	case "HIT", "REFRESH":
 		res = decision.Hit
 	case "MISS":
 		res = decision.Miss
@@ -217,6 +231,8 @@ type fetched struct {
 	next                 http.Handler
 	// fromFleet: the entry came from the fleet cache, not the upstream.
 	fromFleet bool
+	// took is how long the upstream took to answer (with its budget wait).
+	took time.Duration
 }
 
 // failed reports whether the upstream failed: sluice could not reach it, or
@@ -246,13 +262,7 @@ type interimResponse struct {
 // upstream request; store decides what to keep. ok is false when r's
 // client gave up waiting.
 func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) (res *fetched, ok bool) {
-	c.mu.Lock()
-	f, joined := c.flights[key]
-	if !joined {
-		f = &flight{done: make(chan struct{}), interim: make(chan interimResponse, maxInterim)}
-		c.flights[key] = f
-	}
-	c.mu.Unlock()
+	f, joined := c.flight(key)
 	if joined {
 		c.coalesced.Inc()
 	} else {
@@ -278,6 +288,47 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 			return nil, false
 		}
 	}
+}
+
+// flight returns key's fill in progress (joined), or a new one that the
+// caller must run.
+func (c *Cache) flight(key string) (f *flight, joined bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, joined = c.flights[key]; !joined {
+		f = &flight{done: make(chan struct{}), interim: make(chan interimResponse, maxInterim)}
+		c.flights[key] = f
+	}
+	return f, joined
+}
+
+// refresh starts a background fill of key with r's request, unless one is
+// in progress: whoever asks meanwhile gets the current copy, and a miss
+// joins the fill. prepare (nil: none) adds validators.
+func (c *Cache) refresh(r *http.Request, key string, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
+	if f, joined := c.flight(key); !joined {
+		c.refreshes.Inc()
+		go c.run(f, key, r, next, ff, prepare, store)
+	}
+}
+
+// ahead is how long before its expiry a hit refreshes a rules-mode entry:
+// twice the round trip of the fill that stored it (a bot that polls once
+// per TTL, as the one whose poll filled it, comes back about one round
+// trip before the expiry, and must land inside), at most a quarter of the
+// TTL, so that upstream calls stay about one per TTL.
+func (e *entry) ahead() time.Duration {
+	return min(2*e.took, e.expires.Sub(e.stored)/4)
+}
+
+// grace is how long past its expiry a rules-mode entry still answers while
+// it is refreshed: cache.refresh_grace, else the round trip of the fill
+// that stored it.
+func (c *Cache) grace(e *entry) time.Duration {
+	if c.opts.RefreshGrace >= 0 {
+		return c.opts.RefreshGrace
+	}
+	return e.took
 }
 
 // maxInterim is how many 1xx responses a fill passes on; net/http's
@@ -327,9 +378,11 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, f
 		prepare(out)
 	}
 	rw := &recorder{header: http.Header{}, limit: c.opts.MaxObjectBytes, interim: f.interim}
+	start := c.opts.Now()
 	aborted := c.serveInto(rw, out, next, key)
 	res := rw.result(aborted)
 	res.leader, res.next, res.at = r, next, c.opts.Now()
+	res.took = res.at.Sub(start)
 	res.upstreamAddr, res.budget, res.waited = rec.UpstreamAddr, rec.Budget, rec.Waited
 	res.entry = store(res)
 	switch {

@@ -25,8 +25,11 @@ type stdMeta struct {
 	mustRevalidate bool
 	// staleIfError is the response's own stale-if-error (RFC 5861), if any.
 	staleIfError time.Duration
-	etag         string
-	lastModified string
+	// staleWhileRevalidate is its stale-while-revalidate (RFC 5861): how
+	// long past its freshness it answers while it is revalidated.
+	staleWhileRevalidate time.Duration
+	etag                 string
+	lastModified         string
 }
 
 // allowsStale reports whether the entry may be served stale after an
@@ -148,6 +151,9 @@ func newStdMeta(status int, h http.Header, requestTime, responseTime time.Time) 
 	if d, ok := cc.seconds("stale-if-error"); ok {
 		m.staleIfError = d
 	}
+	if d, ok := cc.seconds("stale-while-revalidate"); ok {
+		m.staleWhileRevalidate = d
+	}
 	if d, ok := cc.seconds("s-maxage"); ok {
 		m.lifetime = d
 	} else if d, ok := cc.seconds("max-age"); ok {
@@ -205,6 +211,25 @@ func usable(e *entry, r *http.Request, reqCC directives, now time.Time) bool {
 		return v == "" || -left <= d
 	}
 	return false
+}
+
+// revalidatesInBackground reports whether a stale entry may answer r while
+// it is revalidated (RFC 5861 section 3): within its stale-while-revalidate,
+// and unless the entry or the request forbid stale answers.
+func revalidatesInBackground(e *entry, r *http.Request, reqCC directives, now time.Time) bool {
+	m := e.std
+	if m.staleWhileRevalidate <= 0 || m.noCache || m.mustRevalidate || reqCC.has("no-cache") ||
+		len(reqCC) == 0 && hasToken(r.Header.Values("Pragma"), "no-cache") {
+		return false
+	}
+	age := m.currentAge(now)
+	if d, ok := reqCC.seconds("max-age"); ok && age > d {
+		return false
+	}
+	if _, ok := reqCC.seconds("min-fresh"); ok {
+		return false
+	}
+	return age-m.lifetime <= m.staleWhileRevalidate
 }
 
 func hasToken(vs []string, token string) bool {
@@ -279,7 +304,7 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 			out.Header.Set("If-Modified-Since", old.std.lastModified)
 		}
 	}
-	res, ok := c.fetch(w, r, key, next, nil, prepare, func(f *fetched) *entry {
+	store := func(f *fetched) *entry {
 		if f.status == http.StatusNotModified && old != nil {
 			return c.freshen(old, f, requestTime)
 		}
@@ -295,13 +320,19 @@ func (c *Cache) handleStandard(w http.ResponseWriter, r *http.Request, host stri
 		e := &entry{key: variantKey(primary, names, r.Header), status: f.status, header: h, body: f.body,
 			stored: f.at, std: newStdMeta(f.status, h, requestTime, f.at)}
 		e.expires = e.stored.Add(e.std.lifetime - e.std.currentAge(f.at))
-		e.dead = e.expires.Add(max(rules.stale, e.std.staleIfError)) // kept for revalidation and stale-if-error
+		e.dead = e.expires.Add(max(rules.stale, e.std.staleIfError, e.std.staleWhileRevalidate)) // kept for revalidation and stale answers
 		if e.std.etag != "" || e.std.lastModified != "" {
 			e.dead = e.dead.Add(24 * time.Hour)
 		}
 		c.index(primary, names, e.key, e.dead)
 		return e
-	})
+	}
+	if old != nil && revalidatesInBackground(old, r, reqCC, now) {
+		c.refresh(r, key, next, nil, prepare, store)
+		c.serveStandard(w, r, old, "STALE", now)
+		return
+	}
+	res, ok := c.fetch(w, r, key, next, nil, prepare, store)
 	if !ok {
 		return
 	}

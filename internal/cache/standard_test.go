@@ -273,3 +273,51 @@ func TestStandardNeverSharesAClientsAnswer(t *testing.T) {
 			w.Header().Get("X-Cache"), w.Header().Get("Set-Cookie"))
 	}
 }
+
+// TestStaleWhileRevalidate: RFC 5861 section 3. Within its
+// stale-while-revalidate a stale response answers at once (X-Cache:
+// STALE, its Age) while one background revalidation refreshes it, however
+// many requests come; past it, or with must-revalidate, a request waits.
+func TestStaleWhileRevalidate(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	var calls atomic.Int64
+	gate := make(chan struct{})
+	cc := atomic.Pointer[string]{}
+	cc.Store(new("max-age=10, stale-while-revalidate=30"))
+	o := newOrigin(t, func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 2 {
+			<-gate // the revalidation, held until the test has asked
+		}
+		w.Header().Set("Date", clk.now().UTC().Format(http.TimeFormat))
+		w.Header().Set("Cache-Control", *cc.Load())
+		fmt.Fprintf(w, "v%d", calls.Load())
+	})
+	c := newCache(t, clk, 1<<20)
+	do(c, std(t), o.next, "GET", "/r")
+	clk.advance(20 * time.Second) // stale by 10 s, within the 30 s
+	for range 5 {
+		w := do(c, std(t), o.next, "GET", "/r")
+		if w.Header().Get("X-Cache") != "STALE" || w.Body.String() != "v1" || w.Header().Get("Age") != "20" {
+			t.Fatalf("within stale-while-revalidate: %s %q Age %s; want STALE v1 at once", w.Header().Get("X-Cache"), w.Body, w.Header().Get("Age"))
+		}
+	}
+	close(gate)
+	for range 500 {
+		if w := do(c, std(t), o.next, "GET", "/r"); w.Body.String() == "v2" {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("5 stale answers made %d upstream calls, want 2 (one revalidation)", n)
+	}
+	cc.Store(new("max-age=10, stale-while-revalidate=30, must-revalidate"))
+	clk.advance(45 * time.Second) // past both
+	if w := do(c, std(t), o.next, "GET", "/r"); w.Header().Get("X-Cache") != "MISS" || w.Body.String() != "v3" {
+		t.Errorf("past stale-while-revalidate: %s %q; want a MISS", w.Header().Get("X-Cache"), w.Body)
+	}
+	clk.advance(15 * time.Second) // stale by 5 s, but must-revalidate
+	if w := do(c, std(t), o.next, "GET", "/r"); w.Header().Get("X-Cache") != "MISS" || w.Body.String() != "v4" {
+		t.Errorf("must-revalidate within stale-while-revalidate: %s %q; want a MISS", w.Header().Get("X-Cache"), w.Body)
+	}
+}

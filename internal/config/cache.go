@@ -24,6 +24,10 @@ type CacheConfig struct {
 	StaleIfError *Duration `yaml:"stale_if_error,omitempty"`
 	// FetchTimeout bounds one upstream fetch that fills the cache. Default 60s.
 	FetchTimeout Duration `yaml:"fetch_timeout"`
+	// RefreshGrace is how long past its TTL a rules-mode entry still
+	// answers while its refresh runs. Default: the round trip of the fill
+	// that stored it; 0s: never past the TTL.
+	RefreshGrace *Duration `yaml:"refresh_grace,omitempty"`
 }
 
 // CacheMode says how a host's responses are cached.

@@ -144,6 +144,9 @@ func (c *Config) validate() []error {
 	if *c.Cache.StaleIfError < 0 {
 		add(errors.New("must not be negative"), "cache", "stale_if_error")
 	}
+	if g := c.Cache.RefreshGrace; g != nil && *g < 0 {
+		add(errors.New("must not be negative"), "cache", "refresh_grace")
+	}
 	if v := c.CA.LeafValidity.D(); v < time.Hour || v > 397*24*time.Hour {
 		add(errors.New("must be between 1h and 9528h (397 days, the browser limit)"), "ca", "leaf_validity")
 	}
