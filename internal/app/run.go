@@ -284,11 +284,11 @@ func tuneRuntime() {
 
 // minMemoryLimit is the soft memory limit's floor: room for the buffers of
 // a few hundred connections.
-const minMemoryLimit = 32 << 20
+const minMemoryLimit = 24 << 20
 
 // tuneMemory keeps the soft memory limit near what sluice holds: twice the
-// live heap, three times the response cache's bytes, at least
-// minMemoryLimit, checked every second until ctx ends. The collector then
+// live heap (the cache's bodies are part of it), twice the response
+// cache's bytes, at least minMemoryLimit, checked every second until ctx ends. The collector then
 // gives back what a burst allocated instead of holding five times the live
 // heap (GOGC=400), while a filling cache or a crowd of connections still
 // has room: the limit follows them up within a second.
@@ -328,7 +328,7 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 			lastCycles, heldAfterCollect, sinceCollect = value(1), value(2)+value(3), 0
 			live = value(0)
 		}
-		debug.SetMemoryLimit(max(minMemoryLimit, 3*c.Bytes(), 2*live))
+		debug.SetMemoryLimit(max(minMemoryLimit, 2*c.Bytes(), 2*live))
 		select {
 		case <-ctx.Done():
 			return
