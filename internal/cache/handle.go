@@ -266,7 +266,7 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 	if joined {
 		c.coalesced.Inc()
 	} else {
-		go c.run(f, key, r, next, ff, prepare, store)
+		c.fill(f, key, r, next, ff, prepare, store)
 	}
 	interim := f.interim
 	if joined {
@@ -308,7 +308,7 @@ func (c *Cache) flight(key string) (f *flight, joined bool) {
 func (c *Cache) refresh(r *http.Request, key string, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
 	if f, joined := c.flight(key); !joined {
 		c.refreshes.Inc()
-		go c.run(f, key, r, next, ff, prepare, store)
+		c.fill(f, key, r, next, ff, prepare, store)
 	}
 }
 
@@ -351,12 +351,22 @@ func writeInterim(w http.ResponseWriter, ir interimResponse) {
 	}
 }
 
-// run performs a fetch on a context detached from the client's, so that
-// its client leaving does not cancel it for the other waiters.
-func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
+// fill starts flight f's fetch with r's request, on a context detached
+// from the client's, so that its client leaving does not cancel it for the
+// other waiters. What the fetch needs of r is copied here, on r's
+// goroutine, which goes on (a refresh answers at once).
+func (c *Cache) fill(f *flight, key string, r *http.Request, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
 	detached, rec := decision.Detach(r.Context())
 	ctx, cancel := context.WithTimeout(detached, c.opts.FetchTimeout)
-	defer cancel()
+	out := r.Clone(ctx)
+	go func() {
+		defer cancel()
+		c.run(ctx, f, key, r, out, rec, next, ff, prepare, store)
+	}()
+}
+
+// run performs flight f's fetch of out (the clone of the leader r).
+func (c *Cache) run(ctx context.Context, f *flight, key string, r, out *http.Request, rec *decision.Record, next http.Handler, ff *fleetFill, prepare func(*http.Request), store func(*fetched) *entry) {
 	if ff != nil {
 		if e := c.fromFleet(ctx, key, ff); e != nil {
 			c.fills.WithLabelValues("fleet").Inc()
@@ -365,7 +375,6 @@ func (c *Cache) run(f *flight, key string, r *http.Request, next http.Handler, f
 			return
 		}
 	}
-	out := r.Clone(ctx)
 	out.Method = http.MethodGet
 	out.Body, out.ContentLength = http.NoBody, 0
 	// The fill must bring a whole response to store, whatever this one
