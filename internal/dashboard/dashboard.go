@@ -60,9 +60,11 @@ type Status struct {
 	Cache    CacheStatus      `json:"cache"`
 	Budgets  []throttle.Level `json:"budgets"`
 	Refusals []obs.Refusal    `json:"refusals"`
-	Bans     []store.Ban      `json:"bans"`
-	Blobs    *BlobStatus      `json:"blobs,omitempty"`
-	Pins     []resolve.Pin    `json:"pins,omitempty"`
+	Bans     []store.Ban      `json:"bans"` // the soonest to end, at most maxBans
+	// BansTotal counts every ban in force.
+	BansTotal int           `json:"bans_total"`
+	Blobs     *BlobStatus   `json:"blobs,omitempty"`
+	Pins      []resolve.Pin `json:"pins,omitempty"`
 	// History is the last minutes, a Point a second, the oldest first.
 	History []Point `json:"history,omitempty"`
 }
@@ -107,6 +109,9 @@ type BlobStatus struct {
 	Files     int              `json:"files"`
 	Downloads []blobs.Progress `json:"downloads"`
 }
+
+// maxBans is how many bans a Status lists (it goes out every second).
+const maxBans = 50
 
 // keep is how many seconds of history are kept.
 const keep = 300
@@ -231,6 +236,8 @@ func (d *Dashboard) sample(ctx context.Context) {
 		bctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		st.Bans, _ = d.src.Bans(bctx) // unreadable (a fleet's Redis gone): shown as none
 		cancel()
+		st.BansTotal = len(st.Bans)
+		st.Bans = st.Bans[:min(len(st.Bans), maxBans)]
 	}
 	if b := d.src.Blobs; b != nil {
 		size, files := b.Size()

@@ -65,7 +65,7 @@ func (st Status) WriteText(w io.Writer) error {
 		}
 		return fmt.Sprintf("  %s\t%s\t%s\t%s %s\t%s\t%s", x.Time.Local().Format(time.TimeOnly), client, x.Host, x.Method, x.Path, x.Stage, reason)
 	})
-	section("BANS", "  CLIENT\tUNTIL\tREASON", len(st.Bans), func(i int) string {
+	section("BANS", "  CLIENT\tUNTIL\tREASON", max(st.BansTotal, len(st.Bans)), func(i int) string {
 		x := st.Bans[i]
 		return fmt.Sprintf("  %s\t%s\t%s", x.Client, x.Until.Local().Format(time.DateTime), x.Reason)
 	})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -150,5 +151,24 @@ func TestJSONLinesMatchSlog(t *testing.T) {
 	}
 	if strings.Count(direct.String(), "\n") != 1 {
 		t.Errorf("direct line is not one line: %q", direct.String())
+	}
+}
+
+// TestRefusalsKeepLittle: the last refusals are kept newest first, at
+// most keptRefusals of them, and a hostile path is clipped.
+func TestRefusalsKeepLittle(t *testing.T) {
+	m, err := NewMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range keptRefusals + 5 {
+		m.refusals.add(&decision.Record{RefusedBy: decision.Policy, Method: "GET", Path: fmt.Sprintf("/%d/", i) + strings.Repeat("x", 10000)})
+	}
+	got := m.Refusals()
+	if len(got) != keptRefusals || !strings.HasPrefix(got[0].Path, fmt.Sprintf("/%d/", keptRefusals+4)) {
+		t.Fatalf("%d refusals kept, the newest %.10q", len(got), got[0].Path)
+	}
+	if n := len(got[0].Path); n > maxShown+len("…") {
+		t.Errorf("a 10 kB path kept as %d bytes", n)
 	}
 }

@@ -1,6 +1,7 @@
 package obs
 
 import (
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +25,17 @@ type Refusal struct {
 	Status  int    `json:"status"`
 }
 
+// maxShown bounds what a refusal keeps of the client's method and path: a
+// hostile client's megabyte of path is not kept, a hundred times over.
+const maxShown = 256
+
+func clip(s string) string {
+	if len(s) <= maxShown {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxShown], "") + "…"
+}
+
 // keptRefusals is how many of the last refusals are kept.
 const keptRefusals = 100
 
@@ -36,7 +48,7 @@ type refusals struct {
 }
 
 func (rs *refusals) add(rec *decision.Record) {
-	x := Refusal{Time: rec.Start, ClientIP: rec.ClientIP, Name: rec.Client, Method: rec.Method, Path: rec.Path,
+	x := Refusal{Time: rec.Start, ClientIP: rec.ClientIP, Name: rec.Client, Method: clip(rec.Method), Path: clip(rec.Path),
 		Stage: rec.RefusedBy.String(), Reason: rec.Reason, RuleSet: rec.RuleSet, Check: rec.Check, Status: rec.Status}
 	if rec.Target.Host != "" {
 		x.Host = rec.Target.String()

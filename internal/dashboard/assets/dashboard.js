@@ -130,6 +130,7 @@ function render(st) {
     b => b.client, b => time(b.until), b => b.reason,
     b => { const btn = el("button", "unban"); btn.dataset.client = b.client; btn.addEventListener("click", () => unban(b.client)); return btn; },
   ], "nobody banned");
+  $("bans-more").textContent = st.bans_total > (st.bans || []).length ? "and " + (st.bans_total - st.bans.length) + " more (sluice bans ls)" : "";
 
   $("blobs-section").hidden = !st.blobs;
   if (st.blobs) {
