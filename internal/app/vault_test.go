@@ -479,3 +479,39 @@ clients:
 		t.Errorf("a tunneled host, where no certificate can name the client: %q; want the connection refused", got)
 	}
 }
+
+// TestAuthFailuresBan: an address whose proxy credentials keep failing is
+// banned (bans.auth_failures), even once it sends the right ones.
+func TestAuthFailuresBan(t *testing.T) {
+	up := testpki.NewCA(t, "exchange CA")
+	srv := up.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), "api.test")
+	pass := filepath.Join(t.TempDir(), "bot.pass")
+	os.WriteFile(pass, []byte("right"), 0o600)
+	r := startRun(t, baseConfig(fmt.Sprintf("  api.test: {upstream_ca: %s, connect_to: %s, allow_private: true}\n", up.WritePEM(t, t.TempDir()), srv.Listener.Addr()))+
+		fmt.Sprintf("bans: {auth_failures: {violations: 3, window: 1m, duration: 1h}}\nclients:\n  bot: {password_file: %s, hosts: [api.test]}\n", pass))
+	connect := func(password string) string {
+		conn, err := net.Dial("tcp", r.addrs["proxy"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nProxy-Authorization: Basic %s\r\n\r\n", base64.StdEncoding.EncodeToString([]byte("bot:"+password)))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Status
+	}
+	if got := connect("right"); !strings.HasPrefix(got, "200") {
+		t.Fatalf("the right password: %s", got)
+	}
+	for i := range 3 {
+		if got := connect("guess"); !strings.HasPrefix(got, "407") {
+			t.Fatalf("wrong password %d: %s, want 407", i+1, got)
+		}
+	}
+	if got := connect("right"); !strings.HasPrefix(got, "403") || !strings.Contains(got, "banned") {
+		t.Errorf("after 3 failures within a minute: %s; want the address banned", got)
+	}
+}

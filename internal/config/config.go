@@ -216,6 +216,9 @@ type BansConfig struct {
 	// banned: one host usually holds a whole /64, so banning its addresses
 	// one by one bans nothing. Default 64; 128 is per address.
 	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// AuthFailures bans an address whose proxy credentials fail this often
+	// (with clients:). Default 10 within 1m ban for 15m.
+	AuthFailures *BanPolicy `yaml:"auth_failures,omitempty"`
 }
 
 // Timeouts bounds each phase of a connection.
@@ -429,6 +432,9 @@ func (c *Config) applyDefaults() {
 		c.Blobs.Patterns = DefaultBlobPatterns
 	}
 	setString(&c.Blobs.WhenClientsLeave, "finish")
+	if c.Bans.AuthFailures == nil {
+		c.Bans.AuthFailures = &BanPolicy{Violations: 10, Window: Duration(time.Minute), Duration: Duration(15 * time.Minute)}
+	}
 	if c.Bans.IPv6Prefix == 0 {
 		c.Bans.IPv6Prefix = 64
 	}

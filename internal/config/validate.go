@@ -135,6 +135,9 @@ func (c *Config) validate() []error {
 	if c.Throttle.MaxWait <= 0 {
 		add(errors.New("must be positive"), "throttle", "max_wait")
 	}
+	if p := c.Bans.AuthFailures; p.Violations < 1 || p.Window <= 0 || p.Duration <= 0 {
+		add(errors.New("violations, window and duration must be positive"), "bans", "auth_failures")
+	}
 	if p := c.Bans.IPv6Prefix; p < 1 || p > 128 {
 		add(fmt.Errorf("%d is not a prefix length (1 to 128)", p), "bans", "ipv6_prefix")
 	}

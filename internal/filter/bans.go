@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/config"
 	"sluice/internal/metrics"
 	"sluice/internal/store"
 )
@@ -96,6 +97,13 @@ func (b *Bans) Strike(ctx context.Context, client string, rules *Rules, v *Viola
 	}
 	b.bansTotal.Inc()
 	return true
+}
+
+// StrikeAuth records a failed proxy authentication by client (an address)
+// and bans it for p.Duration after p.Violations within p.Window: a
+// password is not guessed one request at a time for ever.
+func (b *Bans) StrikeAuth(ctx context.Context, client string, p *config.BanPolicy) bool {
+	return b.Strike(ctx, client, &Rules{Name: "clients", Ban: p}, &Violation{Check: "proxy_auth"})
 }
 
 // List returns the bans in force.

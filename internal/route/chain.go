@@ -72,7 +72,7 @@ func (t *Table) Build(d Deps) {
 		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
 		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()),                 // a body that sends nothing for body_idle is cut off
 		canon.Middleware(t.identify),                                     // canonical request: target and client from the entry point, one spelling of the path
-		vault.Identify(d.Clients, t.vault),                               // which named client: proxy credentials, certificate or address; else 407
+		vault.Identify(d.Clients, t.vault, t.authFailed(d.Bans)),         // which named client: proxy credentials, certificate or address; else 407
 		filter.BanGate(d.Bans),                                           // banned client (address or name): refused before anything is read
 		policy.Middleware(t.Policy, d.Reports),                           // allowlist: deny, tunnel, intercept or reverse, recorded
 		vault.Grants(t.grants),                                           // the client's hosts and endpoint groups; no real key where sluice holds it
@@ -139,3 +139,12 @@ func (l *Live) Swap(t *Table) *Table { return l.p.Swap(t) }
 func (l *Live) ServeHTTP(w http.ResponseWriter, r *http.Request) { l.p.Load().ServeHTTP(w, r) }
 
 var _ http.Handler = (*Live)(nil)
+
+// authFailed counts a failed proxy authentication against its address
+// (bans.auth_failures).
+func (t *Table) authFailed(bans *filter.Bans) func(*http.Request) {
+	if bans == nil {
+		return nil
+	}
+	return func(r *http.Request) { bans.StrikeAuth(r.Context(), decision.ClientIP(r), t.Config.Bans.AuthFailures) }
+}

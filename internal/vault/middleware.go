@@ -59,7 +59,9 @@ func (m *Metrics) Declare(v *Vault) {
 // intercepted connection is its CONNECT's client. The reverse listener's
 // callers are not bots: they are not asked. Proxy-Authorization never
 // goes further.
-func Identify(m *Metrics, of func(*http.Request) *Vault) func(http.Handler) http.Handler {
+//
+// failed (nil: nothing) is told of each request whose credentials were wrong.
+func Identify(m *Metrics, of func(*http.Request) *Vault, failed func(*http.Request)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			v := of(r)
@@ -80,6 +82,9 @@ func Identify(m *Metrics, of func(*http.Request) *Vault) func(http.Handler) http
 					return
 				}
 				if c == nil {
+					if auth != "" && failed != nil {
+						failed(r)
+					}
 					refuseIdentity(w, r, rec, why)
 					return
 				}
