@@ -40,6 +40,14 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 	key := Key(r.Method, host, r.URL, ru.ignore) + "\x00" + acceptedCodings(r.Header)
 	now := c.opts.Now()
 	e := c.get(key, now)
+	switch {
+	case e != nil && e.pass && now.Before(e.expires):
+		c.bypass(w, r, next)
+		return
+	case e != nil && !e.pass && now.Before(e.expires.Add(-e.ahead())):
+		c.serve(w, r, e, "HIT", now) // the common case: nothing more to prepare
+		return
+	}
 	var ff *fleetFill
 	if c.opts.Shared != nil && !obs.HasCredentials(r) {
 		ff = &fleetFill{ttl: ru.ttl, stale: rules.stale}
@@ -61,12 +69,6 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 		return e
 	}
 	switch {
-	case e != nil && e.pass && now.Before(e.expires):
-		c.bypass(w, r, next)
-		return
-	case e != nil && !e.pass && now.Before(e.expires.Add(-e.ahead())):
-		c.serve(w, r, e, "HIT", now)
-		return
 	case e != nil && !e.pass && now.Before(e.expires):
 		// Close to its expiry: refreshed in the background, so that the
 		// next copy is there when this one expires.

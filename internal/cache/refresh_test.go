@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"sluice/internal/config"
+	"sluice/internal/testenv"
 )
 
 // refreshOrigin answers "v1", "v2", ... and takes rtt of the test clock
@@ -52,13 +53,7 @@ func (o *refreshOrigin) release(gate chan struct{}) {
 
 func waitHits(t *testing.T, o *refreshOrigin, n int64) {
 	t.Helper()
-	for range 500 {
-		if o.hits.Load() >= n {
-			return
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	t.Fatalf("the upstream had %d requests, want %d", o.hits.Load(), n)
+	testenv.WaitFor(t, time.Second, fmt.Sprintf("%d upstream requests", n), func() bool { return o.hits.Load() >= n })
 }
 
 // TestRefreshWhileServing: a hit within two upstream round trips of its
@@ -105,12 +100,7 @@ func TestRefreshWhileServing(t *testing.T) {
 	}
 	waitHits(t, o, 2)
 	o.release(gate)
-	for range 500 {
-		if _, body := get(); body == "v2" {
-			break
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testenv.WaitFor(t, time.Second, "the refresh's v2", func() bool { _, body := get(); return body == "v2" })
 	if n := o.hits.Load(); n != 2 {
 		t.Errorf("20 hits near the expiry made %d upstream calls in all, want 2 (one refresh)", n)
 	}
@@ -126,12 +116,7 @@ func TestRefreshWhileServing(t *testing.T) {
 	}
 	waitHits(t, o, 3)
 	o.release(gate)
-	for range 500 {
-		if _, body := get(); body == "v3" {
-			break
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testenv.WaitFor(t, time.Second, "the refresh's v3", func() bool { _, body := get(); return body == "v3" })
 
 	// Past the grace: the request waits for its fill.
 	clk.advance(ttl + 2*rtt)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/internal/config"
+	"sluice/internal/testenv"
 )
 
 func std(t *testing.T) *Rules { return rulesOf(t, config.CacheStandard, 0, "") }
@@ -302,12 +303,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		}
 	}
 	close(gate)
-	for range 500 {
-		if w := do(c, std(t), o.next, "GET", "/r"); w.Body.String() == "v2" {
-			break
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testenv.WaitFor(t, time.Second, "the revalidation's v2", func() bool { return do(c, std(t), o.next, "GET", "/r").Body.String() == "v2" })
 	if n := calls.Load(); n != 2 {
 		t.Errorf("5 stale answers made %d upstream calls, want 2 (one revalidation)", n)
 	}

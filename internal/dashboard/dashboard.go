@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,6 +68,8 @@ type Status struct {
 	Pins      []resolve.Pin `json:"pins,omitempty"`
 	// History is the last minutes, a Point a second, the oldest first.
 	History []Point `json:"history,omitempty"`
+	// detailed: the fields read from the components are filled in.
+	detailed bool
 }
 
 // Outcomes count requests by how they ended: per second in a Point,
@@ -110,8 +113,9 @@ type BlobStatus struct {
 	Downloads []blobs.Progress `json:"downloads"`
 }
 
-// maxBans is how many bans a Status lists (it goes out every second).
-const maxBans = 50
+// maxBans and maxRefusals are how many bans and refusals a Status lists
+// (it goes out every second).
+const maxBans, maxRefusals = 50, 20
 
 // keep is how many seconds of history are kept.
 const keep = 300
@@ -129,7 +133,10 @@ type Dashboard struct {
 	head    int
 	status  Status
 	tick    chan struct{} // closed and replaced at each sample
-	done    chan struct{} // closed when Run ends
+	// watchers are the event streams open: only while there are any is
+	// each sample read in full from the components.
+	watchers atomic.Int32
+	done     chan struct{} // closed when Run ends
 }
 
 // New returns a Dashboard; Run samples it.
@@ -216,21 +223,16 @@ func ratio(hit, miss, stale float64) float64 {
 	return 0
 }
 
-func (d *Dashboard) sample(ctx context.Context) {
-	now := time.Now()
-	c := read(d.src.Gatherer)
-	st := Status{Time: now, Instance: d.src.Instance, Version: d.src.Version, Uptime: now.Sub(d.started).Seconds(),
-		Totals: Totals{Outcomes: Outcomes{Requests: c.requests, Hit: c.hit, Miss: c.miss, Stale: c.stale, Refused: c.refused, OverBudget: c.overBudget},
-			Saved: c.hit + c.coalesced, HitRatio: ratio(c.hit, c.miss, c.stale)},
-		Cache: CacheStatus{Bytes: c.cacheBytes, Entries: c.cacheEntries}}
+// details adds to st what is read from the components (budgets, which
+// may be Redis round trips, refusals, bans, blobs, pins): each second while
+// an event stream is open, else when /status asks.
+func (d *Dashboard) details(ctx context.Context, st *Status) {
 	if d.src.Budgets != nil {
 		st.Budgets = d.src.Budgets()
 	}
 	if d.src.Refusals != nil {
 		st.Refusals = d.src.Refusals()
-		if len(st.Refusals) > 20 {
-			st.Refusals = st.Refusals[:20]
-		}
+		st.Refusals = st.Refusals[:min(len(st.Refusals), maxRefusals)]
 	}
 	if d.src.Bans != nil {
 		bctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
@@ -245,6 +247,19 @@ func (d *Dashboard) sample(ctx context.Context) {
 	}
 	if d.src.Pins != nil {
 		st.Pins = d.src.Pins()
+	}
+	st.detailed = true
+}
+
+func (d *Dashboard) sample(ctx context.Context) {
+	now := time.Now()
+	c := read(d.src.Gatherer)
+	st := Status{Time: now, Instance: d.src.Instance, Version: d.src.Version, Uptime: now.Sub(d.started).Seconds(),
+		Totals: Totals{Outcomes: Outcomes{Requests: c.requests, Hit: c.hit, Miss: c.miss, Stale: c.stale, Refused: c.refused, OverBudget: c.overBudget},
+			Saved: c.hit + c.coalesced, HitRatio: ratio(c.hit, c.miss, c.stale)},
+		Cache: CacheStatus{Bytes: c.cacheBytes, Entries: c.cacheEntries}}
+	if d.watchers.Load() > 0 {
+		d.details(ctx, &st)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -273,13 +288,16 @@ func (d *Dashboard) push(p Point) {
 	d.head = (d.head + 1) % keep
 }
 
-// Status returns the latest sample, with the history when asked.
-func (d *Dashboard) Status(history bool) Status {
+// Status returns the latest sample, read in full, with the history when asked.
+func (d *Dashboard) Status(ctx context.Context, history bool) Status {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	st := d.status
 	if history {
 		st.History = append(append([]Point(nil), d.history[d.head:]...), d.history[:d.head]...)
+	}
+	d.mu.Unlock()
+	if !st.detailed {
+		d.details(ctx, &st)
 	}
 	return st
 }
@@ -305,7 +323,7 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	})))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(d.Status(r.URL.Query().Get("history") != "0"))
+		json.NewEncoder(w).Encode(d.Status(r.Context(), r.URL.Query().Get("history") != "0"))
 	})
 	mux.HandleFunc("GET /events", d.events)
 }
@@ -327,10 +345,12 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	d.watchers.Add(1)
+	defer d.watchers.Add(-1)
 	history := true
 	for {
 		next := d.next()
-		data, _ := json.Marshal(d.Status(history))
+		data, _ := json.Marshal(d.Status(r.Context(), history))
 		history = false
 		if _, err := w.Write(append(append([]byte("event: status\ndata: "), data...), "\n\n"...)); err != nil {
 			return

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ func TestSampleRates(t *testing.T) {
 	d.lastAt = d.lastAt.Add(-time.Second) // as if a second had passed
 	d.mu.Unlock()
 	d.sample(t.Context())
-	st := d.Status(true)
+	st := d.Status(t.Context(), true)
 	if st.Now.Requests < 40 || st.Now.Requests > 46 || st.Now.HitRatio != 0.75 || st.Now.Refused < 4 {
 		t.Errorf("rates %+v; want about 45 requests, 5 refused a second, hit ratio 0.75", st.Now)
 	}
@@ -73,7 +74,7 @@ func TestHistoryKeepsMinutes(t *testing.T) {
 	for i := range keep + 7 {
 		d.push(Point{Time: int64(i)})
 	}
-	h := d.Status(true).History
+	h := d.Status(t.Context(), true).History
 	if len(h) != keep || h[0].Time != 7 || h[keep-1].Time != keep+6 {
 		t.Errorf("history of %d from %d to %d; want %d from 7 to %d", len(h), h[0].Time, h[len(h)-1].Time, keep, keep+6)
 	}
@@ -129,5 +130,28 @@ func TestPageAndEvents(t *testing.T) {
 	cancel()
 	<-ran
 	for sc.Scan() { // the stream ends once Run has
+	}
+}
+
+// TestComponentsReadOnlyWhenAsked: with no event stream open, a sample
+// reads only the metrics; the components (budgets may cost Redis round
+// trips) are read when /status asks.
+func TestComponentsReadOnlyWhenAsked(t *testing.T) {
+	var reads atomic.Int64
+	d := New(Sources{Budgets: func() []throttle.Level { reads.Add(1); return nil }})
+	d.sample(t.Context())
+	d.sample(t.Context())
+	if n := reads.Load(); n != 0 {
+		t.Errorf("two samples with nobody watching read the budgets %d times", n)
+	}
+	d.Status(t.Context(), false)
+	if n := reads.Load(); n != 1 {
+		t.Errorf("a status request read the budgets %d times, want 1", n)
+	}
+	d.watchers.Add(1)
+	d.sample(t.Context())
+	d.Status(t.Context(), false)
+	if n := reads.Load(); n != 2 {
+		t.Errorf("with a stream open, a sample and a status read the budgets %d times in all, want 2", n)
 	}
 }

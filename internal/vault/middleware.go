@@ -130,13 +130,15 @@ func (v *Vault) identify(r *http.Request, rec *decision.Record, auth string) (*C
 
 func refuseIdentity(w http.ResponseWriter, r *http.Request, rec *decision.Record, why string) {
 	rec.Refuse(decision.Identity, "unknown client: "+why)
-	status := http.StatusForbidden // inside a tunnel, or to a client that does not know it talks to a proxy, a challenge means nothing
+	// Inside a tunnel, or to a client that does not know it talks to a
+	// proxy, a challenge means nothing: only a certificate or the address can name it.
+	status, how := http.StatusForbidden, "present a client certificate from sluice's CA (sluice clients cert NAME), or connect from an address under clients.NAME.addresses"
 	if rec.Entry == decision.EntryForward || rec.Entry == decision.EntryConnect {
-		status = http.StatusProxyAuthRequired
+		status, how = http.StatusProxyAuthRequired, "send Proxy-Authorization: Basic NAME:PASSWORD (a proxy URL http://NAME:PASSWORD@host:port)"
 		w.Header().Set("Proxy-Authenticate", `Basic realm="sluice"`)
 	}
 	obs.WriteError(w, r, &obs.Error{Status: status, Msg: "unknown client", Host: rec.Target.String(),
-		Detail: why + "; sluice serves only the clients its config names (clients:): send Proxy-Authorization: Basic NAME:PASSWORD (a proxy URL http://NAME:PASSWORD@host:port)"})
+		Detail: why + "; sluice serves only the clients its config names (clients:): " + how})
 }
 
 // Grants is the grants stage: a named client reaches only its hosts,
