@@ -3,10 +3,13 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,4 +106,53 @@ func getOK(b *testing.B, c *http.Client, u string) {
 	if resp.StatusCode != 200 {
 		b.Fatalf("status %d", resp.StatusCode)
 	}
+}
+
+// BenchmarkNewConnections is the load harness's scenario c in one process:
+// 16 clients that open a new connection (and full TLS handshake) for every
+// request, as botload -newconn does, offering X25519 and P-256 as OpenSSL
+// bots do, against a bare Go TLS server with an ECDSA certificate and
+// through sluice (CONNECT, intercepted, answered from the cache). ns/op is
+// the inverse of the rate; cpu-µs/op is the process's CPU (clients and
+// server) per request.
+func BenchmarkNewConnections(b *testing.B) {
+	body := []byte(`{"symbol":"BTCUSDT","price":"65745.70396954"}`)
+	upCA := testpki.NewCA(b, "upstream CA")
+	up := upCA.Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }), "api.binance.com")
+	caPath := upCA.WritePEM(b, b.TempDir())
+	h := newHarness(b, upstreamEntry(nil, "api.binance.com", caPath, up.Listener.Addr().String(), "    profile: binance\n"))
+	botTLS := func(roots *x509.CertPool) *tls.Config {
+		return &tls.Config{RootCAs: roots, NextProtos: []string{"http/1.1"}, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
+	}
+	upAddr := up.Listener.Addr().String()
+	bare := &http.Transport{TLSClientConfig: botTLS(upCA.Pool()), DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, upAddr)
+		}}
+	proxied := &http.Transport{TLSClientConfig: botTLS(h.pool()), DisableKeepAlives: true,
+		Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr})}
+	for _, bc := range []struct {
+		name string
+		tr   *http.Transport
+	}{{"bare_ecdsa", bare}, {"sluice", proxied}} {
+		b.Run(bc.name, func(b *testing.B) {
+			bc.tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			c := &http.Client{Transport: bc.tr}
+			b.SetParallelism(8) // 16 clients on 2 cores
+			start := processCPU()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					getOK(b, c, "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT")
+				}
+			})
+			b.ReportMetric(float64((processCPU()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is the user and system CPU this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

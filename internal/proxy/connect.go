@@ -104,7 +104,7 @@ func (s *Server) tunnel(w http.ResponseWriter, r *http.Request, target hostport.
 	}
 	defer s.track(client)()
 	defer s.track(up)()
-	sessions := s.metrics.sessions.WithLabelValues(decision.Tunnel.String())
+	sessions := s.metrics.tunnels
 	sessions.Inc()
 	defer sessions.Dec()
 	rec.BytesOut, rec.BytesIn = splice(client, up, idle)
@@ -178,20 +178,22 @@ func (s *Server) intercept(w http.ResponseWriter, r *http.Request, target hostpo
 		return
 	}
 	untrack := s.track(c)
-	sessions := s.metrics.sessions.WithLabelValues(decision.Intercept.String())
+	sessions := s.metrics.intercepts
 	sessions.Inc()
 	sc := &sessionConn{Conn: c, target: target, client: rec.Client, transparent: rec.Entry == decision.EntryTransparentTLS,
 		onClose: func() { untrack(); sessions.Dec() }}
 	tc := tls.Server(sc, s.mitmTLS)
-	hctx, cancel := context.WithTimeout(r.Context(), handshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
+	// A deadline, not a context: no timer or watcher to make per
+	// connection, and shutdown closes the connection anyway (track).
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.Handshake(); err != nil {
 		s.metrics.handshakeErrors.Inc()
 		rec.Err = clientHandshakeError(err)
 		rec.Reason = "client TLS handshake failed"
 		tc.Close()
 		return
 	}
+	c.SetDeadline(time.Time{})
 	if err := s.mitmLn.push(tc); err != nil {
 		tc.Close()
 	}

@@ -98,8 +98,12 @@ func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra
 	}
 	h.root = root
 	var logTo io.Writer = io.MultiWriter(h.logs, t.Output(), byteCounter{&h.logBytes})
+	var accessLines io.Writer
 	if _, ok := t.(*testing.B); ok {
-		logTo = byteCounter{&h.logBytes} // a benchmark measures the formatting, not a growing buffer
+		// A benchmark measures the formatting, not a growing buffer, and
+		// writes the access lines as sluice does with log.format json.
+		logTo = byteCounter{&h.logBytes}
+		accessLines = logTo
 	}
 	log := slog.New(slog.NewJSONHandler(logTo, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	blobStore, err := blobs.Open(filepath.Join(dir, "blobs"), blobs.Options{MaxBytes: 1 << 30, Log: log, Registerer: h.reg})
@@ -140,7 +144,7 @@ func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports}
+	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports, AccessLines: accessLines}
 	h.gw.Install(table)
 	h.bans = bans
 	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t), TransparentTLS: listenLoopback(t), TransparentHTTP: listenLoopback(t)}

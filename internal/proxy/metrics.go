@@ -3,13 +3,16 @@ package proxy
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/decision"
 	"sluice/internal/metrics"
 )
 
 type proxyMetrics struct {
-	sessions        *prometheus.GaugeVec
-	upstreamErrors  *prometheus.CounterVec
-	handshakeErrors prometheus.Counter
+	sessions *prometheus.GaugeVec
+	// The two children of sessions, looked up once, not per connection.
+	tunnels, intercepts prometheus.Gauge
+	upstreamErrors      *prometheus.CounterVec
+	handshakeErrors     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
@@ -30,8 +33,8 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors); err != nil {
 		return nil, err
 	}
-	m.sessions.WithLabelValues("tunnel")
-	m.sessions.WithLabelValues("intercept")
+	m.tunnels = m.sessions.WithLabelValues(decision.Tunnel.String())
+	m.intercepts = m.sessions.WithLabelValues(decision.Intercept.String())
 	for _, kind := range upstreamErrorKinds {
 		m.upstreamErrors.WithLabelValues(kind)
 	}

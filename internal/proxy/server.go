@@ -137,6 +137,11 @@ func New(opts Options) (*Server, error) {
 	s.mitm.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return conns.ConnContext(sessionContext(ctx, c), c)
 	}
+	// The proxy and plain listeners speak HTTP/1.1 only (no ALPN h2, no
+	// h2c): no stream resets to account for on each connection.
+	for _, srv := range []*http.Server{s.forward, s.plain} {
+		srv.ConnContext, srv.ConnState = nil, nil
+	}
 	return s, nil
 }
 
