@@ -62,7 +62,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 		return nil, nil, err
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
-		Reverse: gw.Backend})
+		Reverse: gw.Backend, ClientCertificates: gw.ClientCertificates})
 	if err != nil {
 		return nil, nil, err
 	}

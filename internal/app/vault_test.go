@@ -391,6 +391,42 @@ func TestClientCertificate(t *testing.T) {
 	}
 }
 
+// TestCertificateAskedOnlyWhileUsable: the HTTPS-proxy listener asks for a
+// client certificate only while some client may present one, so that no
+// client of a config without one is asked (a browser would prompt its
+// user to pick one); a reload that adds one makes the next handshake ask.
+func TestCertificateAskedOnlyWhileUsable(t *testing.T) {
+	cfg := strings.Replace(baseConfig("  api.test: {connect_to: 127.0.0.1:1, allow_private: true}\n"),
+		"admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, proxy_tls: 127.0.0.1:0}", 1)
+	r := startRun(t, cfg)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(readFile(t, filepath.Join(r.dir, "data", "ca.pem"))))
+	asked := func() bool {
+		var asked bool
+		conn, err := tls.Dial("tcp", r.addrs["proxy_tls"], &tls.Config{RootCAs: pool,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				asked = true
+				return &tls.Certificate{}, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		return asked
+	}
+	if asked() {
+		t.Error("no client may present a certificate, yet the handshake asked for one")
+	}
+	token := strings.TrimSpace(readFile(t, filepath.Join(r.dir, "data", "admin.token")))
+	withCerts := cfg + "clients:\n  bot3: {certificate: true, hosts: [api.test]}\n"
+	if code, body := adminDo(t, r, http.MethodPut, "/config?dir="+url.QueryEscape(r.dir), token, []byte(withCerts)); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if !asked() {
+		t.Error("after a reload named a certificate client, the handshake did not ask for a certificate")
+	}
+}
+
 // ccxtScript places an order on each exchange with ccxt's own signing
 // code (its implicit API), holding only a placeholder key and secret.
 const ccxtScript = `

@@ -227,10 +227,11 @@ func (c *sessionConn) Close() error {
 }
 
 // mitmConfigFor asks a transparent connection's client for a certificate
-// from sluice's CA, which may name it (clients.NAME.certificate); a
-// proxy's client proved who it is on its CONNECT.
+// from sluice's CA, which may name it (clients.NAME.certificate), while
+// some client may present one; a proxy's client proved who it is on its
+// CONNECT.
 func (s *Server) mitmConfigFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	if sc, ok := hello.Conn.(*sessionConn); ok && sc.transparent {
+	if sc, ok := hello.Conn.(*sessionConn); ok && sc.transparent && s.askCerts() {
 		return s.mitmClientAuth, nil
 	}
 	return nil, nil

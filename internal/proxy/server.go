@@ -51,7 +51,11 @@ type Options struct {
 	Root *ca.Root
 	// Reverse returns the reverse listener's current settings (nil: none).
 	Reverse func() *Backend
-	Log     *slog.Logger
+	// ClientCertificates reports whether a client in the config in force
+	// may prove who it is with a certificate; the HTTPS-proxy and
+	// transparent TLS handshakes ask for one only then. Nil: always ask.
+	ClientCertificates func() bool
+	Log                *slog.Logger
 	// Registerer receives the metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
 	// Now is the clock for certificates; nil is time.Now.
@@ -65,6 +69,8 @@ type Server struct {
 	authority *ca.Authority
 	reverse   func() *Backend
 	cfg       *config.Config
+	// askCerts: whether handshakes ask for a client certificate now.
+	askCerts func() bool
 
 	pipeline http.Handler
 	forward  *http.Server // the proxy listeners' server
@@ -96,12 +102,15 @@ func New(opts Options) (*Server, error) {
 	if opts.Reverse == nil {
 		opts.Reverse = func() *Backend { return nil }
 	}
+	if opts.ClientCertificates == nil {
+		opts.ClientCertificates = func() bool { return true }
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
-		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline,
+		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline, askCerts: opts.ClientCertificates,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
 	}
 	s.selfCert = &selfCert{root: opts.Root, names: selfNames(opts.Config.Listen.ProxyTLS), now: opts.Now, validity: opts.Config.CA.LeafValidity.D()}
@@ -200,15 +209,22 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		serve(s.rev, ln)
 	}
 	if lns.ProxyTLS != nil {
-		clientCAs := rootPool(s.selfCert.root)
-		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
+		plain := &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// http/1.1 only: CONNECT over HTTP/2 cannot be hijacked
 			NextProtos:     []string{"http/1.1"},
 			GetCertificate: s.selfCert.get,
-			// A client certificate from sluice's CA names a client (clients.NAME.certificate).
-			ClientAuth: tls.VerifyClientCertIfGiven,
-			ClientCAs:  clientCAs,
+		}
+		// A client certificate from sluice's CA names a client (clients.NAME.certificate).
+		withCerts := plain.Clone()
+		withCerts.ClientAuth, withCerts.ClientCAs = tls.VerifyClientCertIfGiven, rootPool(s.selfCert.root)
+		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				if s.askCerts() {
+					return withCerts, nil
+				}
+				return plain, nil
+			},
 		}))
 	}
 	if lns.TransparentHTTP != nil {

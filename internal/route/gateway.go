@@ -36,6 +36,10 @@ func (g *Gateway) LeafAllowed(host string) error { return g.live.Load().LeafAllo
 // Backend is the reverse listener's backend in the table in force (nil: none).
 func (g *Gateway) Backend() *proxy.Backend { return g.live.Load().Backend }
 
+// ClientCertificates reports whether a client in the table in force may
+// present a certificate: only then do handshakes ask for one.
+func (g *Gateway) ClientCertificates() bool { return g.live.Load().Vault.Certificates() }
+
 // Close releases the idle upstream connections of the table in force.
 func (g *Gateway) Close() { g.live.Load().Close() }
 

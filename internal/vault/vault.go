@@ -39,7 +39,12 @@ import (
 type Vault struct {
 	clients map[string]*Client
 	byAddr  []addrClient // longest prefix first
+	certs   bool         // some client may present a certificate
 }
+
+// Certificates reports whether some client may prove who it is with a
+// certificate from sluice's CA (clients.NAME.certificate); nil has none.
+func (v *Vault) Certificates() bool { return v != nil && v.certs }
 
 type addrClient struct {
 	prefix netip.Prefix
@@ -100,6 +105,7 @@ func Compile(cfg *config.Config) (*Vault, error) {
 	for _, name := range slices.Sorted(maps.Keys(cfg.Clients)) {
 		c := cfg.Clients[name]
 		cl := &Client{Name: name, cert: c.Certificate, hosts: c.Hosts, keys: map[string]*Key{}}
+		v.certs = v.certs || c.Certificate
 		if c.PasswordFile != "" {
 			pw, err := secretOf(cfg, c.PasswordFile, "")
 			if err != nil {
