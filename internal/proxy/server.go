@@ -128,28 +128,28 @@ func New(opts Options) (*Server, error) {
 	}
 	t := opts.Config.Timeouts
 	errLog := slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug)
-	server := func() *http.Server {
-		return &http.Server{
+	// http2: the server may speak HTTP/2, whose stream resets each
+	// connection accounts for; the proxy and plain listeners speak
+	// HTTP/1.1 only (no ALPN h2, no h2c) and need no account.
+	server := func(http2 bool) *http.Server {
+		srv := &http.Server{
 			Handler:           opts.Pipeline,
 			ReadHeaderTimeout: t.TLSHandshake.D(),
 			IdleTimeout:       t.ClientIdle.D(),
 			ErrorLog:          errLog,
-			ConnContext:       conns.ConnContext,
-			ConnState:         conns.ConnState,
 			// Each stream in flight may hold an upstream request: the
 			// bound on what one client connection costs (RFC 9113 asks for
 			// at least 100; Go's default is 250).
 			HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxClientStreams},
 		}
+		if http2 {
+			srv.ConnContext, srv.ConnState = conns.ConnContext, conns.ConnState
+		}
+		return srv
 	}
-	s.forward, s.rev, s.mitm, s.plain = server(), server(), server(), server()
+	s.forward, s.rev, s.mitm, s.plain = server(false), server(true), server(true), server(false)
 	s.mitm.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		return conns.ConnContext(sessionContext(ctx, c), c)
-	}
-	// The proxy and plain listeners speak HTTP/1.1 only (no ALPN h2, no
-	// h2c): no stream resets to account for on each connection.
-	for _, srv := range []*http.Server{s.forward, s.plain} {
-		srv.ConnContext, srv.ConnState = nil, nil
 	}
 	return s, nil
 }
