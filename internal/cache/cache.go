@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -96,6 +97,8 @@ type entry struct {
 	index *variants
 	// size is its cost as it was counted when stored.
 	size int64
+	// contentLength is the Content-Length value of body, set when stored.
+	contentLength []string
 }
 
 func (e *entry) cost() int64 {
@@ -186,6 +189,7 @@ func (c *Cache) put(e *entry) {
 	defer c.mu.Unlock()
 	c.entries.Remove(e.key)
 	e.size = e.cost()
+	e.contentLength = []string{strconv.Itoa(len(e.body))}
 	c.entries.Add(e.key, e)
 	c.size += e.size
 	for c.size > c.opts.MaxBytes && c.entries.Len() > 1 {

@@ -113,7 +113,7 @@ func TestKey(t *testing.T) {
 	} {
 		ua, _ := url.Parse(tt.a)
 		ub, _ := url.Parse(tt.b)
-		if ka, kb := Key("GET", "h:443", ua, []string{"timestamp"}), Key("HEAD", "h:443", ub, []string{"timestamp"}); ka != kb {
+		if ka, kb := Key("GET", "h:443", ua, []string{"timestamp"}, "gzip"), Key("HEAD", "h:443", ub, []string{"timestamp"}, "gzip"); ka != kb {
 			t.Errorf("%s: Key(%s) = %q, Key(HEAD %s) = %q, want equal", tt.name, tt.a, ka, tt.b, kb)
 		}
 	}
@@ -124,8 +124,42 @@ func TestKey(t *testing.T) {
 	} {
 		ua, _ := url.Parse(tt.a)
 		ub, _ := url.Parse(tt.b)
-		if Key("GET", "h:443", ua, nil) == Key("GET", "h:443", ub, nil) {
+		if Key("GET", "h:443", ua, nil, "identity") == Key("GET", "h:443", ub, nil, "identity") {
 			t.Errorf("%s: %s and %s share a key", tt.name, tt.a, tt.b)
+		}
+	}
+	u, _ := url.Parse("/k?symbol=X")
+	if Key("GET", "h:443", u, nil, "gzip") == Key("GET", "h:443", u, nil, "identity") {
+		t.Error("answers for different content codings share a key")
+	}
+}
+
+// TestAcceptedCodings: the key's codings are the ones a client accepts
+// (a weight of 0 refuses one, any other accepts it), in one order,
+// however the header spells them.
+func TestAcceptedCodings(t *testing.T) {
+	for _, tt := range []struct {
+		values []string
+		want   string
+	}{
+		{nil, "identity"},
+		{[]string{""}, "identity"},
+		{[]string{"gzip"}, "gzip"},
+		{[]string{"gzip, deflate, br"}, "br,deflate,gzip"},
+		{[]string{"br", "GZIP"}, "br,gzip"},
+		{[]string{"gzip;q=0.5, zstd ; q=1"}, "gzip,zstd"},
+		{[]string{"gzip;q=0"}, "identity"},
+		{[]string{"gzip; q=0.000, br"}, "br"},
+		{[]string{"gzip;q=0, gzip"}, "identity"}, // the first mention decides
+		{[]string{"compress, identity, *"}, "identity"},
+		{[]string{"x-gzip"}, "identity"},
+	} {
+		h := http.Header{}
+		for _, v := range tt.values {
+			h.Add("Accept-Encoding", v)
+		}
+		if got := acceptedCodings(h); got != tt.want {
+			t.Errorf("acceptedCodings(%q) = %q, want %q", tt.values, got, tt.want)
 		}
 	}
 }
@@ -152,7 +186,7 @@ func FuzzKey(f *testing.F) {
 		}
 		slices.Reverse(parts)
 		rev := &url.URL{Path: path, RawQuery: strings.Join(parts, "&")}
-		k1, k2 := Key("GET", "h:443", u, nil), Key("GET", "h:443", rev, nil)
+		k1, k2 := Key("GET", "h:443", u, nil, "identity"), Key("GET", "h:443", rev, nil, "identity")
 		if k1 != k2 {
 			t.Fatalf("Key(%q) = %q but reversed %q", query, k1, k2)
 		}

@@ -37,7 +37,7 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 	}
 	// Rules ignore Vary, but not the encoding: a gzip body stored for one
 	// client must not reach another that cannot decode it.
-	key := Key(r.Method, host, r.URL, ru.ignore) + "\x00" + acceptedCodings(r.Header)
+	key := Key(r.Method, host, r.URL, ru.ignore, acceptedCodings(r.Header))
 	now := c.opts.Now()
 	e := c.get(key, now)
 	switch {
@@ -93,28 +93,59 @@ func (c *Cache) handleRules(w http.ResponseWriter, r *http.Request, host string,
 	c.deliver(w, r, res, e, rules.stale)
 }
 
+// codingNames are the content codings upstreams use, in the order the key
+// names them.
+var codingNames = [...]string{"br", "deflate", "gzip", "zstd"}
+
+// codingSets names each set of codingNames (bit i: codingNames[i]) as the
+// key writes it, so that naming one allocates nothing.
+var codingSets = func() (sets [1 << len(codingNames)]string) {
+	for set := range sets {
+		var names []string
+		for i, name := range codingNames {
+			if set&(1<<i) != 0 {
+				names = append(names, name)
+			}
+		}
+		sets[set] = strings.Join(names, ",")
+	}
+	sets[0] = "identity"
+	return sets
+}()
+
 // acceptedCodings names the content codings a client accepts, from the
 // ones upstreams use, in a fixed order: the part of the key that keeps
-// differently encoded answers apart.
+// differently encoded answers apart. A coding's first mention decides.
 func acceptedCodings(h http.Header) string {
-	ae := strings.ToLower(strings.Join(h.Values("Accept-Encoding"), ","))
-	if ae == "" {
-		return "identity"
-	}
-	var out []string
-	for _, coding := range []string{"br", "deflate", "gzip", "zstd"} {
-		for part := range strings.SplitSeq(ae, ",") {
-			name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-			if name == coding && !strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0") {
-				out = append(out, coding)
-				break
+	var seen, accepted int
+	for _, v := range h.Values("Accept-Encoding") {
+		for part := range strings.SplitSeq(v, ",") {
+			name, params, _ := strings.Cut(part, ";")
+			name = strings.TrimSpace(name)
+			for i, coding := range codingNames {
+				if seen&(1<<i) == 0 && strings.EqualFold(name, coding) {
+					seen |= 1 << i
+					if !zeroQ(params) {
+						accepted |= 1 << i
+					}
+				}
 			}
 		}
 	}
-	if len(out) == 0 {
-		return "identity"
+	return codingSets[accepted]
+}
+
+// zeroQ reports whether a coding's parameters give it q=0, "not
+// acceptable" (RFC 9110 §12.4.2); any other weight accepts it.
+func zeroQ(params string) bool {
+	for param := range strings.SplitSeq(params, ";") {
+		name, value, _ := strings.Cut(param, "=")
+		if strings.EqualFold(strings.TrimSpace(name), "q") {
+			q, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			return err == nil && q == 0
+		}
 	}
-	return strings.Join(out, ",")
+	return false
 }
 
 // deliver answers with a fetch's result: the response itself, or the stale
@@ -176,12 +207,33 @@ func (c *Cache) serve(w http.ResponseWriter, r *http.Request, e *entry, result s
 		h[k] = vs // shared, never modified: a stored entry is immutable
 	}
 	h["X-Cache"] = xCache[result]
-	h["Age"] = []string{strconv.FormatInt(int64(e.age(now)/time.Second), 10)}
-	h["Content-Length"] = []string{strconv.Itoa(len(e.body))}
+	h["Age"] = ageValue(e.age(now))
+	if e.contentLength != nil {
+		h["Content-Length"] = e.contentLength
+	} else {
+		h["Content-Length"] = []string{strconv.Itoa(len(e.body))}
+	}
 	w.WriteHeader(e.status)
 	if r.Method != http.MethodHead {
 		w.Write(e.body)
 	}
+}
+
+// ageValues hold the Age values of the first minutes, so that setting one
+// allocates nothing in the common case.
+var ageValues = func() (v [600][]string) {
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
+// ageValue is the Age header's value for age, in whole seconds.
+func ageValue(age time.Duration) []string {
+	if s := int64(age / time.Second); s < int64(len(ageValues)) {
+		return ageValues[max(s, 0)]
+	}
+	return []string{strconv.FormatInt(int64(age/time.Second), 10)}
 }
 
 // xCache holds the X-Cache values, so that setting one allocates nothing.

@@ -74,20 +74,25 @@ func (ru *rule) storable(status int) bool { return slices.Contains(ru.statuses, 
 
 // Key returns the cache key of a request to host: method (HEAD shares GET's
 // entries), host, path and the query with its parameters sorted, less the
-// ignored ones, so that parameter order does not split entries.
-func Key(method, host string, u *url.URL, ignore []string) string {
+// ignored ones, so that parameter order does not split entries, then the
+// content codings the client accepts.
+func Key(method, host string, u *url.URL, ignore []string, codings string) string {
 	if method == http.MethodHead {
 		method = http.MethodGet
 	}
+	path, query := u.EscapedPath(), canonicalQuery(u.RawQuery, ignore)
 	var b strings.Builder
+	b.Grow(len(method) + 1 + len(host) + len(path) + 1 + len(query) + 1 + len(codings))
 	b.WriteString(method)
 	b.WriteByte(' ')
 	b.WriteString(host)
-	b.WriteString(u.EscapedPath())
-	if q := canonicalQuery(u.RawQuery, ignore); q != "" {
+	b.WriteString(path)
+	if query != "" {
 		b.WriteByte('?')
-		b.WriteString(q)
+		b.WriteString(query)
 	}
+	b.WriteByte(0)
+	b.WriteString(codings)
 	return b.String()
 }
 

@@ -454,7 +454,7 @@ func (c *Cache) serveStandard(w http.ResponseWriter, r *http.Request, e *entry, 
 		h[k] = vs
 	}
 	h["X-Cache"] = xCache[result]
-	h["Age"] = []string{strconv.FormatInt(int64(e.age(now)/time.Second), 10)}
+	h["Age"] = ageValue(e.age(now))
 	if h.Get("Content-Type") == "" {
 		h["Content-Type"] = nil // stored without one: do not let ServeContent sniff one
 	}

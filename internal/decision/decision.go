@@ -33,6 +33,9 @@ const (
 	// EntryTransparentHTTP is a plain request to the transparent HTTP
 	// listener, its target its Host on port 80.
 	EntryTransparentHTTP
+
+	// Entries is how many entry points there are.
+	Entries = int(EntryTransparentHTTP) + 1
 )
 
 var entryNames = [...]string{EntryForward: "forward", EntryConnect: "connect", EntryIntercept: "intercept", EntryReverse: "reverse",
@@ -59,6 +62,9 @@ const (
 	Intercept
 	// Reverse sends the request to the reverse listener's backend.
 	Reverse
+
+	// Actions is how many actions there are.
+	Actions = int(Reverse) + 1
 )
 
 var actionNames = [...]string{Undecided: "none", Deny: "deny", Tunnel: "tunnel", Intercept: "intercept", Reverse: "reverse"}
@@ -173,16 +179,29 @@ type Record struct {
 	Start        time.Time
 	// Err is the operator-facing detail of a failure; never sent to clients.
 	Err error
+
+	// targetAddr is Target.String() for targetOf: made once, not by
+	// every stage that keys on it.
+	targetAddr string
+	targetOf   hostport.HostPort
 }
 
-// Decision is the log's one-word outcome: deny when the canonical request,
+// TargetAddr returns Target.String().
+func (r *Record) TargetAddr() string {
+	if r.targetAddr == "" || r.targetOf != r.Target {
+		r.targetAddr, r.targetOf = r.Target.String(), r.Target
+	}
+	return r.targetAddr
+}
+
+// Outcome is the log's one-word outcome: deny when the canonical request,
 // the ban gate, the policy or the rules refused it, else the policy's action.
-func (r *Record) Decision() string {
+func (r *Record) Outcome() Action {
 	switch r.RefusedBy {
 	case Canon, Ban, Identity, Policy, Grant, Rules:
-		return Deny.String()
+		return Deny
 	}
-	return r.Action.String()
+	return r.Action
 }
 
 // Refuse records that stage answered the request itself, for reason.

@@ -3,9 +3,11 @@ package decision
 import (
 	"net/http/httptest"
 	"testing"
+
+	"sluice/internal/hostport"
 )
 
-func TestDecision(t *testing.T) {
+func TestOutcome(t *testing.T) {
 	for _, tt := range []struct {
 		rec  Record
 		want string
@@ -19,9 +21,20 @@ func TestDecision(t *testing.T) {
 		{Record{RefusedBy: Canon}, "deny"},
 		{Record{}, "none"},
 	} {
-		if got := tt.rec.Decision(); got != tt.want {
-			t.Errorf("Decision() of %+v = %q, want %q", tt.rec, got, tt.want)
+		if got := tt.rec.Outcome().String(); got != tt.want {
+			t.Errorf("Outcome() of %+v = %q, want %q", tt.rec, got, tt.want)
 		}
+	}
+}
+
+func TestTargetAddrFollowsTarget(t *testing.T) {
+	rec := &Record{Target: hostport.HostPort{Host: "api.binance.com", Port: 443}}
+	if got := rec.TargetAddr(); got != "api.binance.com:443" {
+		t.Errorf("TargetAddr() = %q", got)
+	}
+	rec.Target = hostport.HostPort{Host: "2001:db8::1", Port: 8443}
+	if got := rec.TargetAddr(); got != "[2001:db8::1]:8443" {
+		t.Errorf("TargetAddr() after the target changed = %q", got)
 	}
 }
 

@@ -128,6 +128,9 @@ func (b *Bans) key(client string) string {
 	if err != nil {
 		return client
 	}
+	if a.Is4() {
+		return client // ParseAddr takes only the canonical spelling of an IPv4 address
+	}
 	a = a.Unmap()
 	if a.Is4() || b.v6 <= 0 || b.v6 >= 128 {
 		return a.String()

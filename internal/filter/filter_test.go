@@ -328,3 +328,25 @@ func FuzzScanJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestBanKeys: a client is banned under one spelling of its address: an
+// IPv4 address as it is, an IPv4-mapped IPv6 one as IPv4, IPv6 by its
+// /64, and anything else (a client's name) as it is.
+func TestBanKeys(t *testing.T) {
+	b, err := NewBans(nil, slog.New(slog.DiscardHandler), nil, nil, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for client, want := range map[string]string{
+		"192.0.2.7":            "192.0.2.7",
+		"::ffff:192.0.2.7":     "192.0.2.7",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:DB8:1:2::9":      "2001:db8:1:2::/64",
+		"bot-7":                "bot-7",
+		"0177.0.0.1":           "0177.0.0.1", // not an address netip reads: a name
+	} {
+		if got := b.key(client); got != want {
+			t.Errorf("key(%q) = %q, want %q", client, got, want)
+		}
+	}
+}

@@ -17,9 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,26 +31,25 @@ import (
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	// children caches the labelled series: looking one up in a vector
-	// hashes its labels, which is a cost on every request. The label
-	// sets are small and bounded.
-	children sync.Map // [3]string{mode, decision, code} -> prometheus.Counter; mode -> prometheus.Observer
-	refusals refusals
+	// counters and durations hold the labelled series by index: looking
+	// one up in a vector hashes its labels, a cost on every request. A
+	// request series is made when first used, so that /metrics lists only
+	// the combinations that can occur (and those NewMetrics makes).
+	counters  [decision.Entries][decision.Actions][len(codeClasses)]atomic.Pointer[prometheus.Counter]
+	durations [decision.Entries]prometheus.Observer
+	refusals  refusals
 }
 
 func (m *Metrics) observe(rec *decision.Record, d time.Duration) {
-	mode := rec.Entry.String()
-	k := [3]string{mode, rec.Decision(), codeClass(rec.Status)}
-	c, ok := m.children.Load(k)
-	if !ok {
-		c, _ = m.children.LoadOrStore(k, m.requests.WithLabelValues(k[:]...))
+	slot := &m.counters[rec.Entry][rec.Outcome()][codeClass(rec.Status)]
+	c := slot.Load()
+	if c == nil {
+		counter := m.requests.WithLabelValues(rec.Entry.String(), rec.Outcome().String(), codeClasses[codeClass(rec.Status)])
+		c = &counter
+		slot.Store(c)
 	}
-	c.(prometheus.Counter).Inc()
-	o, ok := m.children.Load(mode)
-	if !ok {
-		o, _ = m.children.LoadOrStore(mode, m.duration.WithLabelValues(mode))
-	}
-	o.(prometheus.Observer).Observe(d.Seconds())
+	(*c).Inc()
+	m.durations[rec.Entry].Observe(d.Seconds())
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not registered).
@@ -71,8 +68,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if err := metrics.Register(reg, m.requests, m.duration); err != nil {
 		return nil, err
 	}
+	for e := range decision.Entries {
+		m.durations[e] = m.duration.WithLabelValues(decision.Entry(e).String()) // every mode from the first scrape
+	}
 	for mode, actions := range entryActions {
-		m.duration.WithLabelValues(mode.String()) // every mode from the first scrape
 		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), "4xx")
 		for _, a := range actions {
 			for _, code := range []string{"2xx", "4xx", "5xx"} {
@@ -111,10 +110,16 @@ type LogOptions struct {
 func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rec := &decision.Record{
+			// The record and the writer that fills it live as long as each
+			// other: one allocation.
+			st := &struct {
+				rec decision.Record
+				cw  countingWriter
+			}{rec: decision.Record{
 				Entry: decision.EntryFrom(r.Context()), ClientIP: decision.ClientIP(r), Method: r.Method,
 				Path: r.URL.Path, Start: time.Now(),
-			}
+			}}
+			rec := &st.rec
 			if r.URL.RawQuery != "" && opts.Queries {
 				rec.Query = RedactQuery(r.URL.Query())
 			}
@@ -122,7 +127,8 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 				s.inflight.Add(1)
 				defer s.inflight.Add(-1)
 			}
-			cw := &countingWriter{ResponseWriter: w, rec: rec}
+			st.cw = countingWriter{ResponseWriter: w, rec: rec}
+			cw := &st.cw
 			var body *countingBody
 			if r.Body != nil && r.Body != http.NoBody {
 				body = &countingBody{ReadCloser: r.Body}
@@ -163,9 +169,9 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 		m.refusals.add(rec)
 	}
 	level := slog.LevelInfo
-	outcome := rec.Decision()
+	outcome := rec.Outcome()
 	switch {
-	case outcome == decision.Deny.String() || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
+	case outcome == decision.Deny || rec.Status == http.StatusForbidden || rec.Status == http.StatusMisdirectedRequest:
 		level = slog.LevelWarn
 	case rec.Status == StatusClientClosed:
 		// The client left: nothing for an operator to act on.
@@ -179,7 +185,7 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	}
 	host, path := "", rec.Path
 	if rec.Target.Host != "" {
-		host = rec.Target.String()
+		host = rec.TargetAddr()
 	}
 	if rec.Query != "" {
 		path += "?" + rec.Query
@@ -188,7 +194,7 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	fs := append(buf[:0],
 		str("client_ip", rec.ClientIP), str("mode", rec.Entry.String()),
 		str("method", rec.Method), str("host", host), str("path", path),
-		str("decision", outcome), str("rule", rec.Rule), str("reason", rec.Reason),
+		str("decision", outcome.String()), str("rule", rec.Rule), str("reason", rec.Reason),
 		num("status", float64(rec.Status)), str("cache", rec.Cache.String()), str("upstream_addr", rec.UpstreamAddr),
 		num("bytes_in", float64(rec.BytesIn)), num("bytes_out", float64(rec.BytesOut)), frac("duration", d.Seconds()),
 	)
@@ -218,11 +224,15 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	log.LogAttrs(ctx, level, "request", attrs...)
 }
 
-func codeClass(status int) string {
+// codeClasses are the status classes' label values, by codeClass.
+var codeClasses = [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// codeClass is the index in codeClasses of status's class.
+func codeClass(status int) int {
 	if status < 100 || status > 599 {
-		return "none"
+		return 0
 	}
-	return strconv.Itoa(status/100) + "xx"
+	return status / 100
 }
 
 // SecretName reports whether a header or query parameter name looks like

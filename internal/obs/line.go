@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -45,7 +46,7 @@ var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b 
 func writeJSONLine(w io.Writer, level slog.Level, fs []field) {
 	bp := linePool.Get().(*[]byte)
 	b := append((*bp)[:0], `{"time":"`...)
-	b = time.Now().AppendFormat(b, time.RFC3339Nano)
+	b = appendRFC3339Nano(b, time.Now())
 	b = append(b, `","level":"`...)
 	b = append(b, level.String()...)
 	b = append(b, `","msg":"request"`...)
@@ -66,6 +67,41 @@ func writeJSONLine(w io.Writer, level slog.Level, fs []field) {
 	w.Write(b)
 	*bp = b
 	linePool.Put(bp)
+}
+
+// second is a second's time formatted, but for the fraction: the date, time
+// of day and zone are the same for every access line within it.
+type second struct {
+	unix       int64
+	loc        *time.Location
+	head, zone string
+}
+
+var lastSecond atomic.Pointer[second]
+
+// appendRFC3339Nano appends t as t.AppendFormat(b, time.RFC3339Nano) does,
+// formatting the date and zone once a second rather than on every line.
+func appendRFC3339Nano(b []byte, t time.Time) []byte {
+	s := lastSecond.Load()
+	if s == nil || s.unix != t.Unix() || s.loc != t.Location() {
+		s = &second{unix: t.Unix(), loc: t.Location(), head: t.Format("2006-01-02T15:04:05"), zone: t.Format("Z07:00")}
+		lastSecond.Store(s)
+	}
+	b = append(b, s.head...)
+	if ns := t.Nanosecond(); ns != 0 {
+		var digits [10]byte
+		digits[0] = '.'
+		for i := 9; i > 0; i-- {
+			digits[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for digits[n-1] == '0' {
+			n--
+		}
+		b = append(b, digits[:n]...)
+	}
+	return append(b, s.zone...)
 }
 
 // appendJSONFloat formats as encoding/json does: plain decimals, exponents

@@ -172,3 +172,20 @@ func TestRefusalsKeepLittle(t *testing.T) {
 		t.Errorf("a 10 kB path kept as %d bytes", n)
 	}
 }
+
+// TestLineTimeMatchesRFC3339Nano: the access line's time, formatted once a
+// second, is what time.RFC3339Nano gives, for every fraction and zone.
+func TestLineTimeMatchesRFC3339Nano(t *testing.T) {
+	base := time.Date(2026, 12, 2, 13, 21, 50, 0, time.UTC)
+	zones := []*time.Location{time.UTC, time.FixedZone("", 5*3600+30*60), time.FixedZone("", -8*3600), time.Local}
+	for _, loc := range zones {
+		for _, ns := range []int{0, 1, 10, 100_000, 120_000_000, 999_999_999, 500_000_000, 123_456_789} {
+			for _, sec := range []time.Duration{0, time.Second, 0} { // the same second again: from the cache
+				tm := base.Add(sec + time.Duration(ns)).In(loc)
+				if got, want := string(appendRFC3339Nano(nil, tm)), tm.Format(time.RFC3339Nano); got != want {
+					t.Errorf("%v: %q, want %q", tm, got, want)
+				}
+			}
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
 	"syscall"
 	"testing"
@@ -115,7 +116,17 @@ func getOK(b *testing.B, c *http.Client, u string) {
 // through sluice (CONNECT, intercepted, answered from the cache). ns/op is
 // the inverse of the rate; cpu-µs/op is the process's CPU (clients and
 // server) per request.
-func BenchmarkNewConnections(b *testing.B) {
+func BenchmarkNewConnections(b *testing.B) { benchBots(b, 16, true) }
+
+// BenchmarkKeepAliveHits is scenario b in one process: 64 clients, each on
+// its own keep-alive connection, against the same two servers.
+func BenchmarkKeepAliveHits(b *testing.B) { benchBots(b, 64, false) }
+
+// benchBots runs clients bots, as botload does, against a bare Go TLS
+// server with an ECDSA certificate and through sluice (CONNECT, intercepted,
+// answered from the cache), each request on a new connection or all on
+// keep-alive ones.
+func benchBots(b *testing.B, clients int, newConn bool) {
 	body := []byte(`{"symbol":"BTCUSDT","price":"65745.70396954"}`)
 	upCA := testpki.NewCA(b, "upstream CA")
 	up := upCA.Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }), "api.binance.com")
@@ -125,11 +136,11 @@ func BenchmarkNewConnections(b *testing.B) {
 		return &tls.Config{RootCAs: roots, NextProtos: []string{"http/1.1"}, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
 	}
 	upAddr := up.Listener.Addr().String()
-	bare := &http.Transport{TLSClientConfig: botTLS(upCA.Pool()), DisableKeepAlives: true,
+	bare := &http.Transport{TLSClientConfig: botTLS(upCA.Pool()),
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, upAddr)
 		}}
-	proxied := &http.Transport{TLSClientConfig: botTLS(h.pool()), DisableKeepAlives: true,
+	proxied := &http.Transport{TLSClientConfig: botTLS(h.pool()),
 		Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr})}
 	for _, bc := range []struct {
 		name string
@@ -137,8 +148,10 @@ func BenchmarkNewConnections(b *testing.B) {
 	}{{"bare_ecdsa", bare}, {"sluice", proxied}} {
 		b.Run(bc.name, func(b *testing.B) {
 			bc.tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			bc.tr.DisableKeepAlives = newConn
+			bc.tr.MaxIdleConnsPerHost = clients
 			c := &http.Client{Transport: bc.tr}
-			b.SetParallelism(8) // 16 clients on 2 cores
+			b.SetParallelism(clients / runtime.GOMAXPROCS(0))
 			start := processCPU()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {

@@ -112,11 +112,11 @@ func (t *Table) grants(r *http.Request) (*vault.Vault, vault.Groups) {
 func (t *Table) rules(r *http.Request) *filter.Rules { return t.route(r).Rules }
 
 func (t *Table) blobs(r *http.Request) (*blobs.Matcher, string) {
-	return t.route(r).Blobs, decision.From(r.Context()).Target.String()
+	return t.route(r).Blobs, decision.From(r.Context()).TargetAddr()
 }
 
 func (t *Table) cache(r *http.Request) (*cache.Rules, string) {
-	return t.route(r).Cache, decision.From(r.Context()).Target.String()
+	return t.route(r).Cache, decision.From(r.Context()).TargetAddr()
 }
 
 func (t *Table) throttle(r *http.Request) (throttle.Specs, string) {
