@@ -72,10 +72,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.durations[e] = m.duration.WithLabelValues(decision.Entry(e).String()) // every mode from the first scrape
 	}
 	for mode, actions := range entryActions {
-		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), "4xx")
+		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), codeClasses[4])
 		for _, a := range actions {
-			for _, code := range []string{"2xx", "4xx", "5xx"} {
-				m.requests.WithLabelValues(mode.String(), a.String(), code)
+			for _, class := range []int{2, 4, 5} {
+				m.requests.WithLabelValues(mode.String(), a.String(), codeClasses[class])
 			}
 		}
 	}
