@@ -350,6 +350,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	for {
 		body, err := fetchStatus(ctx, client, base+"/status")
+		if err != nil && *watch && ctx.Err() != nil {
+			return nil // interrupted while fetching: the watch is over, not failed
+		}
 		if err != nil {
 			return fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
 		}
