@@ -429,3 +429,35 @@ func TestEncodingsKeptApart(t *testing.T) {
 		t.Errorf("same codings in another order: X-Cache %q, want HIT", w.Header().Get("X-Cache"))
 	}
 }
+
+// headerLog is a ResponseWriter that keeps the status of every
+// WriteHeader, 1xx included.
+type headerLog struct {
+	header   http.Header
+	statuses []int
+}
+
+func (w *headerLog) Header() http.Header         { return w.header }
+func (w *headerLog) Write(p []byte) (int, error) { return len(p), nil }
+func (w *headerLog) WriteHeader(code int)        { w.statuses = append(w.statuses, code) }
+
+// TestFillPassesEarlyHints: the 1xx responses of a fill reach the request
+// that started it, also when the fill has ended before that request looks.
+func TestFillPassesEarlyHints(t *testing.T) {
+	c := newCache(t, &clock{t: time.Unix(1e9, 0)}, 1<<20)
+	rules := rulesOf(t, config.CacheRules, 0, tickerRules)
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		io.WriteString(w, "{}")
+	})
+	for i := range 300 {
+		r := httptest.NewRequest(http.MethodGet, fmt.Sprintf("https://a.test/api/v3/ticker?symbol=S%d", i), nil)
+		w := &headerLog{header: http.Header{}}
+		c.Handle(w, r, "a.test:443", rules, next)
+		if !slices.Equal(w.statuses, []int{http.StatusEarlyHints, http.StatusOK}) {
+			t.Fatalf("fill %d: statuses written %v, want [103 200]", i, w.statuses)
+		}
+	}
+}

@@ -331,6 +331,11 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 		case ir := <-interim:
 			writeInterim(w, ir)
 		case <-f.done:
+			// select picks among ready cases at random: 1xx responses the
+			// fill sent before it ended may still be buffered.
+			for len(interim) > 0 {
+				writeInterim(w, <-interim)
+			}
 			if !joined {
 				rec := decision.From(r.Context())
 				rec.UpstreamAddr, rec.Budget, rec.Waited = f.res.upstreamAddr, f.res.budget, f.res.waited
