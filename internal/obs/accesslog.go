@@ -72,10 +72,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		m.durations[e] = m.duration.WithLabelValues(decision.Entry(e).String()) // every mode from the first scrape
 	}
 	for mode, actions := range entryActions {
-		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), codeClasses[4])
+		m.requests.WithLabelValues(mode.String(), decision.Deny.String(), codeClasses[codeClass(http.StatusForbidden)])
 		for _, a := range actions {
-			for _, class := range []int{2, 4, 5} {
-				m.requests.WithLabelValues(mode.String(), a.String(), codeClasses[class])
+			for _, status := range []int{http.StatusOK, http.StatusForbidden, http.StatusBadGateway} {
+				m.requests.WithLabelValues(mode.String(), a.String(), codeClasses[codeClass(status)])
 			}
 		}
 	}

@@ -218,14 +218,24 @@ func decodeError(t *testing.T, body []byte) errorBody {
 // get does a GET and returns the status and body.
 func get(t *testing.T, c *http.Client, rawURL string) (*http.Response, []byte) {
 	t.Helper()
-	resp, err := c.Get(rawURL)
+	req, err := http.NewRequest(http.MethodGet, rawURL, nil)
 	if err != nil {
-		t.Fatalf("GET %s: %v", rawURL, err)
+		t.Fatal(err)
+	}
+	return send(t, c, req)
+}
+
+// send sends req and returns its response with the whole body read.
+func send(t *testing.T, c *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: read body: %v", rawURL, err)
+		t.Fatalf("%s %s: read body: %v", req.Method, req.URL, err)
 	}
 	return resp, body
 }

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -58,12 +57,7 @@ var entryPoints = []entryPoint{
 
 func do(t *testing.T, c *http.Client, rawURL string) (int, http.Header, []byte) {
 	t.Helper()
-	resp, err := c.Get(rawURL)
-	if err != nil {
-		t.Fatalf("GET %s: %v", rawURL, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
+	resp, body := get(t, c, rawURL)
 	return resp.StatusCode, resp.Header, body
 }
 

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -448,16 +447,11 @@ func TestPolicyRecheckedPerRequest(t *testing.T) {
 	// be after both requests were answered.
 	var reused bool
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, "https://api.test/b", nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), http.MethodGet, "https://api.test/b", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, body := send(t, c, req)
 	if resp.StatusCode != http.StatusForbidden || decodeError(t, body).Error != "host not listed" {
 		t.Errorf("after the host was removed: status %d %s, want 403 host not listed", resp.StatusCode, body)
 	}
