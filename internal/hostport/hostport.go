@@ -92,6 +92,22 @@ func split(s string) (host, port string, hasPort bool, err error) {
 	return s, "", false, nil // a bare IPv6 address; NormalizeHost checks it
 }
 
+// parseIP parses h as an IP literal. A host name, which cannot be one, is
+// refused before netip.ParseAddr is asked: the error ParseAddr builds is
+// an allocation on every request's target.
+func parseIP(h string) (netip.Addr, error) {
+	if strings.IndexByte(h, ':') < 0 {
+		for i := range len(h) {
+			if c := h[i]; c != '.' && (c < '0' || c > '9') {
+				return netip.Addr{}, errNotIP
+			}
+		}
+	}
+	return netip.ParseAddr(h)
+}
+
+var errNotIP = errors.New("not an IP literal")
+
 // NormalizeHost returns the canonical form of a host name or IP literal:
 // IPs as netip prints them (IPv4-mapped IPv6 unmapped), names lowercased,
 // converted to ASCII (IDNA) and without the trailing dot.
@@ -99,7 +115,7 @@ func NormalizeHost(h string) (string, error) {
 	if h == "" {
 		return "", errors.New("empty host")
 	}
-	if ip, err := netip.ParseAddr(h); err == nil {
+	if ip, err := parseIP(h); err == nil {
 		if ip.Zone() != "" {
 			return "", fmt.Errorf("%q: IPv6 zones are not allowed", h)
 		}

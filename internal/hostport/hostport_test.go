@@ -88,3 +88,33 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseIP: the shortcut that keeps host names away from netip accepts
+// exactly what netip.ParseAddr accepts.
+func FuzzParseIP(f *testing.F) {
+	for _, s := range []string{"api.binance.com", "127.0.0.1", "1.2.3.4.", "::1", "fe80::1%eth0", "::ffff:1.2.3.4", "0x7f.1", "1e3", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, gotErr := parseIP(s)
+		want, wantErr := netip.ParseAddr(s)
+		if (gotErr == nil) != (wantErr == nil) || got != want {
+			t.Fatalf("parseIP(%q) = %v, %v; netip.ParseAddr = %v, %v", s, got, gotErr, want, wantErr)
+		}
+	})
+}
+
+// BenchmarkNormalizeHost: a CONNECT target's host, normalised for every
+// request: a lowercase name, a mixed-case one and an IP.
+func BenchmarkNormalizeHost(b *testing.B) {
+	for _, h := range []string{"api.binance.com", "API.Binance.com", "127.0.0.1"} {
+		b.Run(h, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := NormalizeHost(h); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
