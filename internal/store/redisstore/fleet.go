@@ -35,7 +35,10 @@ type Fleet struct {
 	log      *slog.Logger
 
 	down atomic.Bool
-	live atomic.Int64
+	// outages counts the times Redis stopped answering: each outage cuts
+	// the local shares anew.
+	outages atomic.Int64
+	live    atomic.Int64
 	// rejoined are called when Redis answers again after it did not.
 	mu       sync.Mutex
 	rejoined []func(context.Context)
@@ -121,6 +124,7 @@ func (f *Fleet) failed(err error) {
 	f.fallbacks.Inc()
 	f.up.Set(0)
 	if !f.down.Swap(true) {
+		f.outages.Add(1)
 		f.log.Warn("fleet Redis does not answer; each budget falls back to this instance's share, bans to its own list",
 			"instances", f.live.Load(), "error", err.Error())
 	}
@@ -165,21 +169,24 @@ type fleetMeter struct {
 	mu    sync.Mutex
 	local store.Meter
 	share int64 // the instances the local share was cut for
+	// outage is the outage it was cut in: a share left from an earlier
+	// one would hold none of what the fleet spent since.
+	outage int64
 }
 
-// localShare is the budget divided among the instances last seen. A new
-// share starts spent, as of now: what the fleet spent in the window before
-// Redis went is not known here, and the upstream's window must not see it
-// twice.
+// localShare is the budget divided among the instances last seen, cut
+// anew in every outage. A new share starts spent, as of now: what the
+// fleet spent in the window before Redis went is not known here, and the
+// upstream's window must not see it twice.
 func (m *fleetMeter) localShare(ctx context.Context, now time.Time) store.Meter {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := m.f.live.Load()
-	if m.local == nil || m.share != n {
+	n, outage := m.f.live.Load(), m.f.outages.Load()
+	if m.local == nil || m.share != n || m.outage != outage {
 		spec := m.spec
 		spec.Limit = math.Max(math.Floor(spec.Limit/float64(n)), 1)
 		spec.Rate /= float64(n)
-		m.local, m.share = store.MemoryMeters{}.Meter("", spec), n
+		m.local, m.share, m.outage = store.MemoryMeters{}.Meter("", spec), n, outage
 		m.local.Sync(ctx, now, spec.Limit)
 	}
 	return m.local

@@ -260,3 +260,27 @@ func TestFleetSlowRedis(t *testing.T) {
 	}
 	testenv.WaitFor(t, 5*time.Second, "the fleet to rejoin after Redis woke", func() bool { return testutil.ToFloat64(f.up) == 1 })
 }
+
+// TestFleetShareEachOutage: every outage cuts the local share anew, spent
+// as of its start. A share left from an earlier outage had refilled, and
+// spending it at once on top of what the fleet spent just before Redis
+// went again overran the upstream (TestFleetBudget in CI: 6 429s, one
+// instance's share).
+func TestFleetShareEachOutage(t *testing.T) {
+	srv := testredis.Start(t)
+	f := newTestFleet(t, srv, "a", prometheus.NewRegistry())
+	m := f.Meters().Meter("binance", store.MeterSpec{Model: store.Window, Limit: 20, Window: 5 * time.Second})
+	now := time.Now()
+	for outage := range 2 {
+		srv.Stop()
+		if d, err := m.Take(t.Context(), now, 1); err != nil || d == 0 {
+			t.Errorf("outage %d: the first take of a new local share waits %v (%v); want it spent, a wait", outage+1, d, err)
+		}
+		srv.Restart()
+		f.beat(t.Context())
+		if f.down.Load() {
+			t.Fatal("the heartbeat after Redis restarted did not rejoin")
+		}
+		now = now.Add(10 * time.Second) // two windows later: an old share would be whole again
+	}
+}
