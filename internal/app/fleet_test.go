@@ -51,7 +51,8 @@ func (u *strictUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // front of an upstream that allows 20 requests in any 5 s: under load from
 // every instance the upstream answers no 429 and serves at least 95% of
 // its budget; with Redis killed, each instance falls back to its share and
-// still overruns nothing, and rejoins when Redis is back.
+// still overruns nothing, and rejoins when Redis is back, counting what it
+// spent meanwhile.
 func TestFleetBudget(t *testing.T) {
 	redis := testredis.Start(t)
 	// A 5 s window: sluice holds each spending 5% longer (250 ms) than the
@@ -147,6 +148,12 @@ hosts:
 		if !strings.Contains(body, "sluice_fleet_redis_up 1") || !strings.Contains(body, "sluice_fleet_instances 3") {
 			t.Errorf("an instance 5 s after Redis returned: fleet metrics\n%s", grepLines(body, "sluice_fleet_"))
 		}
+	}
+	// What the local shares spent is still in the upstream's window, and
+	// Redis never saw it: the rejoined fleet must count it.
+	load(6 * time.Second)
+	if up.denied.Load() != 0 {
+		t.Errorf("after Redis returned the upstream answered 429 %d times: the fleet spent again what its local shares had spent", up.denied.Load())
 	}
 }
 

@@ -172,6 +172,78 @@ type fleetMeter struct {
 	// outage is the outage it was cut in: a share left from an earlier
 	// one would hold none of what the fleet spent since.
 	outage int64
+	// granted is what the local share let through, which Redis never
+	// saw; unsettled says some is still to be added to the shared count.
+	granted   []grant
+	unsettled atomic.Bool
+}
+
+type grant struct {
+	at   time.Time
+	cost float64
+}
+
+// localTake takes from the local share and keeps what it granted.
+func (m *fleetMeter) localTake(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
+	d, err := m.localShare(ctx, now).Take(ctx, now, cost)
+	if err == nil && d == 0 {
+		m.mu.Lock()
+		// Grants the upstream's window has let go of no longer count.
+		old := 0
+		for old < len(m.granted) && now.Sub(m.granted[old].at) >= m.horizon() {
+			old++
+		}
+		m.granted = append(m.granted[old:], grant{now, cost})
+		m.mu.Unlock()
+		m.unsettled.Store(true)
+	}
+	return d, err
+}
+
+// horizon is how long a spending counts against the budget.
+func (m *fleetMeter) horizon() time.Duration {
+	if m.spec.Model == store.Bucket && m.spec.Rate > 0 {
+		return time.Duration(m.spec.Limit / m.spec.Rate * float64(time.Second)) // a bucket refills whole in this time
+	}
+	return m.spec.Window
+}
+
+// settle adds, once Redis answers again, what the local share granted to
+// the shared count, or the fleet would spend it a second time within the
+// upstream's window. Each instance knows only its own grants, so it
+// raises the count to its grants times the instances: the largest of
+// those is at least what the fleet granted together.
+func (m *fleetMeter) settle(ctx context.Context, now time.Time) error {
+	if !m.unsettled.Load() {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var used float64
+	for _, g := range m.granted {
+		if now.Sub(g.at) < m.horizon() {
+			used += g.cost
+		}
+	}
+	if used > 0 {
+		if err := m.shared.Sync(ctx, now, used*float64(m.share)); err != nil {
+			return err
+		}
+	}
+	m.granted = nil
+	m.unsettled.Store(false)
+	return nil
+}
+
+// onShared runs op on the shared meter within the fleet's timeout, after
+// settling what a local share granted.
+func (m *fleetMeter) onShared(ctx context.Context, now time.Time, op func(context.Context) error) error {
+	return m.f.call(ctx, func(c context.Context) error {
+		if err := m.settle(c, now); err != nil {
+			return err
+		}
+		return op(c)
+	})
 }
 
 // localShare is the budget divided among the instances last seen, cut
@@ -193,15 +265,15 @@ func (m *fleetMeter) localShare(ctx context.Context, now time.Time) store.Meter 
 }
 
 func (m *fleetMeter) Wait(ctx context.Context, now time.Time, cost float64) (d time.Duration, err error) {
-	if m.f.call(ctx, func(c context.Context) error { d, err = m.shared.Wait(c, now, cost); return err }) != nil {
+	if m.onShared(ctx, now, func(c context.Context) error { d, err = m.shared.Wait(c, now, cost); return err }) != nil {
 		return m.localShare(ctx, now).Wait(ctx, now, cost)
 	}
 	return d, nil
 }
 
 func (m *fleetMeter) Take(ctx context.Context, now time.Time, cost float64) (d time.Duration, err error) {
-	if m.f.call(ctx, func(c context.Context) error { d, err = m.shared.Take(c, now, cost); return err }) != nil {
-		return m.localShare(ctx, now).Take(ctx, now, cost)
+	if m.onShared(ctx, now, func(c context.Context) error { d, err = m.shared.Take(c, now, cost); return err }) != nil {
+		return m.localTake(ctx, now, cost)
 	}
 	return d, nil
 }
@@ -230,7 +302,7 @@ func (m *fleetMeter) Pause(ctx context.Context, until time.Time) error {
 }
 
 func (m *fleetMeter) Available(ctx context.Context, now time.Time) (a float64, err error) {
-	if m.f.call(ctx, func(c context.Context) error { a, err = m.shared.Available(c, now); return err }) != nil {
+	if m.onShared(ctx, now, func(c context.Context) error { a, err = m.shared.Available(c, now); return err }) != nil {
 		return m.localShare(ctx, now).Available(ctx, now)
 	}
 	return a, nil

@@ -284,3 +284,31 @@ func TestFleetShareEachOutage(t *testing.T) {
 		now = now.Add(10 * time.Second) // two windows later: an old share would be whole again
 	}
 }
+
+// TestFleetShareSettles: what an instance's local share granted while
+// Redis was down is counted in the shared budget when Redis answers again,
+// as its grants times the instances (each knows only its own), so that the
+// fleet does not spend it a second time within the upstream's window.
+func TestFleetShareSettles(t *testing.T) {
+	srv := testredis.Start(t)
+	f := newTestFleet(t, srv, "a", prometheus.NewRegistry())
+	f.live.Store(3)
+	m := f.Meters().Meter("binance", store.MeterSpec{Model: store.Window, Limit: 30, Window: time.Minute})
+	start := time.Now()
+	srv.Stop()
+	m.Take(t.Context(), start, 1) // cuts the share of 10, spent as of start
+	now := start.Add(time.Minute + time.Second)
+	for i := range 4 {
+		if d, err := m.Take(t.Context(), now, 1); err != nil || d != 0 {
+			t.Fatalf("take %d from the refilled local share: wait %v, %v", i+1, d, err)
+		}
+	}
+	srv.Restart()
+	f.beat(t.Context())
+	if avail, err := m.Available(t.Context(), now); err != nil || avail != 30-3*4 {
+		t.Errorf("after Redis returned, the shared budget has %v of 30 available (%v); want 18: the 4 local grants times 3 instances", avail, err)
+	}
+	if avail, err := m.Available(t.Context(), now.Add(2*time.Minute)); err != nil || avail != 30 {
+		t.Errorf("a window later the shared budget has %v available (%v), want all 30: the grants were settled once", avail, err)
+	}
+}
