@@ -295,7 +295,10 @@ func (m *fleetMeter) Reshape(ctx context.Context, capacity, rate float64) error 
 
 func (m *fleetMeter) Pause(ctx context.Context, until time.Time) error {
 	err := m.f.call(ctx, func(c context.Context) error { return m.shared.Pause(c, until) })
-	if m.local != nil || err != nil {
+	m.mu.Lock()
+	cut := m.local != nil // a share cut earlier must hold the pause too
+	m.mu.Unlock()
+	if cut || err != nil {
 		return m.localShare(ctx, time.Now()).Pause(ctx, until)
 	}
 	return nil
