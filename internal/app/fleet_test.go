@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -157,6 +158,29 @@ hosts:
 	}
 }
 
+// fleetAlone is how many of r's fills went to the upstream without the
+// fleet (sluice_cache_fleet_total{result="alone"}).
+func fleetAlone(t *testing.T, r *running) int {
+	t.Helper()
+	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), `sluice_cache_fleet_total{result="alone"} `); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("sluice_cache_fleet_total: %q", l)
+			}
+			return n
+		}
+	}
+	t.Fatal("no sluice_cache_fleet_total{result=\"alone\"} in the metrics")
+	return 0
+}
+
 func grepLines(s, sub string) string {
 	var out []string
 	for l := range strings.Lines(s) {
@@ -244,13 +268,22 @@ hosts:
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed", failed, served+failed)
 	}
-	mu.Lock()
-	for _, k := range keys {
-		if calls[k] > ttls {
-			t.Errorf("%s: %d upstream calls in %d TTLs; the fleet must make one per TTL", k, calls[k], ttls)
-		}
+	// A Redis call slower than the fleet timeout (a loaded machine) makes
+	// instances fetch alone, as designed, and each such fill is counted:
+	// only those may exceed one call per key per TTL.
+	alone := 0
+	for _, r := range fleet {
+		alone += fleetAlone(t, r)
 	}
-	t.Logf("%d requests served by 3 instances; upstream calls %v in %d TTLs", served, calls, ttls)
+	mu.Lock()
+	extra := 0
+	for _, k := range keys {
+		extra += max(calls[k]-ttls, 0)
+	}
+	if extra > alone {
+		t.Errorf("upstream calls %v in %d TTLs: %d more than one per key per TTL, and only %d fills made alone; the fleet must make one per TTL", calls, ttls, extra, alone)
+	}
+	t.Logf("%d requests served by 3 instances; upstream calls %v in %d TTLs, %d fills alone", served, calls, ttls, alone)
 	mu.Unlock()
 
 	// With credentials the response is the client's: each instance asks the upstream itself.
