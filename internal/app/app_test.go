@@ -55,6 +55,21 @@ func (r *running) log() string {
 	return r.stderr.String()
 }
 
+// metrics is the admin listener's scrape.
+func (r *running) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // startRun writes cfg (with %s for the data dir) and runs `sluice run -c`.
 func startRun(t *testing.T, cfgYAML string) *running {
 	t.Helper()
@@ -554,14 +569,9 @@ func TestSeriesFromTheStart(t *testing.T) {
 		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.test], keys: {api.test: k}}\n" +
 		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\", cache: true}\n"
 	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
-	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scrape, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	scrape := r.metrics(t)
 	have := map[string]bool{}
-	for line := range strings.Lines(string(scrape)) {
+	for line := range strings.Lines(scrape) {
 		if name, _, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
 			name, _, _ = strings.Cut(name, "{")
 			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
@@ -603,7 +613,7 @@ func TestSeriesFromTheStart(t *testing.T) {
 		`sluice_proxy_requests_total{code="4xx",decision="deny",mode="connect"} 0`,
 		`sluice_proxy_requests_total{code="2xx",decision="tunnel",mode="connect"} 0`,
 	} {
-		if !strings.Contains(string(scrape), series) {
+		if !strings.Contains(scrape, series) {
 			t.Errorf("no %s at the first scrape", series)
 		}
 	}

@@ -135,13 +135,7 @@ hosts:
 		r.waitLog("fleet Redis answers again")
 		var body string
 		for range 50 { // each instance counts the others as their heartbeats come back
-			resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if body = string(b); strings.Contains(body, "sluice_fleet_redis_up 1") && strings.Contains(body, "sluice_fleet_instances 3") {
+			if body = r.metrics(t); strings.Contains(body, "sluice_fleet_redis_up 1") && strings.Contains(body, "sluice_fleet_instances 3") {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -162,13 +156,7 @@ hosts:
 // fleet (sluice_cache_fleet_total{result="alone"}).
 func fleetAlone(t *testing.T, r *running) int {
 	t.Helper()
-	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for l := range strings.Lines(string(b)) {
+	for l := range strings.Lines(r.metrics(t)) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(l), `sluice_cache_fleet_total{result="alone"} `); ok {
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -319,12 +307,6 @@ hosts:
 		t.Errorf("with Redis down: %d served, %d failed; every instance must keep serving", served, failed)
 	}
 	for _, r := range fleet {
-		resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		t.Logf("%s", grepLines(string(b), "sluice_cache_fleet_total"))
+		t.Logf("%s", grepLines(r.metrics(t), "sluice_cache_fleet_total"))
 	}
 }

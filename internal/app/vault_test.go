@@ -333,11 +333,9 @@ clients:
 	if code, body := do(http.DefaultClient, areq); code != 200 || strings.Contains(body, binanceSecret) || !strings.Contains(body, "binance-main") {
 		t.Errorf("GET /config: %d, or it holds a secret:\n%s", code, body)
 	}
-	metrics, _ := http.Get("http://" + r.addrs["admin"] + "/metrics")
-	mb, _ := io.ReadAll(metrics.Body)
-	metrics.Body.Close()
-	if !regexp.MustCompile(`sluice_vault_signed_total\{key="binance-main",outcome="signed"\} [3-9]`).Match(mb) || !strings.Contains(string(mb), `sluice_client_requests_total{client="bot2"}`) {
-		t.Errorf("vault metrics:\n%s", grepLines(string(mb), "sluice_vault_")+grepLines(string(mb), "sluice_client_requests"))
+	mb := r.metrics(t)
+	if !regexp.MustCompile(`sluice_vault_signed_total\{key="binance-main",outcome="signed"\} [3-9]`).MatchString(mb) || !strings.Contains(mb, `sluice_client_requests_total{client="bot2"}`) {
+		t.Errorf("vault metrics:\n%s", grepLines(mb, "sluice_vault_")+grepLines(mb, "sluice_client_requests"))
 	}
 }
 

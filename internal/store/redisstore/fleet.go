@@ -189,8 +189,8 @@ func (m *fleetMeter) localTake(ctx context.Context, now time.Time, cost float64)
 	if err == nil && d == 0 {
 		m.mu.Lock()
 		// Grants the upstream's window has let go of no longer count.
-		old := 0
-		for old < len(m.granted) && now.Sub(m.granted[old].at) >= m.horizon() {
+		old, horizon := 0, m.horizon()
+		for old < len(m.granted) && now.Sub(m.granted[old].at) >= horizon {
 			old++
 		}
 		m.granted = append(m.granted[old:], grant{now, cost})
@@ -220,8 +220,9 @@ func (m *fleetMeter) settle(ctx context.Context, now time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var used float64
+	horizon := m.horizon()
 	for _, g := range m.granted {
-		if now.Sub(g.at) < m.horizon() {
+		if now.Sub(g.at) < horizon {
 			used += g.cost
 		}
 	}
