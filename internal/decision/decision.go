@@ -194,6 +194,12 @@ func (r *Record) TargetAddr() string {
 	return r.targetAddr
 }
 
+// SetTarget sets Target to t, whose String() the caller has already
+// made: an intercepted connection's requests share their CONNECT's.
+func (r *Record) SetTarget(t hostport.HostPort, addr string) {
+	r.Target, r.targetAddr, r.targetOf = t, addr, t
+}
+
 // Outcome is the log's one-word outcome: deny when the canonical request,
 // the ban gate, the policy or the rules refused it, else the policy's action.
 func (r *Record) Outcome() Action {

@@ -36,6 +36,14 @@ func TestTargetAddrFollowsTarget(t *testing.T) {
 	if got := rec.TargetAddr(); got != "[2001:db8::1]:8443" {
 		t.Errorf("TargetAddr() after the target changed = %q", got)
 	}
+	rec.SetTarget(hostport.HostPort{Host: "api.test", Port: 443}, "api.test:443")
+	if got := rec.TargetAddr(); got != "api.test:443" || rec.Target.Host != "api.test" {
+		t.Errorf("TargetAddr() after SetTarget = %q (target %v)", got, rec.Target)
+	}
+	rec.Target.Port = 8443 // a later stage that changes Target is followed
+	if got := rec.TargetAddr(); got != "api.test:8443" {
+		t.Errorf("TargetAddr() after the target changed again = %q", got)
+	}
 }
 
 func TestDetachKeepsTheRecordApart(t *testing.T) {

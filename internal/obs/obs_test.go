@@ -33,6 +33,41 @@ func TestSecretName(t *testing.T) {
 	}
 }
 
+// FuzzSecretName holds SecretName to its definition: some secret word,
+// in any ASCII case, anywhere in the name.
+func FuzzSecretName(f *testing.F) {
+	for _, s := range []string{"Authorization", "X-MBX-APIKEY", "symbol", "sessio", "kEy", "pasS", "Accept-Encoding", "ses\xffsion", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		lower := strings.Map(func(r rune) rune {
+			if 'A' <= r && r <= 'Z' {
+				return r + 'a' - 'A'
+			}
+			return r
+		}, name)
+		want := false
+		for _, w := range secretWords {
+			want = want || strings.Contains(lower, w)
+		}
+		if got := SecretName(name); got != want {
+			t.Errorf("SecretName(%q) = %v, want %v", name, got, want)
+		}
+	})
+}
+
+// BenchmarkHasCredentials: the header names of a bot's GET, none secret,
+// and its query, as every cacheable request checks them.
+func BenchmarkHasCredentials(b *testing.B) {
+	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT", nil)
+	r.Header = http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}, "Accept": {"application/json"}, "Content-Type": {"application/json"}}
+	for b.Loop() {
+		if HasCredentials(r) {
+			b.Fatal("credentials found")
+		}
+	}
+}
+
 func TestWriteError(t *testing.T) {
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest("GET", "http://x/", nil)

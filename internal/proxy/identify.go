@@ -114,7 +114,8 @@ func identifyIntercepted(r *http.Request, rec *decision.Record) *obs.Error {
 	if !ok {
 		return &obs.Error{Status: http.StatusInternalServerError, Msg: "internal error", Err: fmt.Errorf("intercepted request without its CONNECT target")}
 	}
-	rec.Target, rec.Scheme, rec.Client = t.target, decision.HTTPS, t.client
+	rec.SetTarget(t.target, t.key)
+	rec.Scheme, rec.Client = decision.HTTPS, t.client
 	if r.Host == t.authority || r.Host == t.key {
 		return nil // the common case, without parsing
 	}
