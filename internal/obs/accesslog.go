@@ -243,8 +243,9 @@ func SecretName(name string) bool {
 	// with it: every request's header names go through here, several
 	// times, and a pass per word cost about 1% of a cache hit.
 	for i := 0; i < len(name); i++ {
-		for _, w := range secretWordsByFirst[lowerASCII(name[i])] {
-			if hasPrefixFold(name[i:], w) {
+		// |0x20 lowers an ASCII letter; no other byte becomes one.
+		for _, w := range secretWordsByFirst[name[i]|0x20] {
+			if rest := name[i:]; len(rest) >= len(w) && strings.EqualFold(rest[:len(w)], w) {
 				return true
 			}
 		}
@@ -261,27 +262,6 @@ var secretWordsByFirst = func() (by [256][]string) {
 	}
 	return by
 }()
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
-
-// hasPrefixFold reports whether s begins with the lowercase ASCII word w,
-// ignoring ASCII case.
-func hasPrefixFold(s, w string) bool {
-	if len(s) < len(w) {
-		return false
-	}
-	for j := 0; j < len(w); j++ {
-		if lowerASCII(s[j]) != w[j] {
-			return false
-		}
-	}
-	return true
-}
 
 // RedactQuery encodes q with the values of credential-like parameters
 // replaced by "REDACTED".

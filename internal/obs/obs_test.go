@@ -40,6 +40,8 @@ func FuzzSecretName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
+		// ASCII only, as the words are: strings.ToLower would also
+		// turn the Kelvin sign into a k.
 		lower := strings.Map(func(r rune) rune {
 			if 'A' <= r && r <= 'Z' {
 				return r + 'a' - 'A'
