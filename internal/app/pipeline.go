@@ -62,7 +62,8 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 		return nil, nil, err
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
-		Reverse: gw.Backend, ClientCertificates: gw.ClientCertificates})
+		Reverse: gw.Backend, ClientCertificates: gw.ClientCertificates,
+		ConnectionsPerClient: func() int { return *gw.Table().Config.Limits.ConnectionsPerClient }})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -39,6 +39,7 @@ type Config struct {
 	// RuleSets are named request rule sets that host entries name.
 	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty"`
 	Timeouts Timeouts            `yaml:"timeouts"`
+	Limits   Limits              `yaml:"limits"`
 	CA       CA                  `yaml:"ca"`
 	Log      Log                 `yaml:"log"`
 	DNS      DNS                 `yaml:"dns"`
@@ -236,8 +237,32 @@ type Timeouts struct {
 	// BodyIdle cuts off a request body that sends nothing for this long
 	// (answered 408 where an answer is still possible). Default 30s.
 	BodyIdle Duration `yaml:"body_idle"`
+	// Body bounds the whole request body, from its headers to its last
+	// byte (answered 408 where an answer is still possible). Default 2m.
+	Body Duration `yaml:"body"`
 	// Shutdown is how long in-flight requests may run after SIGTERM. Default 15s.
 	Shutdown Duration `yaml:"shutdown"`
+}
+
+// Limits bounds what clients may hold of sluice: connections, and the
+// memory and time their request bodies take.
+type Limits struct {
+	// ConnectionsPerClient caps the connections one client address (an
+	// IPv6 client by its bans.ipv6_prefix) holds open at once; past it a
+	// new connection is closed at once (the plain proxy listener answers
+	// 429 first). 0 is no cap. Default 1024.
+	ConnectionsPerClient *int `yaml:"connections_per_client"`
+	// BodyMinRate is the least a request body must send per second, on
+	// average over each BodyRateWindow that sluice spends waiting for it
+	// (the first window is the grace). Slower: 408. Default 1KiB; 0 is no minimum.
+	BodyMinRate *ByteSize `yaml:"body_min_rate"`
+	// BodyRateWindow is the time over which BodyMinRate is averaged. Default 10s.
+	BodyRateWindow Duration `yaml:"body_rate_window"`
+	// BufferedBodies caps the memory that all request bodies read whole
+	// before forwarding (up to 1MiB each) hold together. Past it a body
+	// streams instead, or, where a rule must read it whole, is refused
+	// with 503. At least 1MiB; default 32MiB.
+	BufferedBodies ByteSize `yaml:"buffered_bodies"`
 }
 
 // CA configures the certificate authority that signs intercepted hosts.
@@ -400,6 +425,17 @@ func (c *Config) applyDefaults() {
 	setDuration(&c.Timeouts.ClientIdle, 120*time.Second)
 	setDuration(&c.Timeouts.TunnelIdle, 10*time.Minute)
 	setDuration(&c.Timeouts.BodyIdle, 30*time.Second)
+	setDuration(&c.Timeouts.Body, 2*time.Minute)
+	setDuration(&c.Limits.BodyRateWindow, 10*time.Second)
+	if c.Limits.ConnectionsPerClient == nil {
+		c.Limits.ConnectionsPerClient = new(1024)
+	}
+	if c.Limits.BodyMinRate == nil {
+		c.Limits.BodyMinRate = new(ByteSize(1 << 10))
+	}
+	if c.Limits.BufferedBodies == 0 {
+		c.Limits.BufferedBodies = 32 << 20
+	}
 	setDuration(&c.Timeouts.Shutdown, 15*time.Second)
 	setDuration(&c.CA.LeafValidity, 7*24*time.Hour)
 	if c.CA.LeafCacheSize == 0 {

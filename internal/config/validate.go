@@ -108,10 +108,23 @@ func (c *Config) validate() []error {
 		{"dial", c.Timeouts.Dial}, {"tls_handshake", c.Timeouts.TLSHandshake},
 		{"response_header", c.Timeouts.ResponseHeader}, {"client_idle", c.Timeouts.ClientIdle},
 		{"tunnel_idle", c.Timeouts.TunnelIdle}, {"shutdown", c.Timeouts.Shutdown}, {"body_idle", c.Timeouts.BodyIdle},
+		{"body", c.Timeouts.Body},
 	} {
 		if d.v <= 0 {
 			add(errors.New("must be positive"), "timeouts", d.key)
 		}
+	}
+	if c.Limits.BodyRateWindow <= 0 {
+		add(errors.New("must be positive"), "limits", "body_rate_window")
+	}
+	if n := c.Limits.ConnectionsPerClient; n != nil && *n < 0 {
+		add(errors.New("must not be negative (0 is no cap)"), "limits", "connections_per_client")
+	}
+	if r := c.Limits.BodyMinRate; r != nil && *r < 0 {
+		add(errors.New("must not be negative (0 is no minimum)"), "limits", "body_min_rate")
+	}
+	if c.Limits.BufferedBodies < 1<<20 {
+		add(errors.New("must be at least 1MiB: one body read whole"), "limits", "buffered_bodies")
 	}
 	if c.Log.File != "" && c.Log.MaxSize < 1<<20 {
 		add(errors.New("must be at least 1MiB"), "log", "max_size")

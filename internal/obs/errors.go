@@ -3,8 +3,10 @@ package obs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -130,13 +132,36 @@ func sfString(s string) string {
 	return string(append(b, '"'))
 }
 
-// WriteBodyTimeout answers a request whose body sent nothing for
-// timeouts.body_idle, and closes the connection: what the client sends
-// next cannot be told from the rest of that body.
+// A BodyTimeoutError says which limit cut a request body off. It is a
+// deadline error (errors.Is os.ErrDeadlineExceeded), as a read that ran
+// into a socket deadline is.
+type BodyTimeoutError struct {
+	// Key is the config key of the limit: timeouts.body_idle, timeouts.body
+	// or limits.body_min_rate.
+	Key string
+	// Detail says what the body did, for the client and the log.
+	Detail string
+}
+
+func (e *BodyTimeoutError) Error() string {
+	return "request body cut off by " + e.Key + ": " + e.Detail
+}
+
+// Is makes a BodyTimeoutError a deadline error.
+func (e *BodyTimeoutError) Is(target error) bool { return target == os.ErrDeadlineExceeded }
+
+// WriteBodyTimeout answers a request whose body was cut off for sending
+// too slowly (err says by which limit, when it is a [BodyTimeoutError]),
+// and closes the connection: what the client sends next cannot be told
+// from the rest of that body.
 func WriteBodyTimeout(w http.ResponseWriter, r *http.Request, err error) {
+	detail := "the request body sent nothing for timeouts.body_idle"
+	if te, ok := errors.AsType[*BodyTimeoutError](err); ok {
+		detail = te.Detail + " (" + te.Key + ")"
+	}
 	w.Header().Set("Connection", "close")
 	WriteError(w, r, &Error{Status: http.StatusRequestTimeout, Msg: "request body timed out", Host: decision.From(r.Context()).Target.String(),
-		Detail: "the request body sent nothing for timeouts.body_idle; nothing more of it was forwarded", Err: err})
+		Detail: detail + "; nothing more of it was forwarded", Err: err})
 }
 
 // StatusClientClosed is the status the access log records for a request

@@ -4,28 +4,54 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/obs"
 )
 
-// BodyIdle is the slow-body stage: each read of a request body must bring
-// bytes within idle (timeouts.body_idle), or the read fails, and with it
-// the rules' reading or the forwarding of the body (answered 408 while an
-// answer is still possible). A client that sends one byte now and then
-// holds no socket, upstream connection or budget for as long as it likes.
-func (s *Server) BodyIdle(idle time.Duration) func(http.Handler) http.Handler {
+// BodyLimits are the slow-body stage's limits, from timeouts and limits.
+type BodyLimits struct {
+	// Idle: each read must bring bytes within it (timeouts.body_idle).
+	Idle time.Duration
+	// Whole: the last byte must come within it of the headers (timeouts.body).
+	Whole time.Duration
+	// MinRate, in bytes per second, must be met over each Window of
+	// waiting (limits.body_min_rate, limits.body_rate_window); 0: none.
+	MinRate int64
+	Window  time.Duration
+}
+
+// BodyLimitsOf returns c's request-body limits.
+func BodyLimitsOf(c *config.Config) BodyLimits {
+	return BodyLimits{Idle: c.Timeouts.BodyIdle.D(), Whole: c.Timeouts.Body.D(), MinRate: int64(*c.Limits.BodyMinRate), Window: c.Limits.BodyRateWindow.D()}
+}
+
+// SlowBody is the slow-body stage: a request body must bring bytes within
+// lim.Idle of each read, arrive whole within lim.Whole of its headers, and
+// send at least lim.MinRate bytes a second over each lim.Window that
+// sluice waits for it. Otherwise the read fails, and with it the rules'
+// reading or the forwarding of the body (answered 408 with the limit
+// while an answer is still possible). A client that trickles holds no
+// socket, upstream connection, budget or memory for as long as it likes.
+// Only time spent waiting on the client counts: a body that waits on a
+// slow upstream is not slow.
+func (s *Server) SlowBody(lim BodyLimits) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Body == nil || r.Body == http.NoBody || r.Method == http.MethodConnect {
 				next.ServeHTTP(w, r)
 				return
 			}
-			b := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: idle}
+			b := &slowBody{ReadCloser: r.Body, rc: http.NewResponseController(w), lim: lim, deadline: time.Now().Add(lim.Whole)}
 			// Made here, stopped, before the body can be read on another
 			// goroutine (the forwarder's transport): Reset and Stop are safe
 			// from any goroutine, the field is not.
@@ -33,40 +59,108 @@ func (s *Server) BodyIdle(idle time.Duration) func(http.Handler) http.Handler {
 			b.timer.Stop()
 			defer b.timer.Stop()
 			r.Body = b
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, b)))
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), slowBodyKey{}, b)))
 		})
 	}
 }
 
-type idleBodyKey struct{}
+type slowBodyKey struct{}
 
-// idleBody fails a read that waits longer than idle. It marks itself timed
-// out before it forces the read to fail, so that whoever sees the failure
-// (the server cancels the request when a body read fails) can tell why.
-type idleBody struct {
+// The limits a read can run into; the timer enforces the nearest.
+const (
+	limitIdle = iota
+	limitWhole
+	limitRate
+)
+
+// slowBody fails a read that runs into one of its limits. The timer marks
+// the body cut off (cause) before it forces the pending read to fail, so
+// that whoever sees the failure (the server cancels the request when a
+// body read fails) can tell why.
+type slowBody struct {
 	io.ReadCloser
 	rc       *http.ResponseController
-	idle     time.Duration
+	lim      BodyLimits
+	deadline time.Time
 	timer    *time.Timer
-	timedOut atomic.Bool
+	pending  atomic.Int32 // the limit the armed timer enforces
+	cause    atomic.Pointer[obs.BodyTimeoutError]
+
+	// Only Read touches these (one read at a time): the waiting and the
+	// bytes of the current rate window.
+	waited time.Duration
+	got    int64
 }
 
-func (b *idleBody) Read(p []byte) (int, error) {
-	b.timer.Reset(b.idle)
+func (b *slowBody) Read(p []byte) (int, error) {
+	if e := b.cause.Load(); e != nil {
+		return 0, e
+	}
+	start := time.Now()
+	limit, which := b.lim.Idle, limitIdle
+	if d := b.deadline.Sub(start); d < limit {
+		limit, which = d, limitWhole
+	}
+	if b.lim.MinRate > 0 {
+		// This window is short of bytes until its end; one that has its
+		// bytes already is followed by one that has none yet.
+		d := b.lim.Window - b.waited
+		if b.got >= b.need() {
+			d += b.lim.Window
+		}
+		if d < limit {
+			limit, which = d, limitRate
+		}
+	}
+	if limit <= 0 {
+		return 0, b.cut(which)
+	}
+	b.pending.Store(int32(which))
+	b.timer.Reset(limit)
 	n, err := b.ReadCloser.Read(p)
 	b.timer.Stop()
+	if e := b.cause.Load(); e != nil {
+		return 0, e
+	}
+	if b.lim.MinRate > 0 {
+		b.waited += time.Since(start)
+		if b.waited < b.lim.Window {
+			b.got += int64(n)
+		} else {
+			if b.got+int64(n) < b.need() && err == nil {
+				return 0, b.cut(limitRate)
+			}
+			b.waited, b.got = 0, 0
+		}
+	}
 	return n, err
 }
 
-func (b *idleBody) expire() {
-	b.timedOut.Store(true)
+// need is what one rate window must bring.
+func (b *slowBody) need() int64 { return b.lim.MinRate * int64(b.lim.Window) / int64(time.Second) }
+
+func (b *slowBody) expire() {
+	b.cut(int(b.pending.Load()))
 	b.rc.SetReadDeadline(time.Now()) // the pending read fails now
 }
 
-// bodyTimedOut reports whether r's body was cut off by BodyIdle.
+// cut marks the body cut off by the limit which, and returns why.
+func (b *slowBody) cut(which int) error {
+	e := &obs.BodyTimeoutError{Key: "timeouts.body_idle", Detail: fmt.Sprintf("the request body sent nothing for %s", b.lim.Idle)}
+	switch which {
+	case limitWhole:
+		e = &obs.BodyTimeoutError{Key: "timeouts.body", Detail: fmt.Sprintf("the request body did not arrive whole within %s", b.lim.Whole)}
+	case limitRate:
+		e = &obs.BodyTimeoutError{Key: "limits.body_min_rate", Detail: fmt.Sprintf("the request body sent less than %d bytes a second over %s", b.lim.MinRate, b.lim.Window)}
+	}
+	b.cause.CompareAndSwap(nil, e)
+	return b.cause.Load()
+}
+
+// bodyTimedOut reports whether r's body was cut off by SlowBody.
 func bodyTimedOut(r *http.Request) bool {
-	b, ok := r.Context().Value(idleBodyKey{}).(*idleBody)
-	return ok && b.timedOut.Load()
+	b, ok := r.Context().Value(slowBodyKey{}).(*slowBody)
+	return ok && b.cause.Load() != nil
 }
 
 // maxBufferedBody is the largest request body BufferBody reads whole;
@@ -77,29 +171,99 @@ const maxBufferedBody = 1 << 20
 // maxBufferedBody is read whole before anything is spent on it. A client
 // that sends slowly then holds neither budget (while a budget waits for
 // the upstream's first count, its probe holds every other client of it)
-// nor an upstream connection. A larger body streams.
-func (s *Server) BufferBody(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBufferedBody || r.Header.Get("Upgrade") != "" {
+// nor an upstream connection. A larger body streams, and so does one
+// that would take the bodies read whole together past max bytes
+// (limits.buffered_bodies): their memory never grows past it.
+func (s *Server) BufferBody(max int64) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBufferedBody || r.Header.Get("Upgrade") != "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			orig := r.Body
+			buf, held, whole, err := s.bodies.read(orig, r.ContentLength, max)
+			defer s.bodies.release(held)
+			if err != nil {
+				answerBodyError(w, r, err)
+				return
+			}
+			switch {
+			case !whole:
+				r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
+			case len(buf) == 0:
+				r.Body, r.ContentLength = http.NoBody, 0
+			default:
+				r.Body, r.ContentLength = readCloser{bytes.NewReader(buf), orig}, int64(len(buf))
+			}
 			next.ServeHTTP(w, r)
-			return
+		})
+	}
+}
+
+// bodyMemory accounts the memory of the bodies BufferBody holds.
+type bodyMemory struct {
+	used atomic.Int64
+	// gauge follows used; full counts the bodies that streamed for want of memory.
+	gauge prometheus.Gauge
+	full  prometheus.Counter
+}
+
+// take reserves n bytes if that keeps the total within max.
+func (m *bodyMemory) take(n, max int64) bool {
+	for {
+		u := m.used.Load()
+		if u+n > max {
+			return false
 		}
-		orig := r.Body
-		buf, err := io.ReadAll(io.LimitReader(orig, maxBufferedBody+1))
-		if err != nil {
-			answerBodyError(w, r, err)
-			return
+		if m.used.CompareAndSwap(u, u+n) {
+			m.gauge.Add(float64(n))
+			return true
 		}
+	}
+}
+
+func (m *bodyMemory) release(n int64) {
+	if n > 0 {
+		m.used.Add(-n)
+		m.gauge.Sub(float64(n))
+	}
+}
+
+// read reads body (of size bytes, -1 when unknown) whole if it is at most
+// maxBufferedBody and its memory can be reserved within max. It returns
+// what it read, the bytes reserved (to be released by the caller once the
+// request is done) and whether buf is the whole body; when it is not, the
+// rest is still in body.
+func (m *bodyMemory) read(body io.Reader, size, max int64) (buf []byte, held int64, whole bool, err error) {
+	for {
+		if len(buf) == cap(buf) {
+			grow := int64(64 << 10) // unknown size: in steps, doubling
+			if size >= 0 {
+				grow = size + 1 - int64(len(buf)) // one more byte sees the end
+			} else if c := int64(cap(buf)); c > grow {
+				grow = c
+			}
+			grow = min(grow, maxBufferedBody+1-int64(len(buf)))
+			if grow <= 0 {
+				return buf, held, false, nil // larger than maxBufferedBody: streams
+			}
+			if !m.take(grow, max) {
+				m.full.Inc()
+				return buf, held, false, nil
+			}
+			held += grow
+			buf = slices.Grow(buf, int(grow))
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
 		switch {
-		case len(buf) > maxBufferedBody:
-			r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
-		case len(buf) == 0:
-			r.Body, r.ContentLength = http.NoBody, 0
-		default:
-			r.Body, r.ContentLength = readCloser{bytes.NewReader(buf), orig}, int64(len(buf))
+		case errors.Is(err, io.EOF):
+			return buf, held, true, nil
+		case err != nil:
+			return buf, held, false, err
 		}
-		next.ServeHTTP(w, r)
-	})
+	}
 }
 
 type readCloser struct {

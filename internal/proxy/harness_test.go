@@ -175,6 +175,17 @@ func listenLoopback(t testing.TB) net.Listener {
 	return ln
 }
 
+// plainEntry serves handler over plain HTTP on loopback and returns the
+// hosts entry of name (plain_http) that reaches it, with extra appended,
+// and its address.
+func plainEntry(t testing.TB, name string, handler http.Handler, extra ...string) (entry, addr string) {
+	ln := listenLoopback(t)
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return fmt.Sprintf("  %s:\n    plain_http: true\n    connect_to: %s\n    allow_private: true\n%s", name, ln.Addr(), strings.Join(extra, "")), ln.Addr().String()
+}
+
 // pool trusts sluice's CA plus the given extra PEMs.
 func (h *harness) pool(extra ...[]byte) *x509.CertPool {
 	p := x509.NewCertPool()

@@ -13,6 +13,9 @@ type proxyMetrics struct {
 	tunnels, intercepts prometheus.Gauge
 	upstreamErrors      *prometheus.CounterVec
 	handshakeErrors     prometheus.Counter
+	bodyBytes           prometheus.Gauge
+	bodiesStreamed      prometheus.Counter
+	connsRefused        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
@@ -29,8 +32,20 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 			Namespace: "sluice", Subsystem: "proxy", Name: "client_handshake_errors_total",
 			Help: "Intercepted CONNECTs whose client TLS handshake failed (often: the client does not trust the CA).",
 		}),
+		bodyBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "buffered_body_bytes",
+			Help: "Memory reserved by request bodies read whole before forwarding (at most limits.buffered_bodies).",
+		}),
+		bodiesStreamed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "bodies_streamed_for_memory_total",
+			Help: "Request bodies that streamed instead of being read whole because limits.buffered_bodies was reached.",
+		}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "connections_refused_total",
+			Help: "Client connections closed at once because their address held limits.connections_per_client already, by listener.",
+		}, []string{"listener"}),
 	}
-	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors); err != nil {
+	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors, m.bodyBytes, m.bodiesStreamed, m.connsRefused); err != nil {
 		return nil, err
 	}
 	m.tunnels = m.sessions.WithLabelValues(decision.Tunnel.String())

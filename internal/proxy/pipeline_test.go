@@ -86,15 +86,11 @@ func pipelineHarness(t *testing.T) (*harness, *pathCounter) {
 	})
 	upCA := testpki.NewCA(t, "upstream CA")
 	up := upCA.Upstream(t, handler, "api.test")
-	plain := listenLoopback(t)
-	plainSrv := &http.Server{Handler: handler}
-	go plainSrv.Serve(plain)
-	t.Cleanup(func() { plainSrv.Close() })
 	shared := "    rules: binance\n    cache: {rules: [{path: /cached, ttl: 1m}]}\n" +
 		"    throttle: {model: window, limit: 1, window: 1h, path_regex: '^/budget', max_wait: 10ms}\n"
-	hosts := upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(), shared) +
-		fmt.Sprintf("  plain.test:\n    plain_http: true\n    connect_to: %s\n    allow_private: true\n%s", plain.Addr(), shared)
-	reverse := fmt.Sprintf("reverse: {addr: 127.0.0.1:0, backend: http://%s, rules: binance, cache: {mode: rules, rules: [{path: /cached, ttl: 1m}]}}", plain.Addr())
+	plain, plainAddr := plainEntry(t, "plain.test", handler, shared)
+	hosts := upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(), shared) + plain
+	reverse := fmt.Sprintf("reverse: {addr: 127.0.0.1:0, backend: http://%s, rules: binance, cache: {mode: rules, rules: [{path: /cached, ttl: 1m}]}}", plainAddr)
 	return newHarness(t, hosts, reverse), hits
 }
 

@@ -55,7 +55,10 @@ type Options struct {
 	// may prove who it is with a certificate; the HTTPS-proxy and
 	// transparent TLS handshakes ask for one only then. Nil: always ask.
 	ClientCertificates func() bool
-	Log                *slog.Logger
+	// ConnectionsPerClient returns limits.connections_per_client in force.
+	// Nil: the startup config's.
+	ConnectionsPerClient func() int
+	Log                  *slog.Logger
 	// Registerer receives the metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
 	// Now is the clock for certificates; nil is time.Now.
@@ -87,6 +90,8 @@ type Server struct {
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
 
 	metrics *proxyMetrics
+	bodies  *bodyMemory
+	conns   *clientConns
 }
 
 var _ http.Handler = (*Forwarder)(nil)
@@ -105,6 +110,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ClientCertificates == nil {
 		opts.ClientCertificates = func() bool { return true }
 	}
+	if opts.ConnectionsPerClient == nil {
+		opts.ConnectionsPerClient = func() int { return *opts.Config.Limits.ConnectionsPerClient }
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -112,6 +120,8 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline, askCerts: opts.ClientCertificates,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
+		bodies: &bodyMemory{gauge: m.bodyBytes, full: m.bodiesStreamed},
+		conns:  newClientConns(opts.ConnectionsPerClient, opts.Config.Bans.IPv6Prefix, m.connsRefused),
 	}
 	s.selfCert = &selfCert{root: opts.Root, names: selfNames(opts.Config.Listen.ProxyTLS), now: opts.Now, validity: opts.Config.CA.LeafValidity.D()}
 	s.mitmTLS = &tls.Config{
@@ -188,9 +198,11 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		})
 	}
 	if lns.Proxy != nil {
-		serve(s.forward, lns.Proxy)
+		serve(s.forward, s.conns.listener(lns.Proxy, "proxy", true, nil))
 	}
 	if ln := lns.Reverse; ln != nil {
+		// The peers a reverse listener trusts (a load balancer) carry many clients.
+		ln = s.conns.listener(ln, "reverse", false, func(a netip.Addr) bool { b := s.reverse(); return b != nil && b.trusts(a) })
 		if r := s.cfg.Listen.Reverse; r != nil && r.ProxyProtocol {
 			ln = &proxyproto.Listener{Listener: ln, ConnPolicy: s.proxyProtocolPolicy, ReadHeaderTimeout: 5 * time.Second}
 		}
@@ -218,7 +230,7 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		// A client certificate from sluice's CA names a client (clients.NAME.certificate).
 		withCerts := plain.Clone()
 		withCerts.ClientAuth, withCerts.ClientCAs = tls.VerifyClientCertIfGiven, rootPool(s.selfCert.root)
-		serve(s.forward, tls.NewListener(lns.ProxyTLS, &tls.Config{
+		serve(s.forward, tls.NewListener(s.conns.listener(lns.ProxyTLS, "proxy_tls", false, nil), &tls.Config{
 			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 				if s.askCerts() {
 					return withCerts, nil
@@ -228,10 +240,10 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 		}))
 	}
 	if lns.TransparentHTTP != nil {
-		serve(s.plain, lns.TransparentHTTP)
+		serve(s.plain, s.conns.listener(lns.TransparentHTTP, "transparent_http", true, nil))
 	}
 	if ln := lns.TransparentTLS; ln != nil {
-		g.Go(func() error { return s.serveTransparentTLS(ln, base) })
+		g.Go(func() error { return s.serveTransparentTLS(s.conns.listener(ln, "transparent_tls", false, nil), base) })
 	}
 	serve(s.mitm, s.mitmLn)
 	g.Go(func() error {

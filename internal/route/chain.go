@@ -70,7 +70,7 @@ func (t *Table) Build(d Deps) {
 	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
 		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
 		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
-		d.Proxy.BodyIdle(t.Config.Timeouts.BodyIdle.D()),                 // a body that sends nothing for body_idle is cut off
+		d.Proxy.SlowBody(proxy.BodyLimitsOf(t.Config)),                   // a body that stalls, trickles or outlasts timeouts.body is cut off
 		canon.Middleware(t.identify),                                     // canonical request: target and client from the entry point, one spelling of the path
 		vault.Identify(d.Clients, t.vault, t.authFailed(d.Bans)),         // which named client: proxy credentials, certificate or address; else 407
 		filter.BanGate(d.Bans),                                           // banned client (address or name): refused before anything is read
@@ -81,7 +81,7 @@ func (t *Table) Build(d Deps) {
 		proxy.MaxForwards,                                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
 		blobs.Middleware(d.Blobs, t.blobs),                               // immutable files from disk, verified
 		cache.Middleware(d.Cache, t.cache),                               // fresh hit: answer; miss: coalesce and fill through the rest
-		d.Proxy.BufferBody,                                               // a small body is read whole before budget or an upstream connection is spent on it
+		d.Proxy.BufferBody(int64(t.Config.Limits.BufferedBodies)),        // a small body is read whole before budget or an upstream connection is spent on it
 		throttle.Middleware(d.Limit, t.throttle),                         // a miss waits for upstream budget, or gets sluice's own 429
 		vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault), // last: the real key in, signed as forwarded, one audit line
 	)
