@@ -27,6 +27,13 @@ type download struct {
 	cancel     context.CancelFunc
 	started    time.Time
 
+	// leader started the download; rec is its detached record, which the
+	// download's stages write, and atHeaders rec as it was when headers
+	// closed, for the readers' lines.
+	leader    *http.Request
+	rec       *decision.Record
+	atHeaders decision.Record
+
 	mu      sync.Mutex
 	cond    *sync.Cond
 	headers chan struct{} // closed once status and header are known
@@ -49,6 +56,13 @@ type download struct {
 	relays   map[*relay]struct{}
 }
 
+// closeHeaders publishes status and header, and the record as the
+// download's stages left it, to the readers.
+func (d *download) closeHeaders() {
+	d.atHeaders = *d.rec
+	close(d.headers)
+}
+
 // relay carries the bytes after relayAt to one reader.
 type relay struct {
 	ch   chan []byte
@@ -66,10 +80,10 @@ func (s *Store) start(key, wantDigest string, r *http.Request, next http.Handler
 		d.mu.Unlock()
 		return d
 	}
-	detached, _ := decision.Detach(r.Context())
+	detached, rec := decision.Detach(r.Context())
 	ctx, cancel := context.WithCancel(detached)
 	d := &download{key: key, wantDigest: wantDigest, cancel: cancel, started: s.opts.Now(), headers: make(chan struct{}), length: -1, readers: 1,
-		relays: map[*relay]struct{}{}}
+		relays: map[*relay]struct{}{}, leader: r, rec: rec}
 	d.cond = sync.NewCond(&d.mu)
 	s.downloads[key] = d
 	out := r.Clone(ctx)
@@ -125,7 +139,7 @@ func (s *Store) fetch(d *download, out *http.Request, next http.Handler) {
 	if d.status == 0 {
 		d.status, d.errBody = http.StatusBadGateway, []byte(`{"error":"upstream failed","detail":"no response for the blob"}`+"\n")
 		d.header = http.Header{"Content-Type": {"application/json"}}
-		close(d.headers)
+		d.closeHeaders()
 	}
 	if w.f == nil && err != nil {
 		streamErr = err
@@ -196,7 +210,7 @@ func (w *fileWriter) WriteHeader(code int) {
 			w.f, d.tmpPath = f, f.Name()
 		}
 	}
-	close(d.headers)
+	d.closeHeaders()
 }
 
 func (w *fileWriter) Write(p []byte) (int, error) {

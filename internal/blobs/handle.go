@@ -130,6 +130,7 @@ func (s *Store) stream(w http.ResponseWriter, r *http.Request, d *download, next
 	rec := decision.From(r.Context())
 	select {
 	case <-d.headers:
+		rec.Report(&d.atHeaders, d.leader == r)
 	case <-r.Context().Done():
 		rec.Status, rec.Reason = obs.StatusClientClosed, "client left before the blob download started"
 		return

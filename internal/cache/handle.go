@@ -278,11 +278,10 @@ type fetched struct {
 	entry *entry
 	// leader is the request that started the fetch.
 	leader *http.Request
-	// upstreamAddr, budget and waited are what the fetch recorded of the
-	// upstream it reached and the budget it spent, for the leader's line.
-	upstreamAddr, budget string
-	waited               time.Duration
-	next                 http.Handler
+	// rec is what the fetch's stages recorded (decision.Detach's copy of
+	// the leader's record), for the lines of the requests it answers.
+	rec  *decision.Record
+	next http.Handler
 	// fromFleet: the entry came from the fleet cache, not the upstream.
 	fromFleet bool
 	// took is how long the upstream took to answer (with its budget wait).
@@ -336,9 +335,8 @@ func (c *Cache) fetch(w http.ResponseWriter, r *http.Request, key string, next h
 			for len(interim) > 0 {
 				writeInterim(w, <-interim)
 			}
-			if !joined {
-				rec := decision.From(r.Context())
-				rec.UpstreamAddr, rec.Budget, rec.Waited = f.res.upstreamAddr, f.res.budget, f.res.waited
+			if f.res.rec != nil {
+				decision.From(r.Context()).Report(f.res.rec, !joined)
 			}
 			return f.res, true
 		case <-r.Context().Done():
@@ -451,7 +449,7 @@ func (c *Cache) run(ctx context.Context, f *flight, key string, r, out *http.Req
 	res := rw.result(aborted)
 	res.leader, res.next, res.at = r, next, c.opts.Now()
 	res.took = res.at.Sub(start)
-	res.upstreamAddr, res.budget, res.waited = rec.UpstreamAddr, rec.Budget, rec.Waited
+	res.rec = rec
 	res.entry = store(res)
 	switch {
 	case res.entry == nil:

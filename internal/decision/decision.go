@@ -248,11 +248,39 @@ func EntryFrom(ctx context.Context) Entry {
 // Detach returns a context for work that outlives the request (a cache
 // fill, a blob download shared by many clients): not canceled with ctx, and
 // with its own copy of the request's record, so that what that work records
-// never races with the access line of the request that started it.
+// never races with the access line of the request that started it. What
+// the work recorded comes back to the requests it answers through
+// [Record.Report], once it is done writing.
 func Detach(ctx context.Context) (context.Context, *Record) {
 	cp := *From(ctx)
 	cp.Status, cp.UpstreamAddr, cp.BytesIn, cp.BytesOut, cp.Err = 0, "", 0, 0, nil
 	return With(context.WithoutCancel(ctx), &cp), &cp
+}
+
+// Report brings into r what the stages after a cache recorded on the
+// detached copy w (see [Detach]) of the request that started the work, so
+// that r's access line, metrics and dashboard show a refusal or failure of
+// the upstream call as if r had made it: the stage that refused and why,
+// the error, and for that request itself (leader) also the upstream it
+// reached and the budget it spent. A request that joined the work (not
+// the leader) spent nothing. The caller must not read w while the work
+// may still write it.
+func (r *Record) Report(w *Record, leader bool) {
+	if w.RefusedBy != None {
+		r.RefusedBy = w.RefusedBy
+	}
+	if w.Reason != "" {
+		r.Reason = w.Reason
+	}
+	if w.RuleSet != "" {
+		r.RuleSet, r.Check = w.RuleSet, w.Check
+	}
+	if w.Err != nil {
+		r.Err = w.Err
+	}
+	if leader {
+		r.UpstreamAddr, r.Budget, r.Waited = w.UpstreamAddr, w.Budget, w.Waited
+	}
 }
 
 // ClientIP is the one client-IP function: the record's client (which the

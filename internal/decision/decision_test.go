@@ -1,8 +1,11 @@
 package decision
 
 import (
+	"errors"
 	"net/http/httptest"
+	"reflect"
 	"testing"
+	"time"
 
 	"sluice/internal/hostport"
 )
@@ -56,5 +59,24 @@ func TestDetachKeepsTheRecordApart(t *testing.T) {
 	}
 	if ClientIP(r.WithContext(ctx)) != "198.51.100.7" || ClientIP(r) != "192.0.2.1" {
 		t.Errorf("ClientIP: %q, %q", ClientIP(r.WithContext(ctx)), ClientIP(r))
+	}
+}
+
+// TestReport: what a fill's stages recorded reaches the leader's record
+// whole, and a request that joined the fill gets the refusal and error
+// but not the upstream or budget it did not spend.
+func TestReport(t *testing.T) {
+	fill := &Record{RefusedBy: Budget, Reason: "upstream budget exhausted", Err: errors.New("no budget within max_wait"),
+		UpstreamAddr: "192.0.2.1:443", Budget: "weight", Waited: time.Second}
+	leader, joined := &Record{Cache: Miss}, &Record{Cache: Miss}
+	leader.Report(fill, true)
+	joined.Report(fill, false)
+	want := Record{Cache: Miss, RefusedBy: Budget, Reason: fill.Reason, Err: fill.Err, UpstreamAddr: fill.UpstreamAddr, Budget: "weight", Waited: time.Second}
+	if !reflect.DeepEqual(*leader, want) {
+		t.Errorf("leader after Report: %+v, want %+v", *leader, want)
+	}
+	want.UpstreamAddr, want.Budget, want.Waited = "", "", 0
+	if !reflect.DeepEqual(*joined, want) {
+		t.Errorf("joined request after Report: %+v, want %+v", *joined, want)
 	}
 }

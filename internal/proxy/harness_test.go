@@ -49,7 +49,7 @@ type harness struct {
 	// The transparent listeners' addresses (listen.transparent_tls, _http).
 	transparentTLSAddr, transparentHTTPAddr string
 	bans                                    *filter.Bans
-	clients                                 map[bool]*http.Client
+	clients                                 map[string]*http.Client
 	root                                    *ca.Root
 	dir                                     string
 	logs                                    *testenv.Buffer

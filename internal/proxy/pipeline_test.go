@@ -1,7 +1,10 @@
 package proxy_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -33,13 +36,46 @@ func interceptEntry(name string, h2 bool) entryPoint {
 				resp, body := connect(t, h.proxyAddr, "evil.test:443")
 				return resp.StatusCode, resp.Header, body
 			}
-			return do(t, h.clientOnce(h2), "https://api.test"+path)
+			return do(t, h.clientOnce(name, func() *http.Client { return h.client(h2) }), "https://api.test"+path)
 		}}
 }
 
 var entryPoints = []entryPoint{
 	interceptEntry("intercept HTTP/1.1", false),
 	interceptEntry("intercept HTTP/2", true),
+	{name: "HTTPS proxy", refusesAtConnect: true, hasHosts: true, hasBudget: true, decision: "intercept",
+		get: func(t *testing.T, h *harness, path string, unlisted bool) (int, http.Header, []byte) {
+			if unlisted {
+				resp, body := connect(t, h.proxyAddr, "evil.test:443")
+				return resp.StatusCode, resp.Header, body
+			}
+			return do(t, h.clientOnce("HTTPS proxy", func() *http.Client {
+				tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "https", Host: h.tlsAddr}), TLSClientConfig: &tls.Config{RootCAs: h.pool()}}
+				t.Cleanup(tr.CloseIdleConnections)
+				return &http.Client{Transport: tr}
+			}), "https://api.test"+path)
+		}},
+	// A client that DNS sent to sluice: its target is the SNI, and an
+	// unlisted name gets a TLS alert, not an answer (TestTransparentTLS).
+	{name: "transparent TLS", hasBudget: true, decision: "intercept",
+		get: func(t *testing.T, h *harness, path string, _ bool) (int, http.Header, []byte) {
+			return do(t, h.clientOnce("transparent TLS", func() *http.Client { return transparentClient(h, &tls.Config{RootCAs: h.pool()}) }),
+				"https://api.test"+path)
+		}},
+	{name: "transparent HTTP", hasHosts: true, hasBudget: true, decision: "intercept",
+		get: func(t *testing.T, h *harness, path string, unlisted bool) (int, http.Header, []byte) {
+			host := "plain.test"
+			if unlisted {
+				host = "evil.test"
+			}
+			return do(t, h.clientOnce("transparent HTTP", func() *http.Client {
+				tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, "tcp", h.transparentHTTPAddr)
+				}}
+				t.Cleanup(tr.CloseIdleConnections)
+				return &http.Client{Transport: tr}
+			}), "http://"+host+path)
+		}},
 	{name: "absolute URI", hasHosts: true, hasBudget: true, decision: "intercept",
 		get: func(t *testing.T, h *harness, path string, unlisted bool) (int, http.Header, []byte) {
 			host := "plain.test"
@@ -61,17 +97,17 @@ func do(t *testing.T, c *http.Client, rawURL string) (int, http.Header, []byte) 
 	return resp.StatusCode, resp.Header, body
 }
 
-// clientOnce is a client of its own, kept for the test (a connection for
-// the ban case that must outlive one request).
-func (h *harness) clientOnce(h2 bool) *http.Client {
+// clientOnce is the client named name, made once for the test (a
+// connection for the ban case that must outlive one request).
+func (h *harness) clientOnce(name string, make func() *http.Client) *http.Client {
 	if h.clients == nil {
-		h.clients = map[bool]*http.Client{}
+		h.clients = map[string]*http.Client{}
 	}
-	if c := h.clients[h2]; c != nil {
+	if c := h.clients[name]; c != nil {
 		return c
 	}
-	h.clients[h2] = h.client(h2)
-	return h.clients[h2]
+	h.clients[name] = make()
+	return h.clients[name]
 }
 
 // pipelineHarness runs sluice with one upstream behind api.test (TLS),
@@ -87,7 +123,7 @@ func pipelineHarness(t *testing.T) (*harness, *pathCounter) {
 	upCA := testpki.NewCA(t, "upstream CA")
 	up := upCA.Upstream(t, handler, "api.test")
 	shared := "    rules: binance\n    cache: {rules: [{path: /cached, ttl: 1m}]}\n" +
-		"    throttle: {model: window, limit: 1, window: 1h, path_regex: '^/budget', max_wait: 10ms}\n"
+		"    throttle: {model: window, limit: 1, window: 1h, path_regex: '^/(budget|cached/budget)', max_wait: 10ms}\n"
 	plain, plainAddr := plainEntry(t, "plain.test", handler, shared)
 	hosts := upstreamEntry(t, "api.test", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(), shared) + plain
 	reverse := fmt.Sprintf("reverse: {addr: 127.0.0.1:0, backend: http://%s, rules: binance, cache: {mode: rules, rules: [{path: /cached, ttl: 1m}]}}", plainAddr)
@@ -147,6 +183,12 @@ func TestEveryEntryPointDecidesAlike(t *testing.T) {
 				if hdr.Get("Retry-After") == "" {
 					t.Error("over budget: no Retry-After")
 				}
+				h.expectDecision(t, "/budget", "intercept", "budget")
+				// A cacheable path: the budget refuses the cache's fill,
+				// and the leader's line says so.
+				status, _, body = ep.get(t, h, "/cached/budget", false)
+				expect("cacheable, over budget", status, body, http.StatusTooManyRequests, "upstream budget exhausted")
+				h.expectDecision(t, "/cached/budget", "intercept", "budget")
 			}
 
 			h.bans.Add(t.Context(), "127.0.0.1", time.Hour, "test")
