@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -216,7 +218,30 @@ func checkCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(out)
+	if _, err = stdout.Write(out); err != nil {
+		return err
+	}
+	return writeProfileSources(stdout, t.Config)
+}
+
+// writeProfileSources ends check's output with where each host entry's
+// profile came from, as YAML comments: an entry that names no profile
+// still gets the one the embedded default knows for its host.
+func writeProfileSources(w io.Writer, c *config.Config) error {
+	var b strings.Builder
+	b.WriteString("# Where each host's profile comes from:\n")
+	for _, pattern := range slices.Sorted(maps.Keys(c.Hosts)) {
+		h := c.Hosts[pattern]
+		if h.Mode == config.ModeTunnel || h.Mode == config.ModeDeny {
+			continue
+		}
+		profile := h.Profile
+		if profile == "" {
+			profile = config.ProfileNone
+		}
+		fmt.Fprintf(&b, "#   %s: %s (%s)\n", pattern, profile, h.ProfileFrom)
+	}
+	_, err := io.WriteString(w, b.String())
 	return err
 }
 

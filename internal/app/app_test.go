@@ -338,6 +338,9 @@ func TestCheck(t *testing.T) {
 	if !strings.Contains(out.String(), "proxy: 127.0.0.1:3128") || !strings.Contains(out.String(), "mode: intercept") {
 		t.Errorf("check does not print the effective config:\n%s", out.String())
 	}
+	if want := "#   api.binance.com: binance (set in its entry)\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("check does not say where the profile came from (%q):\n%s", want, out.String())
+	}
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("hosts:\n  a.test: {mode: nope}\n  b.test: {ports: [0]}\nlisten: {proxy: nowhere}\n"), 0o644)
 	err := Run(context.Background(), []string{"check", "-c", bad}, io.Discard, io.Discard)

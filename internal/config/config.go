@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"sluice/internal/hostport"
 )
 
 // Config is the whole gateway configuration. It is plain data: Load fills it
@@ -184,8 +186,14 @@ const Off = "off"
 type Host struct {
 	// Mode is intercept (default), tunnel, deny or report.
 	Mode Mode `yaml:"mode,omitempty"`
-	// Profile names an embedded API profile (see Profiles).
+	// Profile names an embedded API profile (see Profiles), or "none". A
+	// host the embedded default knows (api.binance.com: binance) keeps its
+	// profile unless the entry names another or none, so that an entry
+	// written to change one setting never drops its cache rules, budget
+	// and withdrawal guard.
 	Profile string `yaml:"profile,omitempty"`
+	// ProfileFrom says where Profile came from (sluice check shows it).
+	ProfileFrom ProfileSource `yaml:"-"`
 	// Ports the client may reach on this host. Default [443], plus 80 when PlainHTTP.
 	Ports []uint16 `yaml:"ports,omitempty,flow"`
 	// PlainHTTP allows unencrypted absolute-URI requests ("GET http://...").
@@ -495,6 +503,7 @@ func (c *Config) applyDefaults() {
 		if h.Mode == "" {
 			h.Mode = ModeIntercept
 		}
+		h.applyProfileDefault(k)
 		if h.Cache != nil {
 			for i := range h.Cache.Rules {
 				h.Cache.Rules[i].applyDefaults()
@@ -504,6 +513,45 @@ func (c *Config) applyDefaults() {
 			h.Ports = []uint16{443}
 			if h.PlainHTTP {
 				h.Ports = append(h.Ports, 80)
+			}
+		}
+	}
+}
+
+// ProfileSource is where a host entry's profile came from.
+type ProfileSource uint8
+
+const (
+	// ProfileUnknown: the entry names none, and the embedded default knows no profile for the host.
+	ProfileUnknown ProfileSource = iota
+	// ProfileFromEntry: the entry names it.
+	ProfileFromEntry
+	// ProfileFromDefault: the embedded default's host-to-profile table.
+	ProfileFromDefault
+	// ProfileDropped: the entry says profile: none.
+	ProfileDropped
+)
+
+var profileSourceNames = [...]string{ProfileUnknown: "sluice knows no profile for this host", ProfileFromEntry: "set in its entry",
+	ProfileFromDefault: "the embedded default's for this host; profile: none drops it", ProfileDropped: "profile: none in its entry"}
+
+func (p ProfileSource) String() string { return profileSourceNames[p] }
+
+// ProfileNone is the profile value that drops a host's default profile.
+const ProfileNone = "none"
+
+// applyProfileDefault gives an intercepted entry of pattern without a
+// profile the one the embedded default gives its host.
+func (h *Host) applyProfileDefault(pattern string) {
+	switch {
+	case h.Profile == ProfileNone:
+		h.ProfileFrom = ProfileDropped
+	case h.Profile != "":
+		h.ProfileFrom = ProfileFromEntry
+	case h.Mode == ModeIntercept || h.Mode == ModeReport:
+		if n, err := hostport.ParsePattern(pattern); err == nil {
+			if p := DefaultProfile(n); p != "" {
+				h.Profile, h.ProfileFrom = p, ProfileFromDefault
 			}
 		}
 	}

@@ -239,6 +239,43 @@ func TestHostsFileKeepsProfiles(t *testing.T) {
 	}
 }
 
+// TestHostEntryKeepsProfile: an entry written for one setting (connect_to)
+// of a host the embedded default knows keeps that host's profile, unless
+// it names another or none; a tunnel's plain_http, which can never take
+// effect, is an error.
+func TestHostEntryKeepsProfile(t *testing.T) {
+	c, err := Parse([]byte(`hosts:
+  api.binance.com: {connect_to: "127.0.0.1:9443", allow_private: true}
+  fapi.binance.com: {profile: none}
+  api.bybit.com: {profile: bybit}
+  acme.myshopify.com:
+  api.kraken.com: {mode: tunnel}
+  api.example.org: {}
+`), "c.yaml", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]struct {
+		profile string
+		from    ProfileSource
+	}{
+		"api.binance.com":    {"binance", ProfileFromDefault},
+		"fapi.binance.com":   {"none", ProfileDropped},
+		"api.bybit.com":      {"bybit", ProfileFromEntry},
+		"acme.myshopify.com": {"shopify", ProfileFromDefault},
+		"api.kraken.com":     {"", ProfileUnknown},
+		"api.example.org":    {"", ProfileUnknown},
+	} {
+		if h := c.Hosts[host]; h.Profile != want.profile || h.ProfileFrom != want.from {
+			t.Errorf("hosts[%q]: profile %q from %v, want %q from %v", host, h.Profile, h.ProfileFrom, want.profile, want.from)
+		}
+	}
+	_, err = Parse([]byte("hosts:\n  git.test: {mode: tunnel, plain_http: true}\n"), "t.yaml", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "t.yaml:2:") || !strings.Contains(err.Error(), "plain_http") {
+		t.Errorf("a tunnel with plain_http: %v, want an error at t.yaml:2 naming plain_http", err)
+	}
+}
+
 // TestTypeErrorsInWords: a value of the wrong shape is reported with its
 // key path and the shape expected, in words; hosts written as a list gets
 // the hint to use hosts_file; a misspelt key gets the known key nearest it.

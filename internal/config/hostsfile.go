@@ -48,7 +48,9 @@ func (c *Config) loadHostsFile() error {
 			continue
 		}
 		listed[n] = true
-		c.Hosts[n] = &Host{Mode: ModeIntercept, Ports: []uint16{443}, Profile: DefaultProfile(n)}
+		h := &Host{Mode: ModeIntercept, Ports: []uint16{443}}
+		h.applyProfileDefault(n)
+		c.Hosts[n] = h
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", path, err))

@@ -201,6 +201,9 @@ func (h *Host) validate(pattern string) []error {
 			add(err, "throttle")
 		}
 	}
+	if h.Mode == ModeTunnel && h.PlainHTTP {
+		add(errors.New("a tunnel carries CONNECTs only, so plain HTTP to it can never be allowed; use mode: intercept, or drop plain_http"), "plain_http")
+	}
 	if strings.HasPrefix(pattern, "*.") && h.ConnectTo != "" {
 		add(errors.New("a wildcard entry cannot have one connect_to address for many hosts"), "connect_to")
 	}

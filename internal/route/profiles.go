@@ -11,7 +11,7 @@ import (
 // profile returns the embedded profile a host entry names (nil for none),
 // or an error at the entry's profile key.
 func profile(key string, h *config.Host) (*config.Profile, error) {
-	if h.Profile == "" {
+	if h.Profile == "" || h.Profile == config.ProfileNone {
 		return nil, nil
 	}
 	ps, err := config.Profiles()
