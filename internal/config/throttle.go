@@ -42,13 +42,19 @@ type Throttle struct {
 	Weights []WeightRule `yaml:"weights,omitempty"`
 	// Feedback lists the quota signals read from every response: binance
 	// (X-MBX-USED-WEIGHT-*), shopify (X-Shopify-Shop-Api-Call-Limit),
-	// ratelimit (RateLimit-* and X-RateLimit-*). A 429 or 418 always pauses
+	// ratelimit (RateLimit-* and X-RateLimit-*), etsy_second
+	// (x-limit-per-second, x-remaining-this-second), etsy_day
+	// (x-limit-per-day, x-remaining-today). A 429 or 418 always pauses
 	// the budget for its Retry-After.
 	Feedback []string `yaml:"feedback,omitempty,flow"`
 	// PathRegex, when set, limits the throttle to matching request paths;
 	// a host's throttles are tried in order (Shopify meters its REST and
 	// GraphQL APIs on one host with two budgets).
 	PathRegex string `yaml:"path_regex,omitempty"`
+	// Stack makes a request that matches this throttle also spend the next
+	// one that matches it, instead of this one alone: an upstream that
+	// meters per second and per day (Etsy) is two budgets, both spent.
+	Stack bool `yaml:"stack,omitempty"`
 }
 
 // WeightRule gives the cost of matching requests.
@@ -110,7 +116,7 @@ type ThrottleConfig struct {
 var (
 	throttleModels = []string{"window", "token_bucket", "leaky_bucket"}
 	throttleKeys   = []string{"budget", "host", "api_key", "host_api_key", "client", "client_name"}
-	feedbacks      = []string{"binance", "shopify", "shopify_graphql", "ratelimit"}
+	feedbacks      = []string{"binance", "shopify", "shopify_graphql", "ratelimit", "etsy_second", "etsy_day"}
 )
 
 func (t *Throttle) validate() error {

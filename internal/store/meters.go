@@ -100,7 +100,16 @@ func (w *window) Sync(_ context.Context, now time.Time, used float64) error {
 	return nil
 }
 
-func (w *window) Reshape(context.Context, float64, float64) error { return nil }
+// Reshape sets the window's limit to capacity, as the upstream reports
+// its plan (Etsy's x-limit-per-day); a window has no rate.
+func (w *window) Reshape(_ context.Context, capacity, _ float64) error {
+	if capacity > 0 {
+		w.mu.Lock()
+		w.limit = capacity
+		w.mu.Unlock()
+	}
+	return nil
+}
 
 func (w *window) Pause(_ context.Context, until time.Time) error {
 	w.mu.Lock()
@@ -116,7 +125,11 @@ func (w *window) Available(_ context.Context, now time.Time) (float64, error) {
 	return math.Max(w.limit-w.sum, 0), nil
 }
 
-func (w *window) Capacity() float64 { return w.limit }
+func (w *window) Capacity() float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.limit
+}
 
 // bucket is a token bucket of burst tokens refilled at rate per second, or
 // equally a leaky bucket of that capacity leaking at that rate; level is

@@ -41,6 +41,12 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 			}
 		}
 	}
+	if le.spec.feedback["etsy_second"] {
+		in.syncLimit(now, h, "X-Limit-Per-Second", "X-Remaining-This-Second")
+	}
+	if le.spec.feedback["etsy_day"] {
+		in.syncLimit(now, h, "X-Limit-Per-Day", "X-Remaining-Today")
+	}
 	if le.spec.feedback["ratelimit"] {
 		if used, ok := rateLimitUsed(h, in.m.Capacity()); ok {
 			in.sync(now, used)
@@ -138,6 +144,21 @@ func rateLimitUsed(h http.Header, capacity float64) (float64, bool) {
 		return max(limit-r, 0), true
 	}
 	return 0, false
+}
+
+// syncLimit re-syncs the budget to a pair of limit and remaining headers:
+// the limit is the app's plan as the upstream reports it (an app whose
+// limits were raised gets them without a config change), limit less
+// remaining what is spent.
+func (in *instance) syncLimit(now time.Time, h http.Header, limitName, remainingName string) {
+	remaining, err := strconv.ParseFloat(strings.TrimSpace(h.Get(remainingName)), 64)
+	if err != nil {
+		return
+	}
+	if limit, err := strconv.ParseFloat(strings.TrimSpace(h.Get(limitName)), 64); err == nil && limit > 0 {
+		in.reshape(limit, 0)
+	}
+	in.sync(now, max(in.m.Capacity()-remaining, 0))
 }
 
 func firstItem(v string) string {

@@ -15,6 +15,7 @@ type throttleMetrics struct {
 	avail      *prometheus.GaugeVec
 	limitedVec *prometheus.CounterVec
 	rejects    *prometheus.CounterVec
+	drift      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*throttleMetrics, error) {
@@ -30,8 +31,10 @@ func newMetrics(reg prometheus.Registerer) (*throttleMetrics, error) {
 			Help: "429 and 418 answers from upstreams."}, []string{"budget", "status"}),
 		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sluice", Subsystem: "throttle", Name: "rejected_total",
 			Help: "Requests answered 429 by sluice after max_wait without budget."}, []string{"budget"}),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sluice", Subsystem: "throttle", Name: "drift",
+			Help: "For a budget fed back by the upstream's headers: what sluice had counted spent minus what the upstream reported used, at the last report (negative: the upstream counted more)."}, []string{"budget"}),
 	}
-	return m, metrics.Register(reg, m.queue, m.waits, m.avail, m.limitedVec, m.rejects)
+	return m, metrics.Register(reg, m.queue, m.waits, m.avail, m.limitedVec, m.rejects, m.drift)
 }
 
 // declare creates budget's series, so that they exist from the first scrape.
@@ -50,6 +53,7 @@ func (m *throttleMetrics) wait(budget string, d time.Duration) {
 }
 func (m *throttleMetrics) available(budget string, v float64) { m.avail.WithLabelValues(budget).Set(v) }
 func (m *throttleMetrics) rejected(budget string)             { m.rejects.WithLabelValues(budget).Inc() }
+func (m *throttleMetrics) drifted(budget string, v float64)   { m.drift.WithLabelValues(budget).Set(v) }
 func (m *throttleMetrics) limited(budget string, status int) {
 	m.limitedVec.WithLabelValues(budget, strconv.Itoa(status)).Inc()
 }

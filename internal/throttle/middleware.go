@@ -13,41 +13,56 @@ import (
 
 // Middleware is the throttle stage, the last before the upstream: only what
 // goes upstream spends budget (cache hits never get here). A request waits
-// for its budget, or is answered 429 by sluice with Retry-After and sends
-// nothing upstream; the upstream's answer re-syncs the budget as it passes
+// for its budgets, or is answered 429 by sluice with Retry-After and sends
+// nothing upstream; the upstream's answer re-syncs the budgets as it passes
 // back. of returns the route's throttles (none: no budget) and its host name.
 func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			specs, host := of(r)
-			spec := specs.Pick(r)
-			if spec == nil {
+			picked := specs.PickAll(r)
+			if len(picked) == 0 {
 				next.ServeHTTP(w, r)
 				return
 			}
 			rec := decision.From(r.Context())
-			rec.Budget = spec.name
-			lease, err := l.Acquire(r.Context(), spec, host, r)
-			if err != nil {
-				if r.Context().Err() != nil {
-					rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client left while waiting for upstream budget", err
+			leases := make([]*Lease, 0, len(picked))
+			defer func() {
+				for _, le := range leases {
+					le.Release()
+				}
+			}()
+			var waited time.Duration
+			for _, spec := range picked {
+				rec.Budget = spec.name
+				lease, err := l.Acquire(r.Context(), spec, host, r)
+				if err != nil {
+					if r.Context().Err() != nil {
+						rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client left while waiting for upstream budget", err
+						return
+					}
+					retry := l.RetryAfter(spec, host, r)
+					rec.Refuse(decision.Budget, "upstream budget exhausted")
+					w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+					obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: rec.Target.String(),
+						Detail:      fmt.Sprintf("no budget left in %s on %s within max_wait; sluice sent nothing upstream; retry in %s", spec.name, host, retry.Round(time.Millisecond)),
+						ProxyStatus: "connection_limit_reached"})
 					return
 				}
-				retry := l.RetryAfter(spec, host, r)
-				rec.Refuse(decision.Budget, "upstream budget exhausted")
-				w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-				obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: rec.Target.String(),
-					Detail:      fmt.Sprintf("no budget left on %s within max_wait; sluice sent nothing upstream; retry in %s", host, retry.Round(time.Millisecond)),
-					ProxyStatus: "connection_limit_reached"})
-				return
+				leases = append(leases, lease)
+				waited += lease.Waited
 			}
-			defer lease.Release()
-			rec.Waited = lease.Waited
-			w.Header().Set("X-Sluice-Wait", strconv.FormatFloat(lease.Waited.Seconds(), 'f', 3, 64))
-			ow := &observingWriter{ResponseWriter: w, lease: lease, host: host}
+			rec.Budget = picked[0].name
+			rec.Waited = waited
+			w.Header().Set("X-Sluice-Wait", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
+			ow := &observingWriter{ResponseWriter: w, leases: leases, host: host}
 			next.ServeHTTP(ow, r)
 			if ow.cost != nil {
-				lease.observeCost(ow.cost.Bytes())
+				for _, le := range leases {
+					if le.spec.feedback["shopify_graphql"] {
+						le.observeCost(ow.cost.Bytes())
+					}
+				}
 			}
 		})
 	}
@@ -55,12 +70,12 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 
 var _ http.ResponseWriter = (*observingWriter)(nil)
 
-// observingWriter re-syncs the lease's budget from the upstream's answer
+// observingWriter re-syncs the leases' budgets from the upstream's answer
 // as it is written back: the status and quota headers, and a GraphQL cost
 // at the end of the body.
 type observingWriter struct {
 	http.ResponseWriter
-	lease    *Lease
+	leases   []*Lease
 	host     string
 	observed bool
 	cost     *bytes.Buffer // the body so far, for the shopify_graphql feedback
@@ -69,9 +84,11 @@ type observingWriter struct {
 func (w *observingWriter) WriteHeader(code int) {
 	if !w.observed && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.observed = true
-		w.lease.observeHead(code, w.Header(), w.host)
-		if w.lease.spec.feedback["shopify_graphql"] {
-			w.cost = &bytes.Buffer{}
+		for _, le := range w.leases {
+			le.observeHead(code, w.Header(), w.host)
+			if le.spec.feedback["shopify_graphql"] {
+				w.cost = &bytes.Buffer{}
+			}
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)

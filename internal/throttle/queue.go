@@ -21,9 +21,9 @@ type instance struct {
 	m    store.Meter
 	// pausedUntil holds every request after an upstream 429 or 418.
 	pausedUntil time.Time
-	// gaugeAt is when the available gauge was last set.
-	gaugeAt time.Time
-	backoff time.Duration
+	// gaugeAt is when the available gauge was last set, driftAt the drift gauge.
+	gaugeAt, driftAt time.Time
+	backoff          time.Duration
 	// Until the upstream has reported its count once (synced), one request
 	// at a time goes out (probing): others outside sluice may have spent
 	// part of the budget already, and a burst could overrun it.
@@ -60,9 +60,19 @@ func (in *instance) acquire(ctx context.Context, client string, cost float64, ma
 	cost = min(cost, in.m.Capacity()) // a cost the budget can never hold would wait forever
 	in.mu.Lock()
 	in.lastUse = start
-	if in.waiting == 0 && !start.Before(in.pausedUntil) && in.ready() && in.take(start, cost) == 0 {
+	if d := in.pausedUntil.Sub(start); d > maxWait {
 		in.mu.Unlock()
-		return 0, nil
+		return 0, ErrTimeout // paused past max_wait: waiting would only delay the same answer
+	}
+	if in.waiting == 0 && !start.Before(in.pausedUntil) && in.ready() {
+		switch d := in.take(start, cost); {
+		case d == 0:
+			in.mu.Unlock()
+			return 0, nil
+		case d > maxWait:
+			in.mu.Unlock()
+			return 0, ErrTimeout // a day's budget spent: no wait within max_wait can bring it
+		}
 	}
 	w := &waiter{cost: cost, client: client, ready: make(chan struct{})}
 	in.enqueue(w)
@@ -198,7 +208,15 @@ func (in *instance) take(now time.Time, cost float64) time.Duration {
 	return d
 }
 
+// sync raises the budget's spent count to what the upstream reports used,
+// and, at most every gaugeEvery, sets the drift gauge to how far sluice's
+// own count was from it: a budget model that drifts shows before the
+// upstream refuses.
 func (in *instance) sync(now time.Time, used float64) {
+	if in.driftAt.IsZero() || now.Sub(in.driftAt) >= gaugeEvery {
+		in.driftAt = now
+		in.l.metrics.drifted(in.name, in.m.Capacity()-in.available(now)-used)
+	}
 	if err := in.m.Sync(in.l.ctx, now, used); err != nil {
 		in.l.log.Warn("budget meter not synced", "budget", in.name, "error", err.Error())
 	}

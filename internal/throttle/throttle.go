@@ -91,6 +91,26 @@ func (ss Specs) Pick(r *http.Request) *Spec {
 	return nil
 }
 
+// PickAll returns the throttles r spends: the first whose path matches
+// it and, while the one picked stacks, the next that matches too.
+func (ss Specs) PickAll(r *http.Request) Specs {
+	var out Specs
+	for i, s := range ss {
+		if s.path != nil && !s.path.MatchString(r.URL.Path) {
+			continue
+		}
+		if out == nil {
+			out = ss[i : i+1 : i+1] // the common case: one, no allocation
+		} else {
+			out = append(out, s)
+		}
+		if !s.cfg.Stack {
+			break
+		}
+	}
+	return out
+}
+
 // CompileAll compiles a list of throttles (a profile's); name is the
 // budget name of those that name none.
 func CompileAll(ts []config.Throttle, name string, defaultMaxWait time.Duration) (Specs, error) {
@@ -242,16 +262,20 @@ type Lease struct {
 	done   bool // observed or released; guarded by the Limiter's lock
 }
 
-// Acquire waits until r's cost fits the budget of spec for host. It fails
-// with ErrTimeout after max_wait, or with the context's error.
 // Declare creates the metric series of specs' budgets, so that alerts on
 // them work from the first scrape, before a request has spent any.
 func (l *Limiter) Declare(specs Specs) {
 	for _, s := range specs {
 		l.metrics.declare(s.name)
+		if len(s.feedback) > 0 {
+			l.metrics.drift.WithLabelValues(s.name)
+		}
 	}
 }
 
+// Acquire waits until r's cost fits the budget of spec for host. It fails
+// with ErrTimeout after max_wait, at once when the budget cannot have it
+// within max_wait, or with the context's error.
 func (l *Limiter) Acquire(ctx context.Context, spec *Spec, host string, r *http.Request) (*Lease, error) {
 	in := l.instance(spec, host, r)
 	waited, err := in.acquire(ctx, clientOf(r), spec.Cost(r), spec.maxWait)

@@ -12,6 +12,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,7 +39,9 @@ func (m *Meters) Meter(key string, spec store.MeterSpec) store.Meter {
 	if spec.Model == store.Bucket {
 		return &bucket{rdb: m.rdb, key: k, burst: spec.Limit, rate: spec.Rate}
 	}
-	return &window{rdb: m.rdb, key: k, limit: spec.Limit, span: spec.Window}
+	w := &window{rdb: m.rdb, key: k, span: spec.Window}
+	w.limit.Store(math.Float64bits(spec.Limit))
+	return w
 }
 
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
@@ -107,9 +110,10 @@ save() return tostring(hold)
 `)
 
 type window struct {
-	rdb   redis.UniversalClient
-	key   string
-	limit float64
+	rdb redis.UniversalClient
+	key string
+	// limit holds the float64 bits: Reshape sets it while requests run.
+	limit atomic.Uint64
 	span  time.Duration
 }
 
@@ -117,7 +121,7 @@ func (w *window) hold() time.Duration { return w.span + min(w.span/20, time.Seco
 
 func (w *window) run(ctx context.Context, now time.Time, cost float64, mode string) (any, error) {
 	return windowScript.Run(ctx, w.rdb, []string{w.key + ":set", w.key + ":sum", w.key + ":seq", w.key + ":pause"},
-		micros(now), w.hold().Microseconds(), w.limit, cost, mode).Result()
+		micros(now), w.hold().Microseconds(), w.Capacity(), cost, mode).Result()
 }
 
 func (w *window) Wait(ctx context.Context, now time.Time, cost float64) (time.Duration, error) {
@@ -133,7 +137,14 @@ func (w *window) Sync(ctx context.Context, now time.Time, used float64) error {
 	return err
 }
 
-func (w *window) Reshape(context.Context, float64, float64) error { return nil }
+// Reshape sets this instance's view of the window's limit to capacity,
+// as the upstream reports its plan; a window has no rate.
+func (w *window) Reshape(_ context.Context, capacity, _ float64) error {
+	if capacity > 0 {
+		w.limit.Store(math.Float64bits(capacity))
+	}
+	return nil
+}
 
 func (w *window) Pause(ctx context.Context, until time.Time) error {
 	return pause(ctx, w.rdb, w.key+":pause", until)
@@ -162,7 +173,7 @@ func (w *window) Available(ctx context.Context, now time.Time) (float64, error) 
 	return strconv.ParseFloat(fmt.Sprint(v), 64)
 }
 
-func (w *window) Capacity() float64 { return w.limit }
+func (w *window) Capacity() float64 { return math.Float64frombits(w.limit.Load()) }
 
 // The bucket: a hash of what is spent (level), when it last leaked, and
 // the shape, which Reshape changes for every instance.

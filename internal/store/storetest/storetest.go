@@ -139,6 +139,22 @@ func Meters(t *testing.T, newMeters func(t *testing.T) store.Meters) {
 		}
 	})
 
+	t.Run("a window reshapes to the limit the upstream reports", func(t *testing.T) {
+		m := window(t, 10, time.Minute)
+		if d := must(t)(m.Take(ctx, t0, 10)); d != 0 {
+			t.Fatalf("taking the whole window: wait %v", d)
+		}
+		if err := m.Reshape(ctx, 30, 0); err != nil {
+			t.Fatal(err)
+		}
+		if m.Capacity() != 30 {
+			t.Errorf("Capacity after Reshape(30, 0) = %v", m.Capacity())
+		}
+		if a, _ := m.Available(ctx, t0); a != 20 {
+			t.Errorf("after Reshape(30, 0): %v available, want 20 (30 less 10 spent)", a)
+		}
+	})
+
 	t.Run("a pause holds every spending until its end", func(t *testing.T) {
 		for _, m := range []store.Meter{window(t, 10, time.Minute), bucket(t, 10, 1)} {
 			if err := m.Pause(ctx, t0.Add(5*time.Second)); err != nil {
