@@ -179,7 +179,7 @@ func TestReloadResolvesAgainstTheFile(t *testing.T) {
 	if err := Run(context.Background(), []string{"reload", "-c", file}, &out, io.Discard); err != nil {
 		t.Fatalf("sluice reload -c %s: %v\n%s", file, err, out.String())
 	}
-	for _, want := range []string{"config swapped in", "changed data_dir: takes effect after a restart", "changed listen: takes effect after a restart"} {
+	for _, want := range []string{"config swapped in", "changed data_dir: takes effect after a restart", "changed listen.admin: takes effect after a restart"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("sluice reload printed %q, want a line %q", out.String(), want)
 		}
@@ -187,5 +187,29 @@ func TestReloadResolvesAgainstTheFile(t *testing.T) {
 	c.CloseIdleConnections()
 	if got := status(t, c, "https://b.test/"); got != 200 {
 		t.Errorf("b.test after the reload: %d, want 200 (its upstream_ca read from beside FILE)", got)
+	}
+
+	// The same file again: data_dir still differs from what runs, though
+	// not from the last reload; log.format is restart-only too, log.level not.
+	os.WriteFile(file, []byte(doc+"log: {format: text, level: debug}\n"), 0o644)
+	out.Reset()
+	if err := Run(context.Background(), []string{"reload", "-c", file}, &out, io.Discard); err != nil {
+		t.Fatalf("second sluice reload: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"changed data_dir: takes effect after a restart", "changed log.format: takes effect after a restart"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("second sluice reload printed %q, want a line %q", out.String(), want)
+		}
+	}
+	if strings.Contains(out.String(), "log.level") {
+		t.Errorf("second sluice reload printed %q: log.level is applied by a reload", out.String())
+	}
+
+	// A file that does not validate: nothing is sent, and sluice reload
+	// says the running config stays.
+	os.WriteFile(file, []byte(doc+"timeouts: {dial: never}\n"), 0o644)
+	err := Run(context.Background(), []string{"reload", "-c", file}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "the running config stays") {
+		t.Errorf("sluice reload of a bad file: %v, want an error saying the running config stays", err)
 	}
 }

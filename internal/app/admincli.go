@@ -90,10 +90,19 @@ func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, er
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("admin listener: %s: %s", resp.Status, bytes.TrimSpace(out))
+		return nil, &adminError{status: resp.Status, code: resp.StatusCode, body: bytes.TrimSpace(out)}
 	}
 	return out, nil
 }
+
+// adminError is an admin API answer other than 200.
+type adminError struct {
+	status string
+	code   int
+	body   []byte
+}
+
+func (e *adminError) Error() string { return fmt.Sprintf("admin listener: %s: %s", e.status, e.body) }
 
 // runningDataDir asks the admin listener at base where the running
 // sluice keeps its data (GET /healthz needs no token).
@@ -124,7 +133,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w\nnothing was sent: the running config stays", err)
 	}
 	data, err := config.ReadFile(*cfgPath)
 	if err != nil {
@@ -135,6 +144,13 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	out, err := adminCall(cfg, http.MethodPut, "/config?dir="+url.QueryEscape(dir), data)
+	if ae, ok := errors.AsType[*adminError](err); ok && ae.code == http.StatusBadRequest {
+		var refusal struct{ Errors []string }
+		if json.Unmarshal(ae.body, &refusal) == nil && len(refusal.Errors) > 0 {
+			return fmt.Errorf("the running sluice refused the config; the running config stays:\n%s", strings.Join(refusal.Errors, "\n"))
+		}
+		return fmt.Errorf("%w\nthe running config stays", err)
+	}
 	if err != nil {
 		return err
 	}

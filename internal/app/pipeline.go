@@ -10,6 +10,7 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
 	"sluice/internal/cache"
+	"sluice/internal/config"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
 	"sluice/internal/policy"
@@ -63,7 +64,7 @@ func newGateway(t *route.Table, root *ca.Root, log *slog.Logger, accessLines io.
 	}
 	srv, err := proxy.New(proxy.Options{Config: cfg, Pipeline: gw, Authority: authority, Root: root, Log: log, Registerer: reg,
 		Reverse: gw.Backend, ClientCertificates: gw.ClientCertificates,
-		ConnectionsPerClient: func() int { return *gw.Table().Config.Limits.ConnectionsPerClient }})
+		Live: func() *config.Config { return gw.Table().Config }})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -53,7 +52,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	reg := prometheus.NewRegistry()
 	// One dialer for every config: the system resolver (or dns.resolvers,
 	// from the startup config), its refusals counted.
-	dial := dialer.New(nil, 10*time.Second)
+	dial := dialer.New(nil, 0) // each host's route bounds its dials with timeouts.dial
 	onRefuse, err := dialer.CountRefusals(reg)
 	if err != nil {
 		return err
@@ -229,9 +228,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		gw.Install(t)
 		next := t.Config
 		reloads.WithLabelValues("ok").Inc()
-		restartOnly := restartOnlyChanges(running, next)
+		// Against what runs, not the last reload: a restart-only change
+		// made by an earlier reload is still not in force.
+		restartOnly := config.RestartOnly(cfg, next)
 		if len(restartOnly) > 0 {
-			log.Warn("these changes take effect after a restart", "keys", strings.Join(restartOnly, ", "))
+			log.Warn("these settings differ from what runs and take effect after a restart", "keys", strings.Join(restartOnly, ", "))
 		}
 		level.Set(parseLevel(next.Log.Level))
 		running = next
@@ -335,41 +336,6 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 		case <-t.C:
 		}
 	}
-}
-
-// restartOnlyChanges names the keys whose change from running to next the
-// running sluice does not apply until it restarts.
-func restartOnlyChanges(running, next *config.Config) []string {
-	var keys []string
-	for _, k := range []struct {
-		key     string
-		changed bool
-	}{
-		{"listen", !reflect.DeepEqual(next.Listen, running.Listen)},
-		{"data_dir", next.DataDir != running.DataDir},
-		{"cache.max_bytes", next.Cache.MaxBytes != running.Cache.MaxBytes},
-		{"cache.max_object_bytes", next.Cache.MaxObjectBytes != running.Cache.MaxObjectBytes},
-		{"cache.fetch_timeout", next.Cache.FetchTimeout != running.Cache.FetchTimeout},
-		{"cache.refresh_grace", !reflect.DeepEqual(next.Cache.RefreshGrace, running.Cache.RefreshGrace)},
-		{"blobs.max_bytes", next.Blobs.MaxBytes != running.Blobs.MaxBytes},
-		{"blobs.when_clients_leave", next.Blobs.WhenClientsLeave != running.Blobs.WhenClientsLeave},
-		{"blobs.scrub_every", next.Blobs.ScrubEvery != running.Blobs.ScrubEvery},
-		{"bans.ipv6_prefix", next.Bans.IPv6Prefix != running.Bans.IPv6Prefix},
-		{"timeouts.client_idle", next.Timeouts.ClientIdle != running.Timeouts.ClientIdle},
-		{"timeouts.shutdown", next.Timeouts.Shutdown != running.Timeouts.Shutdown},
-		{"ca", next.CA != running.CA},
-		{"dns.rate_limit", *next.DNS.RateLimit != *running.DNS.RateLimit},
-		{"dns.resolvers", !slices.Equal(next.DNS.Resolvers, running.DNS.Resolvers)},
-		{"dns.pin", next.DNS.Pin != running.DNS.Pin},
-		{"dns.recheck", next.DNS.Recheck != running.DNS.Recheck},
-		{"fleet", next.Fleet != running.Fleet},
-		{"log.file", next.Log.File != running.Log.File || next.Log.MaxSize != running.Log.MaxSize || next.Log.MaxFiles != running.Log.MaxFiles},
-	} {
-		if k.changed {
-			keys = append(keys, k.key)
-		}
-	}
-	return keys
 }
 
 // scrubBlobs hashes every stored blob again every period until ctx ends.

@@ -11,19 +11,19 @@ import (
 type BlobsConfig struct {
 	// MaxBytes caps the store on disk; the least recently used files go
 	// first. Default 10GiB.
-	MaxBytes ByteSize `yaml:"max_bytes"`
+	MaxBytes ByteSize `yaml:"max_bytes" reload:"restart"`
 	// Patterns are regexps on the request path of immutable files, on every
 	// host. Default: OCI/Docker registry blobs, .deb/.udeb/.rpm/.apk
 	// packages and common archives.
-	Patterns []string `yaml:"patterns,omitempty"`
+	Patterns []string `yaml:"patterns,omitempty" reload:"live"`
 	// WhenClientsLeave is finish (the default: the download completes for
 	// later requests) or abort (stop when no client is reading any more).
-	WhenClientsLeave string `yaml:"when_clients_leave"`
+	WhenClientsLeave string `yaml:"when_clients_leave" reload:"restart"`
 	// ScrubEvery, when set, hashes every stored file again that often and
 	// drops the ones whose content no longer matches. Default off: a file
 	// whose size or modification time changed is hashed before it is
 	// served in any case.
-	ScrubEvery Duration `yaml:"scrub_every,omitempty"`
+	ScrubEvery Duration `yaml:"scrub_every,omitempty" reload:"restart"`
 }
 
 // DefaultBlobPatterns match files that never change once published.

@@ -16,18 +16,18 @@ import (
 type CacheConfig struct {
 	// MaxBytes bounds the memory of all cached responses; the least
 	// recently used go first. Default 256MiB.
-	MaxBytes ByteSize `yaml:"max_bytes"`
+	MaxBytes ByteSize `yaml:"max_bytes" reload:"restart"`
 	// MaxObjectBytes is the largest response body stored. Default 8MiB.
-	MaxObjectBytes ByteSize `yaml:"max_object_bytes"`
+	MaxObjectBytes ByteSize `yaml:"max_object_bytes" reload:"restart"`
 	// StaleIfError serves an entry expired by at most this long when the
 	// upstream fails (connect error, 5xx, 429, 418). Default 60s; 0s disables.
-	StaleIfError *Duration `yaml:"stale_if_error,omitempty"`
+	StaleIfError *Duration `yaml:"stale_if_error,omitempty" reload:"live"`
 	// FetchTimeout bounds one upstream fetch that fills the cache. Default 60s.
-	FetchTimeout Duration `yaml:"fetch_timeout"`
+	FetchTimeout Duration `yaml:"fetch_timeout" reload:"restart"`
 	// RefreshGrace is how long past its TTL a rules-mode entry still
 	// answers while its refresh runs. Default: the round trip of the fill
 	// that stored it; 0s: never past the TTL.
-	RefreshGrace *Duration `yaml:"refresh_grace,omitempty"`
+	RefreshGrace *Duration `yaml:"refresh_grace,omitempty" reload:"restart"`
 }
 
 // CacheMode says how a host's responses are cached.

@@ -25,32 +25,32 @@ type Config struct {
 	Listen Listen `yaml:"listen"`
 	// DataDir holds the CA, the client CA bundle and later the blob store.
 	// A leading "~/" is the user's home. Default: DefaultDataDir.
-	DataDir string `yaml:"data_dir"`
+	DataDir string `yaml:"data_dir" reload:"restart"`
 	// HostsFile is a plain list of host patterns, one per line, "#" starts a
 	// comment; each becomes an intercepted host entry unless Hosts lists it too.
-	HostsFile string `yaml:"hosts_file,omitempty"`
+	HostsFile string `yaml:"hosts_file,omitempty" reload:"live"`
 	// Hosts maps a host pattern (exact name, or "*.suffix" for every name
 	// under suffix) to what sluice does with it. A host not listed is denied.
-	Hosts map[string]*Host `yaml:"hosts"`
+	Hosts map[string]*Host `yaml:"hosts" reload:"live"`
 	// Policy is enforce (default) or report: see PolicyReport.
-	Policy   PolicyMode     `yaml:"policy,omitempty"`
+	Policy   PolicyMode     `yaml:"policy,omitempty" reload:"live"`
 	Cache    CacheConfig    `yaml:"cache"`
-	Throttle ThrottleConfig `yaml:"throttle"`
+	Throttle ThrottleConfig `yaml:"throttle" reload:"live"`
 	Blobs    BlobsConfig    `yaml:"blobs"`
 	Bans     BansConfig     `yaml:"bans"`
 	// RuleSets are named request rule sets that host entries name.
-	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty"`
+	RuleSets map[string]*RuleSet `yaml:"rule_sets,omitempty" reload:"live"`
 	Timeouts Timeouts            `yaml:"timeouts"`
-	Limits   Limits              `yaml:"limits"`
-	CA       CA                  `yaml:"ca"`
+	Limits   Limits              `yaml:"limits" reload:"live"`
+	CA       CA                  `yaml:"ca" reload:"restart"`
 	Log      Log                 `yaml:"log"`
 	DNS      DNS                 `yaml:"dns"`
-	Fleet    Fleet               `yaml:"fleet"`
+	Fleet    Fleet               `yaml:"fleet" reload:"restart"`
 	// Keys are the exchange credentials sluice signs with (the key vault).
-	Keys map[string]*Key `yaml:"keys,omitempty"`
+	Keys map[string]*Key `yaml:"keys,omitempty" reload:"live"`
 	// Clients name the bots: how each proves who it is, and what it may
 	// do. With none, every client may do what the hosts allow.
-	Clients map[string]*Client `yaml:"clients,omitempty"`
+	Clients map[string]*Client `yaml:"clients,omitempty" reload:"live"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory
@@ -65,24 +65,24 @@ type Config struct {
 // Listen holds the listener addresses (IP:port). "off" disables a listener.
 type Listen struct {
 	// Proxy is the forward proxy (CONNECT and absolute-URI HTTP). Default "127.0.0.1:3128".
-	Proxy string `yaml:"proxy"`
+	Proxy string `yaml:"proxy" reload:"restart"`
 	// ProxyTLS is an optional forward proxy whose client hop is TLS (an
 	// "https://" proxy URL), with a certificate from sluice's CA. Default off.
-	ProxyTLS string `yaml:"proxy_tls,omitempty"`
+	ProxyTLS string `yaml:"proxy_tls,omitempty" reload:"restart"`
 	// Admin serves /healthz, /metrics and /ca.pem. Default "127.0.0.1:9090".
-	Admin string `yaml:"admin"`
+	Admin string `yaml:"admin" reload:"restart"`
 	// Reverse is an optional reverse-proxy listener in front of one backend.
 	Reverse *Reverse `yaml:"reverse,omitempty"`
 	// TransparentTLS takes TLS connections from clients that DNS sent to
 	// sluice (they believe they talk to the host on 443) and routes each by
 	// its SNI. Default off.
-	TransparentTLS string `yaml:"transparent_tls,omitempty"`
+	TransparentTLS string `yaml:"transparent_tls,omitempty" reload:"restart"`
 	// TransparentHTTP takes plain requests from such clients (port 80) and
 	// routes each by its Host. Default off.
-	TransparentHTTP string `yaml:"transparent_http,omitempty"`
+	TransparentHTTP string `yaml:"transparent_http,omitempty" reload:"restart"`
 	// DNS is the DNS server (UDP and TCP) that answers allowed names with
 	// dns.answer and refuses every other. Default off.
-	DNS string `yaml:"dns,omitempty"`
+	DNS string `yaml:"dns,omitempty" reload:"restart"`
 }
 
 // Fleet makes several instances one gateway: budgets and bans shared in
@@ -108,23 +108,23 @@ type Fleet struct {
 type DNS struct {
 	// Answer are the addresses at which clients reach sluice: the A and
 	// AAAA answers for every allowed name.
-	Answer []string `yaml:"answer,omitempty,flow"`
+	Answer []string `yaml:"answer,omitempty,flow" reload:"live"`
 	// Refuse is the answer for every other name: refused (default) or nxdomain.
-	Refuse string `yaml:"refuse,omitempty"`
+	Refuse string `yaml:"refuse,omitempty" reload:"live"`
 	// RateLimit is the responses per second one client gets (default 1000;
 	// off for none); past it, UDP queries are dropped and TCP ones refused.
-	RateLimit *RateLimit `yaml:"rate_limit,omitempty"`
+	RateLimit *RateLimit `yaml:"rate_limit,omitempty" reload:"restart"`
 	// Resolvers are the resolvers sluice itself uses for upstream names:
 	// "IP:port" (UDP, then TCP when truncated) or "tls://HOST:853" (DNS
 	// over TLS, verified against the system roots). Empty: the system's.
-	Resolvers []string `yaml:"resolvers,omitempty,flow"`
+	Resolvers []string `yaml:"resolvers,omitempty,flow" reload:"restart"`
 	// Pin is first (the first good answer for each host is kept in the
 	// data dir and used for every later connection) or off. Default first
 	// when listen.dns or a transparent listener is set, else off.
-	Pin string `yaml:"pin,omitempty"`
+	Pin string `yaml:"pin,omitempty" reload:"restart"`
 	// Recheck is how often pinned hosts are resolved again to find answers
 	// that disagree with the pin (warned, never followed). Default 10m.
-	Recheck Duration `yaml:"recheck,omitempty"`
+	Recheck Duration `yaml:"recheck,omitempty" reload:"restart"`
 }
 
 // RateLimit is a per-client rate: a number per second, or "off".
@@ -156,26 +156,26 @@ func (r RateLimit) MarshalYAML() (any, error) {
 // Reverse is a reverse-proxy listener: every request to Addr goes to Backend.
 type Reverse struct {
 	// Addr is the listener's IP:port.
-	Addr string `yaml:"addr"`
+	Addr string `yaml:"addr" reload:"restart"`
 	// Backend is the origin, "http://host:port" or "https://host:port"
 	// (verified against the system roots plus BackendCA).
-	Backend string `yaml:"backend"`
+	Backend string `yaml:"backend" reload:"live"`
 	// BackendCA is a PEM file of extra roots for an https backend.
-	BackendCA string `yaml:"backend_ca,omitempty"`
+	BackendCA string `yaml:"backend_ca,omitempty" reload:"live"`
 	// Cache is how responses are cached; default standard (RFC 9111).
-	Cache *HostCache `yaml:"cache,omitempty"`
+	Cache *HostCache `yaml:"cache,omitempty" reload:"live"`
 	// Rules names the rule set checked before a request reaches the backend.
-	Rules *HostRules `yaml:"rules,omitempty"`
+	Rules *HostRules `yaml:"rules,omitempty" reload:"live"`
 	// TLSCert and TLSKey, both PEM files, make the listener HTTPS.
-	TLSCert string `yaml:"tls_cert,omitempty"`
-	TLSKey  string `yaml:"tls_key,omitempty"`
+	TLSCert string `yaml:"tls_cert,omitempty" reload:"restart"`
+	TLSKey  string `yaml:"tls_key,omitempty" reload:"restart"`
 	// TrustedProxies (IPs or CIDRs) are the peers whose X-Forwarded-For,
 	// or PROXY protocol header, names the real client. From any other peer
 	// the client is the socket's address.
-	TrustedProxies []string `yaml:"trusted_proxies,omitempty,flow"`
+	TrustedProxies []string `yaml:"trusted_proxies,omitempty,flow" reload:"live"`
 	// ProxyProtocol reads a PROXY protocol (v1 or v2) header from trusted
 	// peers, as HAProxy and cloud load balancers send it.
-	ProxyProtocol bool `yaml:"proxy_protocol,omitempty"`
+	ProxyProtocol bool `yaml:"proxy_protocol,omitempty" reload:"restart"`
 }
 
 // Off is the listener address that disables a listener.
@@ -224,32 +224,35 @@ type BansConfig struct {
 	// IPv6Prefix is the prefix length by which IPv6 clients are counted and
 	// banned: one host usually holds a whole /64, so banning its addresses
 	// one by one bans nothing. Default 64; 128 is per address.
-	IPv6Prefix int `yaml:"ipv6_prefix"`
+	IPv6Prefix int `yaml:"ipv6_prefix" reload:"restart"`
 	// AuthFailures bans an address whose proxy credentials fail this often
 	// (with clients:). Default 10 within 1m ban for 15m.
-	AuthFailures *BanPolicy `yaml:"auth_failures,omitempty"`
+	AuthFailures *BanPolicy `yaml:"auth_failures,omitempty" reload:"live"`
 }
 
 // Timeouts bounds each phase of a connection.
 type Timeouts struct {
 	// Dial bounds resolving and connecting to an upstream. Default 10s.
-	Dial Duration `yaml:"dial"`
+	Dial Duration `yaml:"dial" reload:"live"`
 	// TLSHandshake bounds each TLS handshake, client side and upstream side. Default 10s.
-	TLSHandshake Duration `yaml:"tls_handshake"`
+	TLSHandshake Duration `yaml:"tls_handshake" reload:"live"`
 	// ResponseHeader bounds the wait for an upstream's response headers. Default 60s.
-	ResponseHeader Duration `yaml:"response_header"`
+	ResponseHeader Duration `yaml:"response_header" reload:"live"`
+	// RequestHeader bounds the wait for a client's request headers, on
+	// every listener. Default 10s.
+	RequestHeader Duration `yaml:"request_header" reload:"restart"`
 	// ClientIdle closes a client keep-alive connection idle this long. Default 120s.
-	ClientIdle Duration `yaml:"client_idle"`
+	ClientIdle Duration `yaml:"client_idle" reload:"restart"`
 	// TunnelIdle closes a tunnel with no traffic either way for this long. Default 10m.
-	TunnelIdle Duration `yaml:"tunnel_idle"`
+	TunnelIdle Duration `yaml:"tunnel_idle" reload:"live"`
 	// BodyIdle cuts off a request body that sends nothing for this long
 	// (answered 408 where an answer is still possible). Default 30s.
-	BodyIdle Duration `yaml:"body_idle"`
+	BodyIdle Duration `yaml:"body_idle" reload:"live"`
 	// Body bounds the whole request body, from its headers to its last
 	// byte (answered 408 where an answer is still possible). Default 2m.
-	Body Duration `yaml:"body"`
+	Body Duration `yaml:"body" reload:"live"`
 	// Shutdown is how long in-flight requests may run after SIGTERM. Default 15s.
-	Shutdown Duration `yaml:"shutdown"`
+	Shutdown Duration `yaml:"shutdown" reload:"restart"`
 }
 
 // Limits bounds what clients may hold of sluice: connections, and the
@@ -285,19 +288,19 @@ type CA struct {
 // Log configures the log output (stderr).
 type Log struct {
 	// Level is debug, info (default), warn or error.
-	Level string `yaml:"level"`
+	Level string `yaml:"level" reload:"live"`
 	// Format is json (default) or text.
-	Format string `yaml:"format"`
+	Format string `yaml:"format" reload:"restart"`
 	// Queries logs the query strings of requests. They often carry API keys
 	// and signatures, so they are left out unless this is true.
-	Queries bool `yaml:"queries,omitempty"`
+	Queries bool `yaml:"queries,omitempty" reload:"live"`
 	// File, when set, is where the log goes instead of standard error,
 	// rotated at MaxSize with MaxFiles old files kept (a relative path is
 	// relative to the config file). Under systemd, standard error is the
 	// journal already.
-	File     string   `yaml:"file,omitempty"`
-	MaxSize  ByteSize `yaml:"max_size,omitempty"`
-	MaxFiles int      `yaml:"max_files,omitempty"`
+	File     string   `yaml:"file,omitempty" reload:"restart"`
+	MaxSize  ByteSize `yaml:"max_size,omitempty" reload:"restart"`
+	MaxFiles int      `yaml:"max_files,omitempty" reload:"restart"`
 }
 
 //go:embed default.yaml
@@ -430,6 +433,7 @@ func (c *Config) applyDefaults() {
 	setDuration(&c.Timeouts.Dial, 10*time.Second)
 	setDuration(&c.Timeouts.TLSHandshake, 10*time.Second)
 	setDuration(&c.Timeouts.ResponseHeader, 60*time.Second)
+	setDuration(&c.Timeouts.RequestHeader, 10*time.Second)
 	setDuration(&c.Timeouts.ClientIdle, 120*time.Second)
 	setDuration(&c.Timeouts.TunnelIdle, 10*time.Minute)
 	setDuration(&c.Timeouts.BodyIdle, 30*time.Second)

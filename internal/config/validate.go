@@ -108,7 +108,7 @@ func (c *Config) validate() []error {
 		{"dial", c.Timeouts.Dial}, {"tls_handshake", c.Timeouts.TLSHandshake},
 		{"response_header", c.Timeouts.ResponseHeader}, {"client_idle", c.Timeouts.ClientIdle},
 		{"tunnel_idle", c.Timeouts.TunnelIdle}, {"shutdown", c.Timeouts.Shutdown}, {"body_idle", c.Timeouts.BodyIdle},
-		{"body", c.Timeouts.Body},
+		{"body", c.Timeouts.Body}, {"request_header", c.Timeouts.RequestHeader},
 	} {
 		if d.v <= 0 {
 			add(errors.New("must be positive"), "timeouts", d.key)

@@ -57,12 +57,17 @@ func (d *Dialer) UseResolver(r Resolver) { d.resolver = r }
 func (d *Dialer) Resolver() Resolver { return d.resolver }
 
 // New returns a Dialer that uses r for names (nil: the system resolver)
-// and bounds each connect with timeout.
+// and bounds resolving and connecting with timeout where a Route sets
+// none (0: a minute). The bound is the context's alone, so that a
+// route's timeouts.dial is never capped by the Dialer's.
 func New(r Resolver, timeout time.Duration) *Dialer {
 	if r == nil {
 		r = &net.Resolver{}
 	}
-	nd := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	nd := &net.Dialer{KeepAlive: 30 * time.Second}
 	return &Dialer{resolver: r, timeout: timeout, dial: nd.DialContext}
 }
 

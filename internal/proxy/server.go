@@ -55,10 +55,11 @@ type Options struct {
 	// may prove who it is with a certificate; the HTTPS-proxy and
 	// transparent TLS handshakes ask for one only then. Nil: always ask.
 	ClientCertificates func() bool
-	// ConnectionsPerClient returns limits.connections_per_client in force.
-	// Nil: the startup config's.
-	ConnectionsPerClient func() int
-	Log                  *slog.Logger
+	// Live returns the config in force, for what a reload changes in the
+	// listeners (limits.connections_per_client, timeouts.tls_handshake).
+	// Nil: Config.
+	Live func() *config.Config
+	Log  *slog.Logger
 	// Registerer receives the metrics; nil leaves them unregistered.
 	Registerer prometheus.Registerer
 	// Now is the clock for certificates; nil is time.Now.
@@ -71,7 +72,9 @@ type Server struct {
 	log       *slog.Logger
 	authority *ca.Authority
 	reverse   func() *Backend
-	cfg       *config.Config
+	cfg       *config.Config // the startup config: what the listeners were built from
+	// live returns the config in force.
+	live func() *config.Config
 	// askCerts: whether handshakes ask for a client certificate now.
 	askCerts func() bool
 
@@ -110,8 +113,8 @@ func New(opts Options) (*Server, error) {
 	if opts.ClientCertificates == nil {
 		opts.ClientCertificates = func() bool { return true }
 	}
-	if opts.ConnectionsPerClient == nil {
-		opts.ConnectionsPerClient = func() int { return *opts.Config.Limits.ConnectionsPerClient }
+	if opts.Live == nil {
+		opts.Live = func() *config.Config { return opts.Config }
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
@@ -121,7 +124,8 @@ func New(opts Options) (*Server, error) {
 		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline, askCerts: opts.ClientCertificates,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
 		bodies: &bodyMemory{gauge: m.bodyBytes, full: m.bodiesStreamed},
-		conns:  newClientConns(opts.ConnectionsPerClient, opts.Config.Bans.IPv6Prefix, m.connsRefused),
+		conns:  newClientConns(func() int { return *opts.Live().Limits.ConnectionsPerClient }, opts.Config.Bans.IPv6Prefix, m.connsRefused),
+		live:   opts.Live,
 	}
 	s.selfCert = &selfCert{root: opts.Root, names: selfNames(opts.Config.Listen.ProxyTLS), now: opts.Now, validity: opts.Config.CA.LeafValidity.D()}
 	s.mitmTLS = &tls.Config{
@@ -144,7 +148,7 @@ func New(opts Options) (*Server, error) {
 	server := func(http2 bool) *http.Server {
 		srv := &http.Server{
 			Handler:           opts.Pipeline,
-			ReadHeaderTimeout: t.TLSHandshake.D(),
+			ReadHeaderTimeout: t.RequestHeader.D(),
 			IdleTimeout:       t.ClientIdle.D(),
 			ErrorLog:          errLog,
 			// Each stream in flight may hold an upstream request: the

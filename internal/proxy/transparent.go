@@ -47,7 +47,7 @@ func (s *Server) serveTransparentTLS(ln net.Listener, base context.Context) erro
 func (s *Server) transparentTLS(base context.Context, c net.Conn) {
 	untrack := s.track(c)
 	defer untrack()
-	sni, replay, err := peekClientHello(c, s.cfg.Timeouts.TLSHandshake.D())
+	sni, replay, err := peekClientHello(c, s.live().Timeouts.TLSHandshake.D())
 	if err != nil {
 		s.metrics.handshakeErrors.Inc()
 		s.log.Debug("transparent TLS: no ClientHello", "client_ip", c.RemoteAddr().String(), "error", err.Error())
