@@ -119,6 +119,7 @@ func TestContainerImage(t *testing.T) {
 		t.Fatalf("static build: %v\n%s", err, out)
 	}
 	os.Mkdir(filepath.Join(ctx, "data"), 0o755)
+	os.Mkdir(filepath.Join(ctx, "ca"), 0o755)
 	for src, dst := range map[string]string{"/etc/ssl/certs/ca-certificates.crt": "ca-certificates.crt", filepath.Join("..", "..", "deploy", "sluice.yaml"): "sluice.yaml"} {
 		data, err := os.ReadFile(src)
 		if err != nil {
@@ -132,8 +133,8 @@ func TestContainerImage(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command(buildah, "rmi", "-f", tag).Run() })
 	out, err := exec.Command(buildah, "inspect", "--type", "image", "--format", "{{.Docker.Config.User}} {{.Docker.Config.Volumes}} {{.Docker.Config.Entrypoint}}", tag).CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "65532:65532 map[/data:{}] [/sluice]" {
-		t.Errorf("image config: %v %q, want user 65532:65532, volume /data, entrypoint /sluice", err, out)
+	if err != nil || strings.TrimSpace(string(out)) != "65532:65532 map[/ca:{} /data:{}] [/sluice]" {
+		t.Errorf("image config: %v %q, want user 65532:65532, volumes /ca and /data, entrypoint /sluice", err, out)
 	}
 	ctr, err := exec.Command(buildah, "from", tag).Output()
 	if err != nil {
@@ -149,8 +150,25 @@ func TestContainerImage(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(root, "sluice"), "version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "sluice ") {
 		t.Errorf("the image's /sluice version: %v %s", err, out)
 	}
-	if fi, err := os.Stat(filepath.Join(root, "data")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65532 {
-		t.Errorf("the image's /data: %v; want it owned by 65532, so that a new volume is writable", err)
+	// Every volume the compose file mounts into the image's containers is
+	// a directory the image ships, owned by its user, so that a new volume
+	// is writable.
+	compose := readYAML(t, filepath.Join("..", "..", "deploy", "compose.yaml"))
+	for name, svc := range compose["services"].(map[string]any) {
+		s := svc.(map[string]any)
+		if s["image"] != "localhost/sluice:latest" {
+			continue
+		}
+		for _, v := range s["volumes"].([]any) {
+			src, dst, _ := strings.Cut(v.(string), ":")
+			if strings.HasPrefix(src, ".") || strings.HasPrefix(src, "/") {
+				continue // a bind mount of the host's
+			}
+			dst, _, _ = strings.Cut(dst, ":")
+			if fi, err := os.Stat(filepath.Join(root, dst)); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 65532 {
+				t.Errorf("service %s mounts volume %s at %s; the image's %s: %v, want a directory owned by 65532", name, src, dst, dst, err)
+			}
+		}
 	}
 	for _, f := range []string{"etc/ssl/certs/ca-certificates.crt", "etc/sluice/sluice.yaml"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {

@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
+	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -20,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
 
+	"sluice/internal/atomicfile"
 	"sluice/internal/ca"
 	"sluice/internal/config"
 	"sluice/internal/dialer"
@@ -257,24 +261,23 @@ func caExportCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	root, err := ca.OpenRoot(cfg.Path(cfg.DataDir), time.Now)
+	if *format != "pem" && *format != "bundle" && *format != "p12" {
+		return fmt.Errorf("--format %q: want pem, bundle or p12", *format)
+	}
+	certPEM, _, err := caCertificate(cfg)
 	if err != nil {
 		return err
 	}
-	var data []byte
+	data := certPEM
 	switch *format {
-	case "pem":
-		data = root.CertPEM
 	case "bundle":
-		if data, err = root.Bundle(); err != nil {
+		if data, err = ca.Bundle(certPEM); err != nil {
 			return err
 		}
 	case "p12":
-		if data, err = root.PKCS12(*password); err != nil {
+		if data, err = ca.TrustStore(certPEM, *password); err != nil {
 			return err
 		}
-	default:
-		return fmt.Errorf("--format %q: want pem, bundle or p12", *format)
 	}
 	if *outPath == "" {
 		_, err = stdout.Write(data)
@@ -299,12 +302,11 @@ func envCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dir := cfg.Path(cfg.DataDir)
-	root, err := ca.OpenRoot(dir, time.Now)
+	certPEM, dir, err := caCertificate(cfg)
 	if err != nil {
 		return err
 	}
-	bundle, err := root.WriteBundle(dir)
+	bundle, err := writeBundle(certPEM, dir)
 	if err != nil {
 		return err
 	}
@@ -322,6 +324,68 @@ func envCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, line(v[0], v[1]))
 	}
 	return nil
+}
+
+// caCertificate returns sluice's CA certificate (PEM) for a command run
+// in a client's shell, and the data dir it came from. A user who cannot
+// read the data dir (sluice runs as its own user under the shipped
+// systemd unit, its state 0700) gets it from the running sluice's admin
+// listener instead (/ca.pem needs no token), and dir "".
+func caCertificate(cfg *config.Config) (certPEM []byte, dir string, err error) {
+	dir = cfg.Path(cfg.DataDir)
+	root, err := ca.OpenRoot(dir, time.Now)
+	if err == nil {
+		return root.CertPEM, dir, nil
+	}
+	if !errors.Is(err, fs.ErrPermission) {
+		return nil, "", err
+	}
+	client, base, aerr := adminEndpoint(cfg, 10*time.Second)
+	if aerr != nil {
+		return nil, "", fmt.Errorf("%w; and the running sluice cannot be asked: %v", err, aerr)
+	}
+	resp, gerr := client.Get(base + "/ca.pem")
+	if gerr != nil {
+		return nil, "", fmt.Errorf("%w; and the admin listener %s did not answer: %v (is sluice running?)", err, cfg.Listen.Admin, gerr)
+	}
+	defer resp.Body.Close()
+	certPEM, gerr = io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if gerr == nil && resp.StatusCode != http.StatusOK {
+		gerr = errors.New(resp.Status)
+	}
+	if gerr == nil {
+		_, gerr = ca.ParseCertPEM(certPEM)
+	}
+	if gerr != nil {
+		return nil, "", fmt.Errorf("%w; and GET %s/ca.pem: %v", err, base, gerr)
+	}
+	return certPEM, "", nil
+}
+
+// writeBundle writes the system roots and certPEM to the data dir, or,
+// where that is not this user's to write (dir "" or not writable), to the
+// user's cache dir, and returns the path.
+func writeBundle(certPEM []byte, dir string) (string, error) {
+	data, err := ca.Bundle(certPEM)
+	if err != nil {
+		return "", err
+	}
+	if dir != "" {
+		path := ca.BundlePath(dir)
+		if err := atomicfile.Write(path, data, 0o644); !errors.Is(err, fs.ErrPermission) {
+			return path, err
+		}
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("no place for the CA bundle: the data dir is not writable, and %w", err)
+	}
+	cache = filepath.Join(cache, "sluice")
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", err
+	}
+	path := ca.BundlePath(cache)
+	return path, atomicfile.Write(path, data, 0o644)
 }
 
 // clientAddr turns a listen address into one a local client can dial.

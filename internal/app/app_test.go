@@ -745,3 +745,60 @@ func TestCheckExpand(t *testing.T) {
 		t.Errorf("api.example.org expanded: %+v, want no profile, no cache, no budget", e)
 	}
 }
+
+// TestCAForUserWithoutDataDir: a user who cannot read sluice's data dir
+// (the shipped systemd unit keeps it 0700 for sluice's own user) still gets
+// `sluice env` and `sluice ca export`: the CA comes from the running
+// sluice's admin listener, and env's bundle goes to the user's cache dir.
+// The commands run in a child process as nobody (uid 65534).
+func TestCAForUserWithoutDataDir(t *testing.T) {
+	testenv.RequireRoot(t, "running a command as another user")
+	r := startRun(t, baseConfig("  a.test: {}\n"))
+	if err := os.Chmod(filepath.Join(r.dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.ReadFile(filepath.Join(r.dir, "data", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What nobody may read and run: the test binary, the config, a home.
+	pub, err := os.MkdirTemp("", "sluice-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(pub) })
+	os.Chmod(pub, 0o755)
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(pub, "app.test")
+	os.WriteFile(bin, self, 0o755)
+	cfg := filepath.Join(pub, "sluice.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: %s}\ndata_dir: %s\nhosts: {a.test: {}}\n", r.addrs["admin"], filepath.Join(r.dir, "data"))), 0o644)
+	home := filepath.Join(pub, "home")
+	os.Mkdir(home, 0o755)
+	os.Chown(home, 65534, 65534)
+	asNobody := func(args string) string {
+		t.Helper()
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"SLUICE_APP_CHILD=" + args, "HOME=" + home, "PATH=/usr/bin:/bin"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("sluice %s as nobody: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := asNobody("ca export -c " + cfg); out != string(root) {
+		t.Errorf("sluice ca export as nobody printed %q, want the running sluice's CA", out)
+	}
+	out := asNobody("env -c " + cfg)
+	bundle := filepath.Join(home, ".cache", "sluice", "ca-bundle.pem")
+	if !strings.Contains(out, "SSL_CERT_FILE='"+bundle+"'") {
+		t.Errorf("sluice env as nobody printed:\n%s\nwant SSL_CERT_FILE at %s", out, bundle)
+	}
+	if data, err := os.ReadFile(bundle); err != nil || !bytes.HasSuffix(data, root) {
+		t.Errorf("the bundle sluice env wrote for nobody (%v) does not end with the CA", err)
+	}
+}

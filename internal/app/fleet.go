@@ -21,7 +21,7 @@ func fleetCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.CAFile, "ca", "/sluice/ca-bundle.pem", "the CA bundle's path inside the bots' containers")
 	fs.StringVar(&o.DNS, "dns", "172.30.0.2", "sluice's DNS server, as the bots reach it")
 	fs.StringVar(&o.Image, "image", "freqtradeorg/freqtrade:stable", "the bots' image")
-	fs.StringVar(&o.ContainerDir, "container-dir", "/freqtrade/user_data/fleet", "where the -o directory is inside the bots' containers")
+	fs.StringVar(&o.ContainerDir, "container-dir", "/freqtrade/user_data/fleet", "where the -o directory is mounted inside the bots' containers")
 	if done, err := parse(fs, args); done {
 		return err
 	}

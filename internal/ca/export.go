@@ -3,20 +3,32 @@ package ca
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
-
-	"sluice/internal/atomicfile"
 )
 
-// PKCS12 returns the root certificate (never the key) as a PKCS#12 trust
-// store, the form Java's keytool and Windows import.
-func (r *Root) PKCS12(password string) ([]byte, error) {
-	return pkcs12.Modern.EncodeTrustStore([]*x509.Certificate{r.Cert}, password)
+// TrustStore returns the CA certificate certPEM (never a key) as a
+// PKCS#12 trust store, the form Java's keytool and Windows import.
+func TrustStore(certPEM []byte, password string) ([]byte, error) {
+	cert, err := ParseCertPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	return pkcs12.Modern.EncodeTrustStore([]*x509.Certificate{cert}, password)
+}
+
+// ParseCertPEM parses the first certificate of a PEM block list.
+func ParseCertPEM(certPEM []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM certificate")
+	}
+	return x509.ParseCertificate(block.Bytes)
 }
 
 // systemBundles are where the common distributions keep their root bundle.
@@ -28,23 +40,13 @@ var systemBundles = []string{
 	"/etc/ssl/cert.pem",                                 // macOS, Alpine, BSDs
 }
 
-// BundlePath returns where WriteBundle puts the client CA bundle.
+// BundlePath returns where the client CA bundle is kept in dir.
 func BundlePath(dir string) string { return filepath.Join(dir, "ca-bundle.pem") }
 
-// WriteBundle writes the system's root bundle followed by sluice's root to
-// BundlePath(dir), for clients that take one CA file (SSL_CERT_FILE,
-// REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE). It returns the path.
-func (r *Root) WriteBundle(dir string) (string, error) {
-	path := BundlePath(dir)
-	b, err := r.Bundle()
-	if err != nil {
-		return "", err
-	}
-	return path, atomicfile.Write(path, b, 0o644)
-}
-
-// Bundle is the system roots followed by sluice's CA certificate.
-func (r *Root) Bundle() ([]byte, error) {
+// Bundle is the system roots followed by the CA certificate certPEM, for
+// clients that take one CA file (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+// CURL_CA_BUNDLE).
+func Bundle(certPEM []byte) ([]byte, error) {
 	var b bytes.Buffer
 	found := false
 	for _, p := range systemBundles {
@@ -63,6 +65,6 @@ func (r *Root) Bundle() ([]byte, error) {
 		return nil, errors.New("no system root bundle found (looked in " + fmt.Sprint(systemBundles) + "); install ca-certificates")
 	}
 	b.WriteString("# sluice CA\n")
-	b.Write(r.CertPEM)
+	b.Write(certPEM)
 	return b.Bytes(), nil
 }

@@ -139,16 +139,30 @@ func (o Options) Environment() map[string]string {
 }
 
 // Write writes config-NAME.json for each bot and compose.fleet.yaml to dir.
+// The compose file mounts dir itself at o.ContainerDir (so the commands
+// find the configs wherever dir is), and keeps deploy/compose.yaml's
+// single bot from starting: it trades with the same keys as the fleet.
 func Write(dir string, o Options, bots []Bot) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	overlay := filepath.ToSlash(filepath.Join(abs, "compose.fleet.yaml"))
 	var written []string
 	var compose strings.Builder
-	compose.WriteString("# Written by sluice fleet. With deploy/compose.yaml (it defines sluice, the\n")
-	compose.WriteString("# bots network and the sluice-ca volume):\n")
-	compose.WriteString("#   docker compose -f compose.yaml -f " + filepath.ToSlash(filepath.Join(filepath.Base(dir), "compose.fleet.yaml")) + " up -d\n")
-	compose.WriteString("services:\n")
+	fmt.Fprintf(&compose, `# Written by sluice fleet: %d bots for deploy/compose.yaml, which defines
+# sluice, the bots network and the sluice-ca volume. It keeps that file's
+# single bot from starting (it trades with the same keys, and the fleet
+# replaces it). From the directory of compose.yaml:
+#   docker compose -f compose.yaml rm --stop --force bot     # if the single bot runs
+#   docker compose -f compose.yaml -f %s up -d
+services:
+  bot:
+    profiles: [replaced-by-fleet]
+`, len(bots), overlay)
 	env := o.Environment()
 	for _, b := range bots {
 		data, err := json.MarshalIndent(b.Config, "", "  ")
@@ -162,7 +176,8 @@ func Write(dir string, o Options, bots []Bot) ([]string, error) {
 		written = append(written, path)
 		fmt.Fprintf(&compose, "  bot-%s:\n    image: %s\n    restart: unless-stopped\n", b.Name, o.Image)
 		fmt.Fprintf(&compose, "    command: [\"trade\", \"--config\", %q]\n", filepath.ToSlash(filepath.Join(o.ContainerDir, "config-"+b.Name+".json")))
-		compose.WriteString("    volumes:\n      - ./user_data:/freqtrade/user_data\n      - sluice-ca:/sluice:ro\n    environment:\n")
+		fmt.Fprintf(&compose, "    volumes:\n      - ./user_data:/freqtrade/user_data\n      - %q\n      - sluice-ca:/sluice:ro\n    environment:\n",
+			filepath.ToSlash(abs)+":"+o.ContainerDir)
 		for _, k := range slices.Sorted(maps.Keys(env)) {
 			fmt.Fprintf(&compose, "      %s: %q\n", k, env[k])
 		}

@@ -170,15 +170,33 @@ func checkCompose(t *testing.T, path string, bots int) {
 			Networks    []string          `yaml:"networks"`
 			Environment map[string]string `yaml:"environment"`
 			Volumes     []string          `yaml:"volumes"`
+			Command     []string          `yaml:"command"`
+			Profiles    []string          `yaml:"profiles"`
 		} `yaml:"services"`
 	}
 	if err := yaml.Unmarshal(data, &c); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	if len(c.Services) != bots {
-		t.Errorf("%s has %d services, want %d", path, len(c.Services), bots)
+	if len(c.Services) != bots+1 {
+		t.Errorf("%s has %d services, want %d bots and the single bot's override", path, len(c.Services), bots)
+	}
+	if single := c.Services["bot"]; len(single.Profiles) == 0 {
+		t.Errorf("%s leaves compose.yaml's single bot to start beside the fleet, with the same keys", path)
+	}
+	abs, _ := filepath.Abs(filepath.Dir(path))
+	if !strings.Contains(string(data), "-f "+filepath.ToSlash(path)+" up -d") && !strings.Contains(string(data), "-f "+filepath.ToSlash(filepath.Join(abs, "compose.fleet.yaml"))+" up -d") {
+		t.Errorf("%s does not say how to start it with its own path:\n%s", path, data)
 	}
 	for name, s := range c.Services {
+		if name == "bot" {
+			continue
+		}
+		// The configs are where the command looks: the -o directory is
+		// mounted at the directory the command names.
+		mount := filepath.ToSlash(abs) + ":/freqtrade/user_data/fleet"
+		if !slices.Contains(s.Volumes, mount) || len(s.Command) != 3 || !strings.HasPrefix(s.Command[2], "/freqtrade/user_data/fleet/config-") {
+			t.Errorf("%s: volumes %v, command %v; want %s mounted and a config under it", name, s.Volumes, s.Command, mount)
+		}
 		if !slices.Equal(s.DNS, []string{"172.30.0.2"}) || !slices.Equal(s.Networks, []string{"bots"}) ||
 			s.Environment["HTTPS_PROXY"] != "http://172.30.0.2:3128" || s.Environment["REQUESTS_CA_BUNDLE"] != "/sluice/ca-bundle.pem" {
 			t.Errorf("%s: %+v; want sluice as DNS and proxy, the bundle trusted, the internal network only", name, s)
@@ -188,8 +206,22 @@ func checkCompose(t *testing.T, path string, bots int) {
 		}
 	}
 	dc := testenv.RequireTool(t, "docker-compose")
-	out, err := exec.Command(dc, "-f", filepath.Join("..", "..", "deploy", "compose.yaml"), "-f", path, "config", "-q").CombinedOutput()
+	out, err := exec.Command(dc, "-f", filepath.Join("..", "..", "deploy", "compose.yaml"), "-f", path, "config").Output()
 	if err != nil {
-		t.Errorf("docker-compose with deploy/compose.yaml and %s: %v\n%s", path, err, out)
+		t.Fatalf("docker-compose with deploy/compose.yaml and %s: %v\n%s", path, err, out)
+	}
+	// The merged project: the single bot is behind a profile nobody
+	// activates, so that up starts only the fleet.
+	var merged struct {
+		Services map[string]struct {
+			Profiles []string `yaml:"profiles"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(out, &merged); err != nil {
+		t.Fatal(err)
+	}
+	if len(merged.Services) != bots+3 || len(merged.Services["bot"].Profiles) == 0 {
+		t.Errorf("docker-compose with deploy/compose.yaml and %s: %d services, the single bot's profiles %v; want sluice, sluice-ca, the %d fleet bots and the single bot behind a profile",
+			path, len(merged.Services), merged.Services["bot"].Profiles, bots)
 	}
 }
