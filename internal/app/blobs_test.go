@@ -152,9 +152,7 @@ func TestKillMidDownload(t *testing.T) {
 	c := viaProxy(fmt.Sprintf("127.0.0.1:%d", port))
 	done := make(chan error, 1)
 	go func() { _, _, err := fetchDeb(t, c); done <- err }()
-	for m.gets.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the download upstream", func() bool { return m.gets.Load() > 0 })
 	tmp := filepath.Join(dir, "data", "blobs", "tmp")
 	for range 400 { // until half the file is on sluice's disk
 		if es, _ := os.ReadDir(tmp); len(es) == 1 {

@@ -151,7 +151,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if cfg.Log.Format == "json" {
 		accessLines = logOut // the access line without slog's generic path
 	}
-	gw, srv, err := newGateway(table, root, log, accessLines, reg, blobStore, bans, meters, fleetCache)
+	gw, srv, err := route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: reg,
+		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache})
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/internal/config"
+	"sluice/internal/testenv"
 )
 
 // clock is a settable test clock.
@@ -249,14 +250,10 @@ func TestWaiterLeavingDoesNotCancelFetch(t *testing.T) {
 		r := httptest.NewRequest("GET", "https://a.test/api/v3/ticker", nil).WithContext(ctx)
 		c.Handle(httptest.NewRecorder(), r, "a.test:443", rules, o.next)
 	}()
-	for o.hits.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the leader's fill upstream", func() bool { return o.hits.Load() > 0 })
 	second := make(chan string)
 	go func() { second <- do(c, rules, o.next, "GET", "/api/v3/ticker").Body.String() }()
-	for testutil.ToFloat64(c.coalesced) == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the second request coalesced", func() bool { return testutil.ToFloat64(c.coalesced) > 0 })
 	cancel() // the leader's client disconnects
 	<-leaderDone
 	close(release)

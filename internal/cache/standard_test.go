@@ -195,14 +195,10 @@ func TestStandardPrivateNotShared(t *testing.T) {
 	c := newCache(t, &clock{t: time.Now()}, 1<<20)
 	first := make(chan string)
 	go func() { first <- do(c, std(t), o.next, "GET", "/me", "X-User", "alice").Body.String() }()
-	for n.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the first request upstream", func() bool { return n.Load() > 0 })
 	second := make(chan string)
 	go func() { second <- do(c, std(t), o.next, "GET", "/me", "X-User", "bob").Body.String() }()
-	for testutilCoalesced(c) == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the second request coalesced", func() bool { return testutilCoalesced(c) > 0 })
 	close(release)
 	if a, b := <-first, <-second; a != "for alice" || b != "for bob" {
 		t.Errorf("alice got %q, bob got %q: a private response was shared", a, b)

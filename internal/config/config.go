@@ -573,8 +573,6 @@ func setDuration(p *Duration, v time.Duration) {
 	}
 }
 
-// Path resolves a path from the config file: "~/" is the home directory and
-// a relative path is relative to c.Dir.
 // DefaultDataDir is where sluice keeps its state when data_dir is not set:
 // $XDG_DATA_HOME/sluice, else $HOME/.local/share/sluice, else the first of
 // $STATE_DIRECTORY (set by systemd for StateDirectory=); "" when none of
@@ -592,6 +590,8 @@ func DefaultDataDir() string {
 	return ""
 }
 
+// Path resolves a path from the config file: "~/" is the home directory and
+// a relative path is relative to c.Dir.
 func (c *Config) Path(p string) string {
 	if rest, ok := strings.CutPrefix(p, "~/"); ok {
 		if home, err := os.UserHomeDir(); err == nil {

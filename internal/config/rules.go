@@ -79,7 +79,7 @@ type JSONDeny struct {
 	EOSIOPacked bool `yaml:"eosio_packed,omitempty"`
 }
 
-// BanPolicy: Violations within Window ban the client for Duration.
+// BanPolicy bans a client for Duration once it commits Violations within Window.
 type BanPolicy struct {
 	Violations int      `yaml:"violations"`
 	Window     Duration `yaml:"window"`

@@ -75,7 +75,7 @@ type WeightRule struct {
 	Default float64 `yaml:"default,omitempty"`
 }
 
-// WeightStep: up to Max (inclusive), the request weighs Weight.
+// WeightStep says that up to Max (inclusive), the request weighs Weight.
 type WeightStep struct {
 	Max    float64 `yaml:"max"`
 	Weight float64 `yaml:"weight"`

@@ -24,16 +24,12 @@ import (
 
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
-	"sluice/internal/cache"
 	"sluice/internal/dialer"
 	"sluice/internal/filter"
-	"sluice/internal/obs"
-	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/route"
 	"sluice/internal/store"
 	"sluice/internal/testenv"
-	"sluice/internal/throttle"
 )
 
 // harness runs a proxy.Server on loopback listeners for one test.
@@ -119,33 +115,11 @@ func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.gw = &route.Gateway{}
-	authority, err := ca.New(root, ca.Options{Allow: h.gw.LeafAllowed, Registerer: h.reg})
+	h.gw, h.srv, err = route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: h.reg,
+		Blobs: blobStore, Bans: bans, Meters: meters})
 	if err != nil {
 		t.Fatal(err)
 	}
-	access, err := obs.NewMetrics(h.reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	respCache, err := cache.New(cache.Options{MaxBytes: 64 << 20, MaxObjectBytes: 8 << 20, FetchTimeout: time.Minute, Log: log, Registerer: h.reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	limiter, err := throttle.New(log, time.Now, h.reg, meters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reports, err := policy.NewReports(log, h.reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.srv, err = proxy.New(proxy.Options{Config: cfg, Pipeline: h.gw, Authority: authority, Root: root, Log: log, Registerer: h.reg, Reverse: h.gw.Backend})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.gw.Deps = route.Deps{Log: log, Access: access, Proxy: h.srv, Cache: respCache, Blobs: blobStore, Limit: limiter, Bans: bans, Reports: reports, AccessLines: accessLines}
-	h.gw.Install(table)
 	h.bans = bans
 	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t), TransparentTLS: listenLoopback(t), TransparentHTTP: listenLoopback(t)}
 	h.proxyAddr, h.tlsAddr = lns.Proxy.Addr().String(), lns.ProxyTLS.Addr().String()

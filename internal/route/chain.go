@@ -11,6 +11,7 @@
 package route
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -60,68 +61,95 @@ type Deps struct {
 }
 
 // Build makes the table's pipeline. This is the only place its order is
-// defined: cheapest refusals first, and only what goes upstream spends budget.
+// defined: cheapest refusals first, and only what goes upstream spends
+// budget. Every request runs the head; after the policy's decision it
+// runs the tail of its route, built here once per route with that route's
+// compiled values, so that no stage looks its route up per request and a
+// route without a budget has no throttle stage.
 func (t *Table) Build(d Deps) {
 	for _, rt := range t.routes {
 		d.Limit.Declare(rt.Throttle)
 		d.Bans.Declare(rt.Rules)
+		rt.handler = chain(d.Proxy.Forwarder(rt.upstream), t.tail(d, rt))
 	}
 	d.Clients.Declare(t.Vault)
-	t.handler = Chain(d.Proxy.Forwarder(t.upstream), // the route's upstream: verified TLS, pooled, h2
-		obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines}), // outermost: the decision record, one canonical line and metrics per request
-		obs.Recover(d.Log), // a panic becomes a 500 that the access log records
-		d.Proxy.SlowBody(proxy.BodyLimitsOf(t.Config)),                   // a body that stalls, trickles or outlasts timeouts.body is cut off
-		canon.Middleware(t.identify),                                     // canonical request: target and client from the entry point, one spelling of the path
-		vault.Identify(d.Clients, t.vault, t.authFailed(d.Bans)),         // which named client: proxy credentials, certificate or address; else 407
-		filter.BanGate(d.Bans),                                           // banned client (address or name): refused before anything is read
-		policy.Middleware(t.Policy, d.Reports),                           // allowlist: deny, tunnel, intercept or reverse, recorded
-		vault.Grants(t.grants),                                           // the client's hosts and endpoint groups; no real key where sluice holds it
-		d.Proxy.Connect(t.upstream, t.Config.Timeouts),                   // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
-		filter.Middleware(d.Log, d.Bans, t.rules),                        // the route's rule set: method, path, headers, then the body as it streams
-		proxy.MaxForwards,                                                // OPTIONS or TRACE with Max-Forwards: 0 is answered here
-		blobs.Middleware(d.Blobs, t.blobs),                               // immutable files from disk, verified
-		cache.Middleware(d.Cache, t.cache),                               // fresh hit: answer; miss: coalesce and fill through the rest
-		d.Proxy.BufferBody(int64(t.Config.Limits.BufferedBodies)),        // a small body is read whole before budget or an upstream connection is spent on it
-		throttle.Middleware(d.Limit, t.throttle),                         // a miss waits for upstream budget, or gets sluice's own 429
-		vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault), // last: the real key in, signed as forwarded, one audit line
-	)
+	t.handler = chain(http.HandlerFunc(t.dispatch), t.head(d))
+}
+
+// A stage is one named step of the pipeline (the README's stage table
+// lists them by these names, and a test holds the two together).
+type stage struct {
+	name string
+	mw   Middleware // nil: the route has none (a host without a budget)
+}
+
+// head is what every request runs, up to the policy's decision.
+func (t *Table) head(d Deps) []stage {
+	return []stage{
+		{"access log", obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines})}, // outermost: the decision record, one canonical line and metrics per request
+		{"recover", obs.Recover(d.Log)},                                               // a panic becomes a 500 that the access log records
+		{"slow body", d.Proxy.SlowBody(proxy.BodyLimitsOf(t.Config))},                 // a body that stalls, trickles or outlasts timeouts.body is cut off
+		{"canonical request", canon.Middleware(t.identify)},                           // canonical request: target and client from the entry point, one spelling of the path
+		{"client identity", vault.Identify(d.Clients, t.vault, t.authFailed(d.Bans))}, // which named client: proxy credentials, certificate or address; else 407
+		{"ban gate", filter.BanGate(d.Bans)},                                          // banned client (address or name): refused before anything is read
+		{"policy", policy.Middleware(t.Policy, d.Reports)},                            // allowlist: deny, tunnel, intercept or reverse, recorded
+	}
+}
+
+// tail is what a request runs after the policy chose rt, before rt's
+// upstream (the forwarder: verified TLS, pooled, h2).
+func (t *Table) tail(d Deps, rt *Route) []stage {
+	var budget Middleware
+	if len(rt.Throttle) > 0 {
+		specs := rt.Throttle
+		budget = throttle.Middleware(d.Limit, func(r *http.Request) (throttle.Specs, string) { return specs, decision.From(r.Context()).Target.Host })
+	}
+	return []stage{
+		{"grants", vault.Grants(func(*http.Request) (*vault.Vault, vault.Groups) { return t.Vault, rt.Groups })}, // the client's hosts and endpoint groups; no real key where sluice holds it
+		{"CONNECT", d.Proxy.Connect(rt.upstream, t.Config.Timeouts)},                                             // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
+		{"rules", filter.Middleware(d.Log, d.Bans, func(*http.Request) *filter.Rules { return rt.Rules })},       // the route's rule set: method, path, headers, then the body as it streams
+		{"Max-Forwards", proxy.MaxForwards},                                                                      // OPTIONS or TRACE with Max-Forwards: 0 is answered here
+		{"blobs", blobs.Middleware(d.Blobs, func(r *http.Request) (*blobs.Matcher, string) {
+			return rt.Blobs, decision.From(r.Context()).TargetAddr()
+		})}, // immutable files from disk, verified
+		{"cache", cache.Middleware(d.Cache, func(r *http.Request) (*cache.Rules, string) { return rt.Cache, decision.From(r.Context()).TargetAddr() })}, // fresh hit: answer; miss: coalesce and fill through the rest
+		{"whole body", d.Proxy.BufferBody(int64(t.Config.Limits.BufferedBodies))},                                                                       // a small body is read whole before budget or an upstream connection is spent on it
+		{"throttle", budget}, // a miss waits for upstream budget, or gets sluice's own 429
+		{"signing", vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault)}, // last: the real key in, signed as forwarded, one audit line
+	}
+}
+
+// chain is Chain over the stages that are there.
+func chain(h http.Handler, stages []stage) http.Handler {
+	mw := make([]Middleware, 0, len(stages))
+	for _, s := range stages {
+		if s.mw != nil {
+			mw = append(mw, s.mw)
+		}
+	}
+	return Chain(h, mw...)
+}
+
+// dispatch runs the tail of the route the policy chose.
+func (t *Table) dispatch(w http.ResponseWriter, r *http.Request) {
+	if rt, ok := t.routes[decision.From(r.Context()).Rule]; ok {
+		rt.handler.ServeHTTP(w, r)
+		return
+	}
+	// Every rule the policy allows has a route (compile makes one per
+	// entry that is not denied): this is a bug, not a request to forward.
+	obs.WriteError(w, r, &obs.Error{Status: http.StatusInternalServerError, Msg: "no route for the policy's decision",
+		Host: decision.From(r.Context()).Target.String(), Err: fmt.Errorf("rule %q has no route", decision.From(r.Context()).Rule)})
 }
 
 // ServeHTTP runs r through the table's pipeline.
 func (t *Table) ServeHTTP(w http.ResponseWriter, r *http.Request) { t.handler.ServeHTTP(w, r) }
 
-// route returns the route the policy chose for r (none: a zero Route).
-func (t *Table) route(r *http.Request) *Route {
-	if rt, ok := t.routes[decision.From(r.Context()).Rule]; ok {
-		return rt
-	}
-	return &noRoute
-}
-
-var noRoute Route
-
 func (t *Table) identify(r *http.Request, rec *decision.Record) *obs.Error {
 	return proxy.Identify(r, rec, t.Backend)
 }
 
-func (t *Table) upstream(r *http.Request) *proxy.Upstream { return t.route(r).Upstream }
-func (t *Table) vault(*http.Request) *vault.Vault         { return t.Vault }
-func (t *Table) grants(r *http.Request) (*vault.Vault, vault.Groups) {
-	return t.Vault, t.route(r).Groups
-}
-func (t *Table) rules(r *http.Request) *filter.Rules { return t.route(r).Rules }
-
-func (t *Table) blobs(r *http.Request) (*blobs.Matcher, string) {
-	return t.route(r).Blobs, decision.From(r.Context()).TargetAddr()
-}
-
-func (t *Table) cache(r *http.Request) (*cache.Rules, string) {
-	return t.route(r).Cache, decision.From(r.Context()).TargetAddr()
-}
-
-func (t *Table) throttle(r *http.Request) (throttle.Specs, string) {
-	return t.route(r).Throttle, decision.From(r.Context()).Target.Host
-}
+func (t *Table) vault(*http.Request) *vault.Vault { return t.Vault }
 
 // Live is the table in force: every listener serves through it, and a
 // reload swaps a new table in whole. Requests in flight finish on the

@@ -67,7 +67,11 @@ type Route struct {
 	// Settings are the host's effective settings, its profile's merged
 	// in, as the route was compiled from them (sluice check --expand).
 	Settings Settings
+	// handler is the route's tail of the pipeline, made by Table.Build.
+	handler http.Handler
 }
+
+func (rt *Route) upstream(*http.Request) *proxy.Upstream { return rt.Upstream }
 
 // Settings are the cache, budget and rule settings a host entry ends up
 // with once its profile is applied.

@@ -1,36 +1,26 @@
 package throttle
 
 import (
-	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// Observe re-syncs the budget to the upstream's answer: its quota headers,
-// and a 429 or 418 (Binance's IP ban), which pause the budget. A GraphQL
-// cost in the body is read as resp.Body is.
-func (le *Lease) Observe(resp *http.Response) {
-	le.observeHead(resp.StatusCode, resp.Header, resp.Request.URL.Host)
-	if le.spec.feedback["shopify_graphql"] && resp.Body != nil {
-		resp.Body = &costReader{ReadCloser: resp.Body, lease: le}
-	}
-}
-
+// observeHead re-syncs the budget to the upstream's answer: its quota
+// headers, and a 429 or 418 (Binance's IP ban), which pause the budget.
 func (le *Lease) observeHead(status int, h http.Header, host string) {
 	l, in := le.l, le.in
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	now := l.now()
-	if le.spec.feedback["binance"] {
+	if le.spec.feedback.has(feedbackBinance) {
 		if used, ok := binanceUsed(h, le.spec.cfg.Window.D()); ok {
 			in.sync(now, used)
 		}
 	}
-	if le.spec.feedback["shopify"] {
+	if le.spec.feedback.has(feedbackShopify) {
 		// "32/40": 32 of a bucket of 40 used
 		if used, max, ok := strings.Cut(h.Get("X-Shopify-Shop-Api-Call-Limit"), "/"); ok {
 			u, err1 := strconv.ParseFloat(used, 64)
@@ -41,13 +31,13 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 			}
 		}
 	}
-	if le.spec.feedback["etsy_second"] {
+	if le.spec.feedback.has(feedbackEtsySecond) {
 		in.syncLimit(now, h, "X-Limit-Per-Second", "X-Remaining-This-Second")
 	}
-	if le.spec.feedback["etsy_day"] {
+	if le.spec.feedback.has(feedbackEtsyDay) {
 		in.syncLimit(now, h, "X-Limit-Per-Day", "X-Remaining-Today")
 	}
-	if le.spec.feedback["ratelimit"] {
+	if le.spec.feedback.has(feedbackRateLimit) {
 		if used, ok := rateLimitUsed(h, in.m.Capacity()); ok {
 			in.sync(now, used)
 		}
@@ -181,32 +171,13 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 	return 0, false
 }
 
-// costReader passes a GraphQL response through and, at its end, reads the
-// cost extension Shopify reports in the body:
-// {"extensions":{"cost":{"throttleStatus":{"maximumAvailable":2000,
-// "currentlyAvailable":1950,"restoreRate":100}}}}.
-type costReader struct {
-	io.ReadCloser
-	lease *Lease
-	buf   bytes.Buffer
-	done  bool
-}
-
 // maxCostBody bounds what is kept of a body to find its cost extension.
 const maxCostBody = 1 << 20
 
-func (c *costReader) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	if c.buf.Len()+n <= maxCostBody {
-		c.buf.Write(p[:n])
-	}
-	if err == io.EOF && !c.done {
-		c.done = true
-		c.lease.observeCost(c.buf.Bytes())
-	}
-	return n, err
-}
-
+// observeCost re-syncs a GraphQL budget to the cost extension Shopify
+// reports at the end of the body:
+// {"extensions":{"cost":{"throttleStatus":{"maximumAvailable":2000,
+// "currentlyAvailable":1950,"restoreRate":100}}}}.
 func (le *Lease) observeCost(body []byte) {
 	var doc struct {
 		Extensions struct {

@@ -59,7 +59,7 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 			next.ServeHTTP(ow, r)
 			if ow.cost != nil {
 				for _, le := range leases {
-					if le.spec.feedback["shopify_graphql"] {
+					if le.spec.feedback.has(feedbackShopifyGraphQL) {
 						le.observeCost(ow.cost.Bytes())
 					}
 				}
@@ -86,7 +86,7 @@ func (w *observingWriter) WriteHeader(code int) {
 		w.observed = true
 		for _, le := range w.leases {
 			le.observeHead(code, w.Header(), w.host)
-			if le.spec.feedback["shopify_graphql"] {
+			if le.spec.feedback.has(feedbackShopifyGraphQL) {
 				w.cost = &bytes.Buffer{}
 			}
 		}

@@ -21,6 +21,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -133,9 +134,43 @@ type Spec struct {
 	maxWait       time.Duration
 	weights       []weight
 	defaultWeight float64
-	feedback      map[string]bool
+	feedback      feedbacks
+	key           budgetKey
 	meter         store.MeterSpec
 }
+
+// feedbacks is the set of quota signals a budget reads (throttle.feedback),
+// parsed once by Compile.
+type feedbacks uint8
+
+const (
+	feedbackBinance feedbacks = 1 << iota
+	feedbackShopify
+	feedbackShopifyGraphQL
+	feedbackRateLimit
+	feedbackEtsySecond
+	feedbackEtsyDay
+)
+
+var feedbackNames = map[string]feedbacks{"binance": feedbackBinance, "shopify": feedbackShopify, "shopify_graphql": feedbackShopifyGraphQL,
+	"ratelimit": feedbackRateLimit, "etsy_second": feedbackEtsySecond, "etsy_day": feedbackEtsyDay}
+
+func (f feedbacks) has(g feedbacks) bool { return f&g != 0 }
+
+// budgetKey is how a budget is split (throttle.key), parsed once by Compile.
+type budgetKey uint8
+
+const (
+	keyBudget budgetKey = iota
+	keyHost
+	keyClient
+	keyClientName
+	keyAPIKey
+	keyHostAPIKey
+)
+
+var budgetKeys = map[string]budgetKey{"": keyBudget, "budget": keyBudget, "host": keyHost, "client": keyClient, "client_name": keyClientName,
+	"api_key": keyAPIKey, "host_api_key": keyHostAPIKey}
 
 type weight struct {
 	prefix string
@@ -149,7 +184,7 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 	if t == nil {
 		return nil, nil
 	}
-	s := &Spec{name: name, cfg: *t, maxWait: defaultMaxWait, defaultWeight: 1, feedback: map[string]bool{}}
+	s := &Spec{name: name, cfg: *t, maxWait: defaultMaxWait, defaultWeight: 1}
 	switch t.Model {
 	case "window":
 		s.meter = store.MeterSpec{Model: store.Window, Limit: t.Limit, Window: t.Window.D()}
@@ -174,9 +209,18 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 		}
 		s.path = re
 	}
-	for _, f := range t.Feedback {
-		s.feedback[f] = true
+	for _, name := range t.Feedback {
+		f, ok := feedbackNames[name]
+		if !ok {
+			return nil, config.Under(fmt.Errorf("unknown feedback %q", name), "feedback")
+		}
+		s.feedback |= f
 	}
+	key, ok := budgetKeys[t.Key]
+	if !ok {
+		return nil, config.Under(fmt.Errorf("unknown key %q", t.Key), "key")
+	}
+	s.key = key
 	for i, w := range t.Weights {
 		cw := weight{prefix: w.Path, rule: w}
 		if w.PathRegex != "" {
@@ -267,7 +311,7 @@ type Lease struct {
 func (l *Limiter) Declare(specs Specs) {
 	for _, s := range specs {
 		l.metrics.declare(s.name)
-		if len(s.feedback) > 0 {
+		if s.feedback != 0 {
 			l.metrics.drift.WithLabelValues(s.name)
 		}
 	}
@@ -319,7 +363,7 @@ func (l *Limiter) instance(spec *Spec, host string, r *http.Request) *instance {
 	if in, ok := l.instances.Get(key); ok {
 		return in
 	}
-	in := &instance{l: l, key: key, name: spec.name, m: l.meters.Meter(key, spec.meter), clients: map[string]*clientQueue{}, needsSync: len(spec.feedback) > 0}
+	in := &instance{l: l, key: key, name: spec.name, m: l.meters.Meter(key, spec.meter), clients: map[string]*clientQueue{}, needsSync: spec.feedback != 0}
 	in.lastUse = l.now()
 	l.instances.Add(key, in)
 	l.evictLocked(key)
@@ -344,16 +388,16 @@ func (l *Limiter) evictLocked(keep string) {
 
 // keyPart is the part of the budget key that splits one named budget.
 func (s *Spec) keyPart(host string, r *http.Request) string {
-	switch s.cfg.Key {
-	case "host":
+	switch s.key {
+	case keyHost:
 		return host
-	case "client":
+	case keyClient:
 		return clientOf(r)
-	case "client_name":
+	case keyClientName:
 		return decision.From(r.Context()).Client
-	case "api_key":
+	case keyAPIKey:
 		return s.apiKey(r)
-	case "host_api_key":
+	case keyHostAPIKey:
 		return host + "|" + s.apiKey(r)
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/internal/config"
+	"sluice/internal/testenv"
 )
 
 // profileSpecs compiles a profile's budgets.
@@ -157,9 +159,7 @@ func TestMaxWaitAndDisconnect(t *testing.T) {
 	spec.maxWait = time.Minute
 	done := make(chan error)
 	go func() { _, err := l.Acquire(ctx, spec, "api.test", request("c")); done <- err }()
-	for testutil.ToFloat64(l.metrics.queue.WithLabelValues("test")) != 1 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the request queued", func() bool { return testutil.ToFloat64(l.metrics.queue.WithLabelValues("test")) == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("client gone while queued: err %v", err)
@@ -172,23 +172,31 @@ func TestMaxWaitAndDisconnect(t *testing.T) {
 	}
 }
 
+// serveThrough sends r through the throttle stage of specs to an upstream
+// that answers status, header and body, as the pipeline does.
+func serveThrough(l *Limiter, specs Specs, r *http.Request, status int, header http.Header, body string) *httptest.ResponseRecorder {
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		maps.Copy(w.Header(), header)
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	})
+	rec := httptest.NewRecorder()
+	Middleware(l, func(*http.Request) (Specs, string) { return specs, r.URL.Hostname() })(upstream).ServeHTTP(rec, r)
+	return rec
+}
+
 func TestFeedback(t *testing.T) {
 	l := newLimiter(t)
 	spec := binanceSpec(t)
 	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/ping", nil)
-	lease, err := l.Acquire(context.Background(), spec, "api.binance.com", r)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Another client outside sluice spent most of the minute's weight.
-	resp := &http.Response{StatusCode: 200, Header: http.Header{"X-Mbx-Used-Weight-1m": {"5999"}}, Request: r}
-	lease.Observe(resp)
-	if got := lease.in.available(l.now()); got != 1 {
+	serveThrough(l, Specs{spec}, r, 200, http.Header{"X-Mbx-Used-Weight-1m": {"5999"}}, "{}")
+	in := l.instance(spec, "api.binance.com", r)
+	if got := in.available(l.now()); got != 1 {
 		t.Errorf("after X-MBX-USED-WEIGHT-1M: 5999: %v available, want 1", got)
 	}
-	resp = &http.Response{StatusCode: 418, Header: http.Header{"Retry-After": {"120"}}, Request: r}
-	lease.Observe(resp)
-	if d := lease.in.pausedUntil.Sub(l.now()); d < 119*time.Second {
+	serveThrough(l, Specs{spec}, r, 418, http.Header{"Retry-After": {"120"}}, "")
+	if d := in.pausedUntil.Sub(l.now()); d < 119*time.Second {
 		t.Errorf("after a 418 with Retry-After 120: paused for %v", d)
 	}
 	spec.maxWait = 50 * time.Millisecond
@@ -222,7 +230,7 @@ func BenchmarkAcquireUnderBudget(b *testing.B) {
 	l, _ := New(slog.New(slog.DiscardHandler), nil, nil, nil)
 	spec := binanceSpec(b)
 	spec.cfg.Limit = 1e12 // never the limit: measure the bookkeeping
-	spec.feedback = map[string]bool{}
+	spec.feedback = 0
 	r := httptest.NewRequest("GET", "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=100", nil)
 	for b.Loop() {
 		if _, err := l.Acquire(context.Background(), spec, "api.binance.com", r); err != nil {
@@ -242,15 +250,9 @@ func TestShopifyGraphQLCost(t *testing.T) {
 		t.Fatalf("picked %q for GraphQL and %q for REST", specs.Pick(gql).name, specs.Pick(rest).name)
 	}
 	l := newLimiter(t)
-	lease, err := l.Acquire(context.Background(), specs.Pick(gql), "shop1.myshopify.com", gql)
-	if err != nil {
-		t.Fatal(err)
-	}
 	body := `{"data":{},"extensions":{"cost":{"requestedQueryCost":101,"actualQueryCost":46,"throttleStatus":{"maximumAvailable":1000.0,"currentlyAvailable":700.0,"restoreRate":50.0}}}}`
-	resp := &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: gql}
-	lease.Observe(resp)
-	io.Copy(io.Discard, resp.Body) // the client reads the answer; the cost is read at its end
-	m, now := lease.in.m, l.now()
+	serveThrough(l, specs, gql, 200, http.Header{}, body) // the cost is read at the body's end
+	m, now := l.instance(specs.Pick(gql), "shop1.myshopify.com", gql).m, l.now()
 	avail, _ := m.Available(t.Context(), now)
 	wait, _ := m.Wait(t.Context(), now, avail+50)
 	if m.Capacity() != 1000 || avail > 701 || avail < 699 || wait < 990*time.Millisecond || wait > time.Second {
