@@ -49,18 +49,72 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if done, err := parse(fs, args); done {
 		return err
 	}
+	p, err := build(ctx, *cfgPath, stderr)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	lns, dnsUDP, err := p.listen()
+	if err != nil {
+		return err
+	}
+	defer closeAll(lns)
+	if dnsUDP != nil {
+		defer dnsUDP.Close()
+	}
+	return p.serve(ctx, lns, dnsUDP)
+}
+
+// process is a built gateway and what it runs on: the components that
+// outlive a reload, before anything listens.
+type process struct {
+	cfgPath   string
+	cfg       *config.Config // the startup config
+	log       *slog.Logger
+	level     *slog.LevelVar
+	reg       *prometheus.Registry
+	reloads   *prometheus.CounterVec
+	dial      *dialer.Dialer
+	root      *ca.Root
+	dataDir   string
+	blobStore *blobs.Store
+	pins      *resolve.Pins
+	fleet     *redisstore.Fleet
+	bans      *filter.Bans
+	gw        *route.Gateway
+	srv       *proxy.Server
+	// closers run in reverse order when the process ends.
+	closers []func()
+}
+
+// close releases what build opened, last first.
+func (p *process) close() {
+	for _, c := range slices.Backward(p.closers) {
+		c()
+	}
+}
+
+// build loads the config at cfgPath and builds everything sluice run
+// serves with; it listens on nothing.
+func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, err error) {
+	g := &process{cfgPath: cfgPath}
+	defer func() {
+		if err != nil {
+			g.close()
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	// One dialer for every config: the system resolver (or dns.resolvers,
 	// from the startup config), its refusals counted.
 	dial := dialer.New(nil, 0) // each host's route bounds its dials with timeouts.dial
 	onRefuse, err := dialer.CountRefusals(reg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dial.OnRefuse = onRefuse
-	table, err := loadTable(*cfgPath, dial)
+	table, err := loadTable(cfgPath, dial)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg := table.Config
 	tuneRuntime()
@@ -68,17 +122,17 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var logTo io.Writer = stderr
 	if cfg.Log.File != "" {
 		rotating := &lumberjack.Logger{Filename: cfg.Path(cfg.Log.File), MaxSize: max(int(cfg.Log.MaxSize>>20), 1), MaxBackups: cfg.Log.MaxFiles}
-		defer rotating.Close()
+		g.closers = append(g.closers, func() { rotating.Close() })
 		logTo = rotating
 	}
 	logOut := obs.NewLogWriter(logTo, 100*time.Millisecond)
-	defer logOut.Flush()
+	g.closers = append(g.closers, func() { logOut.Flush() })
 	log := newLogger(logOut, cfg.Log, level)
 
 	dataDir := cfg.Path(cfg.DataDir)
 	root, err := ca.OpenRoot(dataDir, time.Now)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if root.Created {
 		log.Info("created a new CA; clients must trust it (eval \"$(sluice env)\")", "cert", ca.CertPath(dataDir))
@@ -101,20 +155,20 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Log: log.With("component", "blobs"), Registerer: reg,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	banList, err := store.OpenBans(filepath.Join(dataDir, "bans.json"), log.With("component", "store"), nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer banList.Flush()
+	g.closers = append(g.closers, banList.Flush)
 	if len(table.Resolvers) > 0 {
 		dial.UseResolver(&resolve.Client{Servers: table.Resolvers})
 	}
 	var pins *resolve.Pins
 	if cfg.DNS.Pin == "first" {
 		if pins, err = resolve.OpenPins(filepath.Join(dataDir, "dns-pins.json"), log.With("component", "dns"), reg); err != nil {
-			return err
+			return nil, err
 		}
 		dial.Pins = pins
 	}
@@ -127,25 +181,25 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var fleetCache cache.Shared // an interface: nil unless set, never a nil *redisstore.Cache
 	if table.FleetRedis != nil {
 		if fleet, err = redisstore.NewFleet(table.FleetRedis, cfg.Fleet.Instance, cfg.Fleet.Timeout.D(), log.With("component", "fleet"), reg); err != nil {
-			return err
+			return nil, err
 		}
 		meters = fleet.Meters()
 		fleetBans := fleet.Bans(ctx, banList)
-		defer fleetBans.Close()
+		g.closers = append(g.closers, func() { fleetBans.Close() })
 		sharedBans = fleetBans
 		if cfg.Fleet.Cache {
 			c, err := fleet.Cache(ctx, int64(cfg.Fleet.CacheMaxBytes), reg)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			defer c.Close()
+			g.closers = append(g.closers, func() { c.Close() })
 			fleetCache = c
 		}
 		log.Info("fleet member", "instance", cfg.Fleet.Instance, "redis", table.FleetRedis.Addr, "cache", cfg.Fleet.Cache)
 	}
 	bans, err := filter.NewBans(sharedBans, log.With("component", "filter"), nil, reg, cfg.Bans.IPv6Prefix)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var accessLines io.Writer
 	if cfg.Log.Format == "json" {
@@ -154,28 +208,42 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	gw, srv, err := route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: reg,
 		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	lns, err := listen(cfg.Listen)
+	g.cfg, g.log, g.level, g.reg, g.reloads, g.dial, g.root, g.dataDir = cfg, log, level, reg, reloads, dial, root, dataDir
+	g.blobStore, g.pins, g.fleet, g.bans, g.gw, g.srv = blobStore, pins, fleet, bans, gw, srv
+	return g, nil
+}
+
+// listen opens the startup config's listeners; DNS also on UDP.
+func (p *process) listen() (map[string]net.Listener, *net.UDPConn, error) {
+	lns, err := listen(p.cfg.Listen)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer closeAll(lns)
 	var dnsUDP *net.UDPConn
-	if cfg.Listen.DNS != config.Off {
+	if p.cfg.Listen.DNS != config.Off {
 		// UDP on the port the TCP listener got (they differ only for :0).
 		if dnsUDP, err = dnsserver.ListenUDP(lns["dns"].Addr().String()); err != nil {
-			return fmt.Errorf("listen.dns (udp): %w", err)
+			closeAll(lns)
+			return nil, nil, fmt.Errorf("listen.dns (udp): %w", err)
 		}
-		defer dnsUDP.Close()
 	}
 	for _, name := range slices.Sorted(maps.Keys(lns)) {
-		log.Info("listening", "listener", strings.TrimSuffix(name, ".addr"), "addr", lns[name].Addr().String())
+		p.log.Info("listening", "listener", strings.TrimSuffix(name, ".addr"), "addr", lns[name].Addr().String())
 	}
+	return lns, dnsUDP, nil
+}
+
+// serve runs the listeners, the admin API and the reload loop until ctx
+// ends.
+func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP *net.UDPConn) error {
+	cfg, cfgPath, log, level, reg, reloads, dial, root, dataDir := p.cfg, p.cfgPath, p.log, p.level, p.reg, p.reloads, p.dial, p.root, p.dataDir
+	blobStore, pins, fleet, bans, gw, srv := p.blobStore, p.pins, p.fleet, p.bans, p.gw, p.srv
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log.Info("sluice started", "version", Version(), "config", configName(*cfgPath), "hosts", len(cfg.Hosts), "data_dir", dataDir)
+	log.Info("sluice started", "version", Version(), "config", configName(cfgPath), "hosts", len(cfg.Hosts), "data_dir", dataDir)
 	warnReportMode(log, cfg)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -266,7 +334,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Info("shutting down", "grace", cfg.Timeouts.Shutdown.D().String())
 				return nil
 			case <-hup:
-				swap(func() (*route.Table, error) { return loadTable(*cfgPath, dial) }, configName(*cfgPath)) // refusals and warnings are logged
+				swap(func() (*route.Table, error) { return loadTable(cfgPath, dial) }, configName(cfgPath)) // refusals and warnings are logged
 			}
 		}
 	})

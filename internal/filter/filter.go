@@ -15,7 +15,6 @@ package filter
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -48,8 +47,9 @@ type Rules struct {
 	jsonRoot  []string
 	limits    []jsonLimit
 	Ban       *config.BanPolicy
-	// Answer is "sluice" or "eosio": the format of violation answers.
-	Answer string
+	// EOSIOAnswer: violations are answered as the EOSIO node filter sluice
+	// replaces answers them (answer: eosio), not with sluice's JSON error.
+	EOSIOAnswer bool
 }
 
 type jsonLimit struct {
@@ -98,7 +98,7 @@ func Compile(name string, rs *config.RuleSet) (*Rules, error) {
 		return nil, nil
 	}
 	r := &Rules{Name: name, methods: rs.Methods, maxBody: int64(rs.MaxBodyBytes), maxHeader: int64(rs.MaxHeaderBytes),
-		maxCount: rs.MaxHeaders, jsonDepth: rs.JSONMaxDepth, Ban: rs.Ban, jsonRoot: rs.JSONRoot, Answer: cmp.Or(rs.Answer, "sluice")}
+		maxCount: rs.MaxHeaders, jsonDepth: rs.JSONMaxDepth, Ban: rs.Ban, jsonRoot: rs.JSONRoot, EOSIOAnswer: rs.Answer == "eosio"}
 	for _, l := range rs.JSONLimits {
 		r.limits = append(r.limits, jsonLimit{path: splitJSONPath(l.Path), maxItems: l.MaxItems, maxBytes: l.MaxLength})
 	}

@@ -104,7 +104,7 @@ func (g *gate) refuse(w http.ResponseWriter, r *http.Request, rules *Rules, v *V
 		"host", rec.Target.String(), "path", r.URL.Path, "banned", banned)
 	rec.Refuse(decision.Rules, "rule_violation: "+v.Check)
 	rec.RuleSet, rec.Check = rules.Name, v.Check
-	if rules.Answer == "eosio" {
+	if rules.EOSIOAnswer {
 		// The answer of the node filter sluice replaces, for its clients.
 		body, _ := json.Marshal(map[string]any{"message": v.Check + ": " + v.Detail, "code": 400})
 		w.Header().Set("Content-Type", "application/json")
