@@ -153,7 +153,7 @@ func TestFleetCacheClaims(t *testing.T) {
 		}
 		got <- resp
 	}()
-	time.Sleep(50 * time.Millisecond)
+	waitAwaiting(t, b, "GET api.test/x")
 	want := &cache.SharedResponse{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: []byte(`{"p":1}`), Fresh: 2 * time.Second}
 	if err := a.Store(ctx, "GET api.test/x", want); err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestFleetCacheClaims(t *testing.T) {
 		resp, _ := b.Await(ctx, "GET api.test/y", 5*time.Second)
 		got <- resp
 	}()
-	time.Sleep(50 * time.Millisecond)
+	waitAwaiting(t, b, "GET api.test/y")
 	a.Release(ctx, "GET api.test/y")
 	select {
 	case resp := <-got:
@@ -246,7 +246,10 @@ func TestFleetSlowRedis(t *testing.T) {
 	}
 	blocked := make(chan error, 1)
 	go func() { blocked <- srv.Client().Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
-	time.Sleep(200 * time.Millisecond) // the sleep has begun
+	// The sleep has begun once Redis stops answering.
+	probe := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", srv.Port), ReadTimeout: 50 * time.Millisecond, MaxRetries: -1})
+	defer probe.Close()
+	testenv.WaitFor(t, 2*time.Second, "Redis to sleep", func() bool { return probe.Ping(t.Context()).Err() != nil })
 	start := time.Now()
 	_, err = m.Take(t.Context(), start, 1)
 	if took := time.Since(start); err != nil || took > time.Second {
@@ -311,4 +314,16 @@ func TestFleetShareSettles(t *testing.T) {
 	if avail, err := m.Available(t.Context(), now.Add(2*time.Minute)); err != nil || avail != 30 {
 		t.Errorf("a window later the shared budget has %v available (%v), want all 30: the grants were settled once", avail, err)
 	}
+}
+
+// waitAwaiting waits until c has a waiter on key: Await registers before
+// it looks, so what comes after is announced to it, not found by a look.
+func waitAwaiting(t *testing.T, c *Cache, key string) {
+	t.Helper()
+	name := c.name(key)
+	testenv.WaitFor(t, 5*time.Second, "a waiter on "+key, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.waiters[name]) > 0
+	})
 }
