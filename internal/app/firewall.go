@@ -3,9 +3,9 @@ package app
 import (
 	"fmt"
 	"io"
-	"net/netip"
 	"strings"
 
+	"sluice/internal/config"
 	"sluice/internal/firewall"
 )
 
@@ -25,13 +25,9 @@ func firewallCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	spec := firewall.Spec{ClientsIface: *iface, Docker: *docker}
 	for _, c := range *clients {
-		p, err := netip.ParsePrefix(c)
+		p, err := config.ParsePrefix(c)
 		if err != nil {
-			if a, aerr := netip.ParseAddr(c); aerr == nil {
-				p = netip.PrefixFrom(a, a.BitLen())
-			} else {
-				return fmt.Errorf("--clients %q: want a network like 172.30.0.0/24 or an address", c)
-			}
+			return fmt.Errorf("--clients %q: want a network like 172.30.0.0/24 or an address", c)
 		}
 		spec.Clients = append(spec.Clients, p)
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 )
 
@@ -90,10 +89,8 @@ func (c *Config) validateClients() []error {
 			add(errors.New("give password_file, addresses or certificate: true, or nobody can be this client"), "clients", name)
 		}
 		for i, a := range cl.Addresses {
-			if _, err := netip.ParsePrefix(a); err != nil {
-				if _, err := netip.ParseAddr(a); err != nil {
-					add(fmt.Errorf("%q is not an IP or CIDR", a), "clients", name, "addresses", fmt.Sprint(i))
-				}
+			if _, err := ParsePrefix(a); err != nil {
+				add(err, "clients", name, "addresses", fmt.Sprint(i))
 			}
 		}
 		if len(cl.Hosts) == 0 {

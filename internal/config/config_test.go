@@ -300,3 +300,24 @@ func TestTypeErrorsInWords(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePrefix: an IP is its own one-address network, a CIDR is masked,
+// an IPv4-mapped IPv6 form is the IPv4 it maps, and anything else is an
+// error naming it.
+func TestParsePrefix(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"192.0.2.7", "192.0.2.7/32"},
+		{"10.1.2.3/8", "10.0.0.0/8"},
+		{"2001:db8::1", "2001:db8::1/128"},
+		{"2001:db8::1/64", "2001:db8::/64"},
+		{"::ffff:192.0.2.7", "192.0.2.7/32"},
+		{"::ffff:192.0.2.0/120", "192.0.2.0/24"},
+	} {
+		if p, err := ParsePrefix(tt.in); err != nil || p.String() != tt.want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tt.in, p, err, tt.want)
+		}
+	}
+	if _, err := ParsePrefix("10.0.0.0/33"); err == nil || !strings.Contains(err.Error(), `"10.0.0.0/33"`) {
+		t.Errorf("ParsePrefix of a bad CIDR: %v, want an error naming it", err)
+	}
+}

@@ -301,19 +301,35 @@ func (r *Reverse) validate(seen map[string]string) []error {
 	return errs
 }
 
-// ParsePrefixes parses IPs and CIDRs ("10.0.0.0/8", "192.0.2.1").
+// ParsePrefix parses a client address as the config writes one, an IP
+// ("192.0.2.1", one address) or a CIDR ("10.0.0.0/8"), into its network:
+// masked, and an IPv4-mapped IPv6 form taken as the IPv4 it maps. It is
+// the one parser of client addresses (clients.NAME.addresses,
+// listen.reverse.trusted_proxies, sluice firewall --clients).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked(), nil
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP or CIDR", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// ParsePrefixes is ParsePrefix of each of ss.
 func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
+	out := make([]netip.Prefix, 0, len(ss))
 	for _, s := range ss {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
+		p, err := ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP or CIDR", s)
+			return nil, err
 		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -122,13 +122,12 @@ func Compile(cfg *config.Config) (*Vault, error) {
 			}
 			cl.hasPass = true
 		}
-		for _, a := range c.Addresses {
-			p, err := netip.ParsePrefix(a)
-			if err != nil {
-				addr, _ := netip.ParseAddr(a) // validated by config
-				p = netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen())
-			}
-			v.byAddr = append(v.byAddr, addrClient{p.Masked(), cl})
+		prefixes, err := config.ParsePrefixes(c.Addresses)
+		if err != nil {
+			return nil, config.Under(err, "clients", name, "addresses")
+		}
+		for _, p := range prefixes {
+			v.byAddr = append(v.byAddr, addrClient{p, cl})
 		}
 		if len(c.Grants) > 0 {
 			cl.grants = map[string]bool{}
