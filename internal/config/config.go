@@ -249,7 +249,9 @@ type Timeouts struct {
 	// (answered 408 where an answer is still possible). Default 30s.
 	BodyIdle Duration `yaml:"body_idle" reload:"live"`
 	// Body bounds the whole request body, from its headers to its last
-	// byte (answered 408 where an answer is still possible). Default 2m.
+	// byte, plus a second for every 64 KiB it sent, so that a large upload
+	// at a good rate is not cut off (answered 408 where an answer is still
+	// possible). Default 2m.
 	Body Duration `yaml:"body" reload:"live"`
 	// Shutdown is how long in-flight requests may run after SIGTERM. Default 15s.
 	Shutdown Duration `yaml:"shutdown" reload:"restart"`

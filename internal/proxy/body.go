@@ -36,7 +36,9 @@ func BodyLimitsOf(c *config.Config) BodyLimits {
 }
 
 // SlowBody is the slow-body stage: a request body must bring bytes within
-// lim.Idle of each read, arrive whole within lim.Whole of its headers, and
+// lim.Idle of each read, arrive whole within lim.Whole of its headers (plus
+// a second for every 64 KiB it brought, so that a large upload at a good
+// rate is not cut off), and
 // send at least lim.MinRate bytes a second over each lim.Window that
 // sluice waits for it. Otherwise the read fails, and with it the rules'
 // reading or the forwarding of the body (answered 408 with the limit
@@ -122,6 +124,10 @@ func (b *slowBody) Read(p []byte) (int, error) {
 	if e := b.cause.Load(); e != nil {
 		return 0, e
 	}
+	// A body that keeps coming fast is an upload, not a trickle: each
+	// 64 KiB it brings moves the whole-body deadline a second on (Apache's
+	// mod_reqtimeout extends its body timeout the same way).
+	b.deadline = b.deadline.Add(time.Duration(int64(n) * int64(time.Second) / bodyDeadlineStep))
 	if b.lim.MinRate > 0 {
 		b.waited += time.Since(start)
 		if b.waited < b.lim.Window {
@@ -136,6 +142,10 @@ func (b *slowBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// bodyDeadlineStep is how many bytes of body move the whole-body deadline
+// (timeouts.body) a second on.
+const bodyDeadlineStep = 64 << 10
+
 // need is what one rate window must bring.
 func (b *slowBody) need() int64 { return b.lim.MinRate * int64(b.lim.Window) / int64(time.Second) }
 
@@ -149,7 +159,7 @@ func (b *slowBody) cut(which int) error {
 	e := &obs.BodyTimeoutError{Key: "timeouts.body_idle", Detail: fmt.Sprintf("the request body sent nothing for %s", b.lim.Idle)}
 	switch which {
 	case limitWhole:
-		e = &obs.BodyTimeoutError{Key: "timeouts.body", Detail: fmt.Sprintf("the request body did not arrive whole within %s", b.lim.Whole)}
+		e = &obs.BodyTimeoutError{Key: "timeouts.body", Detail: fmt.Sprintf("the request body did not arrive whole within %s (and a second more for every 64 KiB it sent)", b.lim.Whole)}
 	case limitRate:
 		e = &obs.BodyTimeoutError{Key: "limits.body_min_rate", Detail: fmt.Sprintf("the request body sent less than %d bytes a second over %s", b.lim.MinRate, b.lim.Window)}
 	}

@@ -81,7 +81,7 @@ func slowBodyHarness(t *testing.T, extra ...string) *harness {
 // request; one that sends fast first and then trickles is cut off too,
 // while a body at a fair rate passes.
 func TestSlowBodyLimits(t *testing.T) {
-	h := slowBodyHarness(t, "limits: {body_min_rate: 200, body_rate_window: 300ms}", "timeouts: {body: 1500ms}")
+	h := slowBodyHarness(t, "limits: {body_min_rate: 200, body_rate_window: 300ms}", "timeouts: {body: 1s}")
 	for _, tt := range []struct {
 		name string
 		body func() io.ReadCloser
@@ -90,7 +90,10 @@ func TestSlowBodyLimits(t *testing.T) {
 		{"trickle", func() io.ReadCloser { return newTrickle(nil, 40*time.Millisecond) }, "limits.body_min_rate"},
 		{"fast then trickle", func() io.ReadCloser { return newTrickle(bytes.Repeat([]byte("a"), 256<<10), 40*time.Millisecond) }, "limits.body_min_rate"},
 		{"fair rate, too long", func() io.ReadCloser { return &paced{chunk: 200, gap: 100 * time.Millisecond, chunks: 100} }, "timeouts.body"},
-		{"fair rate", func() io.ReadCloser { return &paced{chunk: 200, gap: 100 * time.Millisecond, chunks: 5} }, ""},
+		{"fair rate", func() io.ReadCloser { return &paced{chunk: 200, gap: 100 * time.Millisecond, chunks: 3} }, ""},
+		// 16 MiB at about 10 MiB/s outlasts timeouts.body alone; an upload
+		// this fast moves the deadline on.
+		{"large and fast", func() io.ReadCloser { return &paced{chunk: 256 << 10, gap: 25 * time.Millisecond, chunks: 64} }, ""},
 	} {
 		for _, entry := range []struct {
 			name, url string
@@ -122,7 +125,7 @@ func TestSlowBodyLimits(t *testing.T) {
 					t.Errorf("POST %s: %d %s, want 408 naming %s", entry.url, resp.StatusCode, got, tt.key)
 				}
 				if took > 5*time.Second {
-					t.Errorf("POST %s: the 408 came after %s; the limits cut the body off by 1.5s", entry.url, took)
+					t.Errorf("POST %s: the 408 came after %s; the limits cut the body off within a second", entry.url, took)
 				}
 			})
 		}
@@ -142,18 +145,24 @@ func TestSlowBodyLimits(t *testing.T) {
 type paced struct {
 	chunk, chunks int
 	gap           time.Duration
-	sent          int
+	sent          int // chunks begun
+	left          int // bytes of the current chunk still to send
 }
 
 func (b *paced) Read(p []byte) (int, error) {
-	if b.sent == b.chunks {
-		return 0, io.EOF
+	if b.left == 0 {
+		if b.sent == b.chunks {
+			return 0, io.EOF
+		}
+		if b.sent > 0 {
+			time.Sleep(b.gap)
+		}
+		b.sent++
+		b.left = b.chunk
 	}
-	if b.sent > 0 {
-		time.Sleep(b.gap)
-	}
-	b.sent++
-	return copy(p, bytes.Repeat([]byte("p"), min(b.chunk, len(p)))), nil
+	n := copy(p, bytes.Repeat([]byte("p"), min(b.left, len(p))))
+	b.left -= n
+	return n, nil
 }
 
 func (b *paced) Close() error { return nil }
