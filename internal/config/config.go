@@ -263,7 +263,8 @@ type Limits struct {
 	// ConnectionsPerClient caps the connections one client address (an
 	// IPv6 client by its bans.ipv6_prefix) holds open at once; past it a
 	// new connection is closed at once (the plain proxy listener answers
-	// 429 first). 0 is no cap. Default 1024.
+	// 429 first). 0 is no cap. Default 4096: bots on one host share its
+	// address, and ccxt.pro opens dozens of connections per bot.
 	ConnectionsPerClient *int `yaml:"connections_per_client"`
 	// BodyMinRate is the least a request body must send per second, on
 	// average over each BodyRateWindow that sluice spends waiting for it
@@ -442,7 +443,7 @@ func (c *Config) applyDefaults() {
 	setDuration(&c.Timeouts.Body, 2*time.Minute)
 	setDuration(&c.Limits.BodyRateWindow, 10*time.Second)
 	if c.Limits.ConnectionsPerClient == nil {
-		c.Limits.ConnectionsPerClient = new(1024)
+		c.Limits.ConnectionsPerClient = new(4096)
 	}
 	if c.Limits.BodyMinRate == nil {
 		c.Limits.BodyMinRate = new(ByteSize(1 << 10))
