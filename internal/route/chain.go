@@ -5,7 +5,8 @@
 // stage that answers never calls the next.
 //
 // To add a stage: write it as a Middleware constructor in its own package,
-// owning its answers, and add one commented line to Build. To add a
+// owning its answers, and add one named, commented line to head (before
+// the policy) or tail (after it, built per route). To add a
 // profile: a YAML file in internal/config/profiles. To add a rule kind: a
 // field in config.RuleSet, its check in internal/filter.
 package route
@@ -41,7 +42,7 @@ func Chain(h http.Handler, mw ...Middleware) http.Handler {
 	return h
 }
 
-// Deps are the components the stages use, built once by internal/app and
+// Deps are the components the stages use, built once by NewGateway and
 // shared by every table.
 type Deps struct {
 	Log    *slog.Logger
