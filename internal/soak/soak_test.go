@@ -262,16 +262,22 @@ func newBot(g *gateway, markets int, t *tally) *bot {
 	return &bot{c: &http.Client{Transport: tr, Timeout: 30 * time.Second}, markets: markets, tally: t}
 }
 
-// one asks for one market's ticker price (or, for one market in twenty, its
-// order book) and judges the answer: a 200 must be for the symbol asked;
+// one asks for one market's ticker price (or, one request in twenty, one
+// of five markets' order book, and one in forty, its open orders, which
+// are never cached) and judges the answer: a 200 must be for the symbol asked;
 // anything else must be an answer with a reason (sluice's own, or the
 // exchange's passed on). A request with no answer is lost.
 func (bt *bot) one(ctx context.Context, rng *rand.Rand) {
 	symbol := fmt.Sprintf("S%04dUSDT", rng.IntN(bt.markets))
 	path := "/api/v3/ticker/price"
-	if rng.IntN(20) == 0 {
+	switch rng.IntN(40) {
+	case 0, 1:
 		symbol = fmt.Sprintf("S%04dUSDT", rng.IntN(5))
 		path = "/api/v3/depth"
+	case 2:
+		// Not cached (a bot's own calls are like this): each one spends
+		// budget and meets the upstream's faults, with no stale answer.
+		path = "/api/v3/openOrders"
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://api.binance.com"+path+"?symbol="+symbol, nil)
 	start := time.Now()
