@@ -160,15 +160,27 @@ func (g *gateway) reload(n int) {
 }
 
 // logFailures logs the first n access lines of 5xx answers and the
-// warnings, for the reader of a run to see why.
+// warnings, for the reader of a run to see why; it reads the rotated log
+// files too (sluice-<time>.log, oldest first, then sluice.log).
 func (g *gateway) logFailures(n int) {
-	f, err := os.Open(filepath.Join(g.dir, "sluice.log"))
+	files, _ := filepath.Glob(filepath.Join(g.dir, "sluice-*.log"))
+	slices.Sort(files)
+	kinds := map[string]int{}
+	for _, name := range append(files, filepath.Join(g.dir, "sluice.log")) {
+		g.countFailures(name, n, kinds)
+	}
+	for k, c := range kinds {
+		g.b.Logf("sluice logged %d× %s", c, k)
+	}
+}
+
+func (g *gateway) countFailures(name string, n int, kinds map[string]int) {
+	f, err := os.Open(name)
 	if err != nil {
 		g.b.Log(err)
 		return
 	}
 	defer f.Close()
-	kinds := map[string]int{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -191,9 +203,6 @@ func (g *gateway) logFailures(n int) {
 		if kinds[kind]++; kinds[kind] <= n {
 			g.b.Logf("sluice: %s", sc.Text())
 		}
-	}
-	for k, c := range kinds {
-		g.b.Logf("sluice logged %d× %s", c, k)
 	}
 }
 
