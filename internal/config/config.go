@@ -275,7 +275,7 @@ type Limits struct {
 	// BufferedBodies caps the memory that all request bodies read whole
 	// before forwarding (up to 1MiB each) hold together. Past it a body
 	// streams instead, or, where a rule must read it whole, is refused
-	// with 503. At least 1MiB; default 32MiB.
+	// with 503. At least 2MiB; default 32MiB.
 	BufferedBodies ByteSize `yaml:"buffered_bodies"`
 }
 

@@ -123,8 +123,8 @@ func (c *Config) validate() []error {
 	if r := c.Limits.BodyMinRate; r != nil && *r < 0 {
 		add(errors.New("must not be negative (0 is no minimum)"), "limits", "body_min_rate")
 	}
-	if c.Limits.BufferedBodies < 1<<20 {
-		add(errors.New("must be at least 1MiB: one body read whole"), "limits", "buffered_bodies")
+	if c.Limits.BufferedBodies < 2<<20 {
+		add(errors.New("must be at least 2MiB: one body of up to 1MiB read whole, with room"), "limits", "buffered_bodies")
 	}
 	if c.Log.File != "" && c.Log.MaxSize < 1<<20 {
 		add(errors.New("must be at least 1MiB"), "log", "max_size")

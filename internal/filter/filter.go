@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 
+	"sluice/internal/bodymem"
 	"sluice/internal/config"
 )
 
@@ -328,7 +329,8 @@ func isJSON(ct string) bool {
 // errTooLarge marks a body cut off at max_body_bytes.
 var errTooLarge = errors.New("request body larger than max_body_bytes")
 
-// CheckBody reads a JSON body (bounded by max_body_bytes, or 1 MiB) and
+// CheckBody reads a JSON body (bounded by max_body_bytes, or 1 MiB, and
+// by the memory all bodies read whole may hold: bodymem.ErrFull) and
 // checks it, returning it for forwarding; other bodies are wrapped so that
 // they are cut off past max_body_bytes as they stream.
 func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
@@ -345,12 +347,12 @@ func (r *Rules) CheckBody(req *http.Request) (*Violation, error) {
 	if limit <= 0 {
 		limit = 1 << 20
 	}
-	body, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	body, whole, err := bodymem.ReadAll(req.Context(), req.Body, req.ContentLength, limit)
 	req.Body.Close()
 	if err != nil {
-		return nil, err
+		return nil, err // bodymem.ErrFull among them: the middleware answers 503
 	}
-	if int64(len(body)) > limit {
+	if !whole {
 		return violation(http.StatusRequestEntityTooLarge, CheckBodyBytes, "body larger than %d bytes", limit), nil
 	}
 	req.Body = io.NopCloser(bytes.NewReader(body))

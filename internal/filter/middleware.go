@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"sluice/internal/bodymem"
 	"sluice/internal/decision"
 	"sluice/internal/obs"
 )
@@ -65,6 +66,16 @@ func Middleware(log *slog.Logger, bans *Bans, of func(*http.Request) *Rules) fun
 				if v, err = rules.CheckBody(r); err != nil {
 					if errors.Is(err, os.ErrDeadlineExceeded) {
 						obs.WriteBodyTimeout(w, r, err)
+						return
+					}
+					if errors.Is(err, bodymem.ErrFull) {
+						// The rules must read it whole and cannot: never
+						// forwarded unchecked, never more memory.
+						w.Header().Set("Retry-After", "1")
+						w.Header().Set("Connection", "close")
+						obs.WriteError(w, r, &obs.Error{Status: http.StatusServiceUnavailable, Msg: "request body not read",
+							Host:   decision.From(r.Context()).Target.String(),
+							Detail: "the rules of this host read the body whole, and " + err.Error() + " by other requests; retry shortly", Err: err})
 						return
 					}
 					obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "cannot read the request body",

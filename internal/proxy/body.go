@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"sluice/internal/bodymem"
 	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/obs"
@@ -28,11 +26,15 @@ type BodyLimits struct {
 	// waiting (limits.body_min_rate, limits.body_rate_window); 0: none.
 	MinRate int64
 	Window  time.Duration
+	// Memory is what all bodies read whole may hold together
+	// (limits.buffered_bodies).
+	Memory int64
 }
 
 // BodyLimitsOf returns c's request-body limits.
 func BodyLimitsOf(c *config.Config) BodyLimits {
-	return BodyLimits{Idle: c.Timeouts.BodyIdle.D(), Whole: c.Timeouts.Body.D(), MinRate: int64(*c.Limits.BodyMinRate), Window: c.Limits.BodyRateWindow.D()}
+	return BodyLimits{Idle: c.Timeouts.BodyIdle.D(), Whole: c.Timeouts.Body.D(), MinRate: int64(*c.Limits.BodyMinRate), Window: c.Limits.BodyRateWindow.D(),
+		Memory: int64(c.Limits.BufferedBodies)}
 }
 
 // SlowBody is the slow-body stage: a request body must bring bytes within
@@ -61,7 +63,11 @@ func (s *Server) SlowBody(lim BodyLimits) func(http.Handler) http.Handler {
 			b.timer.Stop()
 			defer b.timer.Stop()
 			r.Body = b
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), slowBodyKey{}, b)))
+			// The stages that read the body whole reserve its memory on
+			// this request's account, given back when the request ends.
+			ctx, release := bodymem.With(context.WithValue(r.Context(), slowBodyKey{}, b), s.bodies, lim.Memory)
+			defer release()
+			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}
 }
@@ -182,98 +188,30 @@ const maxBufferedBody = 1 << 20
 // that sends slowly then holds neither budget (while a budget waits for
 // the upstream's first count, its probe holds every other client of it)
 // nor an upstream connection. A larger body streams, and so does one
-// that would take the bodies read whole together past max bytes
-// (limits.buffered_bodies): their memory never grows past it.
-func (s *Server) BufferBody(max int64) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBufferedBody || r.Header.Get("Upgrade") != "" {
-				next.ServeHTTP(w, r)
-				return
-			}
-			orig := r.Body
-			buf, held, whole, err := s.bodies.read(orig, r.ContentLength, max)
-			defer s.bodies.release(held)
-			if err != nil {
-				answerBodyError(w, r, err)
-				return
-			}
-			switch {
-			case !whole:
-				r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
-			case len(buf) == 0:
-				r.Body, r.ContentLength = http.NoBody, 0
-			default:
-				r.Body, r.ContentLength = readCloser{bytes.NewReader(buf), orig}, int64(len(buf))
-			}
+// that would take the bodies read whole together past
+// limits.buffered_bodies (see [bodymem]): their memory never grows past it.
+func (s *Server) BufferBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength > maxBufferedBody || r.Header.Get("Upgrade") != "" {
 			next.ServeHTTP(w, r)
-		})
-	}
-}
-
-// bodyMemory accounts the memory of the bodies BufferBody holds.
-type bodyMemory struct {
-	used atomic.Int64
-	// gauge follows used; full counts the bodies that streamed for want of memory.
-	gauge prometheus.Gauge
-	full  prometheus.Counter
-}
-
-// take reserves n bytes if that keeps the total within max.
-func (m *bodyMemory) take(n, max int64) bool {
-	for {
-		u := m.used.Load()
-		if u+n > max {
-			return false
+			return
 		}
-		if m.used.CompareAndSwap(u, u+n) {
-			m.gauge.Add(float64(n))
-			return true
+		orig := r.Body
+		buf, whole, err := bodymem.ReadAll(r.Context(), orig, r.ContentLength, maxBufferedBody)
+		if err != nil && !errors.Is(err, bodymem.ErrFull) {
+			answerBodyError(w, r, err)
+			return
 		}
-	}
-}
-
-func (m *bodyMemory) release(n int64) {
-	if n > 0 {
-		m.used.Add(-n)
-		m.gauge.Sub(float64(n))
-	}
-}
-
-// read reads body (of size bytes, -1 when unknown) whole if it is at most
-// maxBufferedBody and its memory can be reserved within max. It returns
-// what it read, the bytes reserved (to be released by the caller once the
-// request is done) and whether buf is the whole body; when it is not, the
-// rest is still in body.
-func (m *bodyMemory) read(body io.Reader, size, max int64) (buf []byte, held int64, whole bool, err error) {
-	for {
-		if len(buf) == cap(buf) {
-			grow := int64(64 << 10) // unknown size: in steps, doubling
-			if size >= 0 {
-				grow = size + 1 - int64(len(buf)) // one more byte sees the end
-			} else if c := int64(cap(buf)); c > grow {
-				grow = c
-			}
-			grow = min(grow, maxBufferedBody+1-int64(len(buf)))
-			if grow <= 0 {
-				return buf, held, false, nil // larger than maxBufferedBody: streams
-			}
-			if !m.take(grow, max) {
-				m.full.Inc()
-				return buf, held, false, nil
-			}
-			held += grow
-			buf = slices.Grow(buf, int(grow))
-		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
 		switch {
-		case errors.Is(err, io.EOF):
-			return buf, held, true, nil
-		case err != nil:
-			return buf, held, false, err
+		case !whole: // larger than maxBufferedBody, or no memory left for it
+			r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), orig), orig}
+		case len(buf) == 0:
+			r.Body, r.ContentLength = http.NoBody, 0
+		default:
+			r.Body, r.ContentLength = readCloser{bytes.NewReader(buf), orig}, int64(len(buf))
 		}
-	}
+		next.ServeHTTP(w, r)
+	})
 }
 
 type readCloser struct {

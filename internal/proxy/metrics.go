@@ -14,7 +14,7 @@ type proxyMetrics struct {
 	upstreamErrors      *prometheus.CounterVec
 	handshakeErrors     prometheus.Counter
 	bodyBytes           prometheus.Gauge
-	bodiesStreamed      prometheus.Counter
+	bodiesOverMemory      prometheus.Counter
 	connsRefused        *prometheus.CounterVec
 }
 
@@ -36,16 +36,16 @@ func newMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 			Namespace: "sluice", Subsystem: "proxy", Name: "buffered_body_bytes",
 			Help: "Memory reserved by request bodies read whole before forwarding (at most limits.buffered_bodies).",
 		}),
-		bodiesStreamed: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "sluice", Subsystem: "proxy", Name: "bodies_streamed_for_memory_total",
-			Help: "Request bodies that streamed instead of being read whole because limits.buffered_bodies was reached.",
+		bodiesOverMemory: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "sluice", Subsystem: "proxy", Name: "bodies_over_memory_total",
+			Help: "Request bodies not read whole because limits.buffered_bodies was reached: streamed instead, or refused with 503 where a rule must read them whole.",
 		}),
 		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "sluice", Subsystem: "proxy", Name: "connections_refused_total",
 			Help: "Client connections closed at once because their address held limits.connections_per_client already, by listener.",
 		}, []string{"listener"}),
 	}
-	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors, m.bodyBytes, m.bodiesStreamed, m.connsRefused); err != nil {
+	if err := metrics.Register(reg, m.sessions, m.upstreamErrors, m.handshakeErrors, m.bodyBytes, m.bodiesOverMemory, m.connsRefused); err != nil {
 		return nil, err
 	}
 	m.tunnels = m.sessions.WithLabelValues(decision.Tunnel.String())

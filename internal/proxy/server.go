@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"sluice/internal/bodymem"
 	"sluice/internal/ca"
 	"sluice/internal/config"
 	"sluice/internal/decision"
@@ -93,7 +94,7 @@ type Server struct {
 	hijacked map[net.Conn]struct{} // tunnels and intercepted client conns, closed at shutdown
 
 	metrics *proxyMetrics
-	bodies  *bodyMemory
+	bodies  *bodymem.Pool
 	conns   *clientConns
 }
 
@@ -123,7 +124,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		log: opts.Log, authority: opts.Authority, reverse: opts.Reverse, cfg: opts.Config, metrics: m, pipeline: opts.Pipeline, askCerts: opts.ClientCertificates,
 		mitmLn: newConnListener(), hijacked: map[net.Conn]struct{}{},
-		bodies: &bodyMemory{gauge: m.bodyBytes, full: m.bodiesStreamed},
+		bodies: bodymem.NewPool(m.bodyBytes, m.bodiesOverMemory),
 		conns:  newClientConns(func() int { return *opts.Live().Limits.ConnectionsPerClient }, opts.Config.Bans.IPv6Prefix, m.connsRefused),
 		live:   opts.Live,
 	}

@@ -210,8 +210,8 @@ func TestTricklingBodiesHoldBoundedMemory(t *testing.T) {
 	if grew > 64<<20 {
 		t.Errorf("200 clients each holding 1 MB of body grew the heap by %d MiB; limits.buffered_bodies is 16 MiB", grew>>20)
 	}
-	if n := h.metric("sluice_proxy_bodies_streamed_for_memory_total", "", ""); n == 0 {
-		t.Errorf("sluice_proxy_bodies_streamed_for_memory_total = 0 with 200 MB of bodies over a 16 MiB cap")
+	if n := h.metric("sluice_proxy_bodies_over_memory_total", "", ""); n == 0 {
+		t.Errorf("sluice_proxy_bodies_over_memory_total = 0 with 200 MB of bodies over a 16 MiB cap")
 	}
 	for i, c := range conns {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -223,6 +223,45 @@ func TestTricklingBodiesHoldBoundedMemory(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			t.Fatalf("client %d: %d %s, want 408", i, resp.StatusCode, b)
 		}
+	}
+}
+
+// TestRulesRefuseBodiesOverMemory: where a rule set must read bodies whole
+// (JSON checks) and limits.buffered_bodies is held by other bodies, a body
+// is refused with 503 and the reason, never forwarded unchecked and never
+// read past the cap.
+func TestRulesRefuseBodiesOverMemory(t *testing.T) {
+	forwarded := make(chan struct{}, 10)
+	plain, _ := plainEntry(t, "node.test", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { forwarded <- struct{}{} }), "    rules: json\n")
+	h := newHarness(t, plain, "limits: {buffered_bodies: 2MiB}", "rule_sets:\n  json:\n    json_max_depth: 8")
+	post := func() net.Conn {
+		c, err := net.Dial("tcp", h.proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST http://node.test/v1/chain/push_transaction HTTP/1.1\r\nHost: node.test\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"a\":")
+		return c
+	}
+	// Two bodies that stall hold 1,000,001 bytes each of the 2 MiB.
+	post()
+	post()
+	testenv.WaitFor(t, 5*time.Second, "two bodies held", func() bool { return h.metric("sluice_proxy_buffered_body_bytes", "", "") >= 2_000_000 })
+	c := post()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("a third body over the memory cap: no answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "limits.buffered_bodies") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a third body over the memory cap: %d %s, want 503 naming limits.buffered_bodies, with Retry-After", resp.StatusCode, body)
+	}
+	if n := h.metric("sluice_proxy_bodies_over_memory_total", "", ""); n != 1 {
+		t.Errorf("sluice_proxy_bodies_over_memory_total = %v, want 1", n)
+	}
+	if len(forwarded) != 0 {
+		t.Errorf("%d bodies reached the upstream unchecked", len(forwarded))
 	}
 }
 

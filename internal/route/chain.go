@@ -114,8 +114,8 @@ func (t *Table) tail(d Deps, rt *Route) []stage {
 			return rt.Blobs, decision.From(r.Context()).TargetAddr()
 		})}, // immutable files from disk, verified
 		{"cache", cache.Middleware(d.Cache, func(r *http.Request) (*cache.Rules, string) { return rt.Cache, decision.From(r.Context()).TargetAddr() })}, // fresh hit: answer; miss: coalesce and fill through the rest
-		{"whole body", d.Proxy.BufferBody(int64(t.Config.Limits.BufferedBodies))},                                                                       // a small body is read whole before budget or an upstream connection is spent on it
-		{"throttle", budget}, // a miss waits for upstream budget, or gets sluice's own 429
+		{"whole body", d.Proxy.BufferBody}, // a small body is read whole before budget or an upstream connection is spent on it
+		{"throttle", budget},               // a miss waits for upstream budget, or gets sluice's own 429
 		{"signing", vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault)}, // last: the real key in, signed as forwarded, one audit line
 	}
 }
