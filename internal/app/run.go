@@ -97,10 +97,10 @@ func (p *process) close() {
 // build loads the config at cfgPath and builds everything sluice run
 // serves with; it listens on nothing.
 func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, err error) {
-	g := &process{cfgPath: cfgPath}
+	p := &process{cfgPath: cfgPath}
 	defer func() {
 		if err != nil {
-			g.close()
+			p.close()
 		}
 	}()
 	reg := prometheus.NewRegistry()
@@ -122,11 +122,11 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 	var logTo io.Writer = stderr
 	if cfg.Log.File != "" {
 		rotating := &lumberjack.Logger{Filename: cfg.Path(cfg.Log.File), MaxSize: max(int(cfg.Log.MaxSize>>20), 1), MaxBackups: cfg.Log.MaxFiles}
-		g.closers = append(g.closers, func() { rotating.Close() })
+		p.closers = append(p.closers, func() { rotating.Close() })
 		logTo = rotating
 	}
 	logOut := obs.NewLogWriter(logTo, 100*time.Millisecond)
-	g.closers = append(g.closers, func() { logOut.Flush() })
+	p.closers = append(p.closers, func() { logOut.Flush() })
 	log := newLogger(logOut, cfg.Log, level)
 
 	dataDir := cfg.Path(cfg.DataDir)
@@ -161,7 +161,7 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 	if err != nil {
 		return nil, err
 	}
-	g.closers = append(g.closers, banList.Flush)
+	p.closers = append(p.closers, banList.Flush)
 	if len(table.Resolvers) > 0 {
 		dial.UseResolver(&resolve.Client{Servers: table.Resolvers})
 	}
@@ -185,14 +185,14 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 		}
 		meters = fleet.Meters()
 		fleetBans := fleet.Bans(ctx, banList)
-		g.closers = append(g.closers, func() { fleetBans.Close() })
+		p.closers = append(p.closers, func() { fleetBans.Close() })
 		sharedBans = fleetBans
 		if cfg.Fleet.Cache {
 			c, err := fleet.Cache(ctx, int64(cfg.Fleet.CacheMaxBytes), reg)
 			if err != nil {
 				return nil, err
 			}
-			g.closers = append(g.closers, func() { c.Close() })
+			p.closers = append(p.closers, func() { c.Close() })
 			fleetCache = c
 		}
 		log.Info("fleet member", "instance", cfg.Fleet.Instance, "redis", table.FleetRedis.Addr, "cache", cfg.Fleet.Cache)
@@ -210,9 +210,9 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 	if err != nil {
 		return nil, err
 	}
-	g.cfg, g.log, g.level, g.reg, g.reloads, g.dial, g.root, g.dataDir = cfg, log, level, reg, reloads, dial, root, dataDir
-	g.blobStore, g.pins, g.fleet, g.bans, g.gw, g.srv = blobStore, pins, fleet, bans, gw, srv
-	return g, nil
+	p.cfg, p.log, p.level, p.reg, p.reloads, p.dial, p.root, p.dataDir = cfg, log, level, reg, reloads, dial, root, dataDir
+	p.blobStore, p.pins, p.fleet, p.bans, p.gw, p.srv = blobStore, pins, fleet, bans, gw, srv
+	return p, nil
 }
 
 // listen opens the startup config's listeners; DNS also on UDP.

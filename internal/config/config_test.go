@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -319,5 +320,25 @@ func TestParsePrefix(t *testing.T) {
 	}
 	if _, err := ParsePrefix("10.0.0.0/33"); err == nil || !strings.Contains(err.Error(), `"10.0.0.0/33"`) {
 		t.Errorf("ParsePrefix of a bad CIDR: %v, want an error naming it", err)
+	}
+}
+
+// TestClientNetwork: IPv4 clients count alone, IPv6 ones by their
+// bans.ipv6_prefix network, and a mapped address as the IPv4 it maps.
+func TestClientNetwork(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		v6   int
+		want string
+	}{
+		{"192.0.2.7", 64, "192.0.2.7/32"},
+		{"::ffff:192.0.2.7", 64, "192.0.2.7/32"},
+		{"2001:db8::1:2", 64, "2001:db8::/64"},
+		{"2001:db8::1:2", 128, "2001:db8::1:2/128"},
+		{"2001:db8::1:2", 0, "2001:db8::1:2/128"},
+	} {
+		if got := ClientNetwork(netip.MustParseAddr(tt.addr), tt.v6); got.String() != tt.want {
+			t.Errorf("ClientNetwork(%s, %d) = %s, want %s", tt.addr, tt.v6, got, tt.want)
+		}
 	}
 }

@@ -321,6 +321,20 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// ClientNetwork is the network a client address is counted and banned by
+// (bans.ipv6_prefix): an IPv4 address alone, an IPv6 address by its
+// /ipv6Prefix, since one host usually holds a whole /64 (0, or 128 and
+// more, count each IPv6 address alone).
+func ClientNetwork(a netip.Addr, ipv6Prefix int) netip.Prefix {
+	a = a.Unmap()
+	bits := a.BitLen()
+	if a.Is6() && ipv6Prefix > 0 && ipv6Prefix < 128 {
+		bits = ipv6Prefix
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
 // ParsePrefixes is ParsePrefix of each of ss.
 func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(ss))

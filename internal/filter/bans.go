@@ -131,10 +131,8 @@ func (b *Bans) key(client string) string {
 	if a.Is4() {
 		return client // ParseAddr takes only the canonical spelling of an IPv4 address
 	}
-	a = a.Unmap()
-	if a.Is4() || b.v6 <= 0 || b.v6 >= 128 {
-		return a.String()
+	if p := config.ClientNetwork(a, b.v6); !p.IsSingleIP() {
+		return p.String()
 	}
-	p, _ := a.Prefix(b.v6)
-	return p.String()
+	return a.Unmap().String()
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/config"
 )
 
 // clientConns counts the open connections of each client address across
@@ -17,30 +19,16 @@ import (
 type clientConns struct {
 	// max returns the cap in force (0: none), so that a reload changes it.
 	max func() int
-	// v6 is the prefix length an IPv6 client is counted by (bans.ipv6_prefix).
-	v6      int
-	refused *prometheus.CounterVec
+	// ipv6Prefix is bans.ipv6_prefix: an IPv6 client is counted by its network.
+	ipv6Prefix int
+	refused    *prometheus.CounterVec
 
 	mu   sync.Mutex
 	open map[netip.Prefix]int
 }
 
-func newClientConns(max func() int, v6 int, refused *prometheus.CounterVec) *clientConns {
-	if v6 <= 0 || v6 > 128 {
-		v6 = 128
-	}
-	return &clientConns{max: max, v6: v6, refused: refused, open: map[netip.Prefix]int{}}
-}
-
-// key is the prefix a connection from a is counted by.
-func (cc *clientConns) key(a netip.Addr) netip.Prefix {
-	a = a.Unmap()
-	bits := 32
-	if a.Is6() {
-		bits = cc.v6
-	}
-	p, _ := a.Prefix(bits)
-	return p
+func newClientConns(max func() int, ipv6Prefix int, refused *prometheus.CounterVec) *clientConns {
+	return &clientConns{max: max, ipv6Prefix: ipv6Prefix, refused: refused, open: map[netip.Prefix]int{}}
 }
 
 // listener returns ln with the cap applied to its connections. name labels
@@ -66,11 +54,11 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
-		if err != nil || l.exempt != nil && l.exempt(ap.Addr().Unmap()) {
+		tcp, ok := c.RemoteAddr().(*net.TCPAddr)
+		if !ok || l.exempt != nil && l.exempt(tcp.AddrPort().Addr().Unmap()) {
 			return c, nil
 		}
-		key := l.cc.key(ap.Addr())
+		key := config.ClientNetwork(tcp.AddrPort().Addr(), l.cc.ipv6Prefix)
 		if !l.cc.admit(key) {
 			l.cc.refused.WithLabelValues(l.name).Inc()
 			go l.refuse(c)

@@ -14,7 +14,7 @@ type proxyMetrics struct {
 	upstreamErrors      *prometheus.CounterVec
 	handshakeErrors     prometheus.Counter
 	bodyBytes           prometheus.Gauge
-	bodiesOverMemory      prometheus.Counter
+	bodiesOverMemory    prometheus.Counter
 	connsRefused        *prometheus.CounterVec
 }
 

@@ -26,7 +26,8 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 				return
 			}
 			rec := decision.From(r.Context())
-			leases := make([]*Lease, 0, len(picked))
+			var held [2]*Lease // a request spends one budget, or two stacked
+			leases := held[:0]
 			defer func() {
 				for _, le := range leases {
 					le.Release()

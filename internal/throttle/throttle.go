@@ -82,16 +82,6 @@ func New(log *slog.Logger, now func() time.Time, reg prometheus.Registerer, mete
 // Specs are a host entry's throttles, tried in order by request path.
 type Specs []*Spec
 
-// Pick returns the first throttle whose path matches r, or nil.
-func (ss Specs) Pick(r *http.Request) *Spec {
-	for _, s := range ss {
-		if s.path == nil || s.path.MatchString(r.URL.Path) {
-			return s
-		}
-	}
-	return nil
-}
-
 // PickAll returns the throttles r spends: the first whose path matches
 // it and, while the one picked stacks, the next that matches too.
 func (ss Specs) PickAll(r *http.Request) Specs {

@@ -34,9 +34,17 @@ func profileSpecs(t testing.TB, name string) Specs {
 	return specs
 }
 
+// pick is the first throttle r spends, or nil.
+func pick(specs Specs, r *http.Request) *Spec {
+	if picked := specs.PickAll(r); len(picked) > 0 {
+		return picked[0]
+	}
+	return nil
+}
+
 func binanceSpec(t testing.TB) *Spec {
 	t.Helper()
-	s := profileSpecs(t, "binance").Pick(httptest.NewRequest("GET", "https://api.binance.com/api/v3/time", nil))
+	s := pick(profileSpecs(t, "binance"), httptest.NewRequest("GET", "https://api.binance.com/api/v3/time", nil))
 	if s == nil {
 		t.Fatal("binance profile has no budget for /api/v3")
 	}
@@ -73,12 +81,12 @@ func TestBinanceWeights(t *testing.T) {
 	}
 	specs := profileSpecs(t, "binance")
 	for path, want := range map[string]string{"/fapi/v1/depth": "binance-usdm", "/dapi/v1/depth": "binance-coinm", "/sapi/v1/asset": "binance-spot", "/FAPI/v1/depth": "binance-usdm"} {
-		s := specs.Pick(httptest.NewRequest("GET", "https://fapi.binance.com"+path, nil))
+		s := pick(specs, httptest.NewRequest("GET", "https://fapi.binance.com"+path, nil))
 		if s == nil || s.name != want {
 			t.Errorf("budget for %s = %v, want %s", path, s, want)
 		}
 	}
-	if s := specs.Pick(httptest.NewRequest("GET", "https://fapi.binance.com/fapi/v1/depth", nil)); s.cfg.Limit != 2400 {
+	if s := pick(specs, httptest.NewRequest("GET", "https://fapi.binance.com/fapi/v1/depth", nil)); s.cfg.Limit != 2400 {
 		t.Errorf("binance-usdm limit %v, want 2400/min", s.cfg.Limit)
 	}
 	if got := s.Cost(httptest.NewRequest("GET", "https://api.binance.com/API/V3/DEPTH?symbol=X&limit=5000", nil)); got != 250 {
@@ -246,13 +254,13 @@ func TestShopifyGraphQLCost(t *testing.T) {
 	gql := httptest.NewRequest("POST", "https://shop1.myshopify.com/admin/api/2025-01/graphql.json", nil)
 	gql.Header.Set("X-Shopify-Access-Token", "shpat_x")
 	rest := httptest.NewRequest("GET", "https://shop1.myshopify.com/admin/api/2025-01/products.json", nil)
-	if specs.Pick(gql).name != "shopify-graphql" || specs.Pick(rest).name != "shopify-rest" {
-		t.Fatalf("picked %q for GraphQL and %q for REST", specs.Pick(gql).name, specs.Pick(rest).name)
+	if pick(specs, gql).name != "shopify-graphql" || pick(specs, rest).name != "shopify-rest" {
+		t.Fatalf("picked %q for GraphQL and %q for REST", pick(specs, gql).name, pick(specs, rest).name)
 	}
 	l := newLimiter(t)
 	body := `{"data":{},"extensions":{"cost":{"requestedQueryCost":101,"actualQueryCost":46,"throttleStatus":{"maximumAvailable":1000.0,"currentlyAvailable":700.0,"restoreRate":50.0}}}}`
 	serveThrough(l, specs, gql, 200, http.Header{}, body) // the cost is read at the body's end
-	m, now := l.instance(specs.Pick(gql), "shop1.myshopify.com", gql).m, l.now()
+	m, now := l.instance(pick(specs, gql), "shop1.myshopify.com", gql).m, l.now()
 	avail, _ := m.Available(t.Context(), now)
 	wait, _ := m.Wait(t.Context(), now, avail+50)
 	if m.Capacity() != 1000 || avail > 701 || avail < 699 || wait < 990*time.Millisecond || wait > time.Second {
