@@ -206,7 +206,7 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 		accessLines = logOut // the access line without slog's generic path
 	}
 	gw, srv, err := route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: reg,
-		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache})
+		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache, Context: ctx})
 	if err != nil {
 		return nil, err
 	}

@@ -217,6 +217,9 @@ type Host struct {
 	// forwarded (default: the profile's, which for exchanges refuses the
 	// endpoints that move funds out), or "off".
 	Rules *HostRules `yaml:"rules,omitempty"`
+	// Streams is "off" (WebSockets spliced per client) or settings over
+	// the profile's shared market streams.
+	Streams *HostStreams `yaml:"streams,omitempty"`
 }
 
 // BansConfig is the top-level `bans` section.

@@ -36,6 +36,8 @@ type Profile struct {
 	// Groups sort the API's endpoints for clients' grants, tried in
 	// order; without any, read is GET and HEAD, and trade the rest.
 	Groups []EndpointGroup `yaml:"groups"`
+	// Streams, when set, shares the API's public WebSocket market streams.
+	Streams *StreamsProfile `yaml:"streams"`
 }
 
 // Profiles returns the embedded profiles by name. They are parsed once;
@@ -69,6 +71,11 @@ var Profiles = sync.OnceValues(func() (map[string]*Profile, error) {
 		for i := range p.Throttle {
 			if err := p.Throttle[i].validate(); err != nil {
 				return nil, fmt.Errorf("profile %s: throttle[%d]: %w", p.Name, i, err)
+			}
+		}
+		if p.Streams != nil {
+			if err := p.Streams.validate(); err != nil {
+				return nil, fmt.Errorf("profile %s: %w", p.Name, err)
 			}
 		}
 		if p.Rules != nil {

@@ -93,10 +93,12 @@ const (
 	Grant
 	// Vault could not sign a request with its client's key.
 	Vault
+	// Streams refused a WebSocket it could not serve (too many clients).
+	Streams
 )
 
 var stageNames = [...]string{None: "", Canon: "canon", Ban: "ban", Policy: "policy", Rules: "rules", Budget: "budget",
-	Identity: "identity", Grant: "grant", Vault: "vault"}
+	Identity: "identity", Grant: "grant", Vault: "vault", Streams: "streams"}
 
 func (s Stage) String() string { return stageNames[s] }
 
@@ -179,11 +181,27 @@ type Record struct {
 	Start        time.Time
 	// Err is the operator-facing detail of a failure; never sent to clients.
 	Err error
+	// Stream sums up a WebSocket session; nil for any other request.
+	Stream *StreamSession
 
 	// targetAddr is Target.String() for targetOf: made once, not by
 	// every stage that keys on it.
 	targetAddr string
 	targetOf   hostport.HostPort
+}
+
+// StreamSession is what a client's WebSocket session did, for its access
+// line when it ends.
+type StreamSession struct {
+	// Shared: served from sluice's shared subscriptions; else spliced to
+	// the upstream for this client alone.
+	Shared bool
+	// Subscriptions is the most streams the client held at once.
+	Subscriptions int
+	// MessagesIn and MessagesOut count the client's messages each way.
+	MessagesIn, MessagesOut int64
+	// Close is how the session ended: who closed it, and why.
+	Close string
 }
 
 // TargetAddr returns Target.String().

@@ -190,7 +190,7 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	if rec.Query != "" {
 		path += "?" + rec.Query
 	}
-	var buf [24]field
+	var buf [28]field
 	fs := append(buf[:0],
 		str("client_ip", rec.ClientIP), str("mode", rec.Entry.String()),
 		str("method", rec.Method), str("host", host), str("path", path),
@@ -213,6 +213,10 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	if rec.Err != nil {
 		fs = append(fs, str("error", rec.Err.Error()))
 	}
+	if st := rec.Stream; st != nil {
+		fs = append(fs, str("stream", streamKind(st.Shared)), num("subscriptions", float64(st.Subscriptions)),
+			num("messages_in", float64(st.MessagesIn)), num("messages_out", float64(st.MessagesOut)), str("close", st.Close))
+	}
 	if lines != nil {
 		writeJSONLine(lines, level, fs)
 		return
@@ -222,6 +226,13 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 		attrs[i] = f.attr()
 	}
 	log.LogAttrs(ctx, level, "request", attrs...)
+}
+
+func streamKind(shared bool) string {
+	if shared {
+		return "shared"
+	}
+	return "spliced"
 }
 
 // codeClasses are the status classes' label values, by codeClass.

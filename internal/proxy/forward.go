@@ -57,6 +57,10 @@ func NewUpstream(roots *x509.CertPool, d *dialer.Dialer, route dialer.Route, t c
 	}}
 }
 
+// Client is an HTTP client over u's transport, for what is not forwarded
+// request by request (the shared market streams' own connections).
+func (u *Upstream) Client() *http.Client { return &http.Client{Transport: u.transport} }
+
 // Close releases the idle connections of a replaced upstream; requests in
 // flight keep theirs until they finish.
 func (u *Upstream) Close() { u.transport.CloseIdleConnections() }

@@ -116,7 +116,7 @@ func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra
 		t.Fatal(err)
 	}
 	h.gw, h.srv, err = route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: h.reg,
-		Blobs: blobStore, Bans: bans, Meters: meters})
+		Blobs: blobStore, Bans: bans, Meters: meters, Context: t.Context()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/store"
+	"sluice/internal/streams"
 	"sluice/internal/throttle"
 	"sluice/internal/vault"
 )
@@ -33,6 +35,9 @@ type Components struct {
 	Bans        *filter.Bans
 	Meters      store.Meters // nil: in memory
 	FleetCache  cache.Shared // nil: none
+	// Context ends the work that outlives requests: the shared market
+	// streams' upstream connections and their clients. nil: never.
+	Context context.Context
 }
 
 // NewGateway builds every component that outlives a reload (the CA's leaf
@@ -86,8 +91,16 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	streamMetrics, err := streams.NewMetrics(c.Registerer)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx := c.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
-		AccessLines: c.AccessLines}
+		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter)}
 	gw.Install(t)
 	return gw, srv, nil
 }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"sluice/internal/blobs"
@@ -27,6 +28,7 @@ import (
 	"sluice/internal/obs"
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
+	"sluice/internal/streams"
 	"sluice/internal/throttle"
 	"sluice/internal/vault"
 )
@@ -56,6 +58,8 @@ type Deps struct {
 	Reports *policy.Reports
 	// Clients counts each named client's requests and the vault's signatures.
 	Clients *vault.Metrics
+	// Streams are the shared market streams, by host.
+	Streams *streams.Hubs
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -68,10 +72,17 @@ type Deps struct {
 // compiled values, so that no stage looks its route up per request and a
 // route without a budget has no throttle stage.
 func (t *Table) Build(d Deps) {
-	for _, rt := range t.routes {
+	for pattern, rt := range t.routes {
 		d.Limit.Declare(rt.Throttle)
+		if rt.Streams != nil {
+			d.Limit.Declare(rt.Streams.Budgets())
+			if !strings.Contains(pattern, "*") {
+				d.Streams.Declare(pattern)
+			}
+		}
 		d.Bans.Declare(rt.Rules)
-		rt.handler = chain(d.Proxy.Forwarder(rt.upstream), t.tail(d, rt))
+		forward := d.Proxy.Forwarder(rt.upstream)
+		rt.handler = chain(forward, t.tail(d, rt, forward))
 	}
 	d.Clients.Declare(t.Vault)
 	t.handler = chain(http.HandlerFunc(t.dispatch), t.head(d))
@@ -99,7 +110,7 @@ func (t *Table) head(d Deps) []stage {
 
 // tail is what a request runs after the policy chose rt, before rt's
 // upstream (the forwarder: verified TLS, pooled, h2).
-func (t *Table) tail(d Deps, rt *Route) []stage {
+func (t *Table) tail(d Deps, rt *Route, forward http.Handler) []stage {
 	var budget Middleware
 	if len(rt.Throttle) > 0 {
 		specs := rt.Throttle
@@ -110,6 +121,7 @@ func (t *Table) tail(d Deps, rt *Route) []stage {
 		{"CONNECT", d.Proxy.Connect(rt.upstream, t.Config.Timeouts)},                                             // a CONNECT ends here: tunneled, or intercepted and its requests served by this pipeline
 		{"rules", filter.Middleware(d.Log, d.Bans, func(*http.Request) *filter.Rules { return rt.Rules })},       // the route's rule set: method, path, headers, then the body as it streams
 		{"Max-Forwards", proxy.MaxForwards},                                                                      // OPTIONS or TRACE with Max-Forwards: 0 is answered here
+		{"streams", d.Streams.Middleware(rt.Streams, rt.Upstream.Client(), forward)},                             // a WebSocket upgrade ends here: a public market stream shared, any other spliced and counted
 		{"blobs", blobs.Middleware(d.Blobs, func(r *http.Request) (*blobs.Matcher, string) {
 			return rt.Blobs, decision.From(r.Context()).TargetAddr()
 		})}, // immutable files from disk, verified

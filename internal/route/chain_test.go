@@ -19,7 +19,7 @@ func TestStageTable(t *testing.T) {
 	for _, s := range table.head(d) {
 		built = append(built, s.name)
 	}
-	for _, s := range table.tail(d, table.routes["api.binance.com"]) {
+	for _, s := range table.tail(d, table.routes["api.binance.com"], nil) {
 		built = append(built, s.name)
 	}
 	built = append(built, "forwarder")
@@ -50,7 +50,7 @@ func TestNoBudgetNoThrottleStage(t *testing.T) {
 	table, d := buildTable(t, "hosts:\n  api.binance.com: {}\n  plain.example: {}\n")
 	for host, want := range map[string]bool{"api.binance.com": true, "plain.example": false} {
 		has := false
-		for _, s := range table.tail(d, table.routes[host]) {
+		for _, s := range table.tail(d, table.routes[host], nil) {
 			has = has || s.name == "throttle" && s.mw != nil
 		}
 		if has != want {

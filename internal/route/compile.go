@@ -28,6 +28,7 @@ import (
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/resolve"
+	"sluice/internal/streams"
 	"sluice/internal/throttle"
 	"sluice/internal/vault"
 
@@ -62,6 +63,7 @@ type Route struct {
 	Rules    *filter.Rules  // nil: no request rules
 	Throttle throttle.Specs // none: no budget
 	Blobs    *blobs.Matcher // nil: no blob store for this host
+	Streams  *streams.Spec  // nil: WebSockets spliced per client
 	// Groups are the endpoint groups of the host's profile, for clients' grants.
 	Groups vault.Groups
 	// Settings are the host's effective settings, its profile's merged
@@ -303,6 +305,10 @@ func (c *compiler) hostRoute(e *policy.Entry) *Route {
 
 	r.Throttle, r.Settings.Throttle, err = c.throttle(h, e.Pattern, p)
 	at(err, "throttle")
+	if p != nil {
+		r.Streams, err = streams.Compile(p.Streams, h.Streams)
+		at(err, "streams")
+	}
 	return r
 }
 

@@ -225,6 +225,9 @@ func Compile(t *config.Throttle, name string, defaultMaxWait time.Duration) (*Sp
 	return s, nil
 }
 
+// Name is the spec's budget name.
+func (s *Spec) Name() string { return s.name }
+
 // Cost returns what r weighs under the spec's weight rules. Paths compare
 // ignoring case, as budgets are picked: a request must not weigh less
 // upstream than its spelling suggests to sluice.

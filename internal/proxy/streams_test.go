@@ -1,0 +1,537 @@
+package proxy_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"sluice/internal/testenv"
+	"sluice/internal/testexchange"
+	"sluice/internal/testpki"
+)
+
+// streamHarness is sluice before a test exchange that serves Binance's
+// streams at stream.binance.com (ports 9443 and 443, as the embedded
+// default lists it) and its REST API at api.binance.com.
+func streamHarness(t *testing.T, x *testexchange.Binance, streamsYAML string) *harness {
+	t.Helper()
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.binance.com", "api.binance.com")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	addr := up.Listener.Addr().String()
+	return newHarness(t, upstreamEntry(t, "stream.binance.com", caPath, addr, "    profile: binance\n    ports: [9443, 443]\n"+streamsYAML)+
+		upstreamEntry(t, "api.binance.com", caPath, addr, "    profile: binance\n"))
+}
+
+// wsClient is a bot's WebSocket through sluice.
+type wsClient struct {
+	t  *testing.T
+	ws *websocket.Conn
+}
+
+func (h *harness) dialWS(t *testing.T, rawURL string) *wsClient {
+	return h.dialWSWith(t, rawURL, &net.Dialer{})
+}
+
+// dialWSWith dials through d: a test that needs a client that reads
+// slowly gives it a small receive buffer.
+func (h *harness) dialWSWith(t *testing.T, rawURL string, d *net.Dialer) *wsClient {
+	t.Helper()
+	tr := &http.Transport{
+		Proxy:           http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr}),
+		TLSClientConfig: &tls.Config{RootCAs: h.pool()},
+		DialContext:     d.DialContext,
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, rawURL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s through sluice: %v (HTTP %d)", rawURL, err, status)
+	}
+	ws.SetReadLimit(1 << 20)
+	t.Cleanup(func() { ws.CloseNow() })
+	return &wsClient{t: t, ws: ws}
+}
+
+func (c *wsClient) send(msg string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(c.t.Context(), 5*time.Second)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		c.t.Fatalf("send %s: %v", msg, err)
+	}
+}
+
+// next reads the next message as a JSON object.
+func (c *wsClient) next() map[string]any {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(c.t.Context(), 5*time.Second)
+	defer cancel()
+	_, msg, err := c.ws.Read(ctx)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(msg, &m); err != nil {
+		c.t.Fatalf("message %s is not a JSON object: %v", msg, err)
+	}
+	return m
+}
+
+// nextEvent skips answers and returns the next event, with the stream it
+// names when combined.
+func (c *wsClient) nextEvent() (data map[string]any, stream string) {
+	c.t.Helper()
+	for range 100 {
+		m := c.next()
+		if _, ok := m["id"]; ok {
+			continue
+		}
+		if s, ok := m["stream"].(string); ok {
+			return m["data"].(map[string]any), s
+		}
+		return m, ""
+	}
+	c.t.Fatal("no event in 100 messages")
+	return nil, ""
+}
+
+// TestSharedStreams: clients on every Binance path and framing share one
+// upstream connection with one subscription per stream; each gets its own
+// answers (with its ids), its own list and exactly its framing; a stream
+// nobody wants is unsubscribed upstream after the linger.
+func TestSharedStreams(t *testing.T) {
+	x := &testexchange.Binance{}
+	h := streamHarness(t, x, "    streams: {linger: 300ms}\n")
+
+	raw := h.dialWS(t, "wss://stream.binance.com:9443/ws/btcusdt@trade")
+	combined := h.dialWS(t, "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade")
+	live := h.dialWS(t, "wss://stream.binance.com/ws")
+	var crowd []*wsClient
+	for i := range 10 {
+		c := h.dialWS(t, fmt.Sprintf("wss://stream.binance.com:9443/ws/%d", i))
+		c.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@ticker"],"id":%d}`, 100+i))
+		crowd = append(crowd, c)
+	}
+
+	live.send(`{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@ticker"],"id":7}`)
+	if m := live.next(); m["id"] != 7.0 || m["result"] != nil {
+		t.Fatalf("answer to SUBSCRIBE id 7: %v, want {result: null, id: 7} first", m)
+	}
+	live.send(`{"method":"LIST_SUBSCRIPTIONS","id":"list1"}`)
+	for {
+		m := live.next()
+		if m["id"] == "list1" {
+			got := fmt.Sprint(m["result"])
+			if got != "[btcusdt@trade ethusdt@ticker]" {
+				t.Errorf("LIST_SUBSCRIPTIONS: %s, want this client's own two streams", got)
+			}
+			break
+		}
+	}
+	for i, c := range crowd {
+		if m := c.next(); m["id"] != float64(100+i) {
+			t.Errorf("client %d: first message %v, want the answer with its id %d", i, m, 100+i)
+		}
+	}
+
+	// Framing: raw events for /ws, combined for /stream.
+	if ev, stream := raw.nextEvent(); stream != "" || ev["e"] != "trade" || ev["s"] != "BTCUSDT" {
+		t.Errorf("raw client got %v (stream %q), want a raw BTCUSDT trade", ev, stream)
+	}
+	seen := map[string]bool{}
+	for range 20 {
+		ev, stream := combined.nextEvent()
+		if stream == "" || !strings.HasSuffix(stream, "@trade") || ev["e"] != "trade" {
+			t.Fatalf("combined client got %v (stream %q), want combined trades", ev, stream)
+		}
+		seen[stream] = true
+	}
+	if !seen["btcusdt@trade"] || !seen["ethusdt@trade"] {
+		t.Errorf("combined client saw streams %v, want both of its own", seen)
+	}
+	live.send(`{"method":"SET_PROPERTY","params":["combined",true],"id":9}`)
+	for {
+		m := live.next()
+		if m["id"] == 9.0 {
+			break
+		}
+	}
+	if _, stream := live.nextEvent(); stream == "" {
+		t.Error("after SET_PROPERTY combined true, events are still raw")
+	}
+
+	// Trade ids are consecutive for every client: nothing lost or doubled.
+	for i, c := range crowd[:3] {
+		var last float64
+		for range 10 {
+			ev, _ := c.nextEvent()
+			if ev["e"] != "trade" || ev["s"] != "BTCUSDT" {
+				continue
+			}
+			if id := ev["t"].(float64); last != 0 && id != last+1 {
+				t.Fatalf("client %d: trade %v after %v", i, id, last)
+			} else {
+				last = id
+			}
+		}
+	}
+
+	// sluice paces its subscribe requests under the exchange's message
+	// limit: the last may still be on its way.
+	waitFor(t, "three streams subscribed upstream", func() bool { return len(x.Subscribed()) == 3 })
+	if x.ConnsOpened.Load() != 1 {
+		t.Errorf("sluice opened %d upstream connections for 13 clients, want 1", x.ConnsOpened.Load())
+	}
+	for s, n := range x.Subscribed() {
+		if n != 1 {
+			t.Errorf("upstream subscriptions of %s: %d, want 1", s, n)
+		}
+	}
+	if got := h.metric("sluice_streams_subscriptions", "host", "stream.binance.com"); got != 3 {
+		t.Errorf("sluice_streams_subscriptions = %v, want 3", got)
+	}
+
+	// A private stream cannot be shared: the exchange's own error, with the id.
+	live.send(`{"method":"SUBSCRIBE","params":["pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"],"id":11}`)
+	for {
+		m := live.next()
+		if m["id"] == 11.0 {
+			if m["code"] != 2.0 || !strings.Contains(fmt.Sprint(m["msg"]), "listenKey") {
+				t.Errorf("SUBSCRIBE to a listen key: %v, want code 2 naming /ws/<listenKey>", m)
+			}
+			break
+		}
+	}
+
+	// Everyone leaves: after the linger, nothing is subscribed upstream.
+	for _, c := range append(crowd, raw, combined, live) {
+		c.ws.Close(websocket.StatusNormalClosure, "")
+	}
+	waitFor(t, "upstream unsubscribed after the linger", func() bool { return len(x.Subscribed()) == 0 && x.ConnsOpen.Load() == 0 })
+	waitFor(t, "one access line per session", func() bool {
+		n := 0
+		for _, l := range h.accessLines() {
+			if l["stream"] == "shared" {
+				n++
+			}
+		}
+		return n == 13
+	})
+	for _, l := range h.accessLines() {
+		if l["stream"] == "shared" && l["path"] == "/stream" {
+			if l["status"] != 101.0 || l["subscriptions"] != 2.0 || l["messages_out"].(float64) < 20 || l["bytes_out"].(float64) < 2000 || !strings.HasPrefix(fmt.Sprint(l["close"]), "client") {
+				t.Errorf("access line of the combined client: %v", l)
+			}
+		}
+	}
+	if slices.ContainsFunc(h.accessLines(), func(l map[string]any) bool { return l["stream"] == "spliced" }) {
+		t.Error("a public stream was spliced")
+	}
+}
+
+// depthBook follows Binance's "how to manage a local order book" recipe
+// over a client's diff events and a REST snapshot.
+type depthBook struct {
+	bids, asks map[string]string
+	last       float64 // u of the last event applied
+}
+
+func levelsOf(v any) [][2]string {
+	var out [][2]string
+	for _, l := range v.([]any) {
+		pair := l.([]any)
+		out = append(out, [2]string{pair[0].(string), pair[1].(string)})
+	}
+	return out
+}
+
+func (b *depthBook) apply(side map[string]string, levels [][2]string) {
+	for _, l := range levels {
+		if l[1] == "0.000" {
+			delete(side, l[0])
+		} else {
+			side[l[0]] = l[1]
+		}
+	}
+}
+
+// matches says whether the book equals the exchange's as of its last id.
+func (b *depthBook) matches(x *testexchange.Binance, sym string) (bool, string) {
+	bids, asks, ok := x.Book(sym, int64(b.last))
+	if !ok {
+		return false, fmt.Sprintf("the exchange no longer keeps update id %v", b.last)
+	}
+	want := func(levels [][2]string) map[string]string {
+		m := map[string]string{}
+		for _, l := range levels {
+			m[l[0]] = l[1]
+		}
+		return m
+	}
+	if fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+		return false, fmt.Sprintf("at u=%v bids %v asks %v, the exchange has %v %v", b.last, b.bids, b.asks, bids, asks)
+	}
+	return true, ""
+}
+
+// syncBook subscribes c to sym's diff depth, then takes a snapshot through
+// sluice (its cache) and syncs to it as ccxt does: the first event kept
+// must cover lastUpdateId+1, and each next one continue the last.
+func syncBook(t *testing.T, h *harness, c *wsClient, sym string, id int) *depthBook {
+	t.Helper()
+	stream := strings.ToLower(sym) + "@depth@100ms"
+	c.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":[%q],"id":%d}`, stream, id))
+	if m := c.next(); m["id"] != float64(id) {
+		t.Fatalf("first message %v, want the answer to SUBSCRIBE", m)
+	}
+	resp, body := get(t, h.client(false), "https://api.binance.com/api/v3/depth?symbol="+sym+"&limit=1000")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("depth snapshot: %d %s", resp.StatusCode, body)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatalf("depth snapshot %s: %v", body, err)
+	}
+	b := &depthBook{bids: map[string]string{}, asks: map[string]string{}, last: raw["lastUpdateId"].(float64)}
+	b.apply(b.bids, levelsOf(raw["bids"]))
+	b.apply(b.asks, levelsOf(raw["asks"]))
+	first := true
+	for range 1000 {
+		ev, _ := c.nextEvent()
+		if ev["e"] != "depthUpdate" {
+			continue
+		}
+		U, u := ev["U"].(float64), ev["u"].(float64)
+		if u <= b.last && first {
+			continue // older than the snapshot
+		}
+		if first && U > b.last+1 {
+			t.Fatalf("the first event after the snapshot (lastUpdateId %v) starts at U=%v: a gap, the book must be fetched again", b.last, U)
+		}
+		if !first && U != b.last+1 {
+			t.Fatalf("event U=%v after u=%v: a gap or a duplicate", U, b.last)
+		}
+		first = false
+		b.apply(b.bids, levelsOf(ev["b"]))
+		b.apply(b.asks, levelsOf(ev["a"]))
+		b.last = u
+		return b
+	}
+	t.Fatal("no depth event")
+	return nil
+}
+
+// follow applies n more events to b, each continuing the last.
+func (b *depthBook) follow(t *testing.T, c *wsClient, n int) {
+	t.Helper()
+	for n > 0 {
+		ev, _ := c.nextEvent()
+		if ev["e"] != "depthUpdate" {
+			continue
+		}
+		if U := ev["U"].(float64); U != b.last+1 {
+			t.Fatalf("event U=%v after u=%v: a gap or a duplicate", U, b.last)
+		}
+		b.apply(b.bids, levelsOf(ev["b"]))
+		b.apply(b.asks, levelsOf(ev["a"]))
+		b.last = ev["u"].(float64)
+		n--
+	}
+}
+
+// TestLateJoinerBook: a client that joins a depth stream already shared,
+// and takes its snapshot from sluice's cache (up to its TTL old), syncs at
+// the first try, and its book equals the exchange's at the same update id.
+func TestLateJoinerBook(t *testing.T) {
+	x := &testexchange.Binance{}
+	h := streamHarness(t, x, "")
+	first := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+	b1 := syncBook(t, h, first, "BTCUSDT", 1) // also fills the cache
+	// The next snapshot comes from the cache: a diff stream that only
+	// started now would begin well after it.
+	time.Sleep(500 * time.Millisecond) // the cached snapshot ages, as it does between bots
+	late := h.dialWS(t, "wss://stream.binance.com:9443/ws/1")
+	b2 := syncBook(t, h, late, "BTCUSDT", 2)
+	if got := h.metric("sluice_cache_requests_total", "result", "hit"); got < 1 {
+		t.Fatalf("the late joiner's snapshot was not a cache hit (hits %v): the test proves nothing", got)
+	}
+	b1.follow(t, first, 20)
+	b2.follow(t, late, 20)
+	for i, b := range []*depthBook{b1, b2} {
+		if ok, why := b.matches(x, "BTCUSDT"); !ok {
+			t.Errorf("client %d: %s", i+1, why)
+		}
+	}
+	if x.ConnsOpened.Load() != 1 || x.Subscribed()["btcusdt@depth@100ms"] != 1 {
+		t.Errorf("upstream: %d connections, %d subscriptions of the depth stream; want 1 and 1", x.ConnsOpened.Load(), x.Subscribed()["btcusdt@depth@100ms"])
+	}
+}
+
+// TestRollover: the exchange closes every connection after a short life
+// (announced by serverShutdown), and sluice also replaces its own before
+// their lifetime: no client sees a gap, a duplicate or a close.
+func TestRollover(t *testing.T) {
+	for _, tc := range []struct {
+		name, streams string
+		x             *testexchange.Binance
+	}{
+		{"serverShutdown", "", &testexchange.Binance{Lifetime: 800 * time.Millisecond, ShutdownNotice: 300 * time.Millisecond}},
+		{"lifetime", "    streams: {lifetime: 800ms}\n", &testexchange.Binance{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := tc.x
+			h := streamHarness(t, x, tc.streams)
+			var clients []*wsClient
+			var books []*depthBook
+			for i := range 3 {
+				c := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+				books = append(books, syncBook(t, h, c, "ETHUSDT", i+1))
+				clients = append(clients, c)
+			}
+			trades := h.dialWS(t, "wss://stream.binance.com:9443/ws/ethusdt@trade")
+			// About 3 s: three or four upstream connections in turn.
+			for range 6 {
+				for i, b := range books {
+					b.follow(t, clients[i], 25)
+				}
+				var last float64
+				for range 25 {
+					ev, _ := trades.nextEvent()
+					if id := ev["t"].(float64); last != 0 && id != last+1 {
+						t.Fatalf("trade %v after %v", id, last)
+					} else {
+						last = id
+					}
+				}
+			}
+			for i, b := range books {
+				if ok, why := b.matches(x, "ETHUSDT"); !ok {
+					t.Errorf("client %d: %s", i+1, why)
+				}
+			}
+			if got := h.metric("sluice_streams_rollovers_total", "", ""); got < 2 {
+				t.Errorf("%v rollovers, want at least 2 in 3 s of 800 ms connections", got)
+			}
+			if x.ConnsOpen.Load() > 2 {
+				t.Errorf("%d upstream connections open: replaced ones were not closed", x.ConnsOpen.Load())
+			}
+		})
+	}
+}
+
+// TestSlowClient: a client that stops reading is closed once its queue
+// is full, with the reason logged and counted; the others go on without
+// a gap.
+func TestSlowClient(t *testing.T) {
+	x := &testexchange.Binance{Step: 5 * time.Millisecond}
+	h := streamHarness(t, x, "    streams: {client_queue: 64KiB}\n")
+	var names []string
+	for _, sym := range []string{"btcusdt", "ethusdt", "bnbusdt", "solusdt", "xrpusdt", "adausdt", "dogeusdt", "trxusdt"} {
+		names = append(names, sym+"@depth@100ms", sym+"@trade")
+	}
+	url := "wss://stream.binance.com:9443/stream?streams=" + strings.Join(names, "/")
+	// The stuck client never reads; its small receive buffer makes sluice's
+	// writes block soon, as they would for a bot stuck far away.
+	h.dialWSWith(t, url, &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}})
+	good := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+	b := syncBook(t, h, good, "BTCUSDT", 1)
+	testenv.WaitFor(t, 30*time.Second, "the stuck client closed", func() bool {
+		b.follow(t, good, 10)
+		return h.metric("sluice_streams_clients_dropped_total", "reason", "slow") == 1
+	})
+	b.follow(t, good, 50)
+	if ok, why := b.matches(x, "BTCUSDT"); !ok {
+		t.Error(why)
+	}
+	waitFor(t, "the stuck client's access line", func() bool {
+		return slices.ContainsFunc(h.accessLines(), func(l map[string]any) bool {
+			return l["path"] == "/stream" && strings.Contains(fmt.Sprint(l["close"]), "client too slow") && l["level"] == "WARN"
+		})
+	})
+}
+
+// TestStreamLimits: 50 bots start at once, each with 4 connections that
+// subscribe one stream per message at ccxt's pace, and one bot floods 60
+// subscribe requests at once: the exchange sees one connection, a few
+// paced subscribe requests, and never closes or refuses anything.
+func TestStreamLimits(t *testing.T) {
+	x := &testexchange.Binance{Step: 100 * time.Millisecond, ConnLimit: 5, ConnWindow: time.Minute}
+	h := streamHarness(t, x, "")
+	syms := []string{"btcusdt", "ethusdt", "bnbusdt", "solusdt", "xrpusdt", "adausdt", "dogeusdt", "trxusdt", "ltcusdt", "dotusdt"}
+	errs := make(chan error, 300)
+	done := make(chan struct{})
+	for bot := range 50 {
+		for conn := range 4 {
+			go func() {
+				c := h.dialWS(t, fmt.Sprintf("wss://stream.binance.com:9443/ws/%d", conn))
+				for i := range 3 {
+					s := syms[(bot+conn+i)%len(syms)] + []string{"@trade", "@ticker", "@depth@100ms"}[i]
+					c.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":[%q],"id":%d}`, s, i))
+					time.Sleep(250 * time.Millisecond) // ccxt's pace
+				}
+				for range 3 {
+					if _, err := readOne(c); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+				<-done
+			}()
+		}
+	}
+	flood := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+	for i := range 60 {
+		flood.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":["%s@kline_%dm"],"id":%d}`, syms[i%len(syms)], 1+i/len(syms), i))
+	}
+	for i := range 60 {
+		if m := flood.next(); m["id"] != float64(i) {
+			t.Fatalf("flood: answer %d is %v", i, m)
+		}
+	}
+	for range 200 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer close(done)
+	waitFor(t, "every stream subscribed upstream", func() bool { return len(x.Subscribed()) == 30+60 })
+	if x.ConnsOpened.Load() != 1 || x.Closed1008.Load() != 0 || x.Rejected429.Load() != 0 {
+		t.Errorf("exchange: %d connections opened, %d closed for too many messages, %d refused; want 1, 0, 0",
+			x.ConnsOpened.Load(), x.Closed1008.Load(), x.Rejected429.Load())
+	}
+	if n := x.SubscribeMessages.Load(); n > 10 {
+		t.Errorf("%d subscribe requests reached the exchange for 210 clients' 660, want a few batches", n)
+	}
+}
+
+func readOne(c *wsClient) (map[string]any, error) {
+	ctx, cancel := context.WithTimeout(c.t.Context(), 10*time.Second)
+	defer cancel()
+	_, msg, err := c.ws.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, json.Unmarshal(msg, &m)
+}

@@ -1,0 +1,339 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// upConn is one of sluice's upstream connections: the streams it carries,
+// the subscribe and unsubscribe requests waiting to be sent (paced under
+// the exchange's message limit), and its replacement when it nears the
+// end of its life.
+type upConn struct {
+	h  *Hub
+	id int64
+
+	// Guarded by the hub's mu.
+	names    map[string]struct{}
+	ops      []upOp
+	sent     map[int64][]string // subscribe requests not answered yet, by id
+	retiring bool               // replaced: carries its streams until the replacement has them
+	closed   bool
+
+	wake   chan struct{}
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when run returns
+}
+
+type upOp struct {
+	name  string
+	unsub bool
+}
+
+var connIDs atomic.Int64
+
+// maxBatch is the most streams one subscribe request names.
+const maxBatch = 200
+
+func (h *Hub) openLocked() *upConn {
+	c := &upConn{h: h, id: connIDs.Add(1), names: map[string]struct{}{}, sent: map[int64][]string{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancelCause(h.hubs.ctx)
+	h.conns[c] = struct{}{}
+	h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Inc()
+	go c.run()
+	return c
+}
+
+// closeLocked ends c; its streams are elsewhere or gone.
+func (h *Hub) closeLocked(c *upConn, why string) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	delete(h.conns, c)
+	h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Dec()
+	c.cancel(errors.New(why))
+}
+
+func (c *upConn) queueLocked(name string, unsub bool) {
+	c.ops = append(c.ops, upOp{name: name, unsub: unsub})
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the next request to send: consecutive operations of one
+// kind, up to maxBatch streams, and its id.
+func (c *upConn) take() (names []string, unsub bool, id int64) {
+	c.h.mu.Lock()
+	defer c.h.mu.Unlock()
+	if len(c.ops) == 0 {
+		return nil, false, 0
+	}
+	unsub = c.ops[0].unsub
+	i := 0
+	for ; i < len(c.ops) && i < maxBatch && c.ops[i].unsub == unsub; i++ {
+		names = append(names, c.ops[i].name)
+	}
+	c.ops = c.ops[i:]
+	id = c.h.nextID.Add(1)
+	if !unsub {
+		c.sent[id] = names
+	}
+	return names, unsub, id
+}
+
+// run keeps c connected until it is closed: after a connection drops, it
+// dials again (within the connection budget, backing off) and subscribes
+// every stream it carries.
+func (c *upConn) run() {
+	defer close(c.done)
+	h := c.h
+	backoff := time.Second
+	for c.ctx.Err() == nil {
+		ws, wait, err := c.connect()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return
+			}
+			wait = max(wait, backoff)
+			backoff = min(2*backoff, time.Minute)
+			h.hubs.metrics.upstreamOpened.WithLabelValues(h.host, "failed").Inc()
+			h.log.Warn("upstream stream connection failed", "conn", c.id, "error", err, "retry_in", wait.String())
+			select {
+			case <-time.After(wait):
+			case <-c.ctx.Done():
+			}
+			continue
+		}
+		backoff = time.Second
+		h.hubs.metrics.upstreamOpened.WithLabelValues(h.host, "ok").Inc()
+		h.mu.Lock()
+		c.ops = c.ops[:0]
+		clear(c.sent)
+		for _, name := range slices.Sorted(maps.Keys(c.names)) {
+			c.ops = append(c.ops, upOp{name: name})
+		}
+		retiring := c.retiring
+		h.mu.Unlock()
+		if retiring {
+			ws.CloseNow()
+			return
+		}
+		err = c.serve(ws)
+		if c.ctx.Err() != nil {
+			return
+		}
+		h.mu.Lock()
+		retiring = c.retiring
+		h.mu.Unlock()
+		if retiring {
+			return // the replacement has its streams
+		}
+		h.log.Warn("upstream stream connection lost; reconnecting", "conn", c.id, "error", err)
+	}
+}
+
+// connect dials the upstream once the connection budget has room. wait is
+// how long the exchange asked sluice to wait when it refused.
+func (c *upConn) connect() (*websocket.Conn, time.Duration, error) {
+	h := c.h
+	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, "https://"+h.host+h.spec.proto.UpstreamPath(h.ns), nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	lease, err := h.hubs.limit.Acquire(c.ctx, h.spec.budget, h.host, req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("connection budget %s: %w", h.spec.proto.Name()+"-stream-connections", err)
+	}
+	lease.Release()
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	ws, resp, err := h.dial(ctx, h.spec.proto.UpstreamPath(h.ns))
+	if err != nil {
+		var wait time.Duration
+		if resp != nil {
+			if s, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && s > 0 {
+				wait = time.Duration(s) * time.Second
+			}
+			err = fmt.Errorf("%w (HTTP %d)", err, resp.StatusCode)
+		}
+		return nil, wait, err
+	}
+	ws.SetReadLimit(32 << 20)
+	return ws, 0, nil
+}
+
+// serve runs one upstream connection until it ends: its events go to
+// their streams, its requests go out paced.
+func (c *upConn) serve(ws *websocket.Conn) error {
+	h := c.h
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.read(ws) }()
+	life := time.NewTimer(h.spec.lifetime - min(h.spec.lifetime/10, 5*time.Minute))
+	defer life.Stop()
+	pace := time.NewTimer(0)
+	defer pace.Stop()
+	paced := true // the pace timer has fired: a request may go
+	for {
+		var wake <-chan struct{}
+		if paced {
+			wake = c.wake
+		}
+		select {
+		case err := <-readErr:
+			ws.CloseNow()
+			return err
+		case <-c.ctx.Done():
+			ws.Close(websocket.StatusNormalClosure, "")
+			<-readErr
+			return c.ctx.Err()
+		case <-life.C:
+			go h.roll(c, "lifetime")
+		case <-pace.C:
+			paced = true
+			select {
+			case c.wake <- struct{}{}: // look again for requests left waiting
+			default:
+			}
+		case <-wake:
+			names, unsub, id := c.take()
+			if len(names) == 0 {
+				continue
+			}
+			wctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+			err := ws.Write(wctx, websocket.MessageText, h.spec.proto.Subscribe(names, unsub, id))
+			cancel()
+			if err != nil {
+				ws.CloseNow()
+				<-readErr
+				return fmt.Errorf("sending a subscribe request: %w", err)
+			}
+			paced = false
+			pace.Reset(h.spec.msgInterval)
+		}
+	}
+}
+
+// read delivers c's events until the connection ends. Pings are answered
+// by the WebSocket library as they are read.
+func (c *upConn) read(ws *websocket.Conn) error {
+	h := c.h
+	for {
+		_, msg, err := ws.Read(c.ctx)
+		if err != nil {
+			return err
+		}
+		h.hubs.metrics.upstreamMessages.WithLabelValues(h.host).Inc()
+		m := h.spec.proto.Upstream(msg)
+		switch m.kind {
+		case upstreamEvent:
+			h.mu.RLock()
+			s := h.streams[m.stream]
+			h.mu.RUnlock()
+			if s != nil {
+				s.deliver(c, m.ev)
+			}
+		case upstreamAnswer:
+			c.answered(m.id)
+		case upstreamShutdown:
+			go h.roll(c, m.detail)
+		case upstreamError:
+			c.answered(m.id)
+			h.log.Warn("upstream refused a stream request", "conn", c.id, "request", m.id, "error", m.detail)
+		case upstreamUnknown:
+			h.log.Debug("upstream stream message not understood", "conn", c.id, "detail", m.detail)
+		}
+	}
+}
+
+// answered marks the streams of sluice's subscribe request id live: the
+// exchange answers once a subscription is in force.
+func (c *upConn) answered(id int64) {
+	h := c.h
+	h.mu.Lock()
+	names := c.sent[id]
+	delete(c.sent, id)
+	streams := make([]*stream, 0, len(names))
+	for _, name := range names {
+		if s := h.streams[name]; s != nil {
+			streams = append(streams, s)
+		}
+	}
+	h.mu.Unlock()
+	for _, s := range streams {
+		s.markLive()
+	}
+}
+
+// rollGrace bounds how long a replaced connection keeps delivering while
+// its replacement catches up.
+const rollGrace = 30 * time.Second
+
+// roll replaces c: a new connection subscribes c's streams, each stream
+// switches over when the new one continues exactly where c is, and then
+// c closes.
+func (h *Hub) roll(c *upConn, cause string) {
+	h.mu.Lock()
+	if c.retiring || c.closed {
+		h.mu.Unlock()
+		return
+	}
+	c.retiring = true
+	var streams []*stream
+	if len(c.names) > 0 {
+		n := h.openLocked()
+		for name := range c.names {
+			s := h.streams[name]
+			n.names[name] = struct{}{}
+			s.on = n
+			s.rollTo(n)
+			n.queueLocked(name, false)
+			streams = append(streams, s)
+		}
+		c.names = map[string]struct{}{}
+	}
+	h.mu.Unlock()
+	h.hubs.metrics.rollovers.WithLabelValues(h.host, cause).Inc()
+	h.log.Info("replacing upstream stream connection", "conn", c.id, "cause", cause, "streams", len(streams))
+	go h.retire(c, streams)
+}
+
+// retire closes c once none of streams is delivered by it any more, or
+// after rollGrace, or when c ends by itself.
+func (h *Hub) retire(c *upConn, streams []*stream) {
+	deadline := time.NewTimer(rollGrace)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-deadline.C:
+			break wait
+		case <-c.done:
+			break wait
+		case <-tick.C:
+			if !slices.ContainsFunc(streams, func(s *stream) bool { return s.owned(c) }) {
+				break wait
+			}
+		}
+	}
+	for _, s := range streams {
+		s.release(c)
+	}
+	h.mu.Lock()
+	h.closeLocked(c, "replaced")
+	h.mu.Unlock()
+}
