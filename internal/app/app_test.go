@@ -567,7 +567,8 @@ func TestSeriesFromTheStart(t *testing.T) {
 	redis := testredis.Start(t)
 	t.Setenv("SLUICE_TEST_KEY", "real-key")
 	t.Setenv("SLUICE_TEST_SECRET", "real-secret")
-	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget, feedback: [ratelimit]}, rules: only_get}\n") +
+	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget, feedback: [ratelimit]}, rules: only_get}\n"+
+		"  stream.binance.com: {profile: binance, ports: [9443, 443]}\n") +
 		"keys:\n  k: {exchange: binance, key_env: SLUICE_TEST_KEY, secret_env: SLUICE_TEST_SECRET}\n" +
 		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.test], keys: {api.test: k}}\n" +
 		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\", cache: true}\n"

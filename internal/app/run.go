@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -277,7 +278,7 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 	g.Go(func() error {
 		defer close(proxyDone)
 		err := srv.Serve(gctx, proxy.Listeners{Proxy: lns["proxy"], ProxyTLS: lns["proxy_tls"], Reverse: lns["reverse.addr"],
-			TransparentTLS: lns["transparent_tls"], TransparentHTTP: lns["transparent_http"]})
+			TransparentTLS: transparentTLS(p.cfg.Listen, lns), TransparentHTTP: lns["transparent_http"]})
 		gw.Close()
 		return err
 	})
@@ -438,8 +439,10 @@ func configName(path string) string {
 // listen opens the TCP listeners that are not off, by their listen key
 // (dns: its TCP side).
 func listen(l config.Listen) (map[string]net.Listener, error) {
-	addrs := map[string]string{"proxy": l.Proxy, "proxy_tls": l.ProxyTLS, "admin": l.Admin,
-		"transparent_tls": l.TransparentTLS, "transparent_http": l.TransparentHTTP, "dns": l.DNS}
+	addrs := map[string]string{}
+	for _, a := range l.Named() {
+		addrs[a.Key] = a.Addr
+	}
 	if l.Reverse != nil {
 		addrs["reverse.addr"] = l.Reverse.Addr
 	}
@@ -456,6 +459,25 @@ func listen(l config.Listen) (map[string]net.Listener, error) {
 		lns[key] = ln
 	}
 	return lns, nil
+}
+
+// transparentTLS lists the listeners of listen.transparent_tls, in order,
+// each with the port it stands for: its own, as DNS sends clients there;
+// 443 for port 0 (tests).
+func transparentTLS(l config.Listen, lns map[string]net.Listener) []proxy.TransparentListener {
+	var out []proxy.TransparentListener
+	for _, a := range l.Named() {
+		ln, ok := lns[a.Key]
+		if !ok || !strings.HasPrefix(a.Key, "transparent_tls") {
+			continue
+		}
+		port := uint16(443)
+		if ap, err := netip.ParseAddrPort(a.Addr); err == nil && ap.Port() != 0 {
+			port = ap.Port()
+		}
+		out = append(out, proxy.TransparentListener{Listener: ln, Port: port})
+	}
+	return out
 }
 
 func closeAll(lns map[string]net.Listener) {

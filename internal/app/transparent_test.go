@@ -36,9 +36,10 @@ func TestTransparentWithDNS(t *testing.T) {
 	}), "api.binance.com", "api.kraken.com")
 	lines := strings.SplitAfter(hosts, "\n")
 	cfg := func(hosts string) string {
-		return fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0, transparent_tls: %q, dns: 127.0.0.1:0}\n", front) +
+		// Two transparent listeners, as Binance's streams need 9443 too.
+		return fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0, transparent_tls: [%q, %q], dns: 127.0.0.1:0}\n", front, strings.TrimSuffix(front, ":443")+":9443") +
 			fmt.Sprintf("dns: {answer: [%s], resolvers: [%s]}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nhosts:\n", strings.TrimSuffix(front, ":443"), resolver.Addr) +
-			strings.ReplaceAll(hosts, "allow_private: true}", "allow_private: true, profile: binance}")
+			strings.ReplaceAll(hosts, "allow_private: true}", "allow_private: true, profile: binance, ports: [443, 9443]}")
 	}
 	r := startRun(t, cfg(lines[0]))
 	dnsHost, dnsPort := splitAddr(t, r.addrs["dns"])
@@ -67,6 +68,12 @@ func TestTransparentWithDNS(t *testing.T) {
 		"https://api.binance.com/api/v3/time").CombinedOutput()
 	if err != nil || string(out) != `{"serverTime":1}` {
 		t.Errorf("curl --resolve api.binance.com:443:%s: %v\n%s", frontIP, err, out)
+	}
+
+	out, err = exec.Command(curl, "-sS", "--cacert", ca, "--resolve", "api.binance.com:9443:"+frontIP,
+		"https://api.binance.com:9443/api/v3/time").CombinedOutput()
+	if err != nil || string(out) != `{"serverTime":1}` {
+		t.Errorf("curl to the second transparent listener, api.binance.com:9443: %v\n%s", err, out)
 	}
 
 	os.WriteFile(r.cfg, []byte(cfg(hosts)), 0o644)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,9 +75,10 @@ type Listen struct {
 	// Reverse is an optional reverse-proxy listener in front of one backend.
 	Reverse *Reverse `yaml:"reverse,omitempty"`
 	// TransparentTLS takes TLS connections from clients that DNS sent to
-	// sluice (they believe they talk to the host on 443) and routes each by
-	// its SNI. Default off.
-	TransparentTLS string `yaml:"transparent_tls,omitempty" reload:"restart"`
+	// sluice (they believe they talk to the host on 443, or 9443 for
+	// Binance's streams) and routes each by its SNI: an address or a list
+	// (`[":443", ":9443"]`). Default off.
+	TransparentTLS Addrs `yaml:"transparent_tls,omitempty,flow" reload:"restart"`
 	// TransparentHTTP takes plain requests from such clients (port 80) and
 	// routes each by its Host. Default off.
 	TransparentHTTP string `yaml:"transparent_http,omitempty" reload:"restart"`
@@ -176,6 +178,33 @@ type Reverse struct {
 	// ProxyProtocol reads a PROXY protocol (v1 or v2) header from trusted
 	// peers, as HAProxy and cloud load balancers send it.
 	ProxyProtocol bool `yaml:"proxy_protocol,omitempty" reload:"restart"`
+}
+
+// ListenAddr is one listener address and where the config sets it.
+type ListenAddr struct {
+	// Key names the listener: "proxy", "transparent_tls", and from the
+	// second address of a list on, "transparent_tls[1]".
+	Key string
+	// Path is its place under listen, for errors.
+	Path []string
+	Addr string
+}
+
+// Named lists the addresses of the listeners (off ones too) but the
+// reverse one, with their keys.
+func (l Listen) Named() []ListenAddr {
+	out := []ListenAddr{{"proxy", []string{"proxy"}, l.Proxy}, {"proxy_tls", []string{"proxy_tls"}, l.ProxyTLS}, {"admin", []string{"admin"}, l.Admin}}
+	for i, a := range l.TransparentTLS {
+		key, path := "transparent_tls", []string{"transparent_tls"}
+		if len(l.TransparentTLS) > 1 {
+			path = append(path, strconv.Itoa(i))
+		}
+		if i > 0 {
+			key = fmt.Sprintf("transparent_tls[%d]", i)
+		}
+		out = append(out, ListenAddr{key, path, a})
+	}
+	return append(out, ListenAddr{"transparent_http", []string{"transparent_http"}, l.TransparentHTTP}, ListenAddr{"dns", []string{"dns"}, l.DNS})
 }
 
 // Off is the listener address that disables a listener.
@@ -406,14 +435,16 @@ func (c *Config) applyDefaults() {
 	setString(&c.Listen.Proxy, "127.0.0.1:3128")
 	setString(&c.Listen.Admin, "127.0.0.1:9090")
 	setString(&c.Listen.ProxyTLS, Off)
-	setString(&c.Listen.TransparentTLS, Off)
+	if len(c.Listen.TransparentTLS) == 0 {
+		c.Listen.TransparentTLS = Addrs{Off}
+	}
 	setString(&c.Listen.TransparentHTTP, Off)
 	setString(&c.Listen.DNS, Off)
 	setString(&c.DNS.Refuse, "refused")
 	if c.DNS.RateLimit == nil {
 		c.DNS.RateLimit = &RateLimit{PerSecond: 1000}
 	}
-	if c.Listen.DNS != Off || c.Listen.TransparentTLS != Off || c.Listen.TransparentHTTP != Off {
+	if c.Listen.DNS != Off || c.Listen.TransparentTLS.On() || c.Listen.TransparentHTTP != Off {
 		setString(&c.DNS.Pin, "first")
 	}
 	setString(&c.DNS.Pin, Off)

@@ -76,3 +76,32 @@ func (m *PolicyMode) UnmarshalYAML(n *yaml.Node) error {
 	}
 	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: policy %q is not one of enforce, report", n.Line, n.Value)}}
 }
+
+// Addrs is one listen address or a list of them ("off": none). In YAML a
+// single address may be written without the list.
+type Addrs []string
+
+// On says whether any address is listened on.
+func (a Addrs) On() bool { return len(a) > 0 && !(len(a) == 1 && a[0] == Off) }
+
+// UnmarshalYAML accepts an address or a list of addresses.
+func (a *Addrs) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*a = Addrs{n.Value}
+		return nil
+	}
+	var list []string
+	if err := n.Decode(&list); err != nil {
+		return err
+	}
+	*a = list
+	return nil
+}
+
+// MarshalYAML writes a single address without the list.
+func (a Addrs) MarshalYAML() (any, error) {
+	if len(a) == 1 {
+		return a[0], nil
+	}
+	return []string(a), nil
+}

@@ -57,25 +57,23 @@ func (c *Config) validate() []error {
 	}
 
 	seen := map[string]string{}
-	for _, l := range []struct{ key, addr string }{
-		{"proxy", c.Listen.Proxy}, {"proxy_tls", c.Listen.ProxyTLS}, {"admin", c.Listen.Admin},
-		{"transparent_tls", c.Listen.TransparentTLS}, {"transparent_http", c.Listen.TransparentHTTP}, {"dns", c.Listen.DNS},
-	} {
-		if l.addr == Off {
-			if l.key == "proxy" {
-				add(errors.New("the forward proxy listener cannot be off"), "listen", l.key)
+	for _, l := range c.Listen.Named() {
+		if l.Addr == Off {
+			if l.Key == "proxy" {
+				add(errors.New("the forward proxy listener cannot be off"), "listen", l.Key)
 			}
 			continue
 		}
-		ap, err := netip.ParseAddrPort(l.addr)
+		at := append([]string{"listen"}, l.Path...)
+		ap, err := netip.ParseAddrPort(l.Addr)
 		if err != nil {
-			add(fmt.Errorf("%q is not IP:port (example: 127.0.0.1:3128)", l.addr), "listen", l.key)
+			add(fmt.Errorf("%q is not IP:port (example: 127.0.0.1:3128)", l.Addr), at...)
 			continue
 		}
 		if other, dup := seen[ap.String()]; dup && ap.Port() != 0 {
-			add(fmt.Errorf("%s is also listen.%s", l.addr, other), "listen", l.key)
+			add(fmt.Errorf("%s is also listen.%s", l.Addr, other), at...)
 		}
-		seen[ap.String()] = l.key
+		seen[ap.String()] = l.Key
 	}
 
 	if r := c.Listen.Reverse; r != nil {

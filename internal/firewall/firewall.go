@@ -55,20 +55,16 @@ type Resolver struct {
 // FromTable fills the ports and resolvers of s from a compiled config.
 func (s *Spec) FromTable(t *route.Table) error {
 	cfg, resolvers := t.Config, t.Resolvers
-	for _, l := range []struct {
-		addr string
-		udp  bool
-	}{{cfg.Listen.Proxy, false}, {cfg.Listen.ProxyTLS, false}, {cfg.Listen.TransparentTLS, false},
-		{cfg.Listen.TransparentHTTP, false}, {cfg.Listen.DNS, true}} {
-		if l.addr == config.Off {
+	for _, l := range cfg.Listen.Named() {
+		if l.Addr == config.Off || l.Key == "admin" {
 			continue
 		}
-		ap, err := netip.ParseAddrPort(l.addr)
+		ap, err := netip.ParseAddrPort(l.Addr)
 		if err != nil {
 			return err
 		}
 		s.ClientTCP = append(s.ClientTCP, ap.Port())
-		if l.udp {
+		if l.Key == "dns" {
 			s.ClientUDP = append(s.ClientUDP, ap.Port())
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"sluice/internal/blobs"
 	"sluice/internal/ca"
@@ -121,9 +123,9 @@ func newHarnessMeters(t testing.TB, meters store.Meters, hostsYAML string, extra
 		t.Fatal(err)
 	}
 	h.bans = bans
-	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t), TransparentTLS: listenLoopback(t), TransparentHTTP: listenLoopback(t)}
+	lns := proxy.Listeners{Proxy: listenLoopback(t), ProxyTLS: listenLoopback(t), TransparentTLS: []proxy.TransparentListener{{Listener: listenLoopback(t), Port: 443}}, TransparentHTTP: listenLoopback(t)}
 	h.proxyAddr, h.tlsAddr = lns.Proxy.Addr().String(), lns.ProxyTLS.Addr().String()
-	h.transparentTLSAddr, h.transparentHTTPAddr = lns.TransparentTLS.Addr().String(), lns.TransparentHTTP.Addr().String()
+	h.transparentTLSAddr, h.transparentHTTPAddr = lns.TransparentTLS[0].Addr().String(), lns.TransparentHTTP.Addr().String()
 	if cfg.Listen.Reverse != nil {
 		lns.Reverse = listenLoopback(t)
 		h.reverseAddr = lns.Reverse.Addr().String()
@@ -370,6 +372,31 @@ func (h *harness) metric(name, label, value string) float64 {
 					return m.GetGauge().GetValue()
 				}
 			}
+		}
+	}
+	return 0
+}
+
+// metricOf returns the value of the series of name whose labels include
+// every name/value pair given.
+func (h *harness) metricOf(name string, pairs ...string) float64 {
+	h.t.Helper()
+	families, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			for i := 0; i+1 < len(pairs); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == pairs[i] && l.GetValue() == pairs[i+1] }) {
+					continue series
+				}
+			}
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return 0

@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -171,12 +172,20 @@ func New(opts Options) (*Server, error) {
 
 const maxClientStreams = 100
 
+// TransparentListener is a transparent TLS listener and the port its
+// clients believe they connect to: its own, where DNS sends them (443;
+// 9443 for Binance's streams).
+type TransparentListener struct {
+	net.Listener
+	Port uint16
+}
+
 // Listeners are the sockets Serve serves; nil ones are off.
 type Listeners struct {
 	Proxy           net.Listener
 	ProxyTLS        net.Listener // the HTTPS-proxy listener
 	Reverse         net.Listener
-	TransparentTLS  net.Listener
+	TransparentTLS  []TransparentListener
 	TransparentHTTP net.Listener
 }
 
@@ -247,14 +256,16 @@ func (s *Server) Serve(ctx context.Context, lns Listeners) error {
 	if lns.TransparentHTTP != nil {
 		serve(s.plain, s.conns.listener(lns.TransparentHTTP, "transparent_http", true, nil))
 	}
-	if ln := lns.TransparentTLS; ln != nil {
-		g.Go(func() error { return s.serveTransparentTLS(s.conns.listener(ln, "transparent_tls", false, nil), base) })
+	for _, ln := range lns.TransparentTLS {
+		g.Go(func() error {
+			return s.serveTransparentTLS(s.conns.listener(ln.Listener, "transparent_tls", false, nil), strconv.Itoa(int(ln.Port)), base)
+		})
 	}
 	serve(s.mitm, s.mitmLn)
 	g.Go(func() error {
 		<-gctx.Done()
-		if lns.TransparentTLS != nil {
-			lns.TransparentTLS.Close()
+		for _, ln := range lns.TransparentTLS {
+			ln.Close()
 		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), s.cfg.Timeouts.Shutdown.D())
 		defer cancel()

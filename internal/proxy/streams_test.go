@@ -205,7 +205,7 @@ func TestSharedStreams(t *testing.T) {
 			t.Errorf("upstream subscriptions of %s: %d, want 1", s, n)
 		}
 	}
-	if got := h.metric("sluice_streams_subscriptions", "host", "stream.binance.com"); got != 3 {
+	if got := h.metricOf("sluice_streams_subscriptions", "host", "stream.binance.com"); got != 3 {
 		t.Errorf("sluice_streams_subscriptions = %v, want 3", got)
 	}
 
@@ -427,7 +427,7 @@ func TestRollover(t *testing.T) {
 					t.Errorf("client %d: %s", i+1, why)
 				}
 			}
-			if got := h.metric("sluice_streams_rollovers_total", "", ""); got < 2 {
+			if got := h.metricOf("sluice_streams_rollovers_total", "host", "stream.binance.com", "cause", tc.name); got < 2 {
 				t.Errorf("%v rollovers, want at least 2 in 3 s of 800 ms connections", got)
 			}
 			if x.ConnsOpen.Load() > 2 {
@@ -457,7 +457,7 @@ func TestSlowClient(t *testing.T) {
 	b := syncBook(t, h, good, "BTCUSDT", 1)
 	testenv.WaitFor(t, 30*time.Second, "the stuck client closed", func() bool {
 		b.follow(t, good, 10)
-		return h.metric("sluice_streams_clients_dropped_total", "reason", "slow") == 1
+		return h.metricOf("sluice_streams_clients_dropped_total", "host", "stream.binance.com", "reason", "slow") == 1
 	})
 	b.follow(t, good, 50)
 	if ok, why := b.matches(x, "BTCUSDT"); !ok {

@@ -17,15 +17,15 @@ import (
 
 // The transparent listeners serve clients that were never told about a
 // proxy: DNS sent them to sluice, and they believe they talk to the host.
-// A TLS connection becomes the CONNECT its ClientHello's SNI names (port
-// 443) and runs through the pipeline as one: the ban gate and the policy
+// A TLS connection becomes the CONNECT its ClientHello's SNI names (at
+// the listener's port) and runs through the pipeline as one: the ban gate and the policy
 // decide before anything is minted, a tunneled host is spliced with the
 // ClientHello replayed to the upstream, an intercepted one terminated with
 // its leaf. Plain requests are served by an http.Server whose requests are
 // routed by Host (see Identify).
 
 // serveTransparentTLS accepts connections on ln until it is closed.
-func (s *Server) serveTransparentTLS(ln net.Listener, base context.Context) error {
+func (s *Server) serveTransparentTLS(ln net.Listener, port string, base context.Context) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -40,11 +40,11 @@ func (s *Server) serveTransparentTLS(ln net.Listener, base context.Context) erro
 			continue
 		}
 		backoff = 0
-		go s.transparentTLS(base, c)
+		go s.transparentTLS(base, c, port)
 	}
 }
 
-func (s *Server) transparentTLS(base context.Context, c net.Conn) {
+func (s *Server) transparentTLS(base context.Context, c net.Conn, port string) {
 	untrack := s.track(c)
 	defer untrack()
 	sni, replay, err := peekClientHello(c, s.live().Timeouts.TLSHandshake.D())
@@ -56,7 +56,7 @@ func (s *Server) transparentTLS(base context.Context, c net.Conn) {
 	}
 	authority := ""
 	if sni != "" {
-		authority = net.JoinHostPort(sni, "443")
+		authority = net.JoinHostPort(sni, port)
 	}
 	r := (&http.Request{
 		Method: http.MethodConnect, URL: &url.URL{Host: authority}, Host: authority, RequestURI: authority,
