@@ -8,7 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -534,4 +538,213 @@ func readOne(c *wsClient) (map[string]any, error) {
 	}
 	var m map[string]any
 	return m, json.Unmarshal(msg, &m)
+}
+
+// ccxtProScript runs SLUICE_TEST_BOTS ccxt pro bots through sluice, half
+// of them joining 400 ms after the first book synced: each watches a
+// ticker, one minute candles and the order book of BTC/USDT, and prints
+// its book.
+const ccxtProScript = `
+const ccxt = require("ccxt");
+const proxy = process.env.SLUICE_TEST_PROXY;
+const bots = +process.env.SLUICE_TEST_BOTS;
+const sym = "BTC/USDT";
+const progress = {};
+setTimeout(() => { console.error("timed out; where each bot is:", JSON.stringify(progress)); process.exit(2); }, 60000).unref();
+let firstBook;
+const firstBookSynced = new Promise(r => { firstBook = r; });
+async function bot(i) {
+  // The late half joins once the book is shared and its cached snapshot
+  // has aged: their first events must still cover that snapshot.
+  if (i >= bots / 2) {
+    await firstBookSynced;
+    await new Promise(r => setTimeout(r, 400));
+  }
+  const ex = new ccxt.pro.binance({httpsProxy: proxy, wssProxy: proxy, timeout: 10000, options: {fetchMarkets: {types: ["spot"]}}});
+  progress[i] = "proxy modules";
+  await ex.loadProxyModules(); // ccxt's WebSockets reach a proxy through https-proxy-agent
+  progress[i] = "markets";
+  await ex.loadMarkets();
+  progress[i] = "ticker";
+  const t = await ex.watchTicker(sym);
+  progress[i] = "candles";
+  const k = await ex.watchOHLCV(sym, "1m");
+  let ob;
+  for (let n = 0; n < 30; n++) {
+    progress[i] = "book " + n;
+    ob = await ex.watchOrderBook(sym);
+    if (n === 5) firstBook();
+  }
+  progress[i] = "done";
+  // Copied now: ccxt goes on updating the book until the exchange closes.
+  const copy = side => side.map(l => [l[0], l[1]]);
+  const book = {bot: i, last: t.last, candles: k.length, nonce: ob.nonce, bids: copy(ob.bids), asks: copy(ob.asks)};
+  await ex.close();
+  return book;
+}
+(async () => {
+  const out = await Promise.all(Array.from({length: bots}, (_, i) => bot(i)));
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error(String(e && e.stack || e)); process.exit(1); });
+`
+
+// TestCcxtProThroughSharedStreams: 20 ccxt pro bots (npm's ccxt, as
+// freqtrade's stack uses it), late joiners included, watch a ticker,
+// candles and a book through sluice: sluice holds one upstream connection
+// with one subscription per stream, every bot's book syncs at the first
+// try (one snapshot each, no resync) and equals the exchange's at its
+// update id.
+func TestCcxtProThroughSharedStreams(t *testing.T) {
+	node := testenv.RequireTool(t, "node", "nodejs")
+	modules := testenv.RequireNodeModule(t, "ccxt")
+	testenv.RequireNodeModule(t, "http-proxy-agent") // ccxt loads it with https-proxy-agent
+	x := &testexchange.Binance{}
+	h := streamHarness(t, x, "")
+	caFile := filepath.Join(t.TempDir(), "sluice-ca.pem")
+	if err := os.WriteFile(caFile, h.root.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const bots = 20
+	cmd := exec.CommandContext(t.Context(), node, "-e", ccxtProScript)
+	cmd.Env = append(os.Environ(), "NODE_PATH="+modules, "NODE_EXTRA_CA_CERTS="+caFile, "SLUICE_TEST_PROXY=http://"+h.proxyAddr,
+		fmt.Sprintf("SLUICE_TEST_BOTS=%d", bots), "HTTPS_PROXY=", "https_proxy=", "NO_PROXY=")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ccxt pro bots through sluice: %v\n%s", err, stderr.String())
+	}
+	var books []struct {
+		Bot        int
+		Last       float64
+		Candles    int
+		Nonce      int64
+		Bids, Asks [][2]float64
+	}
+	if err := json.Unmarshal(out, &books); err != nil || len(books) != bots {
+		t.Fatalf("ccxt printed %s (%v), want %d books", out, err, bots)
+	}
+	for _, b := range books {
+		bids, asks, ok := x.Book("BTCUSDT", b.Nonce)
+		if !ok {
+			t.Errorf("bot %d: book at nonce %d, which is no update id the exchange kept", b.Bot, b.Nonce)
+			continue
+		}
+		for side, got := range map[string][][2]float64{"bids": b.Bids, "asks": b.Asks} {
+			want := floats(map[string][][2]string{"bids": bids, "asks": asks}[side])
+			if d := firstDifference(got, want); d != "" {
+				t.Errorf("bot %d: %s at update id %d differ from the exchange's: %s", b.Bot, side, b.Nonce, d)
+			}
+		}
+		if b.Last == 0 || b.Candles == 0 {
+			t.Errorf("bot %d: ticker last %v, %d candles", b.Bot, b.Last, b.Candles)
+		}
+	}
+	snapshots := 0
+	for _, l := range h.accessLines() {
+		if l["path"] == "/api/v3/depth" {
+			snapshots++
+		}
+	}
+	if snapshots != bots {
+		t.Errorf("%d depth snapshots for %d bots: a book resynced", snapshots, bots)
+	}
+	if x.ConnsOpened.Load() != 1 {
+		t.Errorf("%d upstream connections for %d ccxt pro bots, want 1", x.ConnsOpened.Load(), bots)
+	}
+	for s, n := range x.Subscribed() {
+		if n != 1 {
+			t.Errorf("%s subscribed %d times upstream", s, n)
+		}
+	}
+}
+
+func firstDifference(got, want [][2]float64) string {
+	for i := range max(len(got), len(want)) {
+		switch {
+		case i >= len(got):
+			return fmt.Sprintf("level %d missing (the exchange has %v)", i, want[i])
+		case i >= len(want):
+			return fmt.Sprintf("level %d is %v, which the exchange does not have", i, got[i])
+		case got[i] != want[i]:
+			return fmt.Sprintf("level %d is %v, the exchange's %v", i, got[i], want[i])
+		}
+	}
+	return ""
+}
+
+func floats(levels [][2]string) [][2]float64 {
+	out := make([][2]float64, len(levels))
+	for i, l := range levels {
+		out[i][0], _ = strconv.ParseFloat(l[0], 64)
+		out[i][1], _ = strconv.ParseFloat(l[1], 64)
+	}
+	return out
+}
+
+// aiohttpStreams reaches Binance's streams the way freqtrade's stack does:
+// aiohttp's ws_connect through the proxy, trusting sluice's CA; two
+// connections, raw and combined, print what they got.
+const aiohttpStreams = `
+import asyncio, json, ssl, sys, aiohttp
+async def read(s, url, n, ctx):
+    out = []
+    async with s.ws_connect(url, proxy=sys.argv[1], ssl=ctx, heartbeat=20) as ws:
+        while len(out) < n:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            out.append(json.loads(msg.data))
+    return out
+async def main():
+    ctx = ssl.create_default_context(cafile=sys.argv[2])
+    async with aiohttp.ClientSession() as s:
+        raw, combined = await asyncio.gather(
+            read(s, "wss://stream.binance.com:9443/ws/ethusdt@trade", 20, ctx),
+            read(s, "wss://stream.binance.com:9443/stream?streams=ethusdt@trade/ethusdt@depth@100ms", 20, ctx))
+    print(json.dumps({"raw": raw, "combined": combined}))
+asyncio.run(main())
+`
+
+// TestAiohttpThroughSharedStreams: Python aiohttp (Debian's
+// python3-aiohttp) gets raw and combined frames through sluice, trade ids
+// without a gap, over one upstream connection.
+func TestAiohttpThroughSharedStreams(t *testing.T) {
+	python := "python3"
+	if exec.Command(python, "-c", "import aiohttp").Run() != nil {
+		testenv.RequireTool(t, "python3-aiohttp")
+	}
+	x := &testexchange.Binance{}
+	h := streamHarness(t, x, "")
+	caFile := filepath.Join(t.TempDir(), "sluice-ca.pem")
+	if err := os.WriteFile(caFile, h.root.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), python, "-c", aiohttpStreams, "http://"+h.proxyAddr, caFile)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("aiohttp through sluice: %v\n%s", err, stderr.String())
+	}
+	var got struct{ Raw, Combined []map[string]any }
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("aiohttp printed %s: %v", out, err)
+	}
+	var last float64
+	for _, ev := range got.Raw {
+		if ev["e"] != "trade" || ev["stream"] != nil {
+			t.Fatalf("raw connection got %v", ev)
+		}
+		if id := ev["t"].(float64); last != 0 && id != last+1 {
+			t.Errorf("trade %v after %v", id, last)
+		}
+		last = ev["t"].(float64)
+	}
+	for _, ev := range got.Combined {
+		if s, _ := ev["stream"].(string); s != "ethusdt@trade" && s != "ethusdt@depth@100ms" {
+			t.Fatalf("combined connection got %v", ev)
+		}
+	}
+	if x.ConnsOpened.Load() != 1 {
+		t.Errorf("%d upstream connections, want 1", x.ConnsOpened.Load())
+	}
 }

@@ -164,12 +164,20 @@ func (x *Binance) tick() {
 		asks, _ := json.Marshal(ch.asks)
 		depth := fmt.Appendf(nil, `{"e":"depthUpdate","E":%d,"s":%q,"U":%d,"u":%d,"b":%s,"a":%s}`, now, ch.sym, (k-1)*idsPerStep+1, k*idsPerStep, bids, asks)
 		trade := fmt.Appendf(nil, `{"e":"trade","E":%d,"s":%q,"t":%d,"p":%q,"q":"0.001","T":%d,"m":false}`, now, ch.sym, k, price(ch.sym, 1, 0), now)
-		ticker := fmt.Appendf(nil, `{"e":"24hrTicker","E":%d,"s":%q,"c":%q,"v":"%d"}`, now, ch.sym, price(ch.sym, 1, 0), k)
+		last := price(ch.sym, 1, 0)
+		ticker := fmt.Appendf(nil, `{"e":"24hrTicker","E":%d,"s":%q,"p":"0.0","P":"0.0","w":%q,"c":%q,"Q":"0.001","b":%q,"B":"1.000","a":%q,"A":"1.000","o":%q,"h":%q,"l":%q,"v":"%d","q":"1.0","O":%d,"C":%d,"F":1,"L":%d,"n":%d}`,
+			now, ch.sym, last, last, price(ch.sym, 0, 0), last, last, last, last, k, now-86400000, now, k, k)
+		mini := fmt.Appendf(nil, `{"e":"24hrMiniTicker","E":%d,"s":%q,"c":%q,"o":%q,"h":%q,"l":%q,"v":"%d","q":"1.0"}`, now, ch.sym, last, last, last, last, k)
+		minute := now / 60000 * 60000
+		kline := fmt.Appendf(nil, `{"e":"kline","E":%d,"s":%q,"k":{"t":%d,"T":%d,"s":%q,"i":"1m","f":1,"L":%d,"o":%q,"c":%q,"h":%q,"l":%q,"v":"1.0","n":%d,"x":false,"q":"1.0","V":"0.5","Q":"0.5","B":"0"}}`,
+			now, ch.sym, minute, minute+59999, ch.sym, k, last, last, last, last, k)
 		for _, c := range out {
 			c.event(lower+"@depth@100ms", depth)
 			c.event(lower+"@depth", depth)
 			c.event(lower+"@trade", trade)
 			c.event(lower+"@ticker", ticker)
+			c.event(lower+"@miniTicker", mini)
+			c.event(lower+"@kline_1m", kline)
 		}
 	}
 }
@@ -213,8 +221,29 @@ func render(sym string, st bookState) (bids, asks [][2]string) {
 	return bids, asks
 }
 
-// ServeHTTP serves /api/v3/depth and the streams.
+// Symbols are what exchangeInfo lists (ccxt loads its markets from it).
+var Symbols = []string{"BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT", "LTCUSDT", "DOTUSDT"}
+
+func exchangeInfo(w http.ResponseWriter) {
+	var syms []string
+	for _, s := range Symbols {
+		base := strings.TrimSuffix(s, "USDT")
+		syms = append(syms, fmt.Sprintf(`{"symbol":%q,"status":"TRADING","baseAsset":%q,"baseAssetPrecision":8,"quoteAsset":"USDT","quotePrecision":8,"quoteAssetPrecision":8,`+
+			`"orderTypes":["LIMIT","MARKET"],"icebergAllowed":true,"ocoAllowed":true,"isSpotTradingAllowed":true,"isMarginTradingAllowed":false,`+
+			`"filters":[{"filterType":"PRICE_FILTER","minPrice":"0.1","maxPrice":"1000000.0","tickSize":"0.1"},`+
+			`{"filterType":"LOT_SIZE","minQty":"0.001","maxQty":"9000.0","stepSize":"0.001"},{"filterType":"NOTIONAL","minNotional":"5.0","maxNotional":"9000000.0"}],`+
+			`"permissions":[],"permissionSets":[["SPOT"]],"defaultSelfTradePreventionMode":"EXPIRE_MAKER","allowedSelfTradePreventionModes":["EXPIRE_MAKER"]}`, s, base))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"timezone":"UTC","serverTime":%d,"rateLimits":[],"exchangeFilters":[],"symbols":[%s]}`, time.Now().UnixMilli(), strings.Join(syms, ","))
+}
+
+// ServeHTTP serves /api/v3/exchangeInfo, /api/v3/depth and the streams.
 func (x *Binance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/api/v3/exchangeInfo" {
+		exchangeInfo(w)
+		return
+	}
 	if r.URL.Path == "/api/v3/depth" {
 		sym := r.URL.Query().Get("symbol")
 		if sym == "" {
