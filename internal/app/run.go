@@ -316,7 +316,7 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 			return err
 		}
 		board := dashboard.New(dashboard.Sources{Gatherer: reg, Budgets: gw.Deps.Limit.Levels, Refusals: gw.Deps.Access.Refusals,
-			Bans: bans.List, Blobs: blobStore, Pins: pinList(pins), Instance: instanceName(cfg), Version: Version()})
+			Bans: bans.List, Blobs: blobStore, Pins: pinList(pins), Streams: gw.Deps.Streams.Status, Instance: instanceName(cfg), Version: Version()})
 		g.Go(func() error { board.Run(gctx); return nil })
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Pins: pins, Token: token,
 			Dashboard: board,

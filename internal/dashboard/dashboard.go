@@ -30,6 +30,7 @@ import (
 	"sluice/internal/obs"
 	"sluice/internal/resolve"
 	"sluice/internal/store"
+	"sluice/internal/streams"
 	"sluice/internal/throttle"
 )
 
@@ -44,6 +45,7 @@ type Sources struct {
 	Bans     func(context.Context) ([]store.Ban, error)
 	Blobs    *blobs.Store
 	Pins     func() []resolve.Pin
+	Streams  func() []streams.HubStatus
 	// Instance names this sluice (fleet.instance, or the host name).
 	Instance string
 	Version  string
@@ -66,6 +68,8 @@ type Status struct {
 	BansTotal int           `json:"bans_total"`
 	Blobs     *BlobStatus   `json:"blobs,omitempty"`
 	Pins      []resolve.Pin `json:"pins,omitempty"`
+	// Streams are the shared market streams, by host and market.
+	Streams []streams.HubStatus `json:"streams,omitempty"`
 	// History is the last minutes, a Point a second, the oldest first.
 	History []Point `json:"history,omitempty"`
 	// detailed: the fields read from the components are filled in.
@@ -247,6 +251,9 @@ func (d *Dashboard) details(ctx context.Context, st *Status) {
 	}
 	if d.src.Pins != nil {
 		st.Pins = d.src.Pins()
+	}
+	if d.src.Streams != nil {
+		st.Streams = d.src.Streams()
 	}
 	st.detailed = true
 }

@@ -15,6 +15,7 @@ import (
 
 	"sluice/internal/obs"
 	"sluice/internal/store"
+	"sluice/internal/streams"
 	"sluice/internal/throttle"
 )
 
@@ -35,6 +36,10 @@ func TestSampleRates(t *testing.T) {
 		},
 		Bans: func(context.Context) ([]store.Ban, error) {
 			return []store.Ban{{Client: "203.0.113.9", Until: time.Now().Add(time.Hour), Reason: "rules"}}, nil
+		},
+		Streams: func() []streams.HubStatus {
+			return []streams.HubStatus{{Host: "stream.binance.com", Connections: 1, Clients: 41,
+				Streams: []streams.StreamStatus{{Name: "btcusdt@depth@100ms", Clients: 20, Conn: 3}}}}
 		}})
 	d.sample(t.Context())
 	cacheReqs.WithLabelValues("hit").Add(30)
@@ -61,7 +66,7 @@ func TestSampleRates(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"sluice gw-1", "hit ratio 75.0% now", "upstream calls saved 34", "binance", "[####------------]  300 of 1200  2",
-		"10.0.0.5", "evil.test:443", "host not listed", "203.0.113.9"} {
+		"10.0.0.5", "evil.test:443", "host not listed", "203.0.113.9", "MARKET STREAMS", "stream.binance.com  1", "btcusdt@depth@100ms  stream.binance.com  20"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("sluice status screen has no %q:\n%s", want, b.String())
 		}

@@ -85,6 +85,19 @@ func (st Status) WriteText(w io.Writer) error {
 			return fmt.Sprintf("  %s\t%s\t%s", p.Host, joinAddrs(p.Addrs), joinAddrs(p.Disagreeing))
 		})
 	}
+	if len(st.Streams) > 0 {
+		section("MARKET STREAMS", "  HOST\tUPSTREAM CONNECTIONS\tCLIENTS\tSTREAMS", len(st.Streams), func(i int) string {
+			h := st.Streams[i]
+			return fmt.Sprintf("  %s\t%d\t%d\t%d", h.Host, h.Connections, h.Clients, len(h.Streams))
+		})
+		var rows []string
+		for _, h := range st.Streams {
+			for _, s := range h.Streams {
+				rows = append(rows, fmt.Sprintf("  %s\t%s\t%d\t%d", s.Name, h.Host, s.Clients, s.Conn))
+			}
+		}
+		section("STREAMS (most clients first)", "  STREAM\tHOST\tCLIENTS\tUPSTREAM CONNECTION", len(rows), func(i int) string { return rows[i] })
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -209,6 +209,13 @@ func TestSharedStreams(t *testing.T) {
 			t.Errorf("upstream subscriptions of %s: %d, want 1", s, n)
 		}
 	}
+	// What sluice status and the dashboard list.
+	hubs := h.gw.Deps.Streams.Status()
+	if len(hubs) != 1 || hubs[0].Host != "stream.binance.com" || hubs[0].Connections != 1 || hubs[0].Clients != 13 || len(hubs[0].Streams) != 3 {
+		t.Errorf("streams status: %+v, want stream.binance.com with 1 upstream connection, 13 clients and 3 streams", hubs)
+	} else if s := hubs[0].Streams[0]; s.Name != "btcusdt@trade" || s.Clients != 13 {
+		t.Errorf("the stream with most clients: %+v, want btcusdt@trade with all 13", s)
+	}
 	if got := h.metricOf("sluice_streams_subscriptions", "host", "stream.binance.com"); got != 3 {
 		t.Errorf("sluice_streams_subscriptions = %v, want 3", got)
 	}

@@ -9,10 +9,13 @@
 package streams
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +133,7 @@ func (hs *Hubs) Status() []HubStatus {
 	for _, h := range hubs {
 		out = append(out, h.status())
 	}
+	slices.SortFunc(out, func(a, b HubStatus) int { return strings.Compare(a.Host, b.Host) })
 	return out
 }
 
@@ -449,5 +453,8 @@ func (h *Hub) status() HubStatus {
 	for i, s := range streams {
 		st.Streams[i].Clients = s.count()
 	}
+	slices.SortFunc(st.Streams, func(a, b StreamStatus) int {
+		return cmp.Or(b.Clients-a.Clients, strings.Compare(a.Name, b.Name))
+	})
 	return st
 }

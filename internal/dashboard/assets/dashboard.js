@@ -141,6 +141,12 @@ function render(st) {
       d => bytes(d.rate) + "/s", d => d.readers,
     ], "none");
   }
+  const hubs = st.streams || [];
+  $("streams-section").hidden = hubs.length === 0;
+  fill("stream-hubs", hubs, [h => h.host, h => h.upstream_connections, h => h.clients, h => (h.streams || []).length], "none");
+  fill("streams", hubs.flatMap(h => (h.streams || []).map(s => ({...s, host: h.host}))).slice(0, 50), [
+    s => s.name, s => s.host, s => s.clients, s => s.upstream_connection,
+  ], "none");
   $("pins-section").hidden = !st.pins;
   if (st.pins) {
     fill("pins", st.pins, [
