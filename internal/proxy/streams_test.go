@@ -715,8 +715,13 @@ asyncio.run(main())
 // python3-aiohttp) gets raw and combined frames through sluice, trade ids
 // without a gap, over one upstream connection.
 func TestAiohttpThroughSharedStreams(t *testing.T) {
-	python := "python3"
-	if exec.Command(python, "-c", "import aiohttp").Run() != nil {
+	python := ""
+	for _, p := range []string{"python3", "/usr/bin/python3"} { // a pyenv python3 may lack Debian's modules
+		if python == "" && exec.Command(p, "-c", "import aiohttp").Run() == nil {
+			python = p
+		}
+	}
+	if python == "" {
 		testenv.RequireTool(t, "python3-aiohttp")
 	}
 	x := &testexchange.Binance{}
