@@ -493,39 +493,29 @@ func TestStreamLimits(t *testing.T) {
 	done := make(chan struct{})
 	for bot := range 50 {
 		for conn := range 4 {
-			go func() {
-				c := h.dialWS(t, fmt.Sprintf("wss://stream.binance.com:9443/ws/%d", conn))
-				for i := range 3 {
-					s := syms[(bot+conn+i)%len(syms)] + []string{"@trade", "@ticker", "@depth@100ms"}[i]
-					c.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":[%q],"id":%d}`, s, i))
-					time.Sleep(250 * time.Millisecond) // ccxt's pace
-				}
-				for range 3 {
-					if _, err := readOne(c); err != nil {
-						errs <- err
-						return
-					}
-				}
-				errs <- nil
-				<-done
-			}()
+			go stormBot(t.Context(), h, fmt.Sprintf("wss://stream.binance.com:9443/ws/%d", conn), syms, bot+conn, errs, done)
 		}
 	}
 	flood := h.dialWS(t, "wss://stream.binance.com:9443/ws")
 	for i := range 60 {
 		flood.send(fmt.Sprintf(`{"method":"SUBSCRIBE","params":["%s@kline_%dm"],"id":%d}`, syms[i%len(syms)], 1+i/len(syms), i))
 	}
-	for i := range 60 {
-		if m := flood.next(); m["id"] != float64(i) {
+	for i := 0; i < 60; {
+		m := flood.next()
+		if _, ok := m["id"]; !ok {
+			continue // an event of a stream answered already
+		}
+		if m["id"] != float64(i) || m["result"] != nil {
 			t.Fatalf("flood: answer %d is %v", i, m)
 		}
+		i++
 	}
+	defer close(done)
 	for range 200 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	defer close(done)
 	waitFor(t, "every stream subscribed upstream", func() bool { return len(x.Subscribed()) == 30+60 })
 	if x.ConnsOpened.Load() != 1 || x.Closed1008.Load() != 0 || x.Rejected429.Load() != 0 {
 		t.Errorf("exchange: %d connections opened, %d closed for too many messages, %d refused; want 1, 0, 0",
@@ -536,15 +526,41 @@ func TestStreamLimits(t *testing.T) {
 	}
 }
 
-func readOne(c *wsClient) (map[string]any, error) {
-	ctx, cancel := context.WithTimeout(c.t.Context(), 10*time.Second)
-	defer cancel()
-	_, msg, err := c.ws.Read(ctx)
-	if err != nil {
-		return nil, err
+// stormBot is one connection of a bot starting with the storm: three
+// subscribes at ccxt's pace and three messages read, reported on ready
+// (nil: all went well); it stays connected until done. It runs on its own
+// goroutine, so it reports instead of failing.
+func stormBot(ctx context.Context, h *harness, rawURL string, syms []string, n int, ready chan<- error, done <-chan struct{}) {
+	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr}), TLSClientConfig: &tls.Config{RootCAs: h.pool()}}
+	defer tr.CloseIdleConnections()
+	ws, err := stormSubscribe(ctx, tr, rawURL, syms, n)
+	ready <- err
+	if ws != nil {
+		<-done
+		ws.CloseNow()
 	}
-	var m map[string]any
-	return m, json.Unmarshal(msg, &m)
+}
+
+func stormSubscribe(ctx context.Context, tr *http.Transport, rawURL string, syms []string, n int) (*websocket.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, rawURL, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", rawURL, err)
+	}
+	for i := range 3 {
+		s := syms[(n+i)%len(syms)] + []string{"@trade", "@ticker", "@depth@100ms"}[i]
+		if err := ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"method":"SUBSCRIBE","params":[%q],"id":%d}`, s, i)); err != nil {
+			return ws, err
+		}
+		time.Sleep(250 * time.Millisecond) // ccxt's pace
+	}
+	for range 3 {
+		if _, _, err := ws.Read(ctx); err != nil {
+			return ws, err
+		}
+	}
+	return ws, nil
 }
 
 // ccxtProScript runs SLUICE_TEST_BOTS ccxt pro bots through sluice, half
@@ -758,5 +774,133 @@ func TestAiohttpThroughSharedStreams(t *testing.T) {
 	}
 	if x.ConnsOpened.Load() != 1 {
 		t.Errorf("%d upstream connections, want 1", x.ConnsOpened.Load())
+	}
+}
+
+// bybitBook follows a Bybit book: a snapshot resets it, deltas change it.
+type bybitBook struct {
+	bids, asks map[string]string
+	u          float64
+}
+
+func (b *bybitBook) take(t *testing.T, m map[string]any) {
+	t.Helper()
+	data := m["data"].(map[string]any)
+	u := data["u"].(float64)
+	switch m["type"] {
+	case "snapshot":
+		b.bids, b.asks = map[string]string{}, map[string]string{}
+	case "delta":
+		if b.bids == nil {
+			t.Fatalf("a delta (u=%v) before any snapshot", u)
+		}
+		if u != b.u+1 {
+			t.Fatalf("delta u=%v after u=%v: a gap or a duplicate", u, b.u)
+		}
+	}
+	for side, levels := range map[string]map[string]string{"b": b.bids, "a": b.asks} {
+		for _, l := range levelsOf(data[side]) {
+			if l[1] == "0.000" {
+				delete(levels, l[0])
+			} else {
+				levels[l[0]] = l[1]
+			}
+		}
+	}
+	b.u = u
+}
+
+// TestBybitSharedStreams: Bybit v5 clients share one upstream connection
+// per market; sluice answers subscribe (with the client's req_id) and
+// ping itself, splits a subscribe of more topics than Bybit takes at
+// once, and gives a late joiner a snapshot of the current book and the
+// whole ticker, after which its book follows the exchange's exactly.
+func TestBybitSharedStreams(t *testing.T) {
+	x := &testexchange.Bybit{}
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.bybit.com")
+	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(), "    profile: bybit\n"))
+
+	next := func(c *wsClient, topic string) map[string]any {
+		t.Helper()
+		for range 500 {
+			if m := c.next(); m["topic"] == topic {
+				return m
+			}
+		}
+		t.Fatalf("no %s event", topic)
+		return nil
+	}
+	first := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
+	first.send(`{"req_id":"a1","op":"subscribe","args":["orderbook.50.BTCUSDT","publicTrade.BTCUSDT","tickers.BTCUSDT"]}`)
+	if m := first.next(); m["req_id"] != "a1" || m["op"] != "subscribe" || m["success"] != true {
+		t.Fatalf("answer to the subscribe: %v", m)
+	}
+	first.send(`{"req_id":"p1","op":"ping"}`)
+	b1 := &bybitBook{}
+	for b1.bids == nil {
+		m := first.next()
+		if m["op"] == "ping" {
+			if m["req_id"] != "p1" || m["success"] != true {
+				t.Errorf("pong: %v", m)
+			}
+			continue
+		}
+		if m["topic"] == "orderbook.50.BTCUSDT" {
+			b1.take(t, m)
+		}
+	}
+	for range 20 {
+		b1.take(t, next(first, "orderbook.50.BTCUSDT"))
+	}
+
+	late := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
+	late.send(`{"req_id":"b1","op":"subscribe","args":["orderbook.50.BTCUSDT","tickers.BTCUSDT"]}`)
+	if m := late.next(); m["req_id"] != "b1" || m["success"] != true {
+		t.Fatalf("late joiner's answer: %v", m)
+	}
+	b2 := &bybitBook{}
+	book := next(late, "orderbook.50.BTCUSDT")
+	if book["type"] != "snapshot" {
+		t.Fatalf("the late joiner's first book event is a %v, want the current book as a snapshot", book["type"])
+	}
+	b2.take(t, book)
+	ticker := next(late, "tickers.BTCUSDT")
+	if data := ticker["data"].(map[string]any); ticker["type"] != "snapshot" || data["fundingRate"] == nil || data["lastPrice"] == nil {
+		t.Errorf("the late joiner's first ticker: %v, want a snapshot with the fields only the exchange's snapshot had", ticker)
+	}
+	for range 20 {
+		b1.take(t, next(first, "orderbook.50.BTCUSDT"))
+		b2.take(t, next(late, "orderbook.50.BTCUSDT"))
+	}
+	for i, b := range []*bybitBook{b1, b2} {
+		bids, asks, ok := x.Book("BTCUSDT", int64(b.u))
+		want := func(levels [][2]string) map[string]string {
+			m := map[string]string{}
+			for _, l := range levels {
+				m[l[0]] = l[1]
+			}
+			return m
+		}
+		if !ok || fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+			t.Errorf("client %d: book at u=%v differs from the exchange's", i+1, b.u)
+		}
+	}
+
+	// Spot takes 10 topics a subscribe: 12 from one client go in two.
+	spot := h.dialWS(t, "wss://stream.bybit.com/v5/public/spot")
+	var topics []string
+	for _, sym := range testexchange.Symbols[:6] {
+		topics = append(topics, fmt.Sprintf("%q,%q", "publicTrade."+sym, "orderbook.50."+sym))
+	}
+	spot.send(`{"req_id":"s1","op":"subscribe","args":[` + strings.Join(topics, ",") + `]}`)
+	if m := spot.next(); m["req_id"] != "s1" || m["success"] != true {
+		t.Fatalf("spot subscribe answer: %v", m)
+	}
+	next(spot, "orderbook.50."+testexchange.Symbols[5])
+	if x.ConnsOpened.Load() != 2 || x.Errors.Load() != 0 || x.Pings.Load() != 0 {
+		t.Errorf("exchange: %d connections (want one per market, 2), %d errors, %d pings from sluice's clients (want 0, 0)",
+			x.ConnsOpened.Load(), x.Errors.Load(), x.Pings.Load())
 	}
 }

@@ -19,6 +19,10 @@ import (
 // so that every event names its stream.
 type binance struct{}
 
+func (binance) Batch() int   { return maxBatch }
+func (binance) Ping() []byte { return nil }
+func (binance) Name() string { return "binance" }
+
 // binanceStream is a public market stream name: a lower-case symbol (or a
 // "!" market-wide name) and its kind. Listen keys, which name private user
 // data streams, have no "@" and are never shared.
@@ -28,10 +32,8 @@ var binanceStream = regexp.MustCompile(`^(![a-zA-Z]+|[a-z0-9_\-.]{1,48})@[a-zA-Z
 // apart (/ws/0, /ws/1, ...): not a stream; Binance ignores it.
 var binanceConnID = regexp.MustCompile(`^[0-9]{1,4}$`)
 
-// Session reads a client's upgrade: the path prefix that selects the
-// market (futures' /public, /market), the streams named in it, and its
-// framing. ok is false for what must not be shared: a listen key (user
-// data), or a path that is not a stream path.
+// Session: the path prefix selects the market (futures' /public,
+// /market); a listen key (user data) is never shared.
 func (binance) Session(r *http.Request) (ns string, initial []string, combined, ok bool) {
 	p := r.URL.Path
 	prefix := ""
@@ -72,10 +74,6 @@ func (binance) Session(r *http.Request) (ns string, initial []string, combined, 
 	return "", nil, false, false
 }
 
-// Name is the protocol's name in config (streams.protocol).
-func (binance) Name() string { return "binance" }
-
-// UpstreamPath is where sluice's own connections for namespace ns go.
 func (binance) UpstreamPath(ns string) string { return ns + "/stream" }
 
 // clientRequest is one message a client sent, as the exchange reads it.
@@ -88,6 +86,7 @@ type clientRequest struct {
 // request is a client's message, parsed.
 type request struct {
 	op     op
+	verb   string // the method or op as the client wrote it (Bybit echoes it)
 	id     []byte // as the client wrote it, echoed in the answer
 	names  []string
 	value  bool   // SET_PROPERTY combined
@@ -105,8 +104,7 @@ const (
 	opGetCombined
 )
 
-// Parse reads a client's message; an invalid one gets the exchange's own
-// error answer.
+// Parse answers an invalid message with the exchange's own error.
 func (binance) Parse(msg []byte) request {
 	var cr clientRequest
 	if err := json.Unmarshal(msg, &cr); err != nil {
@@ -182,25 +180,30 @@ func validID(id []byte) bool {
 	return err == nil
 }
 
-// Result is the answer to a request that succeeded; result is JSON.
-func (binance) Result(id []byte, result string) []byte {
-	if len(id) == 0 {
-		id = []byte("null")
+func (binance) Answer(rq request, result string) []byte {
+	if rq.op == opList {
+		list, _ := json.Marshal(rq.names)
+		if rq.names == nil {
+			list = []byte("[]")
+		}
+		result = string(list)
 	}
-	return fmt.Appendf(nil, `{"result":%s,"id":%s}`, result, id)
+	return fmt.Appendf(nil, `{"result":%s,"id":%s}`, result, idOrNull(rq.id))
 }
 
-// ListResult is the answer to LIST_SUBSCRIPTIONS.
-func (b binance) ListResult(id []byte, names []string) []byte {
-	list, _ := json.Marshal(names)
-	if names == nil {
-		list = []byte("[]")
-	}
-	return b.Result(id, string(list))
+func (binance) Refuse(rq request, msg string) []byte {
+	return fmt.Appendf(nil, `{"code":2,"msg":%s,"id":%s}`, jsonText("Invalid request: "+msg), idOrNull(rq.id))
 }
 
-// Subscribe is the message that subscribes (or unsubscribes) names on an
-// upstream connection.
+// State: a client joining a diff-depth stream late gets the last
+// spec.replay of its events first.
+func (b binance) State(stream string, spec *Spec) streamState {
+	if !b.Diffs(stream) || spec.replay <= 0 {
+		return nil
+	}
+	return &replay{keep: spec.replay}
+}
+
 func (binance) Subscribe(names []string, unsubscribe bool, id int64) []byte {
 	method := "SUBSCRIBE"
 	if unsubscribe {
@@ -231,7 +234,6 @@ type event struct {
 	raw, combined []byte
 }
 
-// Upstream reads a message of one of sluice's upstream connections.
 func (binance) Upstream(msg []byte) upstreamMsg {
 	var m upstreamMessage
 	if err := json.Unmarshal(msg, &m); err != nil {
@@ -291,7 +293,6 @@ type order struct {
 	seq         bool
 }
 
-// Order reads an event's place in its stream; ok is false when it has none.
 func (binance) Order(raw []byte) (order, bool) {
 	// encoding/json matches keys without regard to case, so each pair
 	// (e/E, u/U, t/T, a/A) is declared whole: an exact match wins.

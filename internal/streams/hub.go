@@ -11,7 +11,6 @@ package streams
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -28,7 +27,8 @@ import (
 
 // Spec is one host's compiled stream settings.
 type Spec struct {
-	proto       *binance
+	proto       protocol
+	ping        time.Duration // how often sluice pings its upstream connections (0: never)
 	perConn     int
 	msgInterval time.Duration // between two JSON messages on one upstream connection
 	lifetime    time.Duration
@@ -44,11 +44,13 @@ func Compile(p *config.StreamsProfile, h *config.HostStreams) (*Spec, error) {
 	if p == nil || h != nil && h.Off {
 		return nil, nil
 	}
-	if p.Protocol != config.StreamsBinance {
-		return nil, fmt.Errorf("streams: protocol %q is not served yet", p.Protocol)
+	var proto protocol = binance{}
+	if p.Protocol == config.StreamsBybit {
+		proto = bybit{}
 	}
 	s := &Spec{
-		proto:    &binance{},
+		proto:    proto,
+		ping:     p.Ping.D(),
 		perConn:  p.StreamsPerConnection,
 		lifetime: p.Lifetime.D(),
 		replay:   p.Replay.D(),
@@ -174,7 +176,7 @@ func (h *Hub) want(name string) *stream {
 	h.mu.Lock()
 	s, ok := h.streams[name]
 	if !ok {
-		s = &stream{name: name, hub: h, diffs: h.spec.proto.Diffs(name), subs: map[*session]struct{}{}, live: make(chan struct{})}
+		s = &stream{name: name, hub: h, state: h.spec.proto.State(name, h.spec), subs: map[*session]struct{}{}, live: make(chan struct{})}
 		h.streams[name] = s
 		h.assignLocked(s)
 		h.hubs.metrics.subscriptions.WithLabelValues(h.host).Inc()
@@ -242,9 +244,8 @@ func (h *Hub) drop(s *stream) {
 
 // stream is one upstream stream and the clients that want it.
 type stream struct {
-	name  string
-	hub   *Hub
-	diffs bool // order-book diffs: late joiners get the recent ones first
+	name string
+	hub  *Hub
 
 	// on is the upstream connection the stream is subscribed on (guarded
 	// by the hub's mu).
@@ -266,22 +267,17 @@ type stream struct {
 	next    *upConn
 	pending []event
 	last    event
-	replay  []replayed
+	// state is what a late joiner gets first (nil: nothing).
+	state streamState
 }
-
-type replayed struct {
-	at time.Time
-	ev event
-}
-
-// maxReplay bounds a stream's replay however fast its events come.
-const maxReplay = 512
 
 func (s *stream) join(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range s.replay {
-		ss.send(s.name, r.ev)
+	if s.state != nil {
+		for _, ev := range s.state.Catchup() {
+			ss.send(s.name, ev)
+		}
 	}
 	s.waiting--
 	s.subs[ss] = struct{}{}
@@ -408,13 +404,8 @@ func (s *stream) handOver() {
 
 func (s *stream) publish(ev event) {
 	s.last = ev
-	if s.diffs && s.hub.spec.replay > 0 {
-		now := time.Now()
-		cut := 0
-		for cut < len(s.replay) && (now.Sub(s.replay[cut].at) > s.hub.spec.replay || len(s.replay)-cut >= maxReplay) {
-			cut++
-		}
-		s.replay = append(s.replay[cut:], replayed{at: now, ev: ev})
+	if s.state != nil {
+		s.state.Add(ev)
 	}
 	for ss := range s.subs {
 		ss.send(s.name, ev)

@@ -186,8 +186,8 @@ type action struct {
 	leave    []string
 	combined *bool
 	answer   []byte
-	get      bool   // GET_PROPERTY combined: answered from the state in its turn
-	id       []byte // of the GET_PROPERTY
+	get      bool    // GET_PROPERTY combined: answered from the state in its turn
+	rq       request // the GET_PROPERTY
 }
 
 // read reads the client's messages until it leaves. Each becomes an
@@ -214,25 +214,26 @@ func (ss *session) read(summary *decision.StreamSession, actions chan<- action) 
 				}
 			}
 			if len(ss.names)+len(fresh) > ss.maxSubs {
-				a.answer = fmt.Appendf(nil, `{"code":2,"msg":"Invalid request: too many streams; a connection can listen to at most %d","id":%s}`, ss.maxSubs, idOrNull(rq.id))
+				a.answer = proto.Refuse(rq, fmt.Sprintf("too many streams; a connection can listen to at most %d", ss.maxSubs))
 				break
 			}
 			ss.names = append(ss.names, fresh...)
 			for _, name := range fresh {
 				a.join = append(a.join, ss.h.want(name))
 			}
-			a.answer = proto.Result(rq.id, "null")
+			a.answer = proto.Answer(rq, "null")
 			summary.Subscriptions = max(summary.Subscriptions, len(ss.names))
 		case rq.op == opUnsubscribe:
 			ss.names = slices.DeleteFunc(ss.names, func(n string) bool { return slices.Contains(rq.names, n) })
-			a.leave, a.answer = rq.names, proto.Result(rq.id, "null")
+			a.leave, a.answer = rq.names, proto.Answer(rq, "null")
 		case rq.op == opList:
-			a.answer = proto.ListResult(rq.id, ss.names)
+			rq.names = slices.Clone(ss.names)
+			a.answer = proto.Answer(rq, "")
 		case rq.op == opSetCombined:
-			a.combined, a.answer = &rq.value, proto.Result(rq.id, "null")
+			a.combined, a.answer = &rq.value, proto.Answer(rq, "null")
 		case rq.op == opGetCombined:
 			// Answered in its turn, after the SET_PROPERTYs before it.
-			a.get, a.id = true, rq.id
+			a.get, a.rq = true, rq
 		}
 		select {
 		case actions <- a:
@@ -276,7 +277,7 @@ func (ss *session) act(actions <-chan action) {
 		}
 		switch {
 		case a.get:
-			ss.push(h.spec.proto.Result(a.id, fmt.Sprint(ss.combined.Load())))
+			ss.push(h.spec.proto.Answer(a.rq, fmt.Sprint(ss.combined.Load())))
 		case a.answer != nil:
 			ss.push(a.answer)
 		}

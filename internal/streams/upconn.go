@@ -42,7 +42,8 @@ type upOp struct {
 
 var connIDs atomic.Int64
 
-// maxBatch is the most streams one subscribe request names.
+// maxBatch is the most streams one subscribe request names, where the
+// exchange sets no lower bound.
 const maxBatch = 200
 
 func (h *Hub) openLocked() *upConn {
@@ -83,7 +84,7 @@ func (c *upConn) take() (names []string, unsub bool, id int64) {
 	}
 	unsub = c.ops[0].unsub
 	i := 0
-	for ; i < len(c.ops) && i < maxBatch && c.ops[i].unsub == unsub; i++ {
+	for ; i < len(c.ops) && i < c.h.spec.proto.Batch() && c.ops[i].unsub == unsub; i++ {
 		names = append(names, c.ops[i].name)
 	}
 	c.ops = c.ops[i:]
@@ -185,6 +186,12 @@ func (c *upConn) serve(ws *websocket.Conn) error {
 	defer life.Stop()
 	pace := time.NewTimer(0)
 	defer pace.Stop()
+	var pings <-chan time.Time
+	if h.spec.ping > 0 && h.spec.proto.Ping() != nil {
+		t := time.NewTicker(h.spec.ping)
+		defer t.Stop()
+		pings = t.C
+	}
 	paced := true // the pace timer has fired: a request may go
 	for {
 		var wake <-chan struct{}
@@ -201,6 +208,15 @@ func (c *upConn) serve(ws *websocket.Conn) error {
 			return c.ctx.Err()
 		case <-life.C:
 			go h.roll(c, "lifetime")
+		case <-pings:
+			wctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+			err := ws.Write(wctx, websocket.MessageText, h.spec.proto.Ping())
+			cancel()
+			if err != nil {
+				ws.CloseNow()
+				<-readErr
+				return fmt.Errorf("sending a ping: %w", err)
+			}
 		case <-pace.C:
 			paced = true
 			select {
