@@ -359,7 +359,8 @@ const minMemoryLimit = 24 << 20
 
 // tuneMemory keeps the soft memory limit near what sluice holds: twice the
 // live heap (the cache's bodies are part of it), twice the response
-// cache's bytes, at least minMemoryLimit, checked every second until ctx ends. The collector then
+// cache's bytes, at least minMemoryLimit, plus the goroutine stacks,
+// checked every second until ctx ends. The collector then
 // gives back what a burst allocated instead of holding five times the live
 // heap (GOGC=400), while a filling cache or a crowd of connections still
 // has room: the limit follows them up within a second.
@@ -376,6 +377,8 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 		{Name: "/gc/cycles/total:gc-cycles"},
 		{Name: "/memory/classes/heap/objects:bytes"},
 		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/memory/classes/os-stacks:bytes"},
 	}
 	value := func(i int) int64 {
 		if samples[i].Value.Kind() != metrics.KindUint64 {
@@ -399,7 +402,12 @@ func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 			lastCycles, heldAfterCollect, sinceCollect = value(1), value(2)+value(3), 0
 			live = value(0)
 		}
-		debug.SetMemoryLimit(max(minMemoryLimit, 2*c.Bytes(), 2*live))
+		// Goroutine stacks count against the limit but are no garbage: a
+		// crowd of WebSocket clients (several goroutines each) under a
+		// limit of twice the live heap alone made the collector run
+		// without pause.
+		stacks := value(4) + value(5)
+		debug.SetMemoryLimit(max(minMemoryLimit, 2*c.Bytes(), 2*live) + stacks)
 		select {
 		case <-ctx.Done():
 			return

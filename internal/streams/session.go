@@ -79,9 +79,6 @@ func (ss *session) push(b []byte) {
 	}
 }
 
-// writeTimeout bounds one write to a client.
-const writeTimeout = 30 * time.Second
-
 func (ss *session) write() {
 	for {
 		select {
@@ -94,9 +91,10 @@ func (ss *session) write() {
 		ss.queue = nil
 		ss.mu.Unlock()
 		for _, b := range batch {
-			ctx, cancel := context.WithTimeout(ss.ctx, writeTimeout)
-			err := ss.ws.Write(ctx, websocket.MessageText, b)
-			cancel()
+			// No context per write: its timer would be the session's main
+			// garbage. A client that stops reading fills its queue and is
+			// cancelled, and closing the connection ends a blocked write.
+			err := ss.ws.Write(context.Background(), websocket.MessageText, b)
 			if err != nil {
 				ss.cancel(fmt.Errorf("writing to the client: %w", err))
 				return
