@@ -904,3 +904,44 @@ func TestBybitSharedStreams(t *testing.T) {
 			x.ConnsOpened.Load(), x.Errors.Load(), x.Pings.Load())
 	}
 }
+
+// TestBybitRollover: sluice replaces its Bybit connections every 800 ms; a
+// client's book goes on without a gap or a step back (a replacement's
+// snapshot may come through, never an older one) and ends equal to the
+// exchange's.
+func TestBybitRollover(t *testing.T) {
+	x := &testexchange.Bybit{}
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.bybit.com")
+	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
+		"    profile: bybit\n    streams: {lifetime: 800ms}\n"))
+	c := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
+	c.send(`{"req_id":"r1","op":"subscribe","args":["orderbook.50.ETHUSDT"]}`)
+	b := &bybitBook{}
+	for n := 0; n < 150; {
+		m := c.next()
+		if m["topic"] != "orderbook.50.ETHUSDT" {
+			continue
+		}
+		if u := m["data"].(map[string]any)["u"].(float64); m["type"] == "snapshot" && u < b.u {
+			t.Fatalf("a snapshot at u=%v after u=%v", u, b.u)
+		}
+		b.take(t, m)
+		n++
+	}
+	bids, asks, ok := x.Book("ETHUSDT", int64(b.u))
+	want := func(levels [][2]string) map[string]string {
+		m := map[string]string{}
+		for _, l := range levels {
+			m[l[0]] = l[1]
+		}
+		return m
+	}
+	if !ok || fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+		t.Errorf("book at u=%v differs from the exchange's", b.u)
+	}
+	if got := h.metricOf("sluice_streams_rollovers_total", "host", "stream.bybit.com", "cause", "lifetime"); got < 2 {
+		t.Errorf("%v rollovers in 3 s of 800 ms connections, want at least 2", got)
+	}
+}

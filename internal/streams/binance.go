@@ -108,7 +108,7 @@ const (
 func (binance) Parse(msg []byte) request {
 	var cr clientRequest
 	if err := json.Unmarshal(msg, &cr); err != nil {
-		return request{answer: fmt.Appendf(nil, `{"code":3,"msg":"Invalid JSON: %s"}`, jsonText(err.Error()))}
+		return request{answer: fmt.Appendf(nil, `{"code":3,"msg":%s}`, jsonText("Invalid JSON: "+err.Error()))}
 	}
 	id := bytes.TrimSpace(cr.ID)
 	if !validID(id) {
@@ -116,8 +116,7 @@ func (binance) Parse(msg []byte) request {
 	}
 	rq := request{id: id}
 	fail := func(code int, msg string) request {
-		rq.answer = fmt.Appendf(nil, `{"code":%d,"msg":%s,"id":%s}`, code, jsonText(msg), id)
-		return rq
+		return request{id: id, answer: fmt.Appendf(nil, `{"code":%d,"msg":%s,"id":%s}`, code, jsonText(msg), idOrNull(id))}
 	}
 	switch cr.Method {
 	case "SUBSCRIBE", "UNSUBSCRIBE":

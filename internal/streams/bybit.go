@@ -62,8 +62,7 @@ func (b bybit) Parse(msg []byte) request {
 		for _, a := range m.Args {
 			var topic string
 			if json.Unmarshal(a, &topic) != nil || !bybitTopic.MatchString(topic) {
-				rq.answer = b.Refuse(rq, "error:invalid topic "+string(a))
-				return rq
+				return request{id: rq.id, verb: rq.verb, answer: b.Refuse(rq, "error:invalid topic "+string(a))}
 			}
 			rq.names = append(rq.names, topic)
 		}
