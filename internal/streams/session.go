@@ -20,6 +20,7 @@ import (
 type session struct {
 	h        *Hub
 	ws       *websocket.Conn
+	conn     *corkConn // under ws
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	combined atomic.Bool
@@ -90,6 +91,7 @@ func (ss *session) write() {
 		batch := ss.queue
 		ss.queue = nil
 		ss.mu.Unlock()
+		ss.conn.cork()
 		for _, b := range batch {
 			// No context per write: its timer would be the session's main
 			// garbage. A client that stops reading fills its queue and is
@@ -105,12 +107,17 @@ func (ss *session) write() {
 			ss.queued -= int64(len(b))
 			ss.mu.Unlock()
 		}
+		if err := ss.conn.uncork(); err != nil {
+			ss.cancel(fmt.Errorf("writing to the client: %w", err))
+			return
+		}
 	}
 }
 
 // serve runs a client's session until it ends, and sums it up in rec.
 func (hs *Hubs) serve(w http.ResponseWriter, r *http.Request, rec *decision.Record, h *Hub, initial []string, combined bool) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	cw := &corkingWriter{ResponseWriter: w}
+	ws, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		// Bots are not browsers: the exchange takes any Origin, and so
 		// does sluice (the policy and client identity already ran).
 		InsecureSkipVerify: true,
@@ -122,7 +129,7 @@ func (hs *Hubs) serve(w http.ResponseWriter, r *http.Request, rec *decision.Reco
 	}
 	rec.Status = http.StatusSwitchingProtocols
 	ws.SetReadLimit(clientReadLimit)
-	ss := &session{h: h, ws: ws, wake: make(chan struct{}, 1), joined: map[string]*stream{}, maxSubs: h.spec.perConn}
+	ss := &session{h: h, ws: ws, conn: cw.conn, wake: make(chan struct{}, 1), joined: map[string]*stream{}, maxSubs: h.spec.perConn}
 	ss.ctx, ss.cancel = context.WithCancelCause(hs.ctx)
 	ss.combined.Store(combined)
 	summary := &decision.StreamSession{Shared: true}
