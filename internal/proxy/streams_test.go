@@ -945,3 +945,41 @@ func TestBybitRollover(t *testing.T) {
 		t.Errorf("%v rollovers in 3 s of 800 ms connections, want at least 2", got)
 	}
 }
+
+// TestStreamRefusalsLeaveRESTAlone: when the exchange refuses WebSocket
+// upgrades for its connection limit (429 with Retry-After), a spliced
+// client gets that 429 and sluice's own shared dial backs off, and the
+// REST weight budget of the same exchange is not paused: the next REST
+// call is answered by the exchange, not by sluice's 429.
+func TestStreamRefusalsLeaveRESTAlone(t *testing.T) {
+	x := &testexchange.Binance{ConnLimit: 1, ConnWindow: time.Minute}
+	h := streamHarness(t, x, "")
+	h.dialWS(t, "wss://stream.binance.com:9443/ws/btcusdt@trade") // the one connection the exchange allows
+
+	// A user data stream is spliced: the exchange's refusal reaches the client.
+	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr}), TLSClientConfig: &tls.Config{RootCAs: h.pool()}}
+	t.Cleanup(tr.CloseIdleConnections)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, "wss://stream.binance.com:9443/ws/pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1",
+		&websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a spliced upgrade over the exchange's limit: %v (response %v), want the exchange's 429", err, resp)
+	}
+	// sluice's own dial for a new market (futures' /public prefix) is
+	// refused too: it backs off, and counts it.
+	c := h.dialWS(t, "wss://stream.binance.com:9443/public/ws")
+	c.send(`{"method":"SUBSCRIBE","params":["btcusdt@bookTicker"],"id":1}`)
+	waitFor(t, "sluice's refused dial counted", func() bool {
+		return h.metricOf("sluice_streams_upstream_dials_total", "host", "stream.binance.com", "result", "failed") >= 1
+	})
+	for range 3 {
+		resp, body := get(t, h.client(false), "https://api.binance.com/api/v3/depth?symbol=ETHUSDT&limit=5")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("REST after the exchange refused upgrades: %d %s, want the exchange's answer", resp.StatusCode, body)
+		}
+	}
+	if got := h.metricOf("sluice_throttle_upstream_limited_total", "budget", "binance-spot", "status", "429"); got != 0 {
+		t.Errorf("the REST budget counted %v upstream 429s: an upgrade's refusal reached it", got)
+	}
+}
