@@ -69,6 +69,9 @@ type HostStreams struct {
 	// ClientQueue caps the bytes waiting to be sent to one client; a
 	// client that falls that far behind is closed. Default 4MiB.
 	ClientQueue ByteSize `yaml:"client_queue,omitempty"`
+	// Connections replaces the profile's budget of new upstream
+	// connections, for an address that other programs share.
+	Connections *StreamConnections `yaml:"connections,omitempty"`
 }
 
 // UnmarshalYAML accepts "off" or the mapping.

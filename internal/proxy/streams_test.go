@@ -20,9 +20,11 @@ import (
 
 	"github.com/coder/websocket"
 
+	"sluice/internal/store/redisstore"
 	"sluice/internal/testenv"
 	"sluice/internal/testexchange"
 	"sluice/internal/testpki"
+	"sluice/internal/testredis"
 )
 
 // streamHarness is sluice before a test exchange that serves Binance's
@@ -981,5 +983,35 @@ func TestStreamRefusalsLeaveRESTAlone(t *testing.T) {
 	}
 	if got := h.metricOf("sluice_throttle_upstream_limited_total", "budget", "binance-spot", "status", "429"); got != 0 {
 		t.Errorf("the REST budget counted %v upstream 429s: an upgrade's refusal reached it", got)
+	}
+}
+
+// TestFleetStreamConnectionBudget: two sluice instances sharing their
+// budgets in Redis (as a fleet does) share the stream connection budget
+// too: with room for one new upstream connection a minute, the second
+// instance's dial waits instead of opening another; in memory it would not.
+func TestFleetStreamConnectionBudget(t *testing.T) {
+	x := &testexchange.Binance{}
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.binance.com")
+	entry := upstreamEntry(t, "stream.binance.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
+		"    profile: binance\n    ports: [9443]\n    streams: {connections: {limit: 1, window: 1m}}\n")
+	rdb := testredis.Start(t).Client()
+	a := newHarnessMeters(t, redisstore.NewMeters(rdb, "fleet:"), entry)
+	b := newHarnessMeters(t, redisstore.NewMeters(rdb, "fleet:"), entry)
+
+	ca := a.dialWS(t, "wss://stream.binance.com:9443/ws")
+	ca.send(`{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}`)
+	if m := ca.next(); m["id"] != 1.0 {
+		t.Fatalf("instance a: %v", m)
+	}
+	cb := b.dialWS(t, "wss://stream.binance.com:9443/ws")
+	cb.send(`{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}`)
+	waitFor(t, "instance b waiting for the shared connection budget", func() bool {
+		return b.metricOf("sluice_throttle_queue_length", "budget", "binance-stream-connections") == 1
+	})
+	if n := x.ConnsOpened.Load(); n != 1 {
+		t.Errorf("%d upstream connections with a shared budget of 1, want 1", n)
 	}
 }

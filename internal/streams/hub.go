@@ -11,6 +11,7 @@ package streams
 import (
 	"cmp"
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -71,10 +72,16 @@ func Compile(p *config.StreamsProfile, h *config.HostStreams) (*Spec, error) {
 			s.clientQueue = int64(h.ClientQueue)
 		}
 	}
-	window := p.Connections.Window
-	wait := config.Duration(p.Connections.Window.D())
+	conns := p.Connections
+	if h != nil && h.Connections != nil {
+		if h.Connections.Limit <= 0 || h.Connections.Window <= 0 {
+			return nil, config.Under(errors.New("limit and window must be positive"), "connections")
+		}
+		conns = *h.Connections
+	}
+	wait := config.Duration(conns.Window.D())
 	budget, err := throttle.Compile(&config.Throttle{Budget: p.Protocol + "-stream-connections", Model: "window",
-		Limit: float64(p.Connections.Limit), Window: window, MaxWait: &wait}, "", 0)
+		Limit: float64(conns.Limit), Window: conns.Window, MaxWait: &wait}, "", 0)
 	if err != nil {
 		return nil, err
 	}
