@@ -169,14 +169,6 @@ func (h *Hub) idle() bool {
 	return len(h.streams) == 0 && h.sessions.Load() == 0
 }
 
-// subscribe adds ss to the stream name, subscribing it upstream if it is
-// new; a client joining a diff stream first gets its recent events.
-func (h *Hub) subscribe(ss *session, name string) *stream {
-	s := h.want(name)
-	s.join(ss)
-	return s
-}
-
 // want returns the stream name, subscribed upstream (or on its way), held
 // for a client that will join it or abandon it.
 func (h *Hub) want(name string) *stream {
