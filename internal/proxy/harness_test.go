@@ -352,29 +352,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // label name/value pair, or 0 if it has not been set.
 func (h *harness) metric(name, label, value string) float64 {
 	h.t.Helper()
-	families, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
+	if label == "" {
+		return h.metricOf(name)
 	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if label == "" {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					if m.Counter != nil {
-						return m.GetCounter().GetValue()
-					}
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return h.metricOf(name, label, value)
 }
 
 // metricOf returns the value of the series of name whose labels include

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -286,20 +287,26 @@ func (b *depthBook) apply(side map[string]string, levels [][2]string) {
 	}
 }
 
+// sameBook says whether a client's book (price to quantity) has exactly
+// the exchange's levels.
+func sameBook(bids, asks [][2]string, haveBids, haveAsks map[string]string) bool {
+	levels := func(ls [][2]string) map[string]string {
+		m := map[string]string{}
+		for _, l := range ls {
+			m[l[0]] = l[1]
+		}
+		return m
+	}
+	return maps.Equal(levels(bids), haveBids) && maps.Equal(levels(asks), haveAsks)
+}
+
 // matches says whether the book equals the exchange's as of its last id.
 func (b *depthBook) matches(x *testexchange.Binance, sym string) (bool, string) {
 	bids, asks, ok := x.Book(sym, int64(b.last))
 	if !ok {
 		return false, fmt.Sprintf("the exchange no longer keeps update id %v", b.last)
 	}
-	want := func(levels [][2]string) map[string]string {
-		m := map[string]string{}
-		for _, l := range levels {
-			m[l[0]] = l[1]
-		}
-		return m
-	}
-	if fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+	if !sameBook(bids, asks, b.bids, b.asks) {
 		return false, fmt.Sprintf("at u=%v bids %v asks %v, the exchange has %v %v", b.last, b.bids, b.asks, bids, asks)
 	}
 	return true, ""
@@ -878,14 +885,7 @@ func TestBybitSharedStreams(t *testing.T) {
 	}
 	for i, b := range []*bybitBook{b1, b2} {
 		bids, asks, ok := x.Book("BTCUSDT", int64(b.u))
-		want := func(levels [][2]string) map[string]string {
-			m := map[string]string{}
-			for _, l := range levels {
-				m[l[0]] = l[1]
-			}
-			return m
-		}
-		if !ok || fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+		if !ok || !sameBook(bids, asks, b.bids, b.asks) {
 			t.Errorf("client %d: book at u=%v differs from the exchange's", i+1, b.u)
 		}
 	}
@@ -933,14 +933,7 @@ func TestBybitRollover(t *testing.T) {
 		n++
 	}
 	bids, asks, ok := x.Book("ETHUSDT", int64(b.u))
-	want := func(levels [][2]string) map[string]string {
-		m := map[string]string{}
-		for _, l := range levels {
-			m[l[0]] = l[1]
-		}
-		return m
-	}
-	if !ok || fmt.Sprint(want(bids)) != fmt.Sprint(b.bids) || fmt.Sprint(want(asks)) != fmt.Sprint(b.asks) {
+	if !ok || !sameBook(bids, asks, b.bids, b.asks) {
 		t.Errorf("book at u=%v differs from the exchange's", b.u)
 	}
 	if got := h.metricOf("sluice_streams_rollovers_total", "host", "stream.bybit.com", "cause", "lifetime"); got < 2 {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"sluice/internal/config"
 	"sluice/internal/throttle"
@@ -125,6 +126,7 @@ func (hs *Hubs) hub(host, ns string, spec *Spec, dial Dialer) *Hub {
 		return h
 	}
 	h := &Hub{hubs: hs, host: host, ns: ns, spec: spec, dial: dial, log: hs.log.With("component", "streams", "host", host+ns),
+		fanout: hs.metrics.fanout.WithLabelValues(host), upstreamMessages: hs.metrics.upstreamMessages.WithLabelValues(host),
 		streams: map[string]*stream{}, conns: map[*upConn]struct{}{}}
 	hs.hubs[key] = h
 	return h
@@ -157,6 +159,8 @@ type Hub struct {
 
 	nextID   atomic.Int64 // ids of sluice's own upstream requests
 	sessions atomic.Int64
+	// The series counted per event, looked up once.
+	fanout, upstreamMessages prometheus.Counter
 
 	mu      sync.RWMutex
 	streams map[string]*stream
@@ -193,6 +197,12 @@ func (h *Hub) abandon(s *stream) {
 	s.waiting--
 	n := len(s.subs) + s.waiting
 	s.mu.Unlock()
+	h.lingerIfUnwanted(s, n)
+}
+
+// lingerIfUnwanted drops s, left with n clients, after the linger unless
+// someone comes back for it.
+func (h *Hub) lingerIfUnwanted(s *stream, n int) {
 	if n == 0 {
 		time.AfterFunc(h.spec.linger, func() { h.drop(s) })
 	}
@@ -217,12 +227,7 @@ func (h *Hub) assignLocked(s *stream) {
 
 // unsubscribe removes ss from s; a stream nobody wants is unsubscribed
 // upstream after the linger, unless someone comes back for it.
-func (h *Hub) unsubscribe(ss *session, s *stream) {
-	if s.leave(ss) > 0 {
-		return
-	}
-	time.AfterFunc(h.spec.linger, func() { h.drop(s) })
-}
+func (h *Hub) unsubscribe(ss *session, s *stream) { h.lingerIfUnwanted(s, s.leave(ss)) }
 
 func (h *Hub) drop(s *stream) {
 	h.mu.Lock()
@@ -409,7 +414,7 @@ func (s *stream) publish(ev event) {
 	for ss := range s.subs {
 		ss.send(s.name, ev)
 	}
-	s.hub.hubs.metrics.fanout.WithLabelValues(s.hub.host).Add(float64(len(s.subs)))
+	s.hub.fanout.Add(float64(len(s.subs)))
 }
 
 // StreamStatus is one shared stream, for sluice status.

@@ -2,16 +2,13 @@ package streams
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"sluice/internal/decision"
-	"sluice/internal/obs"
 )
 
 // Middleware is the streams stage of one route: a WebSocket upgrade to a
@@ -39,15 +36,13 @@ func (hs *Hubs) Middleware(spec *Spec, client *http.Client, splice http.Handler)
 			}
 			ns, initial, combined, ok := spec.proto.Session(r)
 			if !ok {
-				req := r
-				lease, err := hs.limit.Acquire(r.Context(), spec.budget, host, req)
+				// The budget's own wait is its window (minutes), right for
+				// sluice's dials; a client is told sooner.
+				ctx, cancel := context.WithTimeout(r.Context(), spliceWait)
+				lease, err := hs.limit.Acquire(ctx, spec.budget, host, r)
+				cancel()
 				if err != nil {
-					retry := hs.limit.RetryAfter(spec.budget, host, req)
-					rec.Refuse(decision.Streams, "stream connection budget exhausted")
-					w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-					obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "stream connection budget exhausted", Host: rec.TargetAddr(),
-						Detail:      fmt.Sprintf("no room in %s for another upstream WebSocket; sluice opened nothing upstream; retry in %s", spec.budget.Name(), retry.Round(time.Second)),
-						ProxyStatus: "connection_limit_reached", Err: err})
+					hs.limit.Refuse(w, r, spec.budget, host, err, decision.Streams, "stream connection budget exhausted")
 					return
 				}
 				lease.Release()
@@ -61,6 +56,10 @@ func (hs *Hubs) Middleware(spec *Spec, client *http.Client, splice http.Handler)
 		})
 	}
 }
+
+// spliceWait bounds how long a spliced upgrade waits for the stream
+// connection budget before its 429.
+const spliceWait = 10 * time.Second
 
 func (hs *Hubs) spliced(w http.ResponseWriter, r *http.Request, rec *decision.Record, host string, h http.Handler) {
 	rec.Stream = &decision.StreamSession{}

@@ -7,11 +7,12 @@ import (
 	"maps"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"sluice/internal/throttle"
 )
 
 // upConn is one of sluice's upstream connections: the streams it carries,
@@ -156,7 +157,7 @@ func (c *upConn) connect() (*websocket.Conn, time.Duration, error) {
 	}
 	lease, err := h.hubs.limit.Acquire(c.ctx, h.spec.budget, h.host, req)
 	if err != nil {
-		return nil, 0, fmt.Errorf("connection budget %s: %w", h.spec.proto.Name()+"-stream-connections", err)
+		return nil, 0, fmt.Errorf("connection budget %s: %w", h.spec.budget.Name(), err)
 	}
 	lease.Release()
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
@@ -165,9 +166,7 @@ func (c *upConn) connect() (*websocket.Conn, time.Duration, error) {
 	if err != nil {
 		var wait time.Duration
 		if resp != nil {
-			if s, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && s > 0 {
-				wait = time.Duration(s) * time.Second
-			}
+			wait, _ = throttle.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 			err = fmt.Errorf("%w (HTTP %d)", err, resp.StatusCode)
 		}
 		return nil, wait, err
@@ -251,7 +250,7 @@ func (c *upConn) read(ws *websocket.Conn) error {
 		if err != nil {
 			return err
 		}
-		h.hubs.metrics.upstreamMessages.WithLabelValues(h.host).Inc()
+		h.upstreamMessages.Inc()
 		m := h.spec.proto.Upstream(msg)
 		switch m.kind {
 		case upstreamEvent:

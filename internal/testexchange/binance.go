@@ -70,6 +70,31 @@ type book struct {
 
 type bookState struct{ bids, asks [levels]int64 }
 
+// bookChange is what one step changed of a symbol's book.
+type bookChange struct {
+	sym        string
+	bids, asks [][2]string
+}
+
+// step changes two levels a side of sym's book for step k (salt tells
+// exchanges apart) and returns the changed levels.
+func (b *book) step(sym string, k int64, salt string) (bids, asks [][2]string) {
+	for j := range 2 {
+		for side := range 2 {
+			lvl := int(hash(salt, sym, k, j, side) % levels)
+			q := int64(hash(salt, sym, k, j, side, "q") % 5000) // 0 removes the level
+			if side == 0 {
+				b.bids[lvl] = q
+				bids = append(bids, [2]string{price(sym, 0, lvl), lot(q)})
+			} else {
+				b.asks[lvl] = q
+				asks = append(asks, [2]string{price(sym, 1, lvl), lot(q)})
+			}
+		}
+	}
+	return bids, asks
+}
+
 // Start runs the exchange's clock until ctx ends.
 func (x *Binance) Start(ctx context.Context) {
 	if x.Step == 0 {
@@ -131,26 +156,10 @@ func (x *Binance) tick() {
 	for c := range x.conns {
 		out = append(out, c)
 	}
-	type change struct {
-		sym        string
-		bids, asks [][2]string
-	}
-	var changes []change
+	var changes []bookChange
 	for sym, b := range x.books {
-		ch := change{sym: sym}
-		for j := range 2 {
-			for side := range 2 {
-				lvl := int(hash(sym, k, j, side) % levels)
-				q := int64(hash(sym, k, j, side, "q") % 5000) // 0 removes the level
-				if side == 0 {
-					b.bids[lvl] = q
-					ch.bids = append(ch.bids, [2]string{price(sym, 0, lvl), lot(q)})
-				} else {
-					b.asks[lvl] = q
-					ch.asks = append(ch.asks, [2]string{price(sym, 1, lvl), lot(q)})
-				}
-			}
-		}
+		ch := bookChange{sym: sym}
+		ch.bids, ch.asks = b.step(sym, k, "binance")
 		h := x.history[sym]
 		h[k] = bookState{bids: b.bids, asks: b.asks}
 		delete(h, k-2000)

@@ -72,26 +72,10 @@ func (x *Bybit) tick() {
 	for c := range x.conns {
 		conns = append(conns, c)
 	}
-	type change struct {
-		sym        string
-		bids, asks [][2]string
-	}
-	var changes []change
+	var changes []bookChange
 	for sym, b := range x.books {
-		ch := change{sym: sym}
-		for j := range 2 {
-			for side := range 2 {
-				lvl := int(hash("bybit", sym, k, j, side) % levels)
-				q := int64(hash("bybit", sym, k, j, side, "q") % 5000)
-				if side == 0 {
-					b.bids[lvl] = q
-					ch.bids = append(ch.bids, [2]string{price(sym, 0, lvl), lot(q)})
-				} else {
-					b.asks[lvl] = q
-					ch.asks = append(ch.asks, [2]string{price(sym, 1, lvl), lot(q)})
-				}
-			}
-		}
+		ch := bookChange{sym: sym}
+		ch.bids, ch.asks = b.step(sym, k, "bybit")
 		x.history[sym][k] = bookState{bids: b.bids, asks: b.asks}
 		delete(x.history[sym], k-2000)
 		changes = append(changes, ch)

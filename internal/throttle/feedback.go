@@ -44,7 +44,7 @@ func (le *Lease) observeHead(status int, h http.Header, host string) {
 	}
 	switch status {
 	case http.StatusTooManyRequests, http.StatusTeapot:
-		d, ok := retryAfter(h.Get("Retry-After"), now)
+		d, ok := ParseRetryAfter(h.Get("Retry-After"), now)
 		if !ok {
 			// No Retry-After: back off, doubling while it keeps happening.
 			d = max(in.backoff*2, time.Second)
@@ -157,8 +157,8 @@ func firstItem(v string) string {
 	return v
 }
 
-// retryAfter parses Retry-After: seconds or an HTTP date.
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
+// ParseRetryAfter parses Retry-After: seconds or an HTTP date.
+func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}

@@ -38,16 +38,7 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 				rec.Budget = spec.name
 				lease, err := l.Acquire(r.Context(), spec, host, r)
 				if err != nil {
-					if r.Context().Err() != nil {
-						rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client left while waiting for upstream budget", err
-						return
-					}
-					retry := l.RetryAfter(spec, host, r)
-					rec.Refuse(decision.Budget, "upstream budget exhausted")
-					w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
-					obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: "upstream budget exhausted", Host: rec.Target.String(),
-						Detail:      fmt.Sprintf("no budget left in %s on %s within max_wait; sluice sent nothing upstream; retry in %s", spec.name, host, retry.Round(time.Millisecond)),
-						ProxyStatus: "connection_limit_reached"})
+					l.Refuse(w, r, spec, host, err, decision.Budget, "upstream budget exhausted")
 					return
 				}
 				leases = append(leases, lease)
@@ -67,6 +58,23 @@ func Middleware(l *Limiter, of func(*http.Request) (Specs, string)) func(http.Ha
 			}
 		})
 	}
+}
+
+// Refuse answers r, which err kept from spec's budget on host: nothing if
+// its client left (recorded as such), else 429 with Retry-After and a
+// reason naming the budget, recorded as refused by stage with msg.
+func (l *Limiter) Refuse(w http.ResponseWriter, r *http.Request, spec *Spec, host string, err error, stage decision.Stage, msg string) {
+	rec := decision.From(r.Context())
+	if r.Context().Err() != nil {
+		rec.Status, rec.Reason, rec.Err = obs.StatusClientClosed, "client left while waiting for "+spec.name, err
+		return
+	}
+	retry := l.RetryAfter(spec, host, r)
+	rec.Refuse(stage, msg)
+	w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+	obs.WriteError(w, r, &obs.Error{Status: http.StatusTooManyRequests, Msg: msg, Host: rec.Target.String(),
+		Detail:      fmt.Sprintf("no budget left in %s on %s in time; sluice sent nothing upstream; retry in %s", spec.name, host, retry.Round(time.Millisecond)),
+		ProxyStatus: "connection_limit_reached"})
 }
 
 var _ http.ResponseWriter = (*observingWriter)(nil)
