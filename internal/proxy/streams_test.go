@@ -949,7 +949,10 @@ func TestBybitRollover(t *testing.T) {
 func TestStreamRefusalsLeaveRESTAlone(t *testing.T) {
 	x := &testexchange.Binance{ConnLimit: 1, ConnWindow: time.Minute}
 	h := streamHarness(t, x, "")
-	h.dialWS(t, "wss://stream.binance.com:9443/ws/btcusdt@trade") // the one connection the exchange allows
+	h.dialWS(t, "wss://stream.binance.com:9443/ws/btcusdt@trade")
+	// sluice dials for it on its own goroutine: wait until that took the
+	// one connection the exchange allows.
+	waitFor(t, "sluice's upstream connection", func() bool { return x.ConnsOpened.Load() == 1 })
 
 	// A user data stream is spliced: the exchange's refusal reaches the client.
 	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: h.proxyAddr}), TLSClientConfig: &tls.Config{RootCAs: h.pool()}}
