@@ -360,6 +360,8 @@ func (h *harness) metric(name, label, value string) float64 {
 
 // metricOf returns the value of the series of name whose labels include
 // every name/value pair given.
+// metricOf is the value of name's first series with the label pairs (a
+// histogram's: its count).
 func (h *harness) metricOf(name string, pairs ...string) float64 {
 	h.t.Helper()
 	families, err := h.reg.Gather()
@@ -377,7 +379,7 @@ func (h *harness) metricOf(name string, pairs ...string) float64 {
 					continue series
 				}
 			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return 0

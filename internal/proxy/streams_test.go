@@ -222,6 +222,7 @@ func TestSharedStreams(t *testing.T) {
 	if got := h.metricOf("sluice_streams_subscriptions", "host", "stream.binance.com"); got != 3 {
 		t.Errorf("sluice_streams_subscriptions = %v, want 3", got)
 	}
+	checkDelayCounted(t, h, "stream.binance.com")
 
 	// A private stream cannot be shared: the exchange's own error, with the id.
 	live.send(`{"method":"SUBSCRIBE","params":["pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"],"id":11}`)
@@ -402,6 +403,19 @@ func TestLateJoinerBook(t *testing.T) {
 	}
 	if x.ConnsOpened.Load() != 1 || x.Subscribed()["btcusdt@depth@100ms"] != 1 {
 		t.Errorf("upstream: %d connections, %d subscriptions of the depth stream; want 1 and 1", x.ConnsOpened.Load(), x.Subscribed()["btcusdt@depth@100ms"])
+	}
+	checkDelayCounted(t, h, "stream.binance.com")
+}
+
+// checkDelayCounted: the delivery delay is observed for the live events
+// written to clients, and for nothing else (not the late joiners'
+// replayed diffs, which are not live): never more than were fanned out.
+func checkDelayCounted(t *testing.T, h *harness, host string) {
+	t.Helper()
+	delays := h.metricOf("sluice_streams_delivery_delay_seconds", "host", host)
+	fanned := h.metricOf("sluice_streams_messages_fanned_out_total", "host", host)
+	if delays == 0 || delays > fanned {
+		t.Errorf("sluice_streams_delivery_delay_seconds counted %v events of %v fanned out; want some, and no more", delays, fanned)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // binance is the market-stream protocol of Binance spot, USD-M and COIN-M
@@ -231,6 +232,10 @@ type upstreamMessage struct {
 // gets and the bytes a combined one gets.
 type event struct {
 	raw, combined []byte
+	// at is when sluice read the event from the exchange; zero for what
+	// is not live (a replay, a built snapshot), which the delivery delay
+	// does not count.
+	at time.Time
 }
 
 func (binance) Upstream(msg []byte) upstreamMsg {

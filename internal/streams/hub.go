@@ -127,7 +127,7 @@ func (hs *Hubs) hub(host, ns string, spec *Spec, dial Dialer) *Hub {
 	}
 	h := &Hub{hubs: hs, host: host, ns: ns, spec: spec, dial: dial, log: hs.log.With("component", "streams", "host", host+ns),
 		fanout: hs.metrics.fanout.WithLabelValues(host), upstreamMessages: hs.metrics.upstreamMessages.WithLabelValues(host),
-		streams: map[string]*stream{}, conns: map[*upConn]struct{}{}}
+		delay: hs.metrics.delay.WithLabelValues(host), streams: map[string]*stream{}, conns: map[*upConn]struct{}{}}
 	hs.hubs[key] = h
 	return h
 }
@@ -161,6 +161,7 @@ type Hub struct {
 	sessions atomic.Int64
 	// The series counted per event, looked up once.
 	fanout, upstreamMessages prometheus.Counter
+	delay                    prometheus.Observer
 
 	mu      sync.RWMutex
 	streams map[string]*stream
@@ -279,7 +280,7 @@ func (s *stream) join(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.state != nil {
-		for _, ev := range s.state.Catchup() {
+		for _, ev := range s.state.Catchup() { // not live: at is zero
 			ss.send(s.name, ev)
 		}
 	}

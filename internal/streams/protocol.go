@@ -53,12 +53,7 @@ type streamState interface {
 // whose late joiner needs the diffs since the snapshot it will fetch.
 type replay struct {
 	keep   time.Duration
-	events []replayed
-}
-
-type replayed struct {
-	at time.Time
-	ev event
+	events []event
 }
 
 // maxReplay bounds a stream's replay however fast its events come.
@@ -70,13 +65,17 @@ func (r *replay) Add(ev event) {
 	for cut < len(r.events) && (now.Sub(r.events[cut].at) > r.keep || len(r.events)-cut >= maxReplay) {
 		cut++
 	}
-	r.events = append(r.events[cut:], replayed{at: now, ev: ev})
+	if ev.at.IsZero() {
+		ev.at = now
+	}
+	r.events = append(r.events[cut:], ev)
 }
 
 func (r *replay) Catchup() []event {
 	out := make([]event, len(r.events))
 	for i, e := range r.events {
-		out[i] = e.ev
+		e.at = time.Time{}
+		out[i] = e
 	}
 	return out
 }

@@ -26,7 +26,7 @@ type session struct {
 	combined atomic.Bool
 
 	mu     sync.Mutex
-	queue  [][]byte
+	queue  []queued
 	queued int64 // bytes in queue
 	wake   chan struct{}
 
@@ -43,6 +43,13 @@ type session struct {
 	bytesIn, bytesOut atomic.Int64
 }
 
+// queued is a message waiting to be sent, with when its event came from
+// the exchange (zero for sluice's answers and replays).
+type queued struct {
+	b  []byte
+	at time.Time
+}
+
 // errSlow ends a client that let its send queue fill up.
 var errSlow = errors.New("client too slow")
 
@@ -57,10 +64,14 @@ func (ss *session) send(name string, ev event) {
 	if ss.combined.Load() {
 		b = ev.combined
 	}
-	ss.push(b)
+	ss.enqueue(queued{b: b, at: ev.at})
 }
 
-func (ss *session) push(b []byte) {
+// push queues an answer of sluice's own.
+func (ss *session) push(b []byte) { ss.enqueue(queued{b: b}) }
+
+func (ss *session) enqueue(q queued) {
+	b := q.b
 	ss.mu.Lock()
 	if ss.ctx.Err() != nil {
 		ss.mu.Unlock()
@@ -71,7 +82,7 @@ func (ss *session) push(b []byte) {
 		ss.cancel(fmt.Errorf("%w: over %d bytes waiting to be sent (streams.client_queue)", errSlow, ss.h.spec.clientQueue))
 		return
 	}
-	ss.queue = append(ss.queue, b)
+	ss.queue = append(ss.queue, q)
 	ss.queued += int64(len(b))
 	ss.mu.Unlock()
 	select {
@@ -92,7 +103,8 @@ func (ss *session) write() {
 		ss.queue = nil
 		ss.mu.Unlock()
 		ss.conn.cork()
-		for _, b := range batch {
+		for _, q := range batch {
+			b := q.b
 			// No context per write: its timer would be the session's main
 			// garbage. A client that stops reading fills its queue and is
 			// cancelled, and closing the connection ends a blocked write.
@@ -110,6 +122,12 @@ func (ss *session) write() {
 		if err := ss.conn.uncork(); err != nil {
 			ss.cancel(fmt.Errorf("writing to the client: %w", err))
 			return
+		}
+		sent := time.Now()
+		for _, q := range batch {
+			if !q.at.IsZero() {
+				ss.h.delay.Observe(sent.Sub(q.at).Seconds())
+			}
 		}
 	}
 }

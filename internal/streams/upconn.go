@@ -258,6 +258,7 @@ func (c *upConn) read(ws *websocket.Conn) error {
 			s := h.streams[m.stream]
 			h.mu.RUnlock()
 			if s != nil {
+				m.ev.at = time.Now()
 				s.deliver(c, m.ev)
 			}
 		case upstreamAnswer:
