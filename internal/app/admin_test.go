@@ -148,6 +148,18 @@ func TestEveryCommandHelp(t *testing.T) {
 	if err := Run(context.Background(), []string{"--help"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "usage:") {
 		t.Errorf("sluice --help: %v\n%s", err, out.String())
 	}
+	// The usage lists every command, and a group's --help its own.
+	for _, c := range commandTable {
+		if !strings.Contains(out.String(), "sluice "+c.synopsis+"\n") {
+			t.Errorf("sluice --help does not list %q", c.synopsis)
+		}
+		if group, _, ok := strings.Cut(c.name, " "); ok {
+			var gout bytes.Buffer
+			if err := Run(context.Background(), []string{group, "--help"}, &gout, io.Discard); err != nil || !strings.Contains(gout.String(), "sluice "+c.synopsis+"\n") {
+				t.Errorf("sluice %s --help: %v, lacks %q:\n%s", group, err, c.synopsis, gout.String())
+			}
+		}
+	}
 }
 
 // TestReloadResolvesAgainstTheFile: sluice reload -c FILE reads FILE's

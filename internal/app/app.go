@@ -30,118 +30,124 @@ import (
 	"sluice/internal/route"
 )
 
-const usage = `sluice: an egress gateway for API clients
-
-usage:
-  sluice run [-c FILE]                 run the proxy (embedded default config without -c)
-  sluice check [-c FILE]               validate a config and print it with defaults filled in
-  sluice ca export [-c FILE] [--format pem|bundle|p12] [-o FILE]
-                                       write the CA certificate clients must trust
-  sluice env [-c FILE]                 print shell exports that point clients at sluice
-  sluice blobs [-c FILE] ls | rm ID | rm --all | gc
-                                       list or remove files in the running sluice's blob store
-  sluice bans [-c FILE] ls | add IP [--for 1h] | rm IP
-                                       list, add or lift client bans in the running sluice
-  sluice reload -c FILE                validate FILE and swap it into the running sluice
-  sluice hosts suggest [LOG_FILE...]   turn report mode's log into a hosts section
-  sluice clients cert NAME [-c FILE] [-o DIR]
-                                       mint a client certificate for a client with certificate: true
-  sluice firewall [-c FILE] --clients CIDR [--format nft|iptables]
-                                       print rules that leave clients no way out but sluice
-  sluice dns [-c FILE] pins | accept HOST
-                                       list the DNS pins, or accept the answer that disagreed
-  sluice fleet --base CONFIG.json (--strategies DIR | --split N)
-                                       write freqtrade bot configs and a compose file for them
-  sluice status [-c FILE] [--watch] [--json]
-                                       the running sluice's numbers: traffic, cache, budgets, refusals, bans
-  sluice health [-c FILE]              exit 0 if the running sluice serves (a health check)
-  sluice version                       print the version
-
-Each command takes --help.
-`
-
 // Run runs the sluice command line args (without the program name).
 // It returns when the command is done or, for run, when ctx ends.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage(""))
 		return errors.New("no command given")
 	}
-	cmd, rest := args[0], args[1:]
-	if run, ok := plainCommands[cmd]; ok {
-		return run(rest, stdout, stderr)
-	}
-	switch cmd {
-	case "run":
-		return runCmd(ctx, rest, stdout, stderr)
-	case "status":
-		return statusCmd(ctx, rest, stdout, stderr)
-	case "ca":
-		return subcommand(cmd, "export", rest, stdout, func(args []string) error { return caExportCmd(args, stdout, stderr) })
-	case "clients":
-		return subcommand(cmd, "cert", rest, stdout, func(args []string) error { return clientsCertCmd(args, stdout, stderr) })
-	case "hosts":
-		return subcommand(cmd, "suggest", rest, stdout, func(args []string) error { return hostsSuggestCmd(args, os.Stdin, stdout, stderr) })
-	case "version":
-		fs, _ := flags("version", stdout, stderr)
-		if done, err := parse(fs, rest); done {
-			return err
-		}
-		fmt.Fprintln(stdout, "sluice", Version())
-		return nil
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+	name := args[0]
+	if isHelp(name) {
+		fmt.Fprint(stdout, usage(""))
 		return nil
 	}
-	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", cmd)
-}
-
-// subcommand runs a command that has a single subcommand (ca export,
-// hosts suggest): run with the arguments after it.
-func subcommand(cmd, sub string, rest []string, stdout io.Writer, run func([]string) error) error {
-	if len(rest) == 0 || rest[0] != sub {
-		if len(rest) > 0 && isHelp(rest[0]) {
-			fmt.Fprint(stdout, usage)
+	if c, ok := commands[name]; ok {
+		return c.run(ctx, args[1:], stdout, stderr)
+	}
+	if !isGroup(name) {
+		fmt.Fprint(stderr, usage(""))
+		return fmt.Errorf("unknown command %q", name)
+	}
+	// A group (ca, hosts, ...): its subcommand, or its own usage.
+	if len(args) == 1 || isHelp(args[1]) {
+		if len(args) > 1 {
+			fmt.Fprint(stdout, usage(name))
 			return nil
 		}
-		return errors.New("usage: sluice " + commands[cmd+" "+sub].synopsis)
+		fmt.Fprint(stderr, usage(name))
+		return fmt.Errorf("sluice %s needs a subcommand", name)
 	}
-	return run(rest[1:])
+	if c, ok := commands[name+" "+args[1]]; ok {
+		return c.run(ctx, args[2:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, usage(name))
+	return fmt.Errorf("unknown command %q", name+" "+args[1])
 }
 
-// plainCommands are the commands that take their arguments, stdout and
-// stderr and nothing else.
-var plainCommands = map[string]func(args []string, stdout, stderr io.Writer) error{
-	"check": checkCmd, "env": envCmd, "blobs": blobsCmd, "bans": bansCmd, "reload": reloadCmd,
-	"dns": dnsCmd, "firewall": firewallCmd, "health": healthCmd, "fleet": fleetCmd,
+// usage lists the commands (of group, or all of them), generated from
+// the command table.
+func usage(group string) string {
+	var b strings.Builder
+	if group == "" {
+		b.WriteString("sluice: an egress gateway for API clients\n\nusage:\n")
+	} else {
+		fmt.Fprintf(&b, "usage of sluice %s:\n", group)
+	}
+	for _, c := range commandTable {
+		if group != "" && !strings.HasPrefix(c.name, group+" ") {
+			continue
+		}
+		what, _, _ := strings.Cut(c.what, ". ")
+		fmt.Fprintf(&b, "  sluice %s\n      %s\n", c.synopsis, strings.TrimSuffix(what, "."))
+	}
+	b.WriteString("\nEach command takes --help.\n")
+	return b.String()
+}
+
+func isGroup(name string) bool {
+	return slices.ContainsFunc(commandTable, func(c command) bool { return strings.HasPrefix(c.name, name+" ") })
 }
 
 func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" || s == "help" }
 
-// command is what --help says of a command.
+// command is a command line: what --help says of it, and what runs it.
 type command struct {
+	name     string // "run", or a group's "ca export"
 	synopsis string // after "sluice "
 	what     string
 	example  string
+	run      func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-var commands = map[string]command{
-	"run":           {"run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml"},
-	"check":         {"check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand"},
-	"ca export":     {"ca export [-c FILE] [--format pem|bundle|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12"},
-	"health":        {"health [-c FILE]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml"},
-	"env":           {"env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`},
-	"blobs":         {"blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all"},
-	"bans":          {"bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping"},
-	"reload":        {"reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml"},
-	"fleet":         {"fleet --base CONFIG.json (--strategies DIR | --split N) [-o DIR] [--proxy URL] [--ca FILE] [--dns IP]", "Write a freqtrade config per bot (one per strategy file, or the base's pair whitelist split across N bots), each with its own name and database and the ccxt settings that send both its clients through sluice, and compose.fleet.yaml that puts them on deploy/compose.yaml's internal network.", "sluice fleet --base user_data/config.json --split 4 -o user_data/fleet"},
-	"firewall":      {"firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports and its resolvers. Apply with nft -f (or iptables-restore --noflush).", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -"},
-	"dns":           {"dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com"},
-	"clients cert":  {"clients cert NAME [-c FILE] [-o DIR] [--valid 8760h]", "Mint a client certificate from sluice's CA for a client with certificate: true (its common name is NAME); the client presents it on the HTTPS-proxy listener instead of a password.", "sluice clients cert bot3 -o /etc/bots/bot3"},
-	"hosts suggest": {"hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml"},
-	"status":        {"status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch"},
-	"version":       {"version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version"},
+// plain adapts a command that needs no context.
+func plain(f func(args []string, stdout, stderr io.Writer) error) func(context.Context, []string, io.Writer, io.Writer) error {
+	return func(_ context.Context, args []string, stdout, stderr io.Writer) error { return f(args, stdout, stderr) }
+}
+
+// commandTable is every command, in the order usage lists them.
+var commandTable = []command{
+	{"run", "run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml", runCmd},
+	{"check", "check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand", plain(checkCmd)},
+	{"init", "init [--from-api-list FILE] [--transparent [--address IP]] [-o FILE]", "Write a commented starter config: the embedded default's hosts, or those of an old stack's api-list with the profile sluice knows for each; --transparent adds the DNS and transparent listeners and the firewall line to run.", "sluice init --from-api-list freqcache/5_ca/api-list -o sluice.yaml", plain(initCmd)},
+	{"env", "env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`, plain(envCmd)},
+	{"ca export", "ca export [-c FILE] [--format pem|der|bundle|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12", plain(caExportCmd)},
+	{"ca trust", "ca trust [-c FILE] [--system] [--python PATH]... [--java [--keystore FILE]] [--nss DIR]... [--json]", "Install sluice's CA in trust stores: the system's (Debian/Ubuntu, Alpine, RHEL/Fedora; the default), a Python environment's certifi bundle, a Java keystore, an NSS database. Running it again changes nothing; sluice ca untrust takes it out.", "sluice ca trust --system --python ~/freqtrade/.venv/bin/python", plain(caTrustCmd("ca trust", false))},
+	{"ca untrust", "ca untrust [-c FILE] [--system] [--python PATH]... [--java [--keystore FILE]] [--nss DIR]... [--json]", "Remove sluice's CA from the trust stores sluice ca trust installed it in (the same flags).", "sluice ca untrust --python ~/freqtrade/.venv/bin/python", plain(caTrustCmd("ca untrust", true))},
+	{"ca import", "ca import CERT KEY [-c FILE] [--force]", "Make an existing CA sluice's (a fleet's shared CA, or the one an old stack's clients already trust): its certificate and unencrypted key (ECDSA, or RSA of 2048 bits or more) are checked and copied into the data dir.", "sluice ca import freqcache/ca.crt freqcache/ca.key", plain(caImportCmd)},
+	{"clients cert", "clients cert NAME [-c FILE] [-o DIR] [--valid 8760h]", "Mint a client certificate from sluice's CA for a client with certificate: true (its common name is NAME); the client presents it on the HTTPS-proxy listener instead of a password.", "sluice clients cert bot3 -o /etc/bots/bot3", plain(clientsCertCmd)},
+	{"hosts suggest", "hosts suggest [LOG_FILE...]", "Turn the lines that report mode (policy: report, or an entry's mode: report) logged into a hosts section, each host with the profile the embedded default gives it; reads stdin without a file.", "sluice hosts suggest /var/log/sluice/sluice.log > hosts.yaml",
+		func(_ context.Context, args []string, stdout, stderr io.Writer) error {
+			return hostsSuggestCmd(args, os.Stdin, stdout, stderr)
+		}},
+	{"status", "status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch", statusCmd},
+	{"health", "health [-c FILE]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml", plain(healthCmd)},
+	{"reload", "reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml", plain(reloadCmd)},
+	{"blobs", "blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all", plain(blobsCmd)},
+	{"bans", "bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping", plain(bansCmd)},
+	{"dns", "dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com", plain(dnsCmd)},
+	{"firewall", "firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports and its resolvers. Apply with nft -f (or iptables-restore --noflush).", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -", plain(firewallCmd)},
+	{"fleet", "fleet --base CONFIG.json (--strategies DIR | --split N) [-o DIR] [--proxy URL] [--ca FILE] [--dns IP]", "Write a freqtrade config per bot (one per strategy file, or the base's pair whitelist split across N bots), each with its own name and database and the ccxt settings that send both its clients through sluice, and compose.fleet.yaml that puts them on deploy/compose.yaml's internal network.", "sluice fleet --base user_data/config.json --split 4 -o user_data/fleet", plain(fleetCmd)},
+	{"version", "version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version", plain(versionCmd)},
+}
+
+// commands are commandTable by name (filled in init: the commands look
+// their own synopsis up in it).
+var commands = map[string]command{}
+
+func init() {
+	for _, c := range commandTable {
+		commands[c.name] = c
+	}
+}
+
+func versionCmd(args []string, stdout, stderr io.Writer) error {
+	fs, _ := flags("version", stdout, stderr)
+	if done, err := parse(fs, args); done {
+		return err
+	}
+	fmt.Fprintln(stdout, "sluice", Version())
+	return nil
 }
 
 // flags returns the flag set of a command (which must be in commands):
@@ -247,43 +253,6 @@ func writeProfileSources(w io.Writer, c *config.Config) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-func caExportCmd(args []string, stdout, stderr io.Writer) error {
-	fs, cfgPath := flags("ca export", stdout, stderr)
-	format := fs.String("format", "pem", "`pem`, bundle (the system roots and the CA, for REQUESTS_CA_BUNDLE or SSL_CERT_FILE) or p12 (a PKCS#12 trust store: the certificate, never the key)")
-	outPath := fs.StringP("output", "o", "", "write to `FILE` instead of standard output")
-	password := fs.String("password", "changeit", "password of the p12 trust store (Java's default)")
-	if done, err := parse(fs, args); done {
-		return err
-	}
-	cfg, err := loadConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-	if *format != "pem" && *format != "bundle" && *format != "p12" {
-		return fmt.Errorf("--format %q: want pem, bundle or p12", *format)
-	}
-	certPEM, _, err := caCertificate(cfg)
-	if err != nil {
-		return err
-	}
-	data := certPEM
-	switch *format {
-	case "bundle":
-		if data, err = ca.Bundle(certPEM); err != nil {
-			return err
-		}
-	case "p12":
-		if data, err = ca.TrustStore(certPEM, *password); err != nil {
-			return err
-		}
-	}
-	if *outPath == "" {
-		_, err = stdout.Write(data)
-		return err
-	}
-	return os.WriteFile(*outPath, data, 0o644)
 }
 
 // envCmd prints the shell exports that send clients through sluice and

@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"sluice/internal/ca"
 	"sluice/internal/testenv"
 	"sluice/internal/testpki"
 	"sluice/internal/testredis"
@@ -392,8 +393,15 @@ func TestCAExport(t *testing.T) {
 	if fi, err := os.Stat(p12); err != nil || fi.Size() == 0 {
 		t.Errorf("ca export p12 wrote nothing: %v", err)
 	}
-	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg, "--format", "der"}, io.Discard, io.Discard); err == nil {
-		t.Error("ca export --format der accepted")
+	var der bytes.Buffer
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg, "--format", "der"}, &der, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ca.ParseCertPEM(pem.Bytes()); err != nil || !bytes.Equal(der.Bytes(), c.Raw) {
+		t.Errorf("ca export --format der: %d bytes, not the PEM's certificate (%v)", der.Len(), err)
+	}
+	if err := Run(context.Background(), []string{"ca", "export", "-c", cfg, "--format", "cer"}, io.Discard, io.Discard); err == nil {
+		t.Error("ca export --format cer accepted")
 	}
 }
 

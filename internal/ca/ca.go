@@ -8,9 +8,12 @@
 package ca
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -36,7 +39,7 @@ const (
 type Root struct {
 	Cert    *x509.Certificate
 	CertPEM []byte
-	key     *ecdsa.PrivateKey
+	key     crypto.Signer // ECDSA when sluice made it; ECDSA or RSA when imported
 	// Created reports whether OpenRoot generated the root just now.
 	Created bool
 }
@@ -77,22 +80,111 @@ func loadRoot(certPath, keyPath string, now time.Time) (*Root, error) {
 	if err != nil {
 		return nil, err
 	}
+	root, err := parseRoot(certPEM, keyPEM, certPath, keyPath, now)
+	if err != nil {
+		return nil, err
+	}
+	if now.After(root.Cert.NotAfter) {
+		return nil, fmt.Errorf("%s expired on %s: remove %s and %s to create a new CA", certPath, root.Cert.NotAfter.Format(time.DateOnly), certPath, keyPath)
+	}
+	return root, nil
+}
+
+// parseRoot checks that certPEM is a CA certificate that keyPEM signs for:
+// the key ECDSA, or RSA of 2048 bits or more.
+func parseRoot(certPEM, keyPEM []byte, certPath, keyPath string, now time.Time) (*Root, error) {
+	if bytes.Contains(keyPEM, []byte("ENCRYPTED")) {
+		return nil, fmt.Errorf("%s is encrypted: sluice needs the key in clear (openssl pkey -in %s -out ca.key, then chmod 600 ca.key)", keyPath, keyPath)
+	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("load CA from %s and %s: %w", certPath, keyPath, err)
 	}
-	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("%s: the CA key must be ECDSA", keyPath)
+	var key crypto.Signer
+	switch k := pair.PrivateKey.(type) {
+	case *ecdsa.PrivateKey:
+		key = k
+	case *rsa.PrivateKey:
+		if k.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("%s: an RSA key of %d bits is too weak for a CA (2048 at least)", keyPath, k.N.BitLen())
+		}
+		key = k
+	default:
+		return nil, fmt.Errorf("%s: the CA key must be ECDSA or RSA, not %T", keyPath, pair.PrivateKey)
 	}
 	cert := pair.Leaf
-	if !cert.IsCA {
-		return nil, fmt.Errorf("%s is not a CA certificate", certPath)
+	if !cert.IsCA || cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return nil, fmt.Errorf("%s is not a CA certificate (it may not sign certificates)", certPath)
 	}
-	if now.After(cert.NotAfter) {
-		return nil, fmt.Errorf("%s expired on %s: remove %s and %s to create a new CA", certPath, cert.NotAfter.Format(time.DateOnly), certPath, keyPath)
+	if now.Before(cert.NotBefore) {
+		return nil, fmt.Errorf("%s is not valid before %s", certPath, cert.NotBefore.Format(time.RFC3339))
 	}
-	return &Root{Cert: cert, CertPEM: certPEM, key: key}, nil
+	// Only the first certificate of certPEM: what clients must trust.
+	first := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	return &Root{Cert: cert, CertPEM: first, key: key}, nil
+}
+
+// Import makes the CA in certPath and keyPath (an existing CA: a fleet's
+// shared one, or the one an old stack's clients already trust) the CA of
+// dir. A different CA already there is replaced only when replace is set,
+// and then kept beside as ca.pem.replaced-TIME and ca.key.replaced-TIME;
+// the same CA is left as it is (changed false).
+func Import(dir, certPath, keyPath string, now time.Time, replace bool) (root *Root, changed bool, err error) {
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, false, err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, false, err
+	}
+	root, err = parseRoot(certPEM, keyPEM, certPath, keyPath, now)
+	if err != nil {
+		return nil, false, err
+	}
+	if now.After(root.Cert.NotAfter) {
+		return nil, false, fmt.Errorf("%s expired on %s", certPath, root.Cert.NotAfter.Format(time.DateOnly))
+	}
+	oldCert, oldKey := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
+	if old, err := os.ReadFile(oldCert); err == nil {
+		if existing, perr := ParseCertPEM(old); perr == nil && bytes.Equal(existing.Raw, root.Cert.Raw) {
+			return root, false, nil
+		}
+		if !replace {
+			return nil, false, fmt.Errorf("%s already has a CA (%s): --force replaces it, and every client that trusts it must then trust the imported one", dir, certSubject(old))
+		}
+		suffix := ".replaced-" + now.UTC().Format("20060102T150405Z")
+		for _, p := range []string{oldKey, oldCert} {
+			if err := os.Rename(p, p+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, false, err
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("create data dir: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(root.key)
+	if err != nil {
+		return nil, false, err
+	}
+	// The key first, as createRoot does.
+	if err := atomicfile.Write(oldKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, false, err
+	}
+	if err := atomicfile.Write(oldCert, root.CertPEM, 0o644); err != nil {
+		return nil, false, err
+	}
+	return root, true, nil
+}
+
+func certSubject(certPEM []byte) string {
+	c, err := ParseCertPEM(certPEM)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	return fmt.Sprintf("%q, valid until %s", c.Subject.CommonName, c.NotAfter.Format(time.DateOnly))
 }
 
 func createRoot(dir string, now time.Time) (*Root, error) {

@@ -95,3 +95,32 @@ func DefaultProfile(n string) string {
 		rest = after
 	}
 }
+
+// DefaultEntry is a host entry of the embedded default.
+type DefaultEntry struct {
+	Pattern string
+	Profile string
+	Ports   []uint16
+}
+
+// DefaultEntries are the embedded default's host entries, in its order.
+func DefaultEntries() []DefaultEntry {
+	var d struct {
+		Hosts yaml.Node `yaml:"hosts"`
+	}
+	if err := yaml.Unmarshal(defaultYAML, &d); err != nil {
+		panic("config: the embedded default does not decode: " + err.Error())
+	}
+	var out []DefaultEntry
+	for i := 0; i+1 < len(d.Hosts.Content); i += 2 {
+		var h struct {
+			Profile string   `yaml:"profile"`
+			Ports   []uint16 `yaml:"ports"`
+		}
+		if err := d.Hosts.Content[i+1].Decode(&h); err != nil {
+			panic("config: the embedded default's hosts do not decode: " + err.Error())
+		}
+		out = append(out, DefaultEntry{Pattern: d.Hosts.Content[i].Value, Profile: h.Profile, Ports: h.Ports})
+	}
+	return out
+}
