@@ -24,6 +24,20 @@ import (
 // test sends load through sluice, an unban without the token is refused
 // and with it works. A screenshot is saved (SLUICE_ARTIFACTS, or the
 // test's temp dir).
+// headless starts Chromium with proxy as its proxy, for a minute at most;
+// it ends with the test.
+func headless(t *testing.T, browser, proxy string) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
+		chromedp.ProxyServer(proxy), chromedp.WindowSize(1280, 1400))
+	actx, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func TestDashboardInChromium(t *testing.T) {
 	browser := testenv.RequireTool(t, "chromium")
 	upCA := testpki.NewCA(t, "upstream CA")
@@ -56,15 +70,8 @@ hosts:
 		t.Fatalf("POST /bans: %d %s", code, body)
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
-		// Anything not on loopback goes to a closed port: the test talks to nothing else.
-		chromedp.ProxyServer("http://127.0.0.1:9"), chromedp.WindowSize(1280, 1400))
-	actx, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	// Anything not on loopback goes to a closed port: the test talks to nothing else.
+	ctx := headless(t, browser, "http://127.0.0.1:9")
 	var mu sync.Mutex
 	var problems []string
 	console := chromedp.Console(ctx) // subscribed now: no message of the page is lost

@@ -14,6 +14,7 @@ import (
 	"sluice/internal/config"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
+	"sluice/internal/onboard"
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/store"
@@ -95,12 +96,16 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	onboarding, err := onboard.New(c.Root.CertPEM)
+	if err != nil {
+		return nil, nil, err
+	}
 	ctx := c.Context
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
-		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter)}
+		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding}
 	gw.Install(t)
 	return gw, srv, nil
 }

@@ -26,6 +26,7 @@ import (
 	"sluice/internal/decision"
 	"sluice/internal/filter"
 	"sluice/internal/obs"
+	"sluice/internal/onboard"
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/streams"
@@ -60,6 +61,8 @@ type Deps struct {
 	Clients *vault.Metrics
 	// Streams are the shared market streams, by host.
 	Streams *streams.Hubs
+	// Onboarding is the page at http://sluice.invalid/.
+	Onboarding *onboard.Page
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -104,6 +107,7 @@ func (t *Table) head(d Deps) []stage {
 		{"canonical request", canon.Middleware(t.identify)},                           // canonical request: target and client from the entry point, one spelling of the path
 		{"client identity", vault.Identify(d.Clients, t.vault, t.authFailed(d.Bans))}, // which named client: proxy credentials, certificate or address; else 407
 		{"ban gate", filter.BanGate(d.Bans)},                                          // banned client (address or name): refused before anything is read
+		{"onboarding", d.Onboarding.Middleware},                                       // http://sluice.invalid/: sluice's CA and how to trust it, never forwarded
 		{"policy", policy.Middleware(t.Policy, d.Reports)},                            // allowlist: deny, tunnel, intercept or reverse, recorded
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
 	"sluice/internal/hostport"
+	"sluice/internal/onboard"
 	"sluice/internal/policy"
 	"sluice/internal/proxy"
 	"sluice/internal/resolve"
@@ -194,7 +195,12 @@ func compile(cfg *config.Config, d *dialer.Dialer) (*Table, []error) {
 		c.add(config.Under(err, "dns", "resolvers", strconv.Itoa(i)))
 		t.Resolvers = append(t.Resolvers, srv)
 	}
-	t.DNS = &dnsserver.Answers{Allowed: t.Policy.Resolvable, NXDomain: cfg.DNS.Refuse == "nxdomain"}
+	allowed := t.Policy.Resolvable
+	if cfg.Listen.TransparentHTTP != "" && cfg.Listen.TransparentHTTP != config.Off {
+		// The onboarding page, for clients whose only way out is sluice's DNS.
+		allowed = func(name string) bool { return name == onboard.Host || t.Policy.Resolvable(name) }
+	}
+	t.DNS = &dnsserver.Answers{Allowed: allowed, NXDomain: cfg.DNS.Refuse == "nxdomain"}
 	for i, a := range cfg.DNS.Answer {
 		ip, err := netip.ParseAddr(a)
 		switch {

@@ -37,3 +37,28 @@ func TestErrorsGolden(t *testing.T) {
 		})
 	}
 }
+
+// TestOnboardingNameInDNS: with a transparent HTTP listener, sluice's DNS
+// answers sluice.invalid (the onboarding page) like an allowed host; with
+// none, nothing would serve the page there, and the name is refused.
+func TestOnboardingNameInDNS(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		want   bool
+	}{
+		{"listen: {proxy: 127.0.0.1:0, admin: \"off\", dns: 127.0.0.1:0, transparent_http: 127.0.0.1:0}\n", true},
+		{"listen: {proxy: 127.0.0.1:0, admin: \"off\", dns: 127.0.0.1:0}\n", false},
+	} {
+		cfg := tc.listen + "data_dir: " + t.TempDir() + "\ndns: {answer: [192.0.2.10]}\nhosts:\n  api.binance.com: {}\n"
+		table, err := Parse([]byte(cfg), "test", t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := table.DNS.Allowed("sluice.invalid"); got != tc.want {
+			t.Errorf("%sDNS answers sluice.invalid: %v, want %v", tc.listen, got, tc.want)
+		}
+		if !table.DNS.Allowed("api.binance.com") || table.DNS.Allowed("evil.example") {
+			t.Errorf("%sthe allowed hosts' answers changed", tc.listen)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"sluice/internal/atomicfile"
+	"sluice/internal/ca"
 )
 
 // Cert is the CA certificate to install.
@@ -29,18 +30,14 @@ type Cert struct {
 
 // ParseCert reads a PEM CA certificate.
 func ParseCert(certPEM []byte) (*Cert, error) {
-	block, _ := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("no PEM certificate")
-	}
-	c, err := x509.ParseCertificate(block.Bytes)
+	c, err := ca.ParseCertPEM(certPEM)
 	if err != nil {
 		return nil, err
 	}
 	if !c.IsCA {
 		return nil, errors.New("not a CA certificate")
 	}
-	return &Cert{PEM: pem.EncodeToMemory(block), x509: c}, nil
+	return &Cert{PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}), x509: c}, nil
 }
 
 // Name is the certificate's name in every store: "sluice-" and the first
