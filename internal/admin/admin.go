@@ -77,6 +77,9 @@ type Options struct {
 	DataDir string
 	// Dashboard (nil: none) serves GET /, /status and /events.
 	Dashboard *dashboard.Dashboard
+	// Why explains what the running config does with a request to target
+	// (HOST[:PORT]) with method, path and client (each may be empty).
+	Why func(ctx context.Context, target, method, path, client string) any
 }
 
 // Server is the admin HTTP server.
@@ -224,6 +227,16 @@ func New(opts Options) *Server {
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ban lifted"})
+		})
+	}
+	if opts.Why != nil {
+		private.HandleFunc("GET /v1/why", func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
+			if q.Get("target") == "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "target missing", "detail": "GET /v1/why?target=HOST[:PORT][&method=GET&path=/x&client=NAME]"})
+				return
+			}
+			writeJSON(w, http.StatusOK, opts.Why(r.Context(), q.Get("target"), q.Get("method"), q.Get("path"), q.Get("client")))
 		})
 	}
 	if opts.Pins != nil {

@@ -97,8 +97,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("banned client: %v, want its CONNECT refused", err)
 	}
 	var out bytes.Buffer
-	cli := filepath.Join(r.dir, "cli.yaml")
-	os.WriteFile(cli, []byte(strings.Replace(readFile(t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644)
+	cli := r.cliConfig()
 	if err := Run(context.Background(), []string{"bans", "-c", cli, "ls"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "127.0.0.1") {
 		t.Errorf("sluice bans ls: %v\n%s", err, out.String())
 	}
@@ -148,10 +147,14 @@ func TestEveryCommandHelp(t *testing.T) {
 	if err := Run(context.Background(), []string{"--help"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "usage:") {
 		t.Errorf("sluice --help: %v\n%s", err, out.String())
 	}
+	reference := readFile(t, filepath.Join("..", "..", "docs", "reference", "commands.md"))
 	// The usage lists every command, and a group's --help its own.
 	for _, c := range commandTable {
 		if !strings.Contains(out.String(), "sluice "+c.synopsis+"\n") {
 			t.Errorf("sluice --help does not list %q", c.synopsis)
+		}
+		if !strings.Contains(reference, "| `sluice "+c.name) {
+			t.Errorf("docs/reference/commands.md has no row for sluice %s", c.name)
 		}
 		if group, _, ok := strings.Cut(c.name, " "); ok {
 			var gout bytes.Buffer

@@ -120,6 +120,7 @@ var commandTable = []command{
 		func(_ context.Context, args []string, stdout, stderr io.Writer) error {
 			return hostsSuggestCmd(args, os.Stdin, stdout, stderr)
 		}},
+	{"why", "why HOST[:PORT] [METHOD PATH] [-c FILE] [--client NAME] [--json]", "Say what sluice does with a request to HOST (port 443, or 80 for plain HTTP) and why, stage by stage: refused by which stage and which config key would change it, or allowed and how it is cached and budgeted; the running sluice answers, or the config file when none runs.", "sluice why api.binance.com POST /sapi/v1/capital/withdraw/apply --client bot1", plain(whyCmd)},
 	{"status", "status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch", statusCmd},
 	{"health", "health [-c FILE]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml", plain(healthCmd)},
 	{"reload", "reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml", plain(reloadCmd)},

@@ -138,6 +138,17 @@ func (r *running) waitLog(s string) {
 	r.t.Fatalf("no log line with %q after 10s:\n%s", s, r.log())
 }
 
+// cliConfig writes r's config with its admin listener's real address (the
+// file says port 0), for the commands that ask the running sluice.
+func (r *running) cliConfig() string {
+	r.t.Helper()
+	cli := filepath.Join(r.dir, "cli.yaml")
+	if err := os.WriteFile(cli, []byte(strings.Replace(readFile(r.t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+	return cli
+}
+
 func (r *running) client() *http.Client {
 	pem, err := os.ReadFile(filepath.Join(r.dir, "data", "ca.pem"))
 	if err != nil {
@@ -566,6 +577,23 @@ func TestVersionFallsBackToLinkValues(t *testing.T) {
 	}
 }
 
+// docs are the project's documentation: README.md and every file under
+// docs/, by path.
+func docs(t *testing.T) map[string]string {
+	t.Helper()
+	root := filepath.Join("..", "..")
+	paths, _ := filepath.Glob(filepath.Join(root, "docs", "*", "*.md"))
+	more, _ := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	out := map[string]string{}
+	for _, p := range append(append(paths, more...), filepath.Join(root, "README.md")) {
+		out[p] = readFile(t, p)
+	}
+	if len(out) < 10 {
+		t.Fatalf("found %d documentation files under %s/docs: the test reads nothing", len(out), root)
+	}
+	return out
+}
+
 // TestSeriesFromTheStart: the documented series exist at the first scrape,
 // before any request (zero counters), so that alerts on them work; a
 // budget's series exist for every budget the config names, a rule set's
@@ -592,10 +620,11 @@ func TestSeriesFromTheStart(t *testing.T) {
 			have[name] = true
 		}
 	}
-	readme := readFile(t, filepath.Join("..", "..", "README.md"))
-	for _, name := range regexp.MustCompile("`(sluice_[a-z0-9_]+)").FindAllStringSubmatch(readme, -1) {
-		if !have[name[1]] {
-			t.Errorf("%s is documented in README.md but not in the first scrape", name[1])
+	for path, text := range docs(t) {
+		for _, name := range regexp.MustCompile("`(sluice_[a-z0-9_]+)").FindAllStringSubmatch(text, -1) {
+			if !have[name[1]] {
+				t.Errorf("%s is documented in %s but not in the first scrape", name[1], path)
+			}
 		}
 	}
 	// The Grafana dashboard names only series sluice exports.
@@ -670,7 +699,7 @@ func TestShutdownCutOffIsLogged(t *testing.T) {
 }
 
 // TestLogFileAndFail2ban: with log.file the log goes to that file, and the
-// fail2ban filter the README gives finds the client of a rule violation
+// fail2ban filter docs/guides/rules.md gives finds the client of a rule violation
 // in the lines sluice really writes there.
 func TestLogFileAndFail2ban(t *testing.T) {
 	regex := testenv.RequireTool(t, "fail2ban-regex", "fail2ban")
@@ -694,15 +723,15 @@ func TestLogFileAndFail2ban(t *testing.T) {
 	if !strings.Contains(lines, `"msg":"sluice started"`) {
 		t.Fatalf("%s does not hold sluice's log:\n%s", logFile, lines)
 	}
-	readme := readFile(t, filepath.Join("..", "..", "README.md"))
-	_, rest, _ := strings.Cut(readme, "filter.d/sluice.conf")
+	guide := readFile(t, filepath.Join("..", "..", "docs", "guides", "rules.md"))
+	_, rest, _ := strings.Cut(guide, "filter.d/sluice.conf")
 	_, rest, _ = strings.Cut(rest, "```ini\n")
 	filter, _, _ := strings.Cut(rest, "```")
 	filterFile := filepath.Join(t.TempDir(), "sluice.conf")
 	os.WriteFile(filterFile, []byte(filter), 0o644)
 	out, err := exec.Command(regex, logFile, filterFile).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "Lines: ") || !regexp.MustCompile(`(?m)^Lines: \d+ lines, \d+ ignored, 3 matched`).Match(out) {
-		t.Errorf("fail2ban-regex %s with the README's filter: %v\n%s", logFile, err, out)
+		t.Errorf("fail2ban-regex %s with the rules guide's filter: %v\n%s", logFile, err, out)
 	}
 	if !strings.Contains(string(out), "127.0.0.1") {
 		t.Errorf("fail2ban-regex found no client 127.0.0.1:\n%s", out)

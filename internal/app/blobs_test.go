@@ -95,10 +95,7 @@ func TestBlobsCLI(t *testing.T) {
 			t.Fatalf("fetch: X-Cache %q err %v, want %s and the whole file", xc, err, want)
 		}
 	}
-	// the CLI reads the admin address from the config, which says :0
-	cfg := strings.Replace(readFile(t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)
-	cli := filepath.Join(r.dir, "cli.yaml")
-	os.WriteFile(cli, []byte(cfg), 0o644)
+	cli := r.cliConfig()
 	var out bytes.Buffer
 	if err := Run(context.Background(), []string{"blobs", "-c", cli, "ls"}, &out, io.Discard); err != nil {
 		t.Fatalf("blobs ls: %v", err)

@@ -190,8 +190,7 @@ func TestStatusCommand(t *testing.T) {
 	if _, err := c.Get("https://refused.test/x"); err == nil {
 		t.Fatal("a host not listed was let through")
 	}
-	cli := filepath.Join(r.dir, "cli.yaml")
-	os.WriteFile(cli, []byte(strings.Replace(readFile(t, r.cfg), "admin: 127.0.0.1:0", "admin: "+r.addrs["admin"], 1)), 0o644)
+	cli := r.cliConfig()
 	var out bytes.Buffer
 	testenv.WaitFor(t, 5*time.Second, "sluice status to list the refusal", func() bool {
 		out.Reset()

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -155,4 +156,22 @@ func alreadyCanonical(raw string, ignore []string) bool {
 		prev = name
 	}
 	return true
+}
+
+// Describe says how r would be cached, for sluice why.
+func (rs *Rules) Describe(r *http.Request) string {
+	if !rs.Enabled() {
+		return "not cached (cache: off)"
+	}
+	if ru := rs.match(r); ru != nil {
+		what := ru.prefix
+		if ru.re != nil {
+			what = ru.re.String()
+		}
+		return fmt.Sprintf("cached for %s, whatever the upstream says (cache rule %s)", ru.ttl, what)
+	}
+	if rs.mode == config.CacheStandard {
+		return "cached as the answer's headers allow (RFC 9111; no cache rule matches)"
+	}
+	return "not cached (no cache rule matches)"
 }

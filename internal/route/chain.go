@@ -91,7 +91,7 @@ func (t *Table) Build(d Deps) {
 	t.handler = chain(http.HandlerFunc(t.dispatch), t.head(d))
 }
 
-// A stage is one named step of the pipeline (the README's stage table
+// A stage is one named step of the pipeline (docs/architecture.md's stage table
 // lists them by these names, and a test holds the two together).
 type stage struct {
 	name string

@@ -11,7 +11,7 @@ import (
 	"sluice/internal/ca"
 )
 
-// TestStageTable: README's stage table names the stages Build makes, in
+// TestStageTable: docs/architecture.md's stage table names the stages Build makes, in
 // their order (the head, a route's tail, the forwarder).
 func TestStageTable(t *testing.T) {
 	table, d := buildTable(t, "hosts:\n  api.binance.com: {}\n")
@@ -24,13 +24,13 @@ func TestStageTable(t *testing.T) {
 	}
 	built = append(built, "forwarder")
 
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/architecture.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(readme), "\n| stage | package |")
 	if !ok {
-		t.Fatal("README.md has no stage table (| stage | package | ...)")
+		t.Fatal("docs/architecture.md has no stage table (| stage | package | ...)")
 	}
 	var documented []string
 	for _, line := range strings.Split(rest, "\n")[2:] {
@@ -40,7 +40,7 @@ func TestStageTable(t *testing.T) {
 		documented = append(documented, strings.TrimSpace(strings.Split(line, "|")[1]))
 	}
 	if !slices.Equal(documented, built) {
-		t.Errorf("README's stage table lists\n  %v\nBuild makes\n  %v", documented, built)
+		t.Errorf("docs/architecture.md's stage table lists\n  %v\nBuild makes\n  %v", documented, built)
 	}
 }
 

@@ -162,24 +162,13 @@ func Grants(of func(*http.Request) (*Vault, Groups)) func(http.Handler) http.Han
 				return
 			}
 			host := rec.Target.Host
-			if !slices.Contains(c.hosts, host) && !slices.Contains(c.hosts, rec.Rule) {
-				refuseGrant(w, r, rec, "host not granted", fmt.Sprintf("client %s may not reach %s (clients.%s.hosts)", c.Name, host, c.Name))
+			if reason, detail := c.Refuses(host, rec.Rule, r.Method, r.URL.Path, groups); reason != "" {
+				refuseGrant(w, r, rec, reason, detail)
 				return
 			}
 			if r.Method == http.MethodConnect {
 				next.ServeHTTP(w, r) // each request inside is checked on its own
 				return
-			}
-			if c.grants != nil {
-				g := groups.Of(r.Method, r.URL.Path)
-				if !c.grants[g] {
-					what := fmt.Sprintf("%s %s is in the %q group", r.Method, r.URL.Path, g)
-					if g == "" {
-						what = fmt.Sprintf("%s %s is in no endpoint group of %s's profile", r.Method, r.URL.Path, host)
-					}
-					refuseGrant(w, r, rec, "endpoint group not granted", fmt.Sprintf("%s, and client %s is granted %v (clients.%s.grants)", what, c.Name, slices.Sorted(maps.Keys(c.grants)), c.Name))
-					return
-				}
 			}
 			if k := c.keys[host]; k != nil {
 				if sent := r.Header.Get(k.signer.keyHeader()); sent != "" && sent != k.Placeholder {
@@ -190,6 +179,28 @@ func Grants(of func(*http.Request) (*Vault, Groups)) func(http.Handler) http.Han
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// Refuses says why c's grants refuse method and path on host (matched by
+// the host entry rule), and what to change; "" when they allow it. A
+// CONNECT is checked for its host only: each request inside is checked on
+// its own.
+func (c *Client) Refuses(host, rule, method, path string, groups Groups) (reason, detail string) {
+	if !slices.Contains(c.hosts, host) && !slices.Contains(c.hosts, rule) {
+		return "host not granted", fmt.Sprintf("client %s may not reach %s (clients.%s.hosts)", c.Name, host, c.Name)
+	}
+	if method == http.MethodConnect || c.grants == nil {
+		return "", ""
+	}
+	g := groups.Of(method, path)
+	if c.grants[g] {
+		return "", ""
+	}
+	what := fmt.Sprintf("%s %s is in the %q group", method, path, g)
+	if g == "" {
+		what = fmt.Sprintf("%s %s is in no endpoint group of %s's profile", method, path, host)
+	}
+	return "endpoint group not granted", fmt.Sprintf("%s, and client %s is granted %v (clients.%s.grants)", what, c.Name, slices.Sorted(maps.Keys(c.grants)), c.Name)
 }
 
 func refuseGrant(w http.ResponseWriter, r *http.Request, rec *decision.Record, reason, detail string) {
