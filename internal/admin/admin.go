@@ -50,6 +50,7 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/dashboard"
 	"sluice/internal/filter"
+	"sluice/internal/obs"
 	"sluice/internal/resolve"
 )
 
@@ -77,6 +78,8 @@ type Options struct {
 	DataDir string
 	// Dashboard (nil: none) serves GET /, /status and /events.
 	Dashboard *dashboard.Dashboard
+	// Tail (nil: none) has the access lines for GET /v1/log.
+	Tail *obs.Tail
 	// Why explains what the running config does with a request to target
 	// (HOST[:PORT]) with method, path and client (each may be empty).
 	Why func(ctx context.Context, target, method, path, client string) any
@@ -88,6 +91,9 @@ type Server struct {
 	// draining is set when sluice begins to shut down: /healthz answers
 	// 503 from then on, so that a load balancer stops sending clients.
 	draining atomic.Bool
+	// stopping is closed when the server shuts down: followers of the
+	// log stop then, instead of holding the shutdown for its grace.
+	stopping chan struct{}
 }
 
 // New builds the admin server; Serve starts it.
@@ -95,7 +101,7 @@ type Server struct {
 const maxConfigBytes = 16 << 20
 
 func New(opts Options) *Server {
-	s := &Server{}
+	s := &Server{stopping: make(chan struct{})}
 	mux := http.NewServeMux()
 	private := http.NewServeMux() // behind the token
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -229,6 +235,9 @@ func New(opts Options) *Server {
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ban lifted"})
 		})
 	}
+	if opts.Tail != nil {
+		private.HandleFunc("GET /v1/log", func(w http.ResponseWriter, r *http.Request) { serveLog(w, r, opts.Tail, s.stopping) })
+	}
 	if opts.Why != nil {
 		private.HandleFunc("GET /v1/why", func(w http.ResponseWriter, r *http.Request) {
 			q := r.URL.Query()
@@ -269,6 +278,7 @@ func New(opts Options) *Server {
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          slog.NewLogLogger(opts.Log.Handler(), slog.LevelDebug),
 	}
+	s.srv.RegisterOnShutdown(func() { close(s.stopping) })
 	return s
 }
 
@@ -317,4 +327,46 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		return err
 	}
 	return nil
+}
+
+// serveLog writes the access lines kept, as JSON lines, and with
+// ?follow=1 the new ones as they come until the client leaves or sluice
+// stops.
+func serveLog(w http.ResponseWriter, r *http.Request, tail *obs.Tail, stopping <-chan struct{}) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	if r.URL.Query().Get("follow") == "" {
+		for _, l := range tail.Recent() {
+			w.Write(l)
+		}
+		return
+	}
+	recent, lines, dropped, stop := tail.Follow()
+	defer stop()
+	rc := http.NewResponseController(w)
+	for _, l := range recent {
+		w.Write(l)
+	}
+	rc.Flush()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-stopping:
+			return
+		case l := <-lines:
+			if n := dropped(); n > 0 {
+				w.Write(obs.DroppedLine(n))
+			}
+			if _, err := w.Write(l); err != nil {
+				return
+			}
+			// Whatever else is queued goes in the same write.
+			for more := len(lines); more > 0; more-- {
+				w.Write(<-lines)
+			}
+			if rc.Flush() != nil {
+				return
+			}
+		}
+	}
 }

@@ -63,7 +63,18 @@ func adminToken(dataDir string, create bool) (string, error) {
 // adminCall sends one request to the running sluice's admin listener,
 // with the token from the data dir, and returns the body of a 200.
 func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, error) {
-	client, base, err := adminEndpoint(cfg, 30*time.Second)
+	resp, err := adminRequest(cfg, 30*time.Second, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// adminRequest is adminCall's request, its answer left to read (timeout
+// 0: none, for a stream); an answer other than 200 is an *adminError.
+func adminRequest(cfg *config.Config, timeout time.Duration, method, path string, body []byte) (*http.Response, error) {
+	client, base, err := adminEndpoint(cfg, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -87,12 +98,12 @@ func adminCall(cfg *config.Config, method, path string, body []byte) ([]byte, er
 	if err != nil {
 		return nil, fmt.Errorf("admin listener %s: %w (is sluice running?)", cfg.Listen.Admin, err)
 	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
+		out, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
 		return nil, &adminError{status: resp.Status, code: resp.StatusCode, body: bytes.TrimSpace(out)}
 	}
-	return out, nil
+	return resp, nil
 }
 
 // adminError is an admin API answer other than 200.

@@ -325,6 +325,7 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 				return swap(func() (*route.Table, error) { return route.Parse(data, "PUT /config", cmp.Or(dir, cfg.Dir), dial) }, "PUT /config")
 			},
 			DataDir: dataDir,
+			Tail:    gw.Deps.Tail,
 			Why: func(ctx context.Context, target, method, path, client string) any {
 				return gw.Why(ctx, route.WhyQuery{Target: target, Method: method, Path: path, Client: client})
 			},

@@ -101,6 +101,9 @@ type LogOptions struct {
 	// log's JSON handler would write them, at a fraction of its cost (the
 	// line is the busiest thing sluice logs). log still decides the level.
 	JSONLines io.Writer
+	// Tail (nil: none) gets every line the log gets, and while someone
+	// follows it, every line whatever the log's level.
+	Tail *Tail
 }
 
 // AccessLog writes one canonical line and the metrics for every request.
@@ -147,7 +150,7 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 					if rec.Err == nil {
 						rec.Err = fmt.Errorf("response aborted: %v", p)
 					}
-					write(r.Context(), log, opts.JSONLines, m, rec, time.Since(rec.Start))
+					write(r.Context(), log, opts, m, rec, time.Since(rec.Start))
 					panic(p)
 				}
 				// An HTTP/2 stream the client reset before its answer was
@@ -156,14 +159,14 @@ func AccessLog(log *slog.Logger, m *Metrics, opts LogOptions) func(http.Handler)
 					m.observe(rec, time.Since(rec.Start))
 					return
 				}
-				write(r.Context(), log, opts.JSONLines, m, rec, time.Since(rec.Start))
+				write(r.Context(), log, opts, m, rec, time.Since(rec.Start))
 			}()
 			next.ServeHTTP(cw, r.WithContext(decision.With(r.Context(), rec)))
 		})
 	}
 }
 
-func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, rec *decision.Record, d time.Duration) {
+func write(ctx context.Context, log *slog.Logger, opts LogOptions, m *Metrics, rec *decision.Record, d time.Duration) {
 	m.observe(rec, d)
 	if rec.RefusedBy != decision.None {
 		m.refusals.add(rec)
@@ -180,7 +183,8 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 	case rec.Err != nil:
 		level = slog.LevelWarn
 	}
-	if !log.Enabled(ctx, level) {
+	logged, tailed := log.Enabled(ctx, level), opts.Tail.Watched()
+	if !logged && !tailed {
 		return
 	}
 	host, path := "", rec.Path
@@ -217,8 +221,17 @@ func write(ctx context.Context, log *slog.Logger, lines io.Writer, m *Metrics, r
 		fs = append(fs, str("stream", streamKind(st.Shared)), num("subscriptions", float64(st.Subscriptions)),
 			num("messages_in", float64(st.MessagesIn)), num("messages_out", float64(st.MessagesOut)), str("close", st.Close))
 	}
-	if lines != nil {
-		writeJSONLine(lines, level, fs)
+	// One encoding for the log's JSON lines and the tail.
+	var to [2]io.Writer
+	ws := to[:0]
+	if opts.Tail != nil {
+		ws = append(ws, opts.Tail)
+	}
+	if logged && opts.JSONLines != nil {
+		ws = append(ws, opts.JSONLines)
+	}
+	writeJSONLine(level, fs, ws...)
+	if !logged || opts.JSONLines != nil {
 		return
 	}
 	attrs := make([]slog.Attr, len(fs))

@@ -42,8 +42,11 @@ func (f field) attr() slog.Attr {
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // writeJSONLine writes the access line as slog's JSON handler does: time,
-// level and msg, then the fields, one line, one Write.
-func writeJSONLine(w io.Writer, level slog.Level, fs []field) {
+// level and msg, then the fields, one line, one Write to each of ws.
+func writeJSONLine(level slog.Level, fs []field, ws ...io.Writer) {
+	if len(ws) == 0 {
+		return
+	}
 	bp := linePool.Get().(*[]byte)
 	b := append((*bp)[:0], `{"time":"`...)
 	b = appendRFC3339Nano(b, time.Now())
@@ -64,7 +67,9 @@ func writeJSONLine(w io.Writer, level slog.Level, fs []field) {
 		}
 	}
 	b = append(b, '}', '\n')
-	w.Write(b)
+	for _, w := range ws {
+		w.Write(b)
+	}
 	*bp = b
 	linePool.Put(bp)
 }

@@ -41,6 +41,9 @@ type Components struct {
 	Context context.Context
 }
 
+// tailLines is how many access lines sluice log shows from before it started.
+const tailLines = 200
+
 // NewGateway builds every component that outlives a reload (the CA's leaf
 // cache, the response cache, the budgets, the server), hands them to the
 // gateway and puts t in force. It starts nothing. `sluice run` and the
@@ -105,7 +108,8 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 		ctx = context.Background()
 	}
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
-		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding}
+		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding,
+		Tail: obs.NewTail(tailLines)}
 	gw.Install(t)
 	return gw, srv, nil
 }

@@ -63,6 +63,8 @@ type Deps struct {
 	Streams *streams.Hubs
 	// Onboarding is the page at http://sluice.invalid/.
 	Onboarding *onboard.Page
+	// Tail keeps the last access lines for sluice log.
+	Tail *obs.Tail
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -101,7 +103,7 @@ type stage struct {
 // head is what every request runs, up to the policy's decision.
 func (t *Table) head(d Deps) []stage {
 	return []stage{
-		{"access log", obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines})}, // outermost: the decision record, one canonical line and metrics per request
+		{"access log", obs.AccessLog(d.Log, d.Access, obs.LogOptions{Queries: t.Config.Log.Queries, JSONLines: d.AccessLines, Tail: d.Tail})}, // outermost: the decision record, one canonical line and metrics per request
 		{"recover", obs.Recover(d.Log)},                                               // a panic becomes a 500 that the access log records
 		{"slow body", d.Proxy.SlowBody(proxy.BodyLimitsOf(t.Config))},                 // a body that stalls, trickles or outlasts timeouts.body is cut off
 		{"canonical request", canon.Middleware(t.identify)},                           // canonical request: target and client from the entry point, one spelling of the path
