@@ -78,6 +78,9 @@ type Options struct {
 	DataDir string
 	// Dashboard (nil: none) serves GET /, /status and /events.
 	Dashboard *dashboard.Dashboard
+	// Purge removes cached responses of host ("": every host) under a
+	// path prefix, here and in the fleet's shared cache.
+	Purge func(ctx context.Context, host, pathPrefix string) (local, shared int, err error)
 	// Tail (nil: none) has the access lines for GET /v1/log.
 	Tail *obs.Tail
 	// Why explains what the running config does with a request to target
@@ -233,6 +236,21 @@ func New(opts Options) *Server {
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ban lifted"})
+		})
+	}
+	if opts.Purge != nil {
+		private.HandleFunc("DELETE /v1/cache", func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
+			if q.Get("host") == "" && q.Get("all") == "" {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "host missing", "detail": "DELETE /v1/cache?host=HOST[&path=PREFIX], or ?all=1 for every host"})
+				return
+			}
+			local, shared, err := opts.Purge(r.Context(), q.Get("host"), q.Get("path"))
+			out := map[string]any{"removed": local, "shared_removed": shared}
+			if err != nil {
+				out["shared_error"] = err.Error()
+			}
+			writeJSON(w, http.StatusOK, out)
 		})
 	}
 	if opts.Tail != nil {

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"maps"
@@ -308,5 +310,65 @@ hosts:
 	}
 	for _, r := range fleet {
 		t.Logf("%s", grepLines(r.metrics(t), "sluice_cache_fleet_total"))
+	}
+}
+
+// TestCachePurge: sluice cache purge removes a host's responses under a
+// path from the instance it asks and from the fleet's shared cache, and
+// nothing else: the next request for a purged path reaches the upstream,
+// on that instance or another, and the others are still answered from
+// the cache.
+func TestCachePurge(t *testing.T) {
+	redis := testredis.Start(t)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls[r.URL.Path]++
+		mu.Unlock()
+		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+	})
+	upCA := testpki.NewCA(t, "upstream CA")
+	srv := upCA.Upstream(t, up, "api.test")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	var fleet []*running
+	for i := range 2 {
+		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
+data_dir: data
+timeouts: {shutdown: 5s}
+fleet: {redis: %q, instance: sluice%d, cache: true, timeout: 1s}
+hosts:
+  api.test:
+    upstream_ca: %s
+    connect_to: %s
+    allow_private: true
+    cache: {rules: [{path: /api/, ttl: 1h, public: true}]}
+`, redis.URL(), i, caPath, srv.Listener.Addr())))
+	}
+	a, b := fleet[0].client(), fleet[1].client()
+	called := func(path string) int { mu.Lock(); defer mu.Unlock(); return calls[path] }
+	status(t, a, "https://api.test/api/x")
+	status(t, a, "https://api.test/api/y")
+	purge := func(args ...string) string {
+		var out bytes.Buffer
+		if err := Run(context.Background(), append([]string{"cache", "purge", "-c", fleet[0].cliConfig()}, args...), &out, io.Discard); err != nil {
+			t.Fatalf("sluice cache purge %v: %v", args, err)
+		}
+		return out.String()
+	}
+	if got := purge("api.test", "--path", "/api/x"); got != "removed 1 cached responses, and 1 from the fleet's shared cache\n" {
+		t.Errorf("sluice cache purge api.test --path /api/x: %q", got)
+	}
+	status(t, b, "https://api.test/api/x")
+	status(t, b, "https://api.test/api/y")
+	status(t, a, "https://api.test/api/y")
+	if called("/api/x") != 2 || called("/api/y") != 1 {
+		t.Errorf("upstream calls after the purge of /api/x: x %d (want 2: it was purged), y %d (want 1: it was not)", called("/api/x"), called("/api/y"))
+	}
+	if got := purge("api.test"); !strings.HasPrefix(got, "removed 1 cached responses, and 2 from") {
+		t.Errorf("sluice cache purge api.test: %q, want instance 0's y and both shared entries", got)
+	}
+	if err := Run(context.Background(), []string{"cache", "purge", "-c", fleet[0].cliConfig()}, io.Discard, io.Discard); err == nil {
+		t.Error("sluice cache purge without a host or --all accepted")
 	}
 }

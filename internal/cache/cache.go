@@ -22,10 +22,13 @@
 package cache
 
 import (
+	"context"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -202,6 +205,47 @@ func (c *Cache) remove(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.entries.Remove(key)
+}
+
+// Purge removes the entries of host (a name: any port; or host:port) whose
+// path starts with pathPrefix ("": all of them; host "": every host), here
+// and in the fleet's shared cache, and returns how many it removed in
+// each. A fill in flight still stores its answer.
+func (c *Cache) Purge(ctx context.Context, host, pathPrefix string) (local, shared int, err error) {
+	match := func(key string) bool { return purgeMatch(key, host, pathPrefix) }
+	c.mu.Lock()
+	for _, k := range c.entries.Keys() {
+		if match(k) {
+			c.entries.Remove(k)
+			local++
+		}
+	}
+	c.mu.Unlock()
+	if c.opts.Shared != nil {
+		shared, err = c.opts.Shared.Purge(ctx, match)
+	}
+	return local, shared, err
+}
+
+// purgeMatch reports whether key (see Key: "METHOD host:port/path?query",
+// a NUL and the codings, or a variant's key built on it) is of host and
+// under pathPrefix.
+func purgeMatch(key, host, pathPrefix string) bool {
+	_, rest, ok := strings.Cut(key, " ")
+	if !ok {
+		return false
+	}
+	addr, path := rest, ""
+	if i := strings.IndexAny(rest, "/\x00"); i >= 0 {
+		addr, path = rest[:i], rest[i:]
+	}
+	if host != "" {
+		name, _, err := net.SplitHostPort(addr)
+		if !strings.EqualFold(addr, host) && (err != nil || !strings.EqualFold(name, host)) {
+			return false
+		}
+	}
+	return strings.HasPrefix(path, pathPrefix)
 }
 
 // Bytes returns the memory the entries hold (the estimate cache.max_bytes bounds).

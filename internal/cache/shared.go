@@ -28,6 +28,9 @@ type Shared interface {
 	Store(ctx context.Context, key string, resp *SharedResponse) error
 	// Release ends this instance's claim of key without a response.
 	Release(ctx context.Context, key string) error
+	// Purge removes every shared entry whose key match accepts, and
+	// returns how many it removed.
+	Purge(ctx context.Context, match func(key string) bool) (int, error)
 }
 
 // SharedResponse is a response as the fleet keeps it.

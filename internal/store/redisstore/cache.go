@@ -131,7 +131,7 @@ forget(KEYS[1])
 local size = #KEYS[1] + #ARGV[2] + #ARGV[3] + 128
 local evicted = 0
 if size <= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 's', ARGV[1], 'h', ARGV[2], 'b', ARGV[3])
+  redis.call('HSET', KEYS[1], 's', ARGV[1], 'h', ARGV[2], 'b', ARGV[3], 'k', ARGV[8])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), KEYS[1])
   redis.call('HSET', KEYS[4], KEYS[1], size)
@@ -149,6 +149,56 @@ if redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
 redis.call('PUBLISH', ARGV[7], KEYS[1])
 return evicted
 `)
+
+// purgeScript removes the entries KEYS[4:] and forgets their sizes.
+// KEYS: index, sizes, total bytes, entries...
+var purgeScript = redis.NewScript(`
+local n = 0
+for i = 4, #KEYS do
+  local s = redis.call('HGET', KEYS[2], KEYS[i])
+  if s then
+    redis.call('HDEL', KEYS[2], KEYS[i])
+    redis.call('DECRBY', KEYS[3], s)
+  end
+  redis.call('ZREM', KEYS[1], KEYS[i])
+  n = n + redis.call('DEL', KEYS[i])
+end
+return n
+`)
+
+// Purge removes every shared entry whose key match accepts, and returns
+// how many it removed. The index of entries bounds the walk (the shared
+// cache is bounded by fleet.cache_max_bytes).
+func (c *Cache) Purge(ctx context.Context, match func(key string) bool) (int, error) {
+	var removed int
+	err := c.f.call(ctx, func(ctx context.Context) error {
+		names, err := c.f.rdb.ZRange(ctx, c.prefix+"index", 0, -1).Result()
+		if err != nil {
+			return err
+		}
+		pipe := c.f.rdb.Pipeline()
+		keys := make([]*redis.StringCmd, len(names))
+		for i, n := range names {
+			keys[i] = pipe.HGet(ctx, n, "k")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		purge := []string{c.prefix + "index", c.prefix + "sizes", c.prefix + "bytes"}
+		for i, k := range keys {
+			if key, err := k.Result(); err == nil && match(key) {
+				purge = append(purge, names[i])
+			}
+		}
+		if len(purge) == 3 {
+			return nil
+		}
+		n, err := purgeScript.Run(ctx, c.f.rdb, purge).Int()
+		removed = n
+		return err
+	})
+	return removed, err
+}
 
 // releaseScript ends this instance's claim and announces that the fill
 // is over (without an entry: the waiters fetch alone).
@@ -232,7 +282,7 @@ func (c *Cache) Store(ctx context.Context, key string, resp *cache.SharedRespons
 	return c.f.call(ctx, func(ctx context.Context) error {
 		n, err := storeScript.Run(ctx, c.f.rdb,
 			[]string{name, c.claimName(name), c.prefix + "index", c.prefix + "sizes", c.prefix + "bytes"},
-			resp.Status, h.Bytes(), resp.Body, max(resp.Fresh.Milliseconds(), 1), c.maxBytes, c.token, c.prefix+"filled").Int64()
+			resp.Status, h.Bytes(), resp.Body, max(resp.Fresh.Milliseconds(), 1), c.maxBytes, c.token, c.prefix+"filled", key).Int64()
 		c.evictions.Add(float64(n))
 		return err
 	})
