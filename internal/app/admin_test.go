@@ -101,15 +101,17 @@ func TestAdminAPI(t *testing.T) {
 	if err := Run(context.Background(), []string{"bans", "-c", cli, "ls"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "127.0.0.1") {
 		t.Errorf("sluice bans ls: %v\n%s", err, out.String())
 	}
-	if err := Run(context.Background(), []string{"bans", "-c", cli, "rm", "127.0.0.1"}, io.Discard, io.Discard); err != nil {
-		t.Errorf("sluice bans rm: %v", err)
+	out.Reset()
+	if err := Run(context.Background(), []string{"bans", "-c", cli, "rm", "127.0.0.1"}, &out, io.Discard); err != nil || out.String() != "lifted the ban of 127.0.0.1\n" {
+		t.Errorf("sluice bans rm: %v %q", err, out.String())
 	}
 	if got := status(t, c, "https://a.test/"); got != 200 {
 		t.Errorf("after the ban was lifted: %d", got)
 	}
 	// The documented form: flags after the arguments, -c last.
-	if err := Run(context.Background(), []string{"bans", "add", "198.51.100.9", "--for", "2h", "--reason", "scraping", "-c", cli}, io.Discard, io.Discard); err != nil {
-		t.Errorf("sluice bans add IP --for 2h --reason scraping -c FILE: %v", err)
+	out.Reset()
+	if err := Run(context.Background(), []string{"bans", "add", "198.51.100.9", "--for", "2h", "--reason", "scraping", "-c", cli}, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "banned 198.51.100.9 until ") || !strings.HasSuffix(out.String(), " (scraping)\n") {
+		t.Errorf("sluice bans add IP --for 2h --reason scraping -c FILE: %v %q", err, out.String())
 	}
 	out.Reset()
 	if err := Run(context.Background(), []string{"bans", "ls", "--config", cli}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "198.51.100.9") || !strings.Contains(out.String(), "scraping") {

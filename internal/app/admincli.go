@@ -10,13 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"sluice/internal/config"
 	"sluice/internal/dashboard"
 	"sluice/internal/resolve"
+	"sluice/internal/store"
 )
 
 // adminToken returns the admin API's bearer token from DATA_DIR/admin.token,
@@ -184,21 +183,18 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 // printResult writes an admin API answer: as it came with --json, else
-// its fields one per line, for people.
-func printResult(stdout io.Writer, body []byte, jsonOut bool) error {
+// the sentence human makes of it (decoded into v).
+func printResult[T any](stdout io.Writer, body []byte, jsonOut bool, human func(T) string) error {
 	if jsonOut {
 		_, err := stdout.Write(body)
 		return err
 	}
-	var fields map[string]any
-	if err := json.Unmarshal(body, &fields); err != nil {
-		_, err := stdout.Write(body) // not an object: as it came
-		return err
+	var v T
+	if err := json.Unmarshal(body, &v); err != nil {
+		return fmt.Errorf("the admin listener's answer: %w", err)
 	}
-	for _, k := range slices.Sorted(maps.Keys(fields)) {
-		fmt.Fprintf(stdout, "%s: %v\n", k, fields[k])
-	}
-	return nil
+	_, err := fmt.Fprintln(stdout, human(v))
+	return err
 }
 
 // bansCmd lists, adds or lifts client bans: sluice bans ls | add IP | rm IP.
@@ -237,16 +233,24 @@ func bansCmd(args []string, stdout, stderr io.Writer) error {
 		return tw.Flush()
 	case verb == "add" && len(operands) == 1:
 		body, _ := json.Marshal(map[string]string{"client": operands[0], "duration": dur.String(), "reason": *reason})
-		out, err = adminCall(cfg, http.MethodPost, "/bans", body)
+		if out, err = adminCall(cfg, http.MethodPost, "/bans", body); err != nil {
+			return err
+		}
+		return printResult(stdout, out, *jsonOut, func(bans []store.Ban) string {
+			for _, b := range bans {
+				if b.Client == operands[0] {
+					return fmt.Sprintf("banned %s until %s (%s)", b.Client, b.Until.Format(time.RFC3339), b.Reason)
+				}
+			}
+			return "banned " + operands[0]
+		})
 	case verb == "rm" && len(operands) == 1:
-		out, err = adminCall(cfg, http.MethodDelete, "/bans/"+operands[0], nil)
-	default:
-		return errors.New("usage: sluice " + commands["bans"].synopsis)
+		if out, err = adminCall(cfg, http.MethodDelete, "/bans/"+operands[0], nil); err != nil {
+			return err
+		}
+		return printResult(stdout, out, *jsonOut, func(map[string]string) string { return "lifted the ban of " + operands[0] })
 	}
-	if err != nil {
-		return err
-	}
-	return printResult(stdout, out, *jsonOut)
+	return errors.New("usage: sluice " + commands["bans"].synopsis)
 }
 
 func dnsCmd(args []string, stdout, stderr io.Writer) error {
@@ -280,7 +284,9 @@ func dnsCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return printResult(stdout, out, *jsonOut)
+		return printResult(stdout, out, *jsonOut, func(p resolve.Pin) string {
+			return fmt.Sprintf("%s is pinned to %s now", p.Host, joinAddrs(p.Addrs))
+		})
 	}
 	return errors.New("usage: sluice " + commands["dns"].synopsis)
 }

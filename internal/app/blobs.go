@@ -41,8 +41,20 @@ func blobsCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if verb != "ls" || *jsonOut {
-		return printResult(stdout, body, *jsonOut)
+	switch {
+	case verb == "rm":
+		return printResult(stdout, body, *jsonOut, func(a struct{ Removed int }) string {
+			return fmt.Sprintf("removed %d %s", a.Removed, plural(a.Removed, "file"))
+		})
+	case verb == "gc":
+		return printResult(stdout, body, *jsonOut, func(a struct {
+			Freed int64 `json:"freed_bytes"`
+		}) string {
+			return fmt.Sprintf("freed %d bytes (%.1f MiB)", a.Freed, float64(a.Freed)/(1<<20))
+		})
+	case *jsonOut:
+		_, err := stdout.Write(body)
+		return err
 	}
 	var list struct {
 		Bytes   int64 `json:"bytes"`
@@ -79,4 +91,12 @@ func lengthOf(n int64) string {
 		return "?"
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+// plural is noun for n, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return noun
+	}
+	return noun + "s"
 }

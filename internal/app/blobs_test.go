@@ -109,7 +109,7 @@ func TestBlobsCLI(t *testing.T) {
 		t.Errorf("blobs --json ls: %v %s", err, out.String())
 	}
 	out.Reset()
-	if err := Run(context.Background(), []string{"blobs", "rm", "-c", cli, "--all"}, &out, io.Discard); err != nil || strings.TrimSpace(out.String()) != "removed: 1" {
+	if err := Run(context.Background(), []string{"blobs", "rm", "-c", cli, "--all"}, &out, io.Discard); err != nil || strings.TrimSpace(out.String()) != "removed 1 file" {
 		t.Fatalf("blobs rm --all: %v %s", err, out.String())
 	}
 	if xc, _, _ := fetchDeb(t, c); xc != "MISS" {

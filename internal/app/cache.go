@@ -54,7 +54,7 @@ func cachePurgeCmd(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal(body, &a); err != nil {
 		return fmt.Errorf("the admin listener's answer: %w", err)
 	}
-	fmt.Fprintf(stdout, "removed %d cached responses", a.Removed)
+	fmt.Fprintf(stdout, "removed %d cached %s", a.Removed, plural(a.Removed, "response"))
 	if cfg.Fleet.Redis != "" {
 		fmt.Fprintf(stdout, ", and %d from the fleet's shared cache", a.SharedRemoved)
 	}

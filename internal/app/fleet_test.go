@@ -356,7 +356,7 @@ hosts:
 		}
 		return out.String()
 	}
-	if got := purge("api.test", "--path", "/api/x"); got != "removed 1 cached responses, and 1 from the fleet's shared cache\n" {
+	if got := purge("api.test", "--path", "/api/x"); got != "removed 1 cached response, and 1 from the fleet's shared cache\n" {
 		t.Errorf("sluice cache purge api.test --path /api/x: %q", got)
 	}
 	status(t, b, "https://api.test/api/x")
@@ -365,7 +365,7 @@ hosts:
 	if called("/api/x") != 2 || called("/api/y") != 1 {
 		t.Errorf("upstream calls after the purge of /api/x: x %d (want 2: it was purged), y %d (want 1: it was not)", called("/api/x"), called("/api/y"))
 	}
-	if got := purge("api.test"); !strings.HasPrefix(got, "removed 1 cached responses, and 2 from") {
+	if got := purge("api.test"); !strings.HasPrefix(got, "removed 1 cached response, and 2 from") {
 		t.Errorf("sluice cache purge api.test: %q, want instance 0's y and both shared entries", got)
 	}
 	if err := Run(context.Background(), []string{"cache", "purge", "-c", fleet[0].cliConfig()}, io.Discard, io.Discard); err == nil {
