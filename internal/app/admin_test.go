@@ -230,3 +230,16 @@ func TestReloadResolvesAgainstTheFile(t *testing.T) {
 		t.Errorf("sluice reload of a bad file: %v, want an error saying the running config stays", err)
 	}
 }
+
+// TestDNSPinsNone: sluice dns pins says so when there are none yet, and
+// when the running sluice keeps none at all (dns.pin: off).
+func TestDNSPinsNone(t *testing.T) {
+	for _, tc := range []struct{ pin, want string }{{"first", "no DNS pins yet"}, {"off", "pins no DNS answers (dns.pin: off"}} {
+		r := startRun(t, baseConfig("  a.test: {}\n")+"dns: {pin: "+tc.pin+"}\n")
+		var out bytes.Buffer
+		err := Run(context.Background(), []string{"dns", "pins", "-c", r.cliConfig()}, &out, io.Discard)
+		if got := out.String() + fmt.Sprint(err); !strings.Contains(got, tc.want) {
+			t.Errorf("sluice dns pins with dns.pin: %s: %q, want %q", tc.pin, got, tc.want)
+		}
+	}
+}

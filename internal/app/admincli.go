@@ -263,6 +263,9 @@ func dnsCmd(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case verb == "pins" && len(operands) == 0:
 		out, err := adminCall(cfg, http.MethodGet, "/dns/pins", nil)
+		if ae := (*adminError)(nil); errors.As(err, &ae) && ae.code == http.StatusNotFound {
+			return errors.New("the running sluice pins no DNS answers (dns.pin: off; it is first by default once listen.dns or a transparent listener is on)")
+		}
 		if err != nil || *jsonOut {
 			if err == nil {
 				_, err = stdout.Write(out)
@@ -271,6 +274,10 @@ func dnsCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		var pins []resolve.Pin
 		if err := json.Unmarshal(out, &pins); err != nil {
+			return err
+		}
+		if len(pins) == 0 {
+			_, err := fmt.Fprintln(stdout, "no DNS pins yet: a host is pinned when sluice first resolves it")
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

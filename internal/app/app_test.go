@@ -840,3 +840,28 @@ func TestCAForUserWithoutDataDir(t *testing.T) {
 		t.Errorf("the bundle sluice env wrote for nobody (%v) does not end with the CA", err)
 	}
 }
+
+// TestDataDirErrorsNameTheSetting: a data dir that cannot be written, or
+// the default one under a HOME that does not exist, stops sluice with the
+// setting to change.
+func TestDataDirErrorsNameTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("listen: {proxy: 127.0.0.1:0, admin: \"off\"}\nhosts: {a.test: {}}\n"), 0o644)
+	t.Setenv("XDG_DATA_HOME", "")
+	t.Setenv("HOME", filepath.Join(dir, "no-such-home"))
+	err := Run(context.Background(), []string{"run", "-c", cfg}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "which does not exist: set data_dir") {
+		t.Errorf("sluice run with HOME missing: %v", err)
+	}
+	if _, serr := os.Stat(filepath.Join(dir, "no-such-home")); serr == nil {
+		t.Error("sluice created the missing HOME")
+	}
+	// A data dir under a file cannot be created, whoever runs the test (root too).
+	os.WriteFile(filepath.Join(dir, "file"), nil, 0o644)
+	os.WriteFile(cfg, []byte("listen: {proxy: 127.0.0.1:0, admin: \"off\"}\ndata_dir: file/state\nhosts: {a.test: {}}\n"), 0o644)
+	err = Run(context.Background(), []string{"run", "-c", cfg}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "data_dir "+filepath.Join(dir, "file", "state")+" cannot be created") || !strings.Contains(err.Error(), "set data_dir") {
+		t.Errorf("sluice run with a data dir that cannot be created: %v", err)
+	}
+}

@@ -66,6 +66,10 @@ func TestOnboardingPageWithCurl(t *testing.T) {
 		t.Errorf("https://sluice.invalid/ through sluice:\n%s", out)
 	}
 	r.waitLog(`"reason":"sluice's onboarding page"`)
+	// The start-up hint names the config sluice was started with.
+	if !strings.Contains(r.log(), "sluice env -c '"+r.cfg+"'") {
+		t.Errorf("the new CA's hint does not carry -c %s:\n%s", r.cfg, r.log())
+	}
 }
 
 // TestOnboardingPageInChromium: a browser whose proxy is sluice opens

@@ -3,8 +3,10 @@ package app
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -131,12 +133,19 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 	log := newLogger(logOut, cfg.Log, level)
 
 	dataDir := cfg.Path(cfg.DataDir)
+	if err := checkDataDir(dataDir); err != nil {
+		return nil, err
+	}
 	root, err := ca.OpenRoot(dataDir, time.Now)
 	if err != nil {
 		return nil, err
 	}
 	if root.Created {
-		log.Info("created a new CA; clients must trust it (eval \"$(sluice env)\")", "cert", ca.CertPath(dataDir))
+		env := "sluice env"
+		if cfgPath != "" {
+			env += " -c " + shellQuote(cfgPath)
+		}
+		log.Info("created a new CA; clients must trust it (eval \"$("+env+")\", or sluice ca trust)", "cert", ca.CertPath(dataDir))
 	}
 
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -537,4 +546,24 @@ func instanceName(cfg *config.Config) string {
 	}
 	h, _ := os.Hostname()
 	return h
+}
+
+// checkDataDir makes sure sluice can keep its state in dir (the CA, the
+// token, bans, pins, blobs), or says which setting to change.
+func checkDataDir(dir string) error {
+	fix := "set data_dir (or XDG_DATA_HOME) to a directory this user may write"
+	if home := os.Getenv("HOME"); home != "" && strings.HasPrefix(dir, home+string(filepath.Separator)) {
+		if _, err := os.Stat(home); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("data_dir %s is under HOME=%s, which does not exist: %s", dir, home, fix)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data_dir %s cannot be created: %w; %s", dir, err, fix)
+	}
+	f, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data_dir %s is not writable by this user (uid %d): %w; %s", dir, os.Getuid(), err, fix)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

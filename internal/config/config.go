@@ -367,7 +367,7 @@ func Parse(data []byte, name, dir string) (*Config, error) {
 func Decode(data []byte, name, dir string) (*Config, []error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, []error{fileError(name, err, nil)}
+		return nil, []error{fileError(name, tabHint(data, err), nil)}
 	}
 	if len(root.Content) == 0 {
 		// An empty file is more likely a truncated or wrong one than a wish
@@ -402,6 +402,24 @@ func Decode(data []byte, name, dir string) (*Config, []error) {
 
 // fileError prefixes each line of a YAML decoding error with the file name,
 // so that "line 3: ..." reads "sluice.yaml:3: ...".
+// tabHint names the tab in a line that YAML refused for one: YAML
+// indents with spaces only, and its own message does not say so.
+func tabHint(data []byte, err error) error {
+	var line int
+	if _, serr := fmt.Sscanf(strings.TrimPrefix(err.Error(), "yaml: "), "line %d:", &line); serr != nil || line < 1 {
+		return err
+	}
+	lines := strings.Split(string(data), "\n")
+	if line > len(lines) {
+		return err
+	}
+	indent := lines[line-1][:len(lines[line-1])-len(strings.TrimLeft(lines[line-1], " \t"))]
+	if !strings.Contains(indent, "\t") {
+		return err
+	}
+	return fmt.Errorf("%w (a tab indents this line: YAML indents with spaces only)", err)
+}
+
 func fileError(name string, err error, root *yaml.Node) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {

@@ -134,11 +134,15 @@ func eachKey(root *yaml.Node, fn func(path []string, mapping, k, v *yaml.Node)) 
 
 // closestKey is the known key of the config type typeName ("config.Host")
 // nearest to key, within two edits, or "".
-func closestKey(key, typeName string) string {
+func closestKey(key, typeName string) string { return Closest(key, configKeys()[typeName]) }
+
+// Closest is the candidate nearest s (ignoring case), within two edits;
+// "" when none is.
+func Closest(s string, candidates []string) string {
 	best, bestDist := "", 3
-	for _, k := range configKeys()[typeName] {
-		if d := editDistance(strings.ToLower(key), k); d < bestDist {
-			best, bestDist = k, d
+	for _, c := range candidates {
+		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d < bestDist {
+			best, bestDist = c, d
 		}
 	}
 	return best

@@ -235,6 +235,17 @@ func (f *Forwarder) proxyError(w http.ResponseWriter, r *http.Request, err error
 func (s *Server) writeUpstreamError(w http.ResponseWriter, r *http.Request, host string, err error) {
 	e := classify(err)
 	e.Host = host
+	// The entry's own key, for the two failures a setting of it fixes.
+	if rule := decision.From(r.Context()).Rule; rule != "" {
+		switch e.ProxyStatus {
+		case psIPProhibited:
+			e.Hint = "set " + config.KeyPath("hosts", rule, "allow_private") + ": true if this upstream is meant to be private"
+			e.Detail += " (" + e.Hint + ")"
+		case psTLSCertificate:
+			e.Hint = "if the upstream's certificate comes from a private CA, give that CA in " + config.KeyPath("hosts", rule, "upstream_ca")
+			e.Detail += "; " + e.Hint
+		}
+	}
 	s.metrics.upstreamErrors.WithLabelValues(e.ProxyStatus).Inc()
 	obs.WriteError(w, r, e)
 }
@@ -258,7 +269,7 @@ func classify(err error) *obs.Error {
 	case errors.Is(err, dialer.ErrForbidden):
 		e.Status, e.Msg, e.ProxyStatus = http.StatusForbidden, "upstream address not allowed", psIPProhibited
 		if errors.As(err, &dialErr) {
-			e.Detail = fmt.Sprintf("%s resolves to %s, which sluice does not connect to (SSRF guard): %v; if this host is meant to be private, set allow_private: true in its hosts entry", dialErr.Host, dialErr.Addr, dialErr.Err)
+			e.Detail = fmt.Sprintf("%s resolves to %s, which sluice does not connect to (SSRF guard): %v", dialErr.Host, dialErr.Addr, dialErr.Err)
 		}
 	case errors.As(err, &dnsErr):
 		e.Msg, e.ProxyStatus = "upstream host not found", psDNSError

@@ -234,6 +234,11 @@ func TestUpstreamFailures(t *testing.T) {
 			if e.Error != tt.msg || !strings.Contains(e.Host, u.Hostname()) || e.Detail == "" {
 				t.Errorf("error %+v, want error %q naming host %s with a detail", e, tt.msg, u.Hostname())
 			}
+			// The two a setting fixes name the entry's key.
+			key := map[string]string{"tls_certificate_error": "upstream_ca", "destination_ip_prohibited": "allow_private"}[tt.proxy]
+			if key != "" && !strings.Contains(e.Detail, fmt.Sprintf("hosts.%q.%s", u.Hostname(), key)) {
+				t.Errorf("detail %q does not name hosts.%q.%s", e.Detail, u.Hostname(), key)
+			}
 			if ps := resp.Header.Get("Proxy-Status"); !strings.Contains(ps, "error="+tt.proxy) {
 				t.Errorf("Proxy-Status %q, want error=%s", ps, tt.proxy)
 			}
@@ -243,6 +248,9 @@ func TestUpstreamFailures(t *testing.T) {
 		resp, body := connect(t, h.proxyAddr, "privtunnel.test:443")
 		if resp.StatusCode != http.StatusForbidden || decodeError(t, body).Error != "upstream address not allowed" {
 			t.Errorf("status %d body %s, want 403 upstream address not allowed", resp.StatusCode, body)
+		}
+		if !strings.Contains(resp.Status, `hosts."privtunnel.test".allow_private`) {
+			t.Errorf("CONNECT status line %q does not name hosts.\"privtunnel.test\".allow_private", resp.Status)
 		}
 	})
 	if got := h.metric("sluice_dialer_refused_addresses_total", "class", "loopback"); got < 1 {

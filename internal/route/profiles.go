@@ -21,7 +21,11 @@ func profile(key string, h *config.Host) (*config.Profile, error) {
 	if p := ps[h.Profile]; p != nil {
 		return p, nil
 	}
-	return nil, config.Under(fmt.Errorf("unknown profile %q (known: %s)", h.Profile, strings.Join(config.ProfileNames(), ", ")),
+	hint := ""
+	if near := config.Closest(h.Profile, config.ProfileNames()); near != "" {
+		hint = fmt.Sprintf("did you mean %q? ", near)
+	}
+	return nil, config.Under(fmt.Errorf("unknown profile %q (%sknown: %s)", h.Profile, hint, strings.Join(config.ProfileNames(), ", ")),
 		"hosts", key, "profile")
 }
 
