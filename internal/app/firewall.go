@@ -11,7 +11,7 @@ import (
 
 func firewallCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("firewall", stdout, stderr)
-	format := fs.String("format", "nft", "nft (a table of its own, for nft -f) or iptables (for iptables-restore --noflush; IPv4)")
+	format := fs.String("format", "nft", "nft (a table of its own, for nft -f) or iptables (a shell script of iptables commands, for sh; IPv4; applying it again changes nothing)")
 	clients := fs.StringArray("clients", nil, "a client network, CIDR (repeatable)")
 	iface := fs.String("clients-iface", "", "the interface clients come in on, instead of or with --clients")
 	uid := fs.Int("uid", -1, "the user sluice runs as: only its traffic out is restricted (default: every process's)")

@@ -140,7 +140,7 @@ func (s *Spec) header(b *strings.Builder, comment, generatedBy string) {
 	if s.UID != nil {
 		fmt.Fprintf(b, "%s sluice (uid %d) goes out only to its upstream ports and resolvers.\n", comment, *s.UID)
 	} else {
-		fmt.Fprintf(b, "%s every process of this host goes out only to sluice's upstream ports and resolvers\n%s (a host for sluice alone; give --uid on a shared host).\n", comment, comment)
+		fmt.Fprintf(b, "%s every process of this host goes out only to sluice's upstream ports, its resolvers and NTP\n%s (udp 123, so the clock that TLS needs stays right); everything else it sends is dropped\n%s (a host for sluice alone; give --uid on a shared host).\n", comment, comment, comment)
 	}
 	for _, n := range s.Notes {
 		fmt.Fprintf(b, "%s %s\n", comment, n)
@@ -223,14 +223,18 @@ func NFT(s Spec, generatedBy string) (string, error) {
 		}
 		fmt.Fprintf(&b, "\t\t%stcp dport %d accept\n", dst, r.Port)
 	}
+	if s.UID == nil {
+		b.WriteString("\t\tudp dport 123 accept\n")
+	}
 	b.WriteString("\t\tcounter drop\n\t}\n}\n")
 	return b.String(), nil
 }
 
-// IPTables returns the rules for iptables-restore --noflush (IPv4): chains
-// of their own, jumped to from INPUT and OUTPUT, and the forward drop in
-// FORWARD, or in Docker's DOCKER-USER. Apply once: each apply inserts the
-// jumps again.
+// IPTables returns the rules as a shell script of iptables commands
+// (IPv4), for sh: chains of their own, created or emptied and filled
+// again, jumped to from INPUT and OUTPUT, and the forward drop in FORWARD,
+// or in Docker's DOCKER-USER; each jump is added only when it is not
+// there, so applying the script again changes nothing.
 func IPTables(s Spec, generatedBy string) (string, error) {
 	if err := s.check(); err != nil {
 		return "", err
@@ -241,15 +245,46 @@ func IPTables(s Spec, generatedBy string) (string, error) {
 		}
 	}
 	var b strings.Builder
+	b.WriteString("#!/bin/sh\n")
 	s.header(&b, "#", generatedBy)
-	b.WriteString("*filter\n:SLUICE-CLIENTS - [0:0]\n:SLUICE-OUT - [0:0]\n")
-	b.WriteString("-A SLUICE-CLIENTS -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
-	b.WriteString("-A SLUICE-CLIENTS -p icmp --icmp-type echo-request -j ACCEPT\n")
-	fmt.Fprintf(&b, "-A SLUICE-CLIENTS -p tcp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.ClientTCP), " ", ""))
+	b.WriteString("# Apply with sh (as root); applying it again replaces the rules, without duplicates.\n")
+	b.WriteString("set -e\n")
+	b.WriteString("chain() { iptables -N \"$1\" 2>/dev/null || iptables -F \"$1\"; }\n")
+	b.WriteString("hook() { iptables -C \"$@\" 2>/dev/null || iptables -I \"$@\"; }\n")
+	b.WriteString("chain SLUICE-CLIENTS\nchain SLUICE-OUT\n")
+	b.WriteString("iptables -A SLUICE-CLIENTS -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	b.WriteString("iptables -A SLUICE-CLIENTS -p icmp --icmp-type echo-request -j ACCEPT\n")
+	fmt.Fprintf(&b, "iptables -A SLUICE-CLIENTS -p tcp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.ClientTCP), " ", ""))
 	if len(s.ClientUDP) > 0 {
-		fmt.Fprintf(&b, "-A SLUICE-CLIENTS -p udp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.ClientUDP), " ", ""))
+		fmt.Fprintf(&b, "iptables -A SLUICE-CLIENTS -p udp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.ClientUDP), " ", ""))
 	}
-	b.WriteString("-A SLUICE-CLIENTS -j DROP\n")
+	b.WriteString("iptables -A SLUICE-CLIENTS -j DROP\n")
+	b.WriteString("iptables -A SLUICE-OUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	if s.AnyUpstream {
+		b.WriteString("iptables -A SLUICE-OUT -p tcp -j ACCEPT\n")
+	} else if len(s.UpstreamTCP) > 0 {
+		fmt.Fprintf(&b, "iptables -A SLUICE-OUT -p tcp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.UpstreamTCP), " ", ""))
+	}
+	if s.AnyResolver {
+		b.WriteString("iptables -A SLUICE-OUT -p udp --dport 53 -j ACCEPT\niptables -A SLUICE-OUT -p tcp --dport 53 -j ACCEPT\n")
+	}
+	for _, r := range s.Resolvers {
+		if r.Addr.IsValid() && !r.Addr.Is4() {
+			continue // IPv6: ip6tables, not this script
+		}
+		dst := ""
+		if r.Addr.IsValid() {
+			dst = "-d " + r.Addr.String() + " "
+		}
+		if !r.TLS {
+			fmt.Fprintf(&b, "iptables -A SLUICE-OUT %s-p udp --dport %d -j ACCEPT\n", dst, r.Port)
+		}
+		fmt.Fprintf(&b, "iptables -A SLUICE-OUT %s-p tcp --dport %d -j ACCEPT\n", dst, r.Port)
+	}
+	if s.UID == nil {
+		b.WriteString("iptables -A SLUICE-OUT -p udp --dport 123 -j ACCEPT\n")
+	}
+	b.WriteString("iptables -A SLUICE-OUT -j DROP\n")
 	forward := "FORWARD"
 	if s.Docker {
 		forward = "DOCKER-USER"
@@ -262,37 +297,13 @@ func IPTables(s Spec, generatedBy string) (string, error) {
 		from = append(from, "-i "+s.ClientsIface)
 	}
 	for _, f := range from {
-		fmt.Fprintf(&b, "-I INPUT %s -j SLUICE-CLIENTS\n", f)
-		fmt.Fprintf(&b, "-I %s %s -j DROP\n", forward, f)
+		fmt.Fprintf(&b, "hook INPUT %s -j SLUICE-CLIENTS\n", f)
+		fmt.Fprintf(&b, "hook %s %s -j DROP\n", forward, f)
 	}
-	b.WriteString("-A SLUICE-OUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
-	if s.AnyUpstream {
-		b.WriteString("-A SLUICE-OUT -p tcp -j ACCEPT\n")
-	} else if len(s.UpstreamTCP) > 0 {
-		fmt.Fprintf(&b, "-A SLUICE-OUT -p tcp -m multiport --dports %s -j ACCEPT\n", strings.ReplaceAll(ports(s.UpstreamTCP), " ", ""))
-	}
-	if s.AnyResolver {
-		b.WriteString("-A SLUICE-OUT -p udp --dport 53 -j ACCEPT\n-A SLUICE-OUT -p tcp --dport 53 -j ACCEPT\n")
-	}
-	for _, r := range s.Resolvers {
-		if r.Addr.IsValid() && !r.Addr.Is4() {
-			continue // IPv6: ip6tables, not this file
-		}
-		dst := ""
-		if r.Addr.IsValid() {
-			dst = "-d " + r.Addr.String() + " "
-		}
-		if !r.TLS {
-			fmt.Fprintf(&b, "-A SLUICE-OUT %s-p udp --dport %d -j ACCEPT\n", dst, r.Port)
-		}
-		fmt.Fprintf(&b, "-A SLUICE-OUT %s-p tcp --dport %d -j ACCEPT\n", dst, r.Port)
-	}
-	b.WriteString("-A SLUICE-OUT -j DROP\n")
 	owner := ""
 	if s.UID != nil {
 		owner = fmt.Sprintf("-m owner --uid-owner %d ", *s.UID)
 	}
-	fmt.Fprintf(&b, "-I OUTPUT ! -o lo %s-j SLUICE-OUT\n", owner)
-	b.WriteString("COMMIT\n")
+	fmt.Fprintf(&b, "hook OUTPUT ! -o lo %s-j SLUICE-OUT\n", owner)
 	return b.String(), nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"sluice/internal/route"
 	"sluice/internal/testenv"
+	"sluice/internal/testnetns"
 )
 
 const gatewayConfig = `
@@ -35,8 +36,9 @@ func spec(t *testing.T, s Spec) Spec {
 
 // TestRules: clients reach the proxy, transparent and DNS listeners (not
 // the admin one); sluice goes out to its hosts' ports (443, 80, 8443, the
-// connect_to 9443, not the denied host's 25) and its resolvers; nft and
-// iptables-restore accept what is written.
+// connect_to 9443, not the denied host's 25), its resolvers and NTP; nft
+// accepts the rules, and the iptables script, applied twice in a
+// namespace, leaves one copy of each rule.
 func TestRules(t *testing.T) {
 	s := spec(t, Spec{})
 	s.Clients = nil
@@ -68,26 +70,45 @@ func TestRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(ipt, "-I DOCKER-USER -s 10.77.1.0/24 -j DROP") {
+	if !strings.Contains(ipt, "hook DOCKER-USER -s 10.77.1.0/24 -j DROP") {
 		t.Errorf("iptables --docker: no DOCKER-USER rule:\n%s", ipt)
 	}
 	if _, err := IPTables(s, "test"); err == nil {
 		t.Error("iptables rules for an IPv6 client network were written")
 	}
 
-	testenv.RequireRoot(t, "checking rules with nft and iptables-restore")
+	testenv.RequireRoot(t, "checking rules with nft and iptables")
 	nftBin := testenv.RequireTool(t, "nft", "nftables")
 	cmd := exec.Command(nftBin, "-c", "-f", "-")
 	cmd.Stdin = strings.NewReader(nft)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("nft -c refuses the rules: %v\n%s\n%s", err, out, nft)
 	}
-	restore := testenv.RequireTool(t, "iptables-restore", "iptables")
-	ipt, _ = IPTables(Spec{Clients: s.Clients[:1], ClientTCP: s.ClientTCP, ClientUDP: s.ClientUDP, UpstreamTCP: s.UpstreamTCP, Resolvers: s.Resolvers, UID: &uid}, "test")
-	cmd = exec.Command(restore, "--test", "--noflush")
-	cmd.Stdin = strings.NewReader(ipt)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("iptables-restore --test refuses the rules: %v\n%s\n%s", err, out, ipt)
+	testenv.RequireTool(t, "iptables")
+	ipBin := testenv.RequireTool(t, "ip", "iproute2")
+	ipt, _ = IPTables(Spec{Clients: s.Clients[:1], ClientTCP: s.ClientTCP, ClientUDP: s.ClientUDP, UpstreamTCP: s.UpstreamTCP, Resolvers: s.Resolvers}, "test")
+	// Applied in a namespace of its own, twice: the second time changes nothing.
+	n := testnetns.New(t, ipBin)
+	n.Add("gw")
+	var dumps []string
+	for i := range 2 {
+		apply := n.Exec("gw", "sh", "-c", ipt)
+		if out, err := apply.CombinedOutput(); err != nil {
+			t.Fatalf("applying the iptables script (time %d): %v\n%s\n%s", i+1, err, out, ipt)
+		}
+		out, err := n.Exec("gw", "iptables", "-S").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables -S: %v\n%s", err, out)
+		}
+		dumps = append(dumps, string(out))
+	}
+	if dumps[0] != dumps[1] {
+		t.Errorf("applying the script again changed the rules:\nfirst\n%s\nagain\n%s", dumps[0], dumps[1])
+	}
+	for _, want := range []string{"-A INPUT -s 10.77.1.0/24 -j SLUICE-CLIENTS", "-A FORWARD -s 10.77.1.0/24 -j DROP", "-A OUTPUT ! -o lo -j SLUICE-OUT", "-A SLUICE-OUT -p udp -m udp --dport 123 -j ACCEPT"} {
+		if strings.Count(dumps[1], want+"\n") != 1 {
+			t.Errorf("iptables -S has %q %d times, want once:\n%s", want, strings.Count(dumps[1], want+"\n"), dumps[1])
+		}
 	}
 }
 
