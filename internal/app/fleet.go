@@ -45,12 +45,18 @@ func fleetCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	written, err := fleet.Write(*out, o, bots)
+	written, removed, err := fleet.Write(*out, o, bots)
 	if err != nil {
 		return err
 	}
 	for _, f := range written {
 		fmt.Fprintln(stdout, f)
+	}
+	for _, f := range removed {
+		fmt.Fprintf(stdout, "removed %s: no such bot any more (its trade database stays)\n", f)
+	}
+	for _, w := range fleet.Warnings(o, bots) {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	return nil
 }

@@ -138,20 +138,46 @@ func (o Options) Environment() map[string]string {
 	return env
 }
 
+// Warnings are what the bots, all trading on the base's one exchange
+// account, would do together that no single bot's config shows: each
+// keeps the base's max_open_trades and stake_amount.
+func Warnings(o Options, bots []Bot) []string {
+	n := len(bots)
+	if n < 2 {
+		return nil
+	}
+	var out []string
+	if m, ok := o.Base["max_open_trades"].(float64); ok && m > 0 {
+		out = append(out, fmt.Sprintf("the %d bots share one exchange account, each with the base's max_open_trades %g: together up to %g open trades; give each bot its share (max_open_trades %g) if the account should hold %g", n, m, m*float64(n), max(1, float64(int(m)/n)), m))
+	}
+	switch stake := o.Base["stake_amount"].(type) {
+	case string:
+		if stake == "unlimited" {
+			out = append(out, fmt.Sprintf("stake_amount is unlimited: each of the %d bots sizes its trades on the whole account's balance, as if it were alone; give each a fixed stake_amount, or tradable_balance_ratio %.2f", n, 0.99/float64(n)))
+		}
+	case float64:
+		m, _ := o.Base["max_open_trades"].(float64)
+		if m > 0 {
+			out = append(out, fmt.Sprintf("stake_amount %g with max_open_trades %g per bot: the %d bots together may stake %g on the one account", stake, m, n, stake*m*float64(n)))
+		}
+	}
+	return out
+}
+
 // Write writes config-NAME.json for each bot and compose.fleet.yaml to dir.
 // The compose file mounts dir itself at o.ContainerDir (so the commands
 // find the configs wherever dir is), and keeps deploy/compose.yaml's
 // single bot from starting: it trades with the same keys as the fleet.
-func Write(dir string, o Options, bots []Bot) ([]string, error) {
+// The configs of bots it no longer writes are removed (removed).
+func Write(dir string, o Options, bots []Bot) (written, removed []string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	overlay := filepath.ToSlash(filepath.Join(abs, "compose.fleet.yaml"))
-	var written []string
 	var compose strings.Builder
 	fmt.Fprintf(&compose, `# Written by sluice fleet: %d bots for deploy/compose.yaml, which defines
 # sluice, the bots network and the sluice-ca volume. It keeps that file's
@@ -167,11 +193,11 @@ services:
 	for _, b := range bots {
 		data, err := json.MarshalIndent(b.Config, "", "  ")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		path := filepath.Join(dir, "config-"+b.Name+".json")
 		if err := os.WriteFile(path, append(data, '\n'), 0o600); err != nil { // it may hold exchange keys
-			return nil, err
+			return nil, nil, err
 		}
 		written = append(written, path)
 		fmt.Fprintf(&compose, "  bot-%s:\n    image: %s\n    restart: unless-stopped\n", b.Name, o.Image)
@@ -186,7 +212,22 @@ services:
 	}
 	path := filepath.Join(dir, "compose.fleet.yaml")
 	if err := os.WriteFile(path, []byte(compose.String()), 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return append(written, path), nil
+	// The configs of bots an earlier run wrote and this one does not: the
+	// compose file no longer starts them, and a stale config must not
+	// look like a bot of the fleet. Their trade databases stay.
+	old, err := filepath.Glob(filepath.Join(dir, "config-*.json"))
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, f := range old {
+		if !slices.Contains(written, f) {
+			if err := os.Remove(f); err != nil {
+				return nil, nil, err
+			}
+			removed = append(removed, f)
+		}
+	}
+	return append(written, path), removed, nil
 }

@@ -58,9 +58,9 @@ func writeFleet(t *testing.T, o Options) (string, map[string]map[string]any) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	files, err := Write(dir, o, bots)
-	if err != nil {
-		t.Fatal(err)
+	files, removed, err := Write(dir, o, bots)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("Write into a new directory: removed %v, %v", removed, err)
 	}
 	return dir, generated(t, files)
 }
@@ -129,9 +129,51 @@ func TestSplit(t *testing.T) {
 	}
 	checkCompose(t, filepath.Join(dir, "compose.fleet.yaml"), 3)
 
+	// Written again with 2 bots: bot3's config goes (its database stays).
+	os.WriteFile(filepath.Join(dir, "tradesv3-bot3.sqlite"), []byte("trades"), 0o644)
+	o.Split = 2
+	bots, err := Bots(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, removed, err := Write(dir, o, bots); err != nil || len(removed) != 1 || filepath.Base(removed[0]) != "config-bot3.json" {
+		t.Errorf("rewriting 3 bots as 2: removed %v (%v), want config-bot3.json", removed, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "config-*.json")); len(left) != 2 {
+		t.Errorf("configs after the rewrite: %v, want bot1's and bot2's", left)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tradesv3-bot3.sqlite")); err != nil {
+		t.Errorf("bot3's trade database was removed: %v", err)
+	}
+
 	o.Split = 8
 	if _, err := Bots(o); err == nil {
 		t.Error("8 bots for 7 pairs accepted")
+	}
+}
+
+// TestWarnings: bots sharing the base's account are warned of what the
+// base's max_open_trades and stake_amount add up to across them.
+func TestWarnings(t *testing.T) {
+	o := options(t)
+	o.Split = 3
+	o.Base["max_open_trades"], o.Base["stake_amount"] = 6.0, "unlimited"
+	bots, err := Bots(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(Warnings(o, bots), "\n")
+	for _, want := range []string{"together up to 18 open trades", "max_open_trades 2", "stake_amount is unlimited", "tradable_balance_ratio 0.33"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warnings lack %q:\n%s", want, w)
+		}
+	}
+	o.Base["stake_amount"] = 100.0
+	if w := strings.Join(Warnings(o, bots), "\n"); !strings.Contains(w, "may stake 1800") {
+		t.Errorf("warnings for stake_amount 100:\n%s", w)
+	}
+	if w := Warnings(o, bots[:1]); len(w) != 0 {
+		t.Errorf("one bot warned: %v", w)
 	}
 }
 
