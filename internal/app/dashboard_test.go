@@ -3,11 +3,13 @@ package app
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -136,7 +138,20 @@ hosts:
 	close(stop)
 	wg.Wait()
 	t.Logf("upstream calls saved went from %s to %s while the test sent load", savedBefore, saved)
-	waitText("#bans tbody", "the ban listed", func(s string) bool { return strings.Contains(s, "203.0.113.9") })
+	bansText := waitText("#bans tbody", "the ban listed", func(s string) bool { return strings.Contains(s, "203.0.113.9") })
+	// Times read as sluice status prints them (local, 24-hour, the date with a ban's end).
+	var listed []struct{ Until time.Time }
+	_, body := adminDo(http.MethodGet, "/bans", "")
+	if err := json.Unmarshal([]byte(body), &listed); err != nil || len(listed) != 1 {
+		t.Fatalf("GET /bans: %v %s", err, body)
+	}
+	if until := listed[0].Until.Local().Format(time.DateTime); !strings.Contains(bansText, until) {
+		t.Errorf("the ban's end on the dashboard: %q, want it as sluice status prints it, %s", bansText, until)
+	}
+	// The chart has a time axis: a label at each minute of its five.
+	if axis := text("#chart-axis"); len(regexp.MustCompile(`\d\d:\d\d`).FindAllString(axis, -1)) < 5 {
+		t.Errorf("the chart's time axis: %q, want a label HH:MM at each of five minutes", axis)
+	}
 
 	// Unban without the token: refused, and the ban holds.
 	unban := chromedp.Click(chromedp.CSS(`#bans button[data-client="203.0.113.9"]`))

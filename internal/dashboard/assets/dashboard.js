@@ -38,9 +38,16 @@ function bytes(n) {
 
 function pct(r) { return (r * 100).toFixed(1) + "%"; }
 
+// Times read as sluice status prints them: local, 24-hour.
+function two(n) { return String(n).padStart(2, "0"); }
+function clock(d, seconds) { return two(d.getHours()) + ":" + two(d.getMinutes()) + (seconds ? ":" + two(d.getSeconds()) : ""); }
 function time(s) {
   const d = new Date(s);
-  return isNaN(d) ? "" : d.toLocaleTimeString();
+  return isNaN(d) ? "" : clock(d, true);
+}
+function datetime(s) {
+  const d = new Date(s);
+  return isNaN(d) ? "" : d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " + clock(d, true);
 }
 
 function duration(secs) {
@@ -83,22 +90,31 @@ function bar(frac) {
 function drawChart() {
   const svg = $("chart");
   const W = 600, H = 160, pad = 14;
-  const peak = Math.max(1, ...history.map(p => p.requests));
+  const points = history.filter(p => p.t > 0);
+  const peak = Math.max(1, ...points.map(p => p.requests));
   const ns = "http://www.w3.org/2000/svg";
-  const nodes = [];
-  $("peak").textContent = "peak " + num(peak) + "/s over " + history.length + " s";
+  const nodes = [], labels = [];
+  $("peak").textContent = "peak " + num(peak) + "/s over " + points.length + " s";
+  // x is time: the newest point at the right edge, keep seconds across.
+  const end = points.length ? points[points.length - 1].t : Date.now();
+  const x = t => W - (end - t) / (keep * 1000) * W;
+  for (let m = Math.floor(end / 60000) * 60000; x(m) >= 0; m -= 60000) {
+    const gl = document.createElementNS(ns, "line");
+    gl.setAttribute("x1", x(m).toFixed(1)); gl.setAttribute("x2", x(m).toFixed(1));
+    gl.setAttribute("y1", "0"); gl.setAttribute("y2", String(H));
+    nodes.push(gl);
+    const label = el("span", clock(new Date(m), false));
+    label.style.left = (x(m) / W * 100).toFixed(2) + "%";
+    labels.push(label);
+  }
   for (const s of series) {
     const pl = document.createElementNS(ns, "polyline");
-    const pts = history.map((p, i) => {
-      const x = history.length > 1 ? (i / (keep - 1)) * W + (keep - history.length) / (keep - 1) * W : W;
-      const y = H - (p[s.key] / peak) * (H - pad) - 1;
-      return x.toFixed(1) + "," + y.toFixed(1);
-    });
-    pl.setAttribute("points", pts.join(" "));
+    pl.setAttribute("points", points.map(p => x(p.t).toFixed(1) + "," + (H - (p[s.key] / peak) * (H - pad) - 1).toFixed(1)).join(" "));
     pl.style.stroke = s.color;
     nodes.push(pl);
   }
   svg.replaceChildren(...nodes);
+  $("chart-axis").replaceChildren(...labels);
 }
 
 function render(st) {
@@ -127,7 +143,7 @@ function render(st) {
   ], "nothing refused");
 
   fill("bans", st.bans || [], [
-    b => b.client, b => time(b.until), b => b.reason,
+    b => b.client, b => datetime(b.until), b => b.reason,
     b => { const btn = el("button", "unban"); btn.dataset.client = b.client; btn.addEventListener("click", () => unban(b.client)); return btn; },
   ], "nobody banned");
   $("bans-more").textContent = st.bans_total > (st.bans || []).length ? "and " + (st.bans_total - st.bans.length) + " more (sluice bans ls)" : "";
