@@ -348,6 +348,7 @@ func adminEndpoint(cfg *config.Config, timeout time.Duration) (*http.Client, str
 // healthCmd asks the running sluice's /healthz: nil while it serves.
 func healthCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("health", stdout, stderr)
+	asJSON := fs.Bool("json", false, "print /healthz's JSON answer")
 	if done, err := parse(fs, args); done {
 		return err
 	}
@@ -361,10 +362,15 @@ func healthCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if *asJSON {
+		stdout.Write(body)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("sluice is not serving: %s %s", resp.Status, bytes.TrimSpace(body))
 	}
-	fmt.Fprintln(stdout, "ok")
+	if !*asJSON {
+		fmt.Fprintln(stdout, "ok")
+	}
 	return nil
 }
 

@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -110,7 +111,7 @@ var commandTable = []command{
 	{"run", "run [-c FILE]", "Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the config.", "sluice run -c /etc/sluice/sluice.yaml", runCmd},
 	{"check", "check [-c FILE] [--expand]", "Validate a config (the same checks run, SIGHUP and PUT /config make) and print it with the defaults filled in; --expand prints each host's effective cache, budget and rules instead.", "sluice check -c sluice.yaml --expand", plain(checkCmd)},
 	{"init", "init [--from-api-list FILE] [--transparent [--address IP]] [-o FILE]", "Write a commented starter config: the embedded default's hosts, or those of an old stack's api-list with the profile sluice knows for each; --transparent adds the DNS and transparent listeners and the firewall line to run.", "sluice init --from-api-list freqcache/5_ca/api-list -o sluice.yaml", plain(initCmd)},
-	{"env", "env [-c FILE] [--format sh|dotenv|systemd]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`, plain(envCmd)},
+	{"env", "env [-c FILE] [--format sh|dotenv|systemd|json]", "Print the environment that points clients at sluice and makes them trust its CA.", `eval "$(sluice env)"`, plain(envCmd)},
 	{"ca export", "ca export [-c FILE] [--format pem|der|bundle|p12] [-o FILE]", "Write the CA certificate that clients must trust (never its key).", "sluice ca export --format p12 -o sluice-ca.p12", plain(caExportCmd)},
 	{"ca trust", "ca trust [-c FILE] [--system] [--python PATH]... [--java [--keystore FILE]] [--nss DIR]... [--json]", "Install sluice's CA in trust stores: the system's (Debian/Ubuntu, Alpine, RHEL/Fedora; the default), a Python environment's certifi bundle, a Java keystore, an NSS database. Running it again changes nothing; sluice ca untrust takes it out.", "sluice ca trust --system --python ~/freqtrade/.venv/bin/python", plain(caTrustCmd("ca trust", false))},
 	{"ca untrust", "ca untrust [-c FILE] [--system] [--python PATH]... [--java [--keystore FILE]] [--nss DIR]... [--json]", "Remove sluice's CA from the trust stores sluice ca trust installed it in (the same flags).", "sluice ca untrust --python ~/freqtrade/.venv/bin/python", plain(caTrustCmd("ca untrust", true))},
@@ -125,14 +126,14 @@ var commandTable = []command{
 	{"cache purge", "cache purge (HOST | --all) [--path PREFIX] [-c FILE] [--json]", "Remove cached responses from the running sluice and the fleet's shared cache: HOST's (its name, any port; or HOST:PORT), or only those under a path of it; the next request fetches anew.", "sluice cache purge api.binance.com --path /api/v3/exchangeInfo", plain(cachePurgeCmd)},
 	{"log", "log [-c FILE] [--follow] [--refused] [--host HOST] [--json]", "Print the running sluice's access lines: the last 200 it kept and, with --follow, each new one as its request ends (every line, whatever log.level lets through to the log), like varnishlog.", "sluice log --follow --refused", plain(logCmd)},
 	{"status", "status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch", statusCmd},
-	{"health", "health [-c FILE]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml", plain(healthCmd)},
+	{"health", "health [-c FILE] [--json]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml", plain(healthCmd)},
 	{"reload", "reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml", plain(reloadCmd)},
 	{"blobs", "blobs [-c FILE] [--json] ls | rm KEY_OR_DIGEST | rm --all | gc", "List or remove files in the running sluice's blob store.", "sluice blobs rm --all", plain(blobsCmd)},
 	{"bans", "bans [-c FILE] [--json] ls | add IP [--for 1h] [--reason TEXT] | rm IP", "List, add or lift client bans in the running sluice.", "sluice bans add 203.0.113.7 --for 1h --reason scraping", plain(bansCmd)},
 	{"dns", "dns [-c FILE] [--json] pins | accept HOST", "List the running sluice's DNS pins (the upstream addresses it uses, and answers that disagreed), or move HOST's pin to the answer that disagreed.", "sluice dns accept api.binance.com", plain(dnsCmd)},
 	{"firewall", "firewall [-c FILE] (--clients CIDR... | --clients-iface NAME) [--format nft|iptables] [--uid N] [--docker]", "Print packet filter rules for the gateway host: clients reach only sluice's listeners and are forwarded nowhere; sluice goes out only to its hosts' ports, its resolvers and (without --uid) NTP. Apply with nft -f, or with --format iptables a script for sh; applying again changes nothing.", "sluice firewall -c /etc/sluice/sluice.yaml --clients 172.30.0.0/24 | nft -f -", plain(firewallCmd)},
 	{"fleet", "fleet --base CONFIG.json (--strategies DIR | --split N) [-o DIR] [--proxy URL] [--ca FILE] [--dns IP]", "Write a freqtrade config per bot (one per strategy file, or the base's pair whitelist split across N bots), each with its own name and database and the ccxt settings that send both its clients through sluice, and compose.fleet.yaml that puts them on deploy/compose.yaml's internal network.", "sluice fleet --base user_data/config.json --split 4 -o user_data/fleet", plain(fleetCmd)},
-	{"version", "version", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version", plain(versionCmd)},
+	{"version", "version [--json]", "Print the module version, VCS revision and Go version sluice was built from.", "sluice version", plain(versionCmd)},
 }
 
 // commands are commandTable by name (filled in init: the commands look
@@ -147,8 +148,13 @@ func init() {
 
 func versionCmd(args []string, stdout, stderr io.Writer) error {
 	fs, _ := flags("version", stdout, stderr)
+	asJSON := fs.Bool("json", false, "print the version, revision and Go version as JSON")
 	if done, err := parse(fs, args); done {
 		return err
+	}
+	if *asJSON {
+		b := BuildInfo()
+		return json.NewEncoder(stdout).Encode(map[string]string{"version": b.Version, "revision": b.Revision, "go": b.GoVersion})
 	}
 	fmt.Fprintln(stdout, "sluice", Version())
 	return nil
@@ -263,13 +269,13 @@ func writeProfileSources(w io.Writer, c *config.Config) error {
 // make them trust its CA: eval "$(sluice env)".
 func envCmd(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := flags("env", stdout, stderr)
-	format := fs.String("format", "sh", "`sh` (export lines for eval), dotenv (KEY=value, for compose env_file) or systemd (Environment= lines)")
+	format := fs.String("format", "sh", "`sh` (export lines for eval), dotenv (KEY=value, for compose env_file), systemd (Environment= lines) or json (one object)")
 	if done, err := parse(fs, args); done {
 		return err
 	}
 	line, ok := envFormats[*format]
 	if !ok {
-		return fmt.Errorf("--format %q: want sh, dotenv or systemd", *format)
+		return fmt.Errorf("--format %q: want sh, dotenv, systemd or json", *format)
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -292,6 +298,13 @@ func envCmd(args []string, stdout, stderr io.Writer) error {
 		{"NODE_EXTRA_CA_CERTS", bundle},
 		{"NODE_USE_ENV_PROXY", "1"}, // Node 22.21+/24.5+: honour HTTPS_PROXY in fetch and https
 		{"GIT_SSL_CAINFO", bundle}, {"PIP_CERT", bundle}, {"AWS_CA_BUNDLE", bundle},
+	}
+	if line == nil { // json
+		m := map[string]string{}
+		for _, v := range vars {
+			m[v[0]] = v[1]
+		}
+		return json.NewEncoder(stdout).Encode(m)
 	}
 	for _, v := range vars {
 		fmt.Fprintln(stdout, line(v[0], v[1]))
@@ -379,6 +392,7 @@ var envFormats = map[string]func(k, v string) string{
 	"sh":      func(k, v string) string { return "export " + k + "=" + shellQuote(v) },
 	"dotenv":  func(k, v string) string { return k + "=" + v },
 	"systemd": func(k, v string) string { return "Environment=" + strconv.Quote(k+"="+v) },
+	"json":    nil, // one object
 }
 
 // Set at link time where the build has no module version or VCS stamp

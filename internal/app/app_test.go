@@ -550,6 +550,11 @@ func TestEnvFormats(t *testing.T) {
 			t.Errorf("--format %s: %v, want %v", format, got, want)
 		}
 	}
+	var out bytes.Buffer
+	var got map[string]string
+	if err := Run(context.Background(), []string{"env", "--format", "json", "-c", cfg}, &out, io.Discard); err != nil || json.Unmarshal(out.Bytes(), &got) != nil || !maps.Equal(got, want) {
+		t.Errorf("--format json: %v %s, want %v", err, out.String(), want)
+	}
 	if err := Run(context.Background(), []string{"env", "--format", "fish", "-c", cfg}, io.Discard, io.Discard); err == nil {
 		t.Error("sluice env --format fish accepted")
 	}
