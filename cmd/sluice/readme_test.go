@@ -25,7 +25,9 @@ import (
 // mount namespace for that machine's resolv.conf and roots. `sluice` is
 // this test binary as main, as go install would put it on the PATH; HOME
 // is new, so sluice starts as for a newcomer. Every command's output must
-// show what its comment in the README says it shows.
+// show what its comment in the README says it shows; then the Python
+// recipes of docs/guides/clients.md run as written and print the
+// exchange's answer.
 func TestFiveMinuteStart(t *testing.T) {
 	testenv.RequireRoot(t, "the five-minute start (network and mount namespaces)")
 	ipBin := testenv.RequireTool(t, "ip", "iproute2")
@@ -76,12 +78,29 @@ func TestFiveMinuteStart(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "home"), 0o700)
 	os.WriteFile(filepath.Join(dir, "bin", "sluice"), fmt.Appendf(nil, "#!/bin/sh\nSLUICE_TEST_RUN_MAIN=1 exec %q \"$@\"\n", os.Args[0]), 0o755)
 
+	// Then the Python recipes of docs/guides/clients.md, as written, in the
+	// shell the five-minute start set up.
+	guide, err := os.ReadFile(filepath.Join("..", "..", "docs", "guides", "clients.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recipes := regexp.MustCompile("(?s)```python\n(.*?)```").FindAllStringSubmatch(string(guide), -1)
+	if len(recipes) < 2 {
+		t.Fatalf("docs/guides/clients.md has %d Python recipes, want requests' and aiohttp's", len(recipes))
+	}
+	python := testenv.RequireTool(t, "/usr/bin/python3", "python3") // Debian's, with requests and aiohttp
+	for i, r := range recipes {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("recipe%d.py", i)), []byte(r[1]), 0o644)
+	}
 	var script strings.Builder
 	script.WriteString("mount --bind \"$T/resolv.conf\" /etc/resolv.conf\nmount --bind \"$T/roots.crt\" /etc/ssl/certs/ca-certificates.crt\ncd \"$T/home\"\n")
 	script.WriteString(lines[0] + " >\"$T/sluice.log\" 2>&1 &\nSLUICE=$!\ntrap 'kill $SLUICE 2>/dev/null; wait $SLUICE' EXIT\n")
 	script.WriteString("for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/3128) 2>/dev/null && break; sleep 0.05; done\n")
 	for i, l := range lines[1:] {
 		fmt.Fprintf(&script, "echo '@@@ %d'\n{ %s\n} 2>&1\necho \"@@@ rc $?\"\n", i+1, l)
+	}
+	for i := range recipes {
+		fmt.Fprintf(&script, "echo '@@@ recipe %d'\n%s \"$T/recipe%d.py\" 2>&1\necho \"@@@ rc $?\"\n", i, python, i)
 	}
 	cmd := n.Exec("host", unshare, "--mount", "--propagation", "private", bash, "-c", script.String())
 	// A newcomer's shell: nothing of this machine's proxy or CA settings.
@@ -109,10 +128,21 @@ func TestFiveMinuteStart(t *testing.T) {
 			}
 		}
 	}
+	for i := range recipes {
+		var got string
+		for _, o := range outputs {
+			if rest, ok := strings.CutPrefix(o, fmt.Sprintf("recipe %d\n", i)); ok {
+				got = rest
+			}
+		}
+		if !strings.Contains(got, `{"serverTime":`) {
+			t.Errorf("the Python recipe %d of docs/guides/clients.md printed %q, want the exchange's time", i+1, got)
+		}
+	}
 	if t.Failed() || testing.Verbose() {
 		t.Logf("the shell's output:\n%s\nsluice's log:\n%s", out, log)
 	}
-	if got := strings.Count(string(out), "@@@ rc "); got != len(lines)-1 {
-		t.Errorf("%d of the %d commands ran", got, len(lines)-1)
+	if got := strings.Count(string(out), "@@@ rc "); got != len(lines)-1+len(recipes) {
+		t.Errorf("%d of the %d commands ran", got, len(lines)-1+len(recipes))
 	}
 }

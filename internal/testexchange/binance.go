@@ -247,10 +247,15 @@ func exchangeInfo(w http.ResponseWriter) {
 	fmt.Fprintf(w, `{"timezone":"UTC","serverTime":%d,"rateLimits":[],"exchangeFilters":[],"symbols":[%s]}`, time.Now().UnixMilli(), strings.Join(syms, ","))
 }
 
-// ServeHTTP serves /api/v3/exchangeInfo, /api/v3/depth and the streams.
+// ServeHTTP serves /api/v3/exchangeInfo, /api/v3/time, /api/v3/depth and the streams.
 func (x *Binance) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/api/v3/exchangeInfo" {
 		exchangeInfo(w)
+		return
+	}
+	if r.URL.Path == "/api/v3/time" {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"serverTime":%d}`, time.Now().UnixMilli())
 		return
 	}
 	if r.URL.Path == "/api/v3/depth" {
