@@ -50,6 +50,7 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/dashboard"
 	"sluice/internal/filter"
+	"sluice/internal/guardrails"
 	"sluice/internal/obs"
 	"sluice/internal/resolve"
 )
@@ -81,6 +82,11 @@ type Options struct {
 	// Purge removes cached responses of host ("": every host) under a
 	// path prefix, here and in the fleet's shared cache.
 	Purge func(ctx context.Context, host, pathPrefix string) (local, shared int, err error)
+	// Guard (nil: none) holds the trading halts; HaltScope checks that a
+	// scope (client:NAME, group:NAME, all) names something the running
+	// config has.
+	Guard     *guardrails.Guard
+	HaltScope func(scope string) error
 	// Tail (nil: none) has the access lines for GET /v1/log.
 	Tail *obs.Tail
 	// Why explains what the running config does with a request to target
@@ -251,6 +257,54 @@ func New(opts Options) *Server {
 				out["shared_error"] = err.Error()
 			}
 			writeJSON(w, http.StatusOK, out)
+		})
+	}
+	if opts.Guard != nil {
+		private.HandleFunc("GET /v1/halts", func(w http.ResponseWriter, r *http.Request) {
+			halts := opts.Guard.Halts(time.Now())
+			if halts == nil {
+				halts = []guardrails.Halt{}
+			}
+			writeJSON(w, http.StatusOK, halts)
+		})
+		private.HandleFunc("POST /v1/halts", func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				Scope, Duration, Reason string
+				Mode                    guardrails.HaltMode
+			}
+			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want JSON {\"scope\": \"client:NAME\"|\"group:NAME\"|\"all\", \"duration\": \"1h\" (optional), \"reason\": ..., \"mode\": \"cancel-only\"|\"full\"}: " + err.Error()})
+				return
+			}
+			if err := opts.HaltScope(req.Scope); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				return
+			}
+			h := guardrails.Halt{Scope: req.Scope, Mode: cmp.Or(req.Mode, guardrails.CancelOnly), Reason: cmp.Or(req.Reason, "operator"), Since: time.Now()}
+			if h.Mode != guardrails.CancelOnly && h.Mode != guardrails.Full {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("mode %q: want cancel-only or full", h.Mode)})
+				return
+			}
+			if req.Duration != "" {
+				d, err := time.ParseDuration(req.Duration)
+				if err != nil || d <= 0 {
+					writeJSON(w, http.StatusBadRequest, map[string]string{"error": "duration must be a positive Go duration (30m, 24h)"})
+					return
+				}
+				h.Until = h.Since.Add(d)
+			}
+			opts.Guard.Halt(h)
+			opts.Log.Warn("trading halted", "scope", h.Scope, "mode", h.Mode, "reason", h.Reason, "until", h.Until)
+			writeJSON(w, http.StatusOK, h)
+		})
+		private.HandleFunc("DELETE /v1/halts", func(w http.ResponseWriter, r *http.Request) {
+			scope := r.URL.Query().Get("scope")
+			if !opts.Guard.Resume(scope) {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no halt of " + scope})
+				return
+			}
+			opts.Log.Warn("trading resumed", "scope", scope)
+			writeJSON(w, http.StatusOK, map[string]string{"status": "resumed", "scope": scope})
 		})
 	}
 	if opts.Tail != nil {

@@ -323,10 +323,7 @@ func adminVerb(fs *pflag.FlagSet, cfgPath *string, args []string) (*config.Confi
 // parseVerb parses a command of the form NAME VERB [OPERANDS], its flags
 // anywhere among them. done reports that the command is over (--help, or err).
 func parseVerb(fs *pflag.FlagSet, args []string) (verb string, operands []string, done bool, err error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return "", nil, true, nil
-		}
+	if done, err := parseFlags(fs, args); done {
 		return "", nil, true, err
 	}
 	if fs.NArg() == 0 {

@@ -125,6 +125,8 @@ var commandTable = []command{
 	{"why", "why HOST[:PORT] [METHOD PATH] [-c FILE] [--client NAME] [--json]", "Say what sluice does with a request to HOST (port 443, or 80 for plain HTTP) and why, stage by stage: refused by which stage and which config key would change it, or allowed and how it is cached and budgeted; the running sluice answers, or the config file when none runs.", "sluice why api.binance.com POST /sapi/v1/capital/withdraw/apply --client bot1", plain(whyCmd)},
 	{"cache purge", "cache purge (HOST | --all) [--path PREFIX] [-c FILE] [--json]", "Remove cached responses from the running sluice and the fleet's shared cache: HOST's (its name, any port; or HOST:PORT), or only those under a path of it; the next request fetches anew.", "sluice cache purge api.binance.com --path /api/v3/exchangeInfo", plain(cachePurgeCmd)},
 	{"log", "log [-c FILE] [--follow] [--refused] [--host HOST] [--json]", "Print the running sluice's access lines: the last 200 it kept and, with --follow, each new one as its request ends (every line, whatever log.level lets through to the log), like varnishlog.", "sluice log --follow --refused", plain(logCmd)},
+	{"halt", "halt (--client NAME | --group NAME | --all) [--for DURATION] [--reason TEXT] [--full] [-c FILE] [--json], or halt --list", "Halt trading in the running sluice: new orders and leverage changes of the client, group or everyone are refused at once (cancels pass, so bots can flatten their books; --full refuses them too), until sluice resume or --for has passed.", "sluice halt --all --reason \"exchange incident\"", plain(haltCmd)},
+	{"resume", "resume (--client NAME | --group NAME | --all) [-c FILE] [--json]", "Lift a halt that sluice halt put in force.", "sluice resume --all", plain(resumeCmd)},
 	{"status", "status [-c FILE] [--watch] [--interval 1s] [--json]", "Print the running sluice's dashboard in the terminal (the numbers of the admin listener's page: requests per second by outcome, hit ratio, upstream calls saved, budgets, the last refusals, bans, blob downloads, DNS pins); --watch redraws it every interval.", "sluice status --watch", statusCmd},
 	{"health", "health [-c FILE] [--json]", "Ask the running sluice's admin listener whether it serves (GET /healthz); exit 0 if it does, 1 with the reason if not: a container or load balancer health check.", "sluice health -c /etc/sluice/sluice.yaml", plain(healthCmd)},
 	{"reload", "reload -c FILE [--json]", "Validate FILE and swap it into the running sluice, or keep the running config and say why.", "sluice reload -c /etc/sluice/sluice.yaml", plain(reloadCmd)},
@@ -182,13 +184,26 @@ func flags(name string, stdout, stderr io.Writer) (*pflag.FlagSet, *string) {
 	return fs, cfgPath
 }
 
+// parseFlags parses args of a command that takes operands as well; it
+// reports done when --help was asked for, or with err.
+func parseFlags(fs *pflag.FlagSet, args []string) (done bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		return true, helpIsNoError(err)
+	}
+	return false, nil
+}
+
+func helpIsNoError(err error) error {
+	if errors.Is(err, pflag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
 // parse parses args of a command that takes no arguments; it reports done
 // when --help was asked for, or with err.
 func parse(fs *pflag.FlagSet, args []string) (done bool, err error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return true, nil
-		}
+	if done, err := parseFlags(fs, args); done {
 		return true, err
 	}
 	if fs.NArg() > 0 {

@@ -611,7 +611,7 @@ func TestSeriesFromTheStart(t *testing.T) {
 	cfg := baseConfig("  api.test: {throttle: {model: window, limit: 10, window: 1s, budget: test_budget, feedback: [ratelimit]}, rules: only_get}\n"+
 		"  stream.binance.com: {profile: binance, ports: [9443, 443]}\n") +
 		"keys:\n  k: {exchange: binance, key_env: SLUICE_TEST_KEY, secret_env: SLUICE_TEST_SECRET}\n" +
-		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.test], keys: {api.test: k}}\n" +
+		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.test], keys: {api.test: k}, limits: {orders_per_minute: 10}}\n" +
 		"rule_sets:\n  only_get: {methods: [GET]}\ndns: {answer: [127.0.0.1]}\nfleet: {redis: \"" + redis.URL() + "\", cache: true}\n"
 	r := startRun(t, strings.Replace(cfg, "admin: 127.0.0.1:0}", "admin: 127.0.0.1:0, dns: 127.0.0.1:0}", 1))
 	scrape := r.metrics(t)

@@ -2,13 +2,10 @@ package app
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-
-	"github.com/spf13/pflag"
 )
 
 // cachePurgeCmd removes cached responses from the running sluice (and the
@@ -19,10 +16,7 @@ func cachePurgeCmd(args []string, stdout, stderr io.Writer) error {
 	path := fs.String("path", "", "only the responses whose path starts with `PREFIX` (e.g. /api/v3/exchangeInfo)")
 	all := fs.Bool("all", false, "every host's responses")
 	asJSON := fs.Bool("json", false, "print the admin API's answer (JSON)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
+	if done, err := parseFlags(fs, args); done {
 		return err
 	}
 	if fs.NArg() > 1 || fs.NArg() == 0 && !*all || fs.NArg() == 1 && *all {

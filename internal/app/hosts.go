@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -14,8 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/spf13/pflag"
 
 	"sluice/internal/config"
 	"sluice/internal/policy"
@@ -26,10 +23,7 @@ import (
 // gives it, plain_http and ports where the traffic needed them.
 func hostsSuggestCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs, _ := flags("hosts suggest", stdout, stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
+	if done, err := parseFlags(fs, args); done {
 		return err
 	}
 	var s suggestion

@@ -336,6 +336,10 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 			DataDir: dataDir,
 			Tail:    gw.Deps.Tail,
 			Purge:   gw.Deps.Cache.Purge,
+			Guard:   gw.Deps.Guard,
+			HaltScope: func(scope string) error {
+				return gw.Table().HaltScope(scope)
+			},
 			Why: func(ctx context.Context, target, method, path, client string) any {
 				return gw.Why(ctx, route.WhyQuery{Target: target, Method: method, Path: path, Client: client})
 			},

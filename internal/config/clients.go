@@ -21,6 +21,35 @@ type Key struct {
 	// Placeholder is the API key bots send instead of the real one
 	// (default "sluice"); any other key is refused.
 	Placeholder string `yaml:"placeholder,omitempty"`
+	// Limits bound what every client trading with this key may do together.
+	Limits *TradeLimits `yaml:"limits,omitempty"`
+}
+
+// TradeLimits bound the orders of a client, a group of clients or a key
+// (the trade guardrails): an order over one is refused by sluice with 403
+// and never reaches the exchange. Zero: no such limit.
+type TradeLimits struct {
+	OrdersPerMinute int `yaml:"orders_per_minute,omitempty"`
+	// OrdersPerDay counts the last 24 hours.
+	OrdersPerDay int `yaml:"orders_per_day,omitempty"`
+	// NotionalPerOrder and NotionalPerDay are in the symbol's quote
+	// currency (USDT for BTCUSDT): price times quantity, or the quote
+	// quantity of a market order that names one.
+	NotionalPerOrder float64 `yaml:"notional_per_order,omitempty"`
+	NotionalPerDay   float64 `yaml:"notional_per_day,omitempty"`
+	// Symbols, when given, are the only symbols it may order.
+	Symbols []string `yaml:"symbols,omitempty,flow"`
+	// Leverage allows leverage changes, which are refused otherwise.
+	Leverage bool `yaml:"leverage,omitempty"`
+	// Unpriced is what a notional limit does with an order sluice cannot
+	// value (a market order by base quantity): refuse (default) or allow.
+	Unpriced string `yaml:"unpriced,omitempty"`
+}
+
+// ClientGroup is a named set of clients whose orders count together.
+type ClientGroup struct {
+	Clients []string     `yaml:"clients,flow"`
+	Limits  *TradeLimits `yaml:"limits,omitempty"`
 }
 
 // Exchanges sluice signs for.
@@ -46,6 +75,8 @@ type Client struct {
 	Grants []string `yaml:"grants,omitempty,flow"`
 	// Keys name, by host, the vault key sluice signs its requests with.
 	Keys map[string]string `yaml:"keys,omitempty"`
+	// Limits bound its orders (the trade guardrails).
+	Limits *TradeLimits `yaml:"limits,omitempty"`
 }
 
 // EndpointGroup is a named set of a profile's endpoints, which clients'
@@ -101,6 +132,7 @@ func (c *Config) validateClients() []error {
 				add(fmt.Errorf("%q is no endpoint group of a profile (%v)", g, knownGroups()), "clients", name, "grants")
 			}
 		}
+		errs = append(errs, cl.Limits.validate("clients", name, "limits")...)
 		for _, host := range slices.Sorted(maps.Keys(cl.Keys)) {
 			key := c.Keys[cl.Keys[host]]
 			switch {
@@ -114,6 +146,48 @@ func (c *Config) validateClients() []error {
 				}
 			}
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Keys)) {
+		if k := c.Keys[name]; k != nil {
+			errs = append(errs, k.Limits.validate("keys", name, "limits")...)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Groups)) {
+		g := c.Groups[name]
+		if g == nil || len(g.Clients) == 0 {
+			add(errors.New("list the clients of the group"), "groups", name, "clients")
+			continue
+		}
+		for i, cl := range g.Clients {
+			if c.Clients[cl] == nil {
+				add(fmt.Errorf("no client %q under clients", cl), "groups", name, "clients", fmt.Sprint(i))
+			}
+		}
+		errs = append(errs, g.Limits.validate("groups", name, "limits")...)
+	}
+	return errs
+}
+
+func (l *TradeLimits) validate(keys ...string) []error {
+	if l == nil {
+		return nil
+	}
+	var errs []error
+	add := func(err error, key string) { errs = append(errs, fieldErr(err, append(slices.Clone(keys), key)...)) }
+	if l.OrdersPerMinute < 0 {
+		add(errors.New("must not be negative"), "orders_per_minute")
+	}
+	if l.OrdersPerDay < 0 {
+		add(errors.New("must not be negative"), "orders_per_day")
+	}
+	if l.NotionalPerOrder < 0 {
+		add(errors.New("must not be negative"), "notional_per_order")
+	}
+	if l.NotionalPerDay < 0 {
+		add(errors.New("must not be negative"), "notional_per_day")
+	}
+	if l.Unpriced != "" && l.Unpriced != "refuse" && l.Unpriced != "allow" {
+		add(fmt.Errorf("%q: want refuse or allow", l.Unpriced), "unpriced")
 	}
 	return errs
 }

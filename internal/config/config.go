@@ -52,6 +52,9 @@ type Config struct {
 	// Clients name the bots: how each proves who it is, and what it may
 	// do. With none, every client may do what the hosts allow.
 	Clients map[string]*Client `yaml:"clients,omitempty" reload:"live"`
+	// Groups are named sets of clients whose orders count together
+	// against the group's trade limits.
+	Groups map[string]*ClientGroup `yaml:"groups,omitempty" reload:"live"`
 
 	// Dir is the directory that relative paths in the file are resolved
 	// against: the config file's own directory, or the working directory

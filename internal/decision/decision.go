@@ -95,10 +95,12 @@ const (
 	Vault
 	// Streams refused a WebSocket it could not serve (too many clients).
 	Streams
+	// Guardrails refused an order over a trade limit, or while halted.
+	Guardrails
 )
 
 var stageNames = [...]string{None: "", Canon: "canon", Ban: "ban", Policy: "policy", Rules: "rules", Budget: "budget",
-	Identity: "identity", Grant: "grant", Vault: "vault", Streams: "streams"}
+	Identity: "identity", Grant: "grant", Vault: "vault", Streams: "streams", Guardrails: "guardrails"}
 
 func (s Stage) String() string { return stageNames[s] }
 

@@ -13,6 +13,7 @@ import (
 	"sluice/internal/cache"
 	"sluice/internal/config"
 	"sluice/internal/filter"
+	"sluice/internal/guardrails"
 	"sluice/internal/obs"
 	"sluice/internal/onboard"
 	"sluice/internal/policy"
@@ -99,6 +100,10 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	guardMetrics, err := guardrails.NewMetrics(c.Registerer)
+	if err != nil {
+		return nil, nil, err
+	}
 	onboarding, err := onboard.New(c.Root.CertPEM)
 	if err != nil {
 		return nil, nil, err
@@ -109,7 +114,7 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	}
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
 		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding,
-		Tail: obs.NewTail(tailLines)}
+		Tail: obs.NewTail(tailLines), Guard: guardrails.New(), GuardMetrics: guardMetrics}
 	gw.Install(t)
 	return gw, srv, nil
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -23,8 +24,10 @@ import (
 	"sluice/internal/blobs"
 	"sluice/internal/cache"
 	"sluice/internal/canon"
+	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/filter"
+	"sluice/internal/guardrails"
 	"sluice/internal/obs"
 	"sluice/internal/onboard"
 	"sluice/internal/policy"
@@ -65,6 +68,9 @@ type Deps struct {
 	Onboarding *onboard.Page
 	// Tail keeps the last access lines for sluice log.
 	Tail *obs.Tail
+	// Guard holds the trade limits' counts and the halts.
+	Guard        *guardrails.Guard
+	GuardMetrics *guardrails.Metrics
 	// AccessLines, when set, takes the access lines as JSON directly (the
 	// writer of Log's JSON handler); nil: through Log.
 	AccessLines io.Writer
@@ -90,6 +96,21 @@ func (t *Table) Build(d Deps) {
 		rt.handler = chain(forward, t.tail(d, rt, forward))
 	}
 	d.Clients.Declare(t.Vault)
+	for name, c := range t.Config.Clients {
+		if c != nil && c.Limits != nil {
+			d.GuardMetrics.Declare("client:" + name)
+		}
+	}
+	for name, g := range t.Config.Groups {
+		if g != nil && g.Limits != nil {
+			d.GuardMetrics.Declare("group:" + name)
+		}
+	}
+	for name, k := range t.Config.Keys {
+		if k != nil && k.Limits != nil {
+			d.GuardMetrics.Declare("key:" + name)
+		}
+	}
 	t.handler = chain(http.HandlerFunc(t.dispatch), t.head(d))
 }
 
@@ -132,10 +153,62 @@ func (t *Table) tail(d Deps, rt *Route, forward http.Handler) []stage {
 			return rt.Blobs, decision.From(r.Context()).TargetAddr()
 		})}, // immutable files from disk, verified
 		{"cache", cache.Middleware(d.Cache, func(r *http.Request) (*cache.Rules, string) { return rt.Cache, decision.From(r.Context()).TargetAddr() })}, // fresh hit: answer; miss: coalesce and fill through the rest
-		{"whole body", d.Proxy.BufferBody}, // a small body is read whole before budget or an upstream connection is spent on it
-		{"throttle", budget},               // a miss waits for upstream budget, or gets sluice's own 429
+		{"whole body", d.Proxy.BufferBody},  // a small body is read whole before budget or an upstream connection is spent on it
+		{"guardrails", t.guardrails(d, rt)}, // an order over its client's, group's or key's trade limits, or while halted: refused
+		{"throttle", budget},                // a miss waits for upstream budget, or gets sluice's own 429
 		{"signing", vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault)}, // last: the real key in, signed as forwarded, one audit line
 	}
+}
+
+// guardrails is the route's trade limits stage: only the hosts of an
+// exchange whose orders sluice reads have one.
+func (t *Table) guardrails(d Deps, rt *Route) Middleware {
+	exchange := rt.Settings.Profile
+	if !slices.Contains(config.Exchanges, exchange) {
+		return nil
+	}
+	return guardrails.Middleware(d.Guard, d.GuardMetrics, func(r *http.Request) ([]guardrails.Scope, string) {
+		rec := decision.From(r.Context())
+		return t.tradeScopes(rec.Client, rec.Target.Host, rec.Rule), exchange
+	})
+}
+
+// tradeScopes are the limits a client's order to host counts against: the
+// client's own, its groups', and those of the key it trades with there.
+func (t *Table) tradeScopes(client, host, rule string) []guardrails.Scope {
+	c := t.Config.Clients[client]
+	if c == nil {
+		return nil
+	}
+	scopes := []guardrails.Scope{{ID: "client:" + client, Key: config.KeyPath("clients", client, "limits"), Limits: c.Limits}}
+	for _, name := range slices.Sorted(maps.Keys(t.Config.Groups)) {
+		if g := t.Config.Groups[name]; g != nil && slices.Contains(g.Clients, client) {
+			scopes = append(scopes, guardrails.Scope{ID: "group:" + name, Key: config.KeyPath("groups", name, "limits"), Limits: g.Limits})
+		}
+	}
+	k := c.Keys[host]
+	if k == "" {
+		k = c.Keys[rule]
+	}
+	if key := t.Config.Keys[k]; key != nil {
+		scopes = append(scopes, guardrails.Scope{ID: "key:" + k, Key: config.KeyPath("keys", k, "limits"), Limits: key.Limits})
+	}
+	return scopes
+}
+
+// HaltScope checks that a halt's scope names a client or group of the
+// table's config, or is all.
+func (t *Table) HaltScope(scope string) error {
+	kind, name, _ := strings.Cut(scope, ":")
+	switch {
+	case scope == guardrails.HaltAll:
+		return nil
+	case kind == "client" && t.Config.Clients[name] != nil, kind == "group" && t.Config.Groups[name] != nil:
+		return nil
+	case kind == "client" || kind == "group":
+		return fmt.Errorf("no %s %q in the running config", kind, name)
+	}
+	return fmt.Errorf("scope %q: want client:NAME, group:NAME or all", scope)
 }
 
 // chain is Chain over the stages that are there.

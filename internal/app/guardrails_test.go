@@ -1,0 +1,174 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sluice/internal/testpki"
+)
+
+// TestTradeGuardrails: against a test exchange that records every order
+// it receives (and checks every signature with the real secret), a bot in
+// a tight order loop stops at its per-minute cap while a second bot on the
+// same key goes on; an order of a symbol not allowed, one worth more than
+// the per-order notional and one sluice cannot value are refused; cancels
+// pass; a halt refuses a bot's next order but not its cancel, a full halt
+// refuses the cancel too, and resume lifts them. Nothing refused reaches
+// the exchange.
+func TestTradeGuardrails(t *testing.T) {
+	upCA := testpki.NewCA(t, "exchange CA")
+	var creds atomic.Pointer[[2]string]
+	creds.Store(&[2]string{binanceKey, binanceSecret})
+	var mu sync.Mutex
+	var received []string // "METHOD symbol" of each order request the exchange got
+	verify := testExchange(&creds)
+	srv := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		form, _ := url.ParseQuery(string(body))
+		mu.Lock()
+		received = append(received, r.Method+" "+form.Get("symbol")+r.URL.Query().Get("symbol"))
+		mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		verify.ServeHTTP(w, r)
+	}), "api.binance.com")
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content+"\n"), 0o600)
+		return p
+	}
+	cfg := baseConfig(fmt.Sprintf("  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}\n", upCA.WritePEM(t, dir), srv.Listener.Addr())) +
+		fmt.Sprintf(`keys:
+  binance-main: {exchange: binance, key_file: %s, secret_file: %s, limits: {orders_per_day: 5000}}
+clients:
+  bot1:
+    password_file: %s
+    hosts: [api.binance.com]
+    grants: [read, trade]
+    keys: {api.binance.com: binance-main}
+    limits: {orders_per_minute: 3, notional_per_order: 500, symbols: [BTCUSDT, ETHUSDT]}
+  bot2:
+    password_file: %s
+    hosts: [api.binance.com]
+    grants: [read, trade]
+    keys: {api.binance.com: binance-main}
+    limits: {orders_per_minute: 100}
+groups:
+  fleet-a: {clients: [bot1, bot2], limits: {notional_per_day: 50000}}
+`, write("k", binanceKey), write("s", binanceSecret), write("bot1.pass", "p1"), write("bot2.pass", "p2"))
+	r := startRun(t, cfg)
+	cli := r.cliConfig()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(readBytes(t, filepath.Join(r.dir, "data", "ca.pem")))
+	bot := func(name, pass string) *http.Client {
+		tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: r.addrs["proxy"], User: url.UserPassword(name, pass)}),
+			TLSClientConfig: &tls.Config{RootCAs: pool}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	}
+	bot1, bot2 := bot("bot1", "p1"), bot("bot2", "p2")
+	// As ccxt sends them: form bodies signed with the bot's own secret.
+	send := func(c *http.Client, method, params string) (int, string) {
+		t.Helper()
+		params += "&timestamp=" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+		req, _ := http.NewRequest(method, "https://api.binance.com/api/v3/order", strings.NewReader(params+"&signature="+hmacHex256(placeholderSecret, params)))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-MBX-APIKEY", "sluice")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, params, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	limit := "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000"
+	cancel := "symbol=BTCUSDT&orderId=1"
+	expect := func(what string, code int, body string, wantCode int, wantBody ...string) {
+		t.Helper()
+		if code != wantCode {
+			t.Errorf("%s: %d %s, want %d", what, code, body, wantCode)
+		}
+		for _, w := range wantBody {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s: %s, want it to say %q", what, body, w)
+			}
+		}
+	}
+
+	// A tight loop: three orders a minute, then refusals naming the limit.
+	for i := range 5 {
+		code, body := send(bot1, http.MethodPost, limit)
+		if i < 3 {
+			expect(fmt.Sprintf("bot1's order %d", i+1), code, body, http.StatusOK)
+		} else {
+			expect(fmt.Sprintf("bot1's order %d", i+1), code, body, http.StatusForbidden, "trade limit: orders_per_minute", "clients.bot1.limits.orders_per_minute is 3")
+		}
+	}
+	// bot2 trades with the same key and goes on.
+	for i := range 3 {
+		code, body := send(bot2, http.MethodPost, limit)
+		expect(fmt.Sprintf("bot2's order %d", i+1), code, body, http.StatusOK)
+	}
+	code, body := send(bot1, http.MethodPost, strings.Replace(limit, "BTCUSDT", "DOGEUSDT", 1))
+	expect("bot1's DOGEUSDT order", code, body, http.StatusForbidden, "trade limit: symbols", "clients.bot1.limits.symbols")
+	code, body = send(bot1, http.MethodPost, strings.Replace(limit, "quantity=0.001", "quantity=0.03", 1))
+	expect("bot1's order worth 600", code, body, http.StatusForbidden, "notional_per_order", "worth 600, over clients.bot1.limits.notional_per_order 500")
+	code, body = send(bot1, http.MethodPost, "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.001")
+	expect("bot1's market order by quantity", code, body, http.StatusForbidden, "trade limit: unpriced", "clients.bot1.limits.unpriced: allow")
+	code, body = send(bot1, http.MethodDelete, cancel)
+	expect("bot1's cancel, over its order limit", code, body, http.StatusOK)
+
+	// A halt: bot2's next order is refused, its cancel passes.
+	run := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := Run(context.Background(), append(args, "-c", cli), &out, io.Discard); err != nil {
+			t.Fatalf("sluice %v: %v", args, err)
+		}
+		return out.String()
+	}
+	if out := run("halt", "--client", "bot2", "--reason", "runaway loop"); !strings.HasPrefix(out, "halted client:bot2 (cancel-only): runaway loop") {
+		t.Errorf("sluice halt: %q", out)
+	}
+	code, body = send(bot2, http.MethodPost, limit)
+	expect("bot2's order while halted", code, body, http.StatusForbidden, "trading halted", "runaway loop", "sluice resume")
+	code, body = send(bot2, http.MethodDelete, cancel)
+	expect("bot2's cancel while halted", code, body, http.StatusOK)
+	if out := run("halt", "--list"); !strings.Contains(out, "client:bot2") || !strings.Contains(out, "runaway loop") {
+		t.Errorf("sluice halt --list:\n%s", out)
+	}
+	run("halt", "--all", "--full", "--reason", "exchange incident")
+	code, body = send(bot2, http.MethodDelete, cancel)
+	expect("a cancel under a full halt", code, body, http.StatusForbidden, "trading halted", "cancels too")
+	run("resume", "--all")
+	run("resume", "--client", "bot2")
+	code, body = send(bot2, http.MethodPost, limit)
+	expect("bot2's order after resume", code, body, http.StatusOK)
+
+	mu.Lock()
+	got := strings.Join(received, ", ")
+	mu.Unlock()
+	want := strings.Repeat("POST BTCUSDT, ", 6) + "DELETE BTCUSDT, DELETE BTCUSDT, POST BTCUSDT"
+	if got != want {
+		t.Errorf("the exchange received\n  %s\nwant\n  %s", got, want)
+	}
+	r.waitLog(`"refused_by":"guardrails"`)
+	if m := r.metrics(t); !strings.Contains(m, `sluice_guardrails_refusals_total{limit="orders_per_minute",scope="client:bot1"} 2`) {
+		t.Errorf("refusals metric:\n%s", grepLines(m, "sluice_guardrails"))
+	}
+}

@@ -1,0 +1,238 @@
+// Package guardrails holds the trade limits of clients, groups of clients
+// and keys, and halts: every order a client sends through sluice is read
+// (Parse) and checked against each limit that applies to it before it
+// can reach the exchange; an order over one is refused with the limit and
+// its config key. Cancels always pass, unless a halt is full.
+package guardrails
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"sluice/internal/config"
+)
+
+// Scope is one set of limits and the orders that count against it.
+type Scope struct {
+	ID     string              // "client:bot1", "group:fleet-a", "key:binance-main"
+	Key    string              // where its limits are in the config: "clients.bot1.limits"
+	Limits *config.TradeLimits // nil: none (a halt still applies)
+}
+
+// Refusal is why an order was refused.
+type Refusal struct {
+	Scope  string // the scope's ID
+	Limit  string // orders_per_minute, symbols, halt, ...
+	Detail string // the limit, the config key, and what to change
+}
+
+// HaltMode is what a halt stops.
+type HaltMode string
+
+const (
+	// CancelOnly refuses new orders and leverage changes; cancels pass,
+	// so that a halted bot can flatten its book.
+	CancelOnly HaltMode = "cancel-only"
+	// Full refuses cancels too.
+	Full HaltMode = "full"
+)
+
+// Halt stops a scope's trading until it is lifted or expires.
+type Halt struct {
+	Scope  string    `json:"scope"` // a scope ID, or "all"
+	Mode   HaltMode  `json:"mode"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	Until  time.Time `json:"until,omitzero"` // zero: until lifted
+}
+
+// HaltAll is the scope of a halt of every client.
+const HaltAll = "all"
+
+// Guard counts orders per scope and holds the halts.
+type Guard struct {
+	mu     sync.Mutex
+	counts map[string]*window
+	halts  map[string]Halt
+}
+
+// New returns a Guard with nothing counted and nothing halted.
+func New() *Guard { return &Guard{counts: map[string]*window{}, halts: map[string]Halt{}} }
+
+// window counts a scope's orders and notional over the last minute (by
+// second) and the last 24 hours (by minute).
+type window struct {
+	secs [60]bucket
+	mins [1440]bucket
+}
+
+type bucket struct {
+	at       int64 // the second or minute the bucket holds
+	orders   int
+	notional float64
+}
+
+func (w *window) sum(now time.Time) (minute, day int, dayNotional float64) {
+	s, m := now.Unix(), now.Unix()/60
+	for _, b := range w.secs {
+		if b.at > s-60 {
+			minute += b.orders
+		}
+	}
+	for _, b := range w.mins {
+		if b.at > m-1440 {
+			day += b.orders
+			dayNotional += b.notional
+		}
+	}
+	return
+}
+
+func (w *window) add(now time.Time, orders int, notional float64) {
+	s, m := now.Unix(), now.Unix()/60
+	for _, slot := range []struct {
+		b  *bucket
+		at int64
+	}{{&w.secs[s%60], s}, {&w.mins[m%1440], m}} {
+		if slot.b.at != slot.at {
+			*slot.b = bucket{at: slot.at}
+		}
+		slot.b.orders += orders
+		slot.b.notional += notional
+	}
+}
+
+// Check decides on req from the scopes it counts against, at now, and
+// counts an order that passes against each of them.
+func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
+	if req.Kind == Other {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, id := range append([]string{HaltAll}, ids(scopes)...) {
+		h, ok := g.halts[id]
+		if !ok {
+			continue
+		}
+		if !h.Until.IsZero() && !now.Before(h.Until) {
+			delete(g.halts, id)
+			continue
+		}
+		if req.Kind != Cancel || h.Mode == Full {
+			what := "new orders"
+			if h.Mode == Full {
+				what = "all trading, cancels too"
+			}
+			until := "until sluice resume"
+			if !h.Until.IsZero() {
+				until = "until " + h.Until.Format(time.DateTime) + " (or sluice resume)"
+			}
+			return &Refusal{id, "halt", fmt.Sprintf("%s is halted (%s: %s) %s: %s", id, h.Mode, what, until, h.Reason)}
+		}
+	}
+	if req.Kind == Leverage || req.Leverage {
+		for _, s := range scopes {
+			if s.Limits != nil && !s.Limits.Leverage {
+				return &Refusal{s.ID, "leverage", fmt.Sprintf("leverage changes are refused for %s; %s.leverage: true allows them", s.ID, s.Key)}
+			}
+		}
+	}
+	if req.Kind != Place {
+		return nil
+	}
+	total := 0.0
+	for _, o := range req.Orders {
+		total += o.Notional
+	}
+	for _, s := range scopes {
+		l := s.Limits
+		if l == nil {
+			continue
+		}
+		for _, o := range req.Orders {
+			if len(l.Symbols) > 0 && !slices.ContainsFunc(l.Symbols, func(x string) bool { return strings.EqualFold(x, o.Symbol) }) {
+				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}
+			}
+			if o.Notional == 0 && (l.NotionalPerOrder > 0 || l.NotionalPerDay > 0) && l.Unpriced != "allow" {
+				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, s.ID, s.Key)}
+			}
+			if l.NotionalPerOrder > 0 && o.Notional > l.NotionalPerOrder {
+				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}
+			}
+		}
+		w := g.counts[s.ID]
+		if w == nil {
+			continue // nothing counted yet
+		}
+		minute, day, dayNotional := w.sum(now)
+		n := len(req.Orders)
+		switch {
+		case l.OrdersPerMinute > 0 && minute+n > l.OrdersPerMinute:
+			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %d orders in the last minute: %s.orders_per_minute is %d", s.ID, minute, s.Key, l.OrdersPerMinute)}
+		case l.OrdersPerDay > 0 && day+n > l.OrdersPerDay:
+			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %d orders in the last 24 hours: %s.orders_per_day is %d", s.ID, day, s.Key, l.OrdersPerDay)}
+		case l.NotionalPerDay > 0 && dayNotional+total > l.NotionalPerDay:
+			return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}
+		}
+	}
+	for _, s := range scopes {
+		if s.Limits == nil {
+			continue
+		}
+		w := g.counts[s.ID]
+		if w == nil {
+			w = &window{}
+			g.counts[s.ID] = w
+		}
+		w.add(now, len(req.Orders), total)
+	}
+	return nil
+}
+
+func amount(f float64) string {
+	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.8f", f), "0"), ".")
+}
+
+func ids(scopes []Scope) []string {
+	out := make([]string, len(scopes))
+	for i, s := range scopes {
+		out[i] = s.ID
+	}
+	return out
+}
+
+// Halt puts h in force (replacing a halt of the same scope).
+func (g *Guard) Halt(h Halt) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.halts[h.Scope] = h
+}
+
+// Resume lifts the halt of scope; false when there was none.
+func (g *Guard) Resume(scope string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.halts[scope]
+	delete(g.halts, scope)
+	return ok
+}
+
+// Halts lists the halts in force at now, by scope.
+func (g *Guard) Halts(now time.Time) []Halt {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []Halt
+	for id, h := range g.halts {
+		if !h.Until.IsZero() && !now.Before(h.Until) {
+			delete(g.halts, id)
+			continue
+		}
+		out = append(out, h)
+	}
+	slices.SortFunc(out, func(a, b Halt) int { return strings.Compare(a.Scope, b.Scope) })
+	return out
+}

@@ -1,0 +1,108 @@
+package guardrails
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/internal/config"
+)
+
+// TestParse reads the order endpoints as each exchange documents them.
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		exchange, method, path, query, body string
+		kind                                Kind
+		orders                              []Order
+	}{
+		{"binance", "POST", "/api/v3/order", "", "symbol=btcusdt&side=BUY&type=LIMIT&quantity=0.5&price=20000", Place, []Order{{"BTCUSDT", 10000}}},
+		{"binance", "POST", "/api/v3/order", "symbol=ETHUSDT&type=MARKET&quoteOrderQty=250", "", Place, []Order{{"ETHUSDT", 250}}},
+		{"binance", "POST", "/api/v3/order", "", "symbol=ETHUSDT&type=MARKET&quantity=1", Place, []Order{{"ETHUSDT", 0}}},
+		{"binance", "POST", "/api/v3/order/test", "", "symbol=ETHUSDT&quantity=1&price=1", Other, nil},
+		{"binance", "POST", "/fapi/v1/batchOrders", "", "batchOrders=" + url.QueryEscape(`[{"symbol":"BTCUSDT","quantity":"0.1","price":"30000"},{"symbol":"ETHUSDT","quantity":"2","price":"2000"}]`), Place, []Order{{"BTCUSDT", 3000}, {"ETHUSDT", 4000}}},
+		{"binance", "DELETE", "/api/v3/order", "symbol=BTCUSDT&orderId=1", "", Cancel, nil},
+		{"binance", "POST", "/fapi/v1/leverage", "", "symbol=BTCUSDT&leverage=20", Leverage, nil},
+		{"binance", "GET", "/api/v3/order", "symbol=BTCUSDT&orderId=1", "", Other, nil},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Limit","qty":"0.01","price":"50000"}`, Place, []Order{{"BTCUSDT", 500}}},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"100","marketUnit":"quoteCoin"}`, Place, []Order{{"BTCUSDT", 100}}},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"linear","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"0.01"}`, Place, []Order{{"BTCUSDT", 0}}},
+		{"bybit", "POST", "/v5/order/cancel", "", `{"category":"spot","symbol":"BTCUSDT","orderId":"1"}`, Cancel, nil},
+		{"bybit", "POST", "/v5/position/set-leverage", "", `{"category":"linear","symbol":"BTCUSDT","buyLeverage":"10","sellLeverage":"10"}`, Leverage, nil},
+		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1.25&pair=XBTUSD&price=27500", Place, []Order{{"XBTUSD", 34375}}},
+		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1&pair=XBTUSD&price=1&leverage=5", Place, []Order{{"XBTUSD", 1}}}, // and a leverage change
+		{"kraken", "POST", "/0/private/CancelOrder", "", "nonce=1&txid=X", Cancel, nil},
+	} {
+		q, _ := url.ParseQuery(tc.query)
+		got := Parse(tc.exchange, tc.method, tc.path, q, []byte(tc.body))
+		if got.Kind != tc.kind || len(got.Orders) != len(tc.orders) {
+			t.Errorf("%s %s %s: %+v, want kind %d with %v", tc.exchange, tc.method, tc.path, got, tc.kind, tc.orders)
+			continue
+		}
+		for i, o := range tc.orders {
+			if got.Orders[i] != o {
+				t.Errorf("%s %s: order %d %+v, want %+v", tc.exchange, tc.path, i, got.Orders[i], o)
+			}
+		}
+	}
+}
+
+// TestWindows: the per-minute count forgets an order a minute after it,
+// the per-day one a day after.
+func TestWindows(t *testing.T) {
+	g := New()
+	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OrdersPerMinute: 2, OrdersPerDay: 3}}}
+	order := Request{Kind: Place, Orders: []Order{{"BTCUSDT", 10}}}
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *Refusal { return g.Check(scopes, order, t0.Add(d)) }
+	if at(0) != nil || at(time.Second) != nil {
+		t.Fatal("the first two orders of the minute refused")
+	}
+	if r := at(30 * time.Second); r == nil || r.Limit != "orders_per_minute" {
+		t.Errorf("the third order within the minute: %+v", r)
+	}
+	if r := at(61 * time.Second); r != nil {
+		t.Errorf("an order a minute after the first two: %+v", r)
+	}
+	if r := at(2 * time.Minute); r == nil || r.Limit != "orders_per_day" {
+		t.Errorf("the fourth order of the day: %+v", r)
+	}
+	if r := at(24*time.Hour + 2*time.Minute); r != nil {
+		t.Errorf("an order a day later: %+v", r)
+	}
+	// A halt with an end lifts itself.
+	g.Halt(Halt{Scope: "client:b", Mode: CancelOnly, Reason: "test", Since: t0, Until: t0.Add(25 * time.Hour)})
+	if r := at(24*time.Hour + 3*time.Minute); r == nil || r.Limit != "halt" {
+		t.Errorf("an order while halted: %+v", r)
+	}
+	if r := at(25*time.Hour + time.Second); r != nil {
+		t.Errorf("an order after the halt's end: %+v", r)
+	}
+}
+
+// BenchmarkCheck: what the guardrails cost an order (read and checked
+// against a client's, a group's and a key's limits) against the same order
+// read by a client without limits.
+func BenchmarkCheck(b *testing.B) {
+	body := []byte("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000&timestamp=1700000000000&signature=" + strings.Repeat("a", 64))
+	limits := &config.TradeLimits{OrdersPerMinute: 1 << 30, OrdersPerDay: 1 << 30, NotionalPerOrder: 1e9, NotionalPerDay: 1e18, Symbols: []string{"ETHUSDT", "BTCUSDT"}}
+	for _, bc := range []struct {
+		name   string
+		scopes []Scope
+	}{
+		{"limits=none", []Scope{{ID: "client:b"}}},
+		{"limits=client+group+key", []Scope{{ID: "client:b", Limits: limits}, {ID: "group:g", Limits: limits}, {ID: "key:k", Limits: limits}}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			g := New()
+			now := time.Now()
+			for b.Loop() {
+				req := Parse("binance", http.MethodPost, "/api/v3/order", nil, body)
+				if g.Check(bc.scopes, req, now) != nil {
+					b.Fatal("refused")
+				}
+			}
+		})
+	}
+}

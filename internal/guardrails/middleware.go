@@ -1,0 +1,102 @@
+package guardrails
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/decision"
+	"sluice/internal/metrics"
+	"sluice/internal/obs"
+)
+
+// Metrics count the guardrails' refusals.
+type Metrics struct {
+	refusals *prometheus.CounterVec
+	orders   *prometheus.CounterVec
+}
+
+// NewMetrics registers the guardrails' series with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_guardrails_refusals_total",
+			Help: "Trading requests sluice refused, by the scope whose limit or halt refused them and the limit (orders_per_minute, symbols, halt, ...)."}, []string{"scope", "limit"}),
+		orders: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_guardrails_orders_total",
+			Help: "Orders that passed the guardrails, counted against each scope with limits."}, []string{"scope"}),
+	}
+	m.refusals.WithLabelValues(HaltAll, "halt")
+	return m, metrics.Register(reg, m.refusals, m.orders)
+}
+
+// Limits are the limit label values of the refusals.
+var Limits = []string{"halt", "symbols", "leverage", "unpriced", "notional_per_order", "orders_per_minute", "orders_per_day", "notional_per_day"}
+
+// Declare creates scope's series at zero.
+func (m *Metrics) Declare(scope string) {
+	m.orders.WithLabelValues(scope)
+	for _, l := range Limits {
+		m.refusals.WithLabelValues(scope, l)
+	}
+}
+
+// maxOrderBody bounds the body read to check an order: orders are small.
+const maxOrderBody = 1 << 20
+
+// Middleware checks every trading request against the limits and halts
+// of the scopes of returns (and the exchange whose order endpoints it
+// reads; "": none, the request passes). The request's body is read whole
+// (it is small, and the next stages get it as it came).
+func Middleware(g *Guard, m *Metrics, of func(*http.Request) (scopes []Scope, exchange string)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodPost && r.Method != http.MethodDelete {
+				next.ServeHTTP(w, r) // no exchange trades by GET
+				return
+			}
+			scopes, exchange := of(r)
+			if exchange == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := decision.From(r.Context())
+			var body []byte
+			if r.Body != nil && r.Body != http.NoBody {
+				var err error
+				body, err = io.ReadAll(io.LimitReader(r.Body, maxOrderBody+1))
+				if err != nil {
+					obs.WriteError(w, r, &obs.Error{Status: http.StatusBadRequest, Msg: "request body unreadable", Host: rec.Target.String(), Err: err, Detail: err.Error()})
+					return
+				}
+				if len(body) > maxOrderBody {
+					rec.Refuse(decision.Guardrails, "order too large to check")
+					obs.WriteError(w, r, &obs.Error{Status: http.StatusRequestEntityTooLarge, Msg: "order too large to check", Host: rec.Target.String(),
+						Detail: "a trading request's body over 1 MiB cannot be checked against the trade limits"})
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(body))
+			}
+			req := Parse(exchange, r.Method, r.URL.Path, r.URL.Query(), body)
+			if refusal := g.Check(scopes, req, time.Now()); refusal != nil {
+				m.refusals.WithLabelValues(refusal.Scope, refusal.Limit).Inc()
+				reason := "trade limit: " + refusal.Limit
+				if refusal.Limit == "halt" {
+					reason = "trading halted"
+				}
+				rec.Refuse(decision.Guardrails, reason)
+				obs.WriteError(w, r, &obs.Error{Status: http.StatusForbidden, Msg: reason, Host: rec.Target.String(), Detail: refusal.Detail})
+				return
+			}
+			if req.Kind == Place {
+				for _, s := range scopes {
+					if s.Limits != nil {
+						m.orders.WithLabelValues(s.ID).Add(float64(len(req.Orders)))
+					}
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
