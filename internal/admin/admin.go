@@ -87,11 +87,19 @@ type Options struct {
 	// config has.
 	Guard     *guardrails.Guard
 	HaltScope func(scope string) error
+	// Halts (nil: no fleet) shares the halts with the fleet's instances.
+	Halts SharedHalts
 	// Tail (nil: none) has the access lines for GET /v1/log.
 	Tail *obs.Tail
 	// Why explains what the running config does with a request to target
 	// (HOST[:PORT]) with method, path and client (each may be empty).
 	Why func(ctx context.Context, target, method, path, client string) any
+}
+
+// SharedHalts are a fleet's halts, held by every instance.
+type SharedHalts interface {
+	Put(ctx context.Context, h guardrails.Halt) error
+	Remove(ctx context.Context, scope string) error
 }
 
 // Server is the admin HTTP server.
@@ -295,6 +303,15 @@ func New(opts Options) *Server {
 			}
 			opts.Guard.Halt(h)
 			opts.Log.Warn("trading halted", "scope", h.Scope, "mode", h.Mode, "reason", h.Reason, "until", h.Until)
+			if opts.Halts != nil {
+				if err := opts.Halts.Put(r.Context(), h); err != nil {
+					// Held here all the same; the other instances do not know it.
+					opts.Log.Error("the halt is not shared with the fleet", "scope", h.Scope, "error", err)
+					writeJSON(w, http.StatusOK, map[string]any{"scope": h.Scope, "mode": h.Mode, "reason": h.Reason, "since": h.Since, "until": h.Until,
+						"fleet_error": "held by this instance only: " + err.Error()})
+					return
+				}
+			}
 			writeJSON(w, http.StatusOK, h)
 		})
 		private.HandleFunc("DELETE /v1/halts", func(w http.ResponseWriter, r *http.Request) {
@@ -302,6 +319,13 @@ func New(opts Options) *Server {
 			if !opts.Guard.Resume(scope) {
 				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no halt of " + scope})
 				return
+			}
+			if opts.Halts != nil {
+				if err := opts.Halts.Remove(r.Context(), scope); err != nil {
+					opts.Log.Error("the resume is not shared with the fleet", "scope", scope, "error", err)
+					writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "resumed on this instance only; the fleet still holds the halt: " + err.Error()})
+					return
+				}
 			}
 			opts.Log.Warn("trading resumed", "scope", scope)
 			writeJSON(w, http.StatusOK, map[string]string{"status": "resumed", "scope": scope})

@@ -18,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"sluice/internal/testenv"
 	"sluice/internal/testpki"
+	"sluice/internal/testredis"
 )
 
 // TestTradeGuardrails: against a test exchange that records every order
@@ -170,5 +172,78 @@ groups:
 	r.waitLog(`"refused_by":"guardrails"`)
 	if m := r.metrics(t); !strings.Contains(m, `sluice_guardrails_refusals_total{limit="orders_per_minute",scope="client:bot1"} 2`) {
 		t.Errorf("refusals metric:\n%s", grepLines(m, "sluice_guardrails"))
+	}
+}
+
+// TestFleetHalt: a halt issued on one of three instances sharing Redis
+// refuses the next order on the other two (cancels still pass); with
+// Redis gone each keeps the halt it knew; resume on one lifts it on all.
+func TestFleetHalt(t *testing.T) {
+	redis := testredis.Start(t)
+	upCA := testpki.NewCA(t, "exchange CA")
+	var creds atomic.Pointer[[2]string]
+	creds.Store(&[2]string{binanceKey, binanceSecret})
+	srv := upCA.Upstream(t, testExchange(&creds), "api.binance.com")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	var fleet []*running
+	for i := range 3 {
+		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
+data_dir: data
+timeouts: {shutdown: 5s}
+fleet: {redis: %q, instance: sluice%d, timeout: 1s}
+hosts:
+  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}
+clients:
+  bot1: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade]}
+`, redis.URL(), i, caPath, srv.Listener.Addr())))
+	}
+	// The bot signs with the real key itself: no vault here.
+	send := func(r *running, method string) int {
+		t.Helper()
+		params := "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000&timestamp=" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+		req, _ := http.NewRequest(method, "https://api.binance.com/api/v3/order", strings.NewReader(params+"&signature="+hmacHex256(binanceSecret, params)))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-MBX-APIKEY", binanceKey)
+		resp, err := r.client().Do(req)
+		if err != nil {
+			t.Fatalf("%s through %s: %v", method, r.addrs["proxy"], err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i, r := range fleet {
+		if code := send(r, http.MethodPost); code != http.StatusOK {
+			t.Fatalf("an order through instance %d before the halt: %d", i, code)
+		}
+	}
+	cli := func(r *running, args ...string) error {
+		return Run(context.Background(), append(args, "-c", r.cliConfig()), io.Discard, io.Discard)
+	}
+	if err := cli(fleet[0], "halt", "--client", "bot1", "--reason", "fleet test"); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range fleet[1:] {
+		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("instance %d to hold the halt", i+1), func() bool { return send(r, http.MethodPost) == http.StatusForbidden })
+		if code := send(r, http.MethodDelete); code != http.StatusOK {
+			t.Errorf("a cancel through instance %d while halted: %d, want it to pass", i+1, code)
+		}
+	}
+	redis.Stop()
+	// Once each instance has found Redis gone, the halt stays.
+	for i, r := range fleet {
+		testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to find Redis gone", i), func() bool {
+			return strings.Contains(r.metrics(t), "sluice_fleet_redis_up 0")
+		})
+	}
+	for i, r := range fleet {
+		if code := send(r, http.MethodPost); code != http.StatusForbidden {
+			t.Errorf("an order through instance %d with Redis gone: %d, want the halt it knew", i, code)
+		}
+	}
+	redis.Restart()
+	testenv.WaitFor(t, 10*time.Second, "resume on instance 2 once Redis is back", func() bool { return cli(fleet[2], "resume", "--client", "bot1") == nil })
+	for i, r := range fleet {
+		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("instance %d to lift the halt", i), func() bool { return send(r, http.MethodPost) == http.StatusOK })
 	}
 }

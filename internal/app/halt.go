@@ -92,12 +92,19 @@ func haltCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return printResult(stdout, out, *asJSON, func(h guardrails.Halt) string {
+	return printResult(stdout, out, *asJSON, func(h struct {
+		guardrails.Halt
+		FleetError string `json:"fleet_error"`
+	}) string {
 		s := fmt.Sprintf("halted %s (%s)", h.Scope, h.Mode)
 		if !h.Until.IsZero() {
 			s += " until " + h.Until.Local().Format(time.DateTime)
 		}
-		return s + ": " + h.Reason
+		s += ": " + h.Reason
+		if h.FleetError != "" {
+			s += "\nwarning: " + h.FleetError
+		}
+		return s
 	})
 }
 

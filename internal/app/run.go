@@ -280,8 +280,12 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 	if pins != nil {
 		g.Go(func() error { pins.Keep(gctx, dial.Resolver(), cfg.DNS.Recheck.D()); return nil })
 	}
+	var sharedHalts admin.SharedHalts
 	if fleet != nil {
 		g.Go(func() error { fleet.Run(gctx); return nil })
+		halts := fleet.Halts(gw.Deps.Guard.Replace)
+		sharedHalts = halts
+		g.Go(func() error { halts.Follow(gctx); return nil })
 	}
 	proxyDone := make(chan struct{})
 	g.Go(func() error {
@@ -337,6 +341,7 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 			Tail:    gw.Deps.Tail,
 			Purge:   gw.Deps.Cache.Purge,
 			Guard:   gw.Deps.Guard,
+			Halts:   sharedHalts,
 			HaltScope: func(scope string) error {
 				return gw.Table().HaltScope(scope)
 			},

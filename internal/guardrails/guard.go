@@ -212,6 +212,16 @@ func (g *Guard) Halt(h Halt) {
 	g.halts[h.Scope] = h
 }
 
+// Replace puts halts in force instead of those held: the fleet's list.
+func (g *Guard) Replace(halts []Halt) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	clear(g.halts)
+	for _, h := range halts {
+		g.halts[h.Scope] = h
+	}
+}
+
 // Resume lifts the halt of scope; false when there was none.
 func (g *Guard) Resume(scope string) bool {
 	g.mu.Lock()
