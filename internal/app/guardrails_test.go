@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -69,9 +70,15 @@ clients:
     grants: [read, trade]
     keys: {api.binance.com: binance-main}
     limits: {orders_per_minute: 100}
+  bot3:
+    password_file: %s
+    hosts: [api.binance.com]
+    grants: [read, trade]
+    keys: {api.binance.com: binance-main}
+    limits: {orders_per_minute: 1}
 groups:
   fleet-a: {clients: [bot1, bot2], limits: {notional_per_day: 50000}}
-`, write("k", binanceKey), write("s", binanceSecret), write("bot1.pass", "p1"), write("bot2.pass", "p2"))
+`, write("k", binanceKey), write("s", binanceSecret), write("bot1.pass", "p1"), write("bot2.pass", "p2"), write("bot3.pass", "p3"))
 	r := startRun(t, cfg)
 	cli := r.cliConfig()
 	pool := x509.NewCertPool()
@@ -162,10 +169,30 @@ groups:
 	code, body = send(bot2, http.MethodPost, limit)
 	expect("bot2's order after resume", code, body, http.StatusOK)
 
+	// ccxt from npm: it places and cancels, and the error it raises for
+	// the refused order names sluice's reason.
+	ccxtRan := false
+	t.Run("ccxt", func(t *testing.T) {
+		node := testenv.RequireTool(t, "node", "nodejs")
+		modules := testenv.RequireNodeModule(t, "ccxt")
+		ccxtRan = true
+		cmd := exec.Command(node, "-e", ccxtGuardrails)
+		cmd.Env = append(os.Environ(), "NODE_PATH="+modules, "NODE_EXTRA_CA_CERTS="+filepath.Join(r.dir, "data", "ca.pem"),
+			"SLUICE_TEST_PROXY=http://bot3:p3@"+r.addrs["proxy"], "HTTPS_PROXY=", "https_proxy=", "NO_PROXY=")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "placed, cancelled, refused:") || !strings.Contains(string(out), "trade limit: orders_per_minute") ||
+			!strings.Contains(string(out), "clients.bot3.limits.orders_per_minute is 1") {
+			t.Errorf("ccxt through sluice's guardrails: %v\n%s", err, out)
+		}
+	})
+
 	mu.Lock()
 	got := strings.Join(received, ", ")
 	mu.Unlock()
 	want := strings.Repeat("POST BTCUSDT, ", 6) + "DELETE BTCUSDT, DELETE BTCUSDT, POST BTCUSDT"
+	if ccxtRan {
+		want += ", POST BTCUSDT, DELETE BTCUSDT"
+	}
 	if got != want {
 		t.Errorf("the exchange received\n  %s\nwant\n  %s", got, want)
 	}
@@ -247,3 +274,20 @@ clients:
 		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("instance %d to lift the halt", i), func() bool { return send(r, http.MethodPost) == http.StatusOK })
 	}
 }
+
+// ccxtGuardrails places an order, cancels it and places another over the
+// client's per-minute limit, with ccxt's own signing code.
+const ccxtGuardrails = `
+const ccxt = require("ccxt");
+(async () => {
+  const binance = new ccxt.binance({apiKey: "sluice", secret: "not-a-secret", httpsProxy: process.env.SLUICE_TEST_PROXY, timeout: 10000});
+  await binance.privatePostOrder({symbol: "BTCUSDT", side: "BUY", type: "LIMIT", timeInForce: "GTC", quantity: "0.001", price: "20000"});
+  await binance.privateDeleteOrder({symbol: "BTCUSDT", orderId: "1"});
+  try {
+    await binance.privatePostOrder({symbol: "BTCUSDT", side: "BUY", type: "LIMIT", timeInForce: "GTC", quantity: "0.001", price: "20000"});
+    console.log("the third request was not refused");
+  } catch (e) {
+    console.log("placed, cancelled, refused: " + e.constructor.name + ": " + e.message);
+  }
+})().catch(e => { console.error(String(e)); process.exit(1); });
+`

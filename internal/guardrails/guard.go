@@ -172,9 +172,9 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 		n := len(req.Orders)
 		switch {
 		case l.OrdersPerMinute > 0 && minute+n > l.OrdersPerMinute:
-			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %d orders in the last minute: %s.orders_per_minute is %d", s.ID, minute, s.Key, l.OrdersPerMinute)}
+			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}
 		case l.OrdersPerDay > 0 && day+n > l.OrdersPerDay:
-			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %d orders in the last 24 hours: %s.orders_per_day is %d", s.ID, day, s.Key, l.OrdersPerDay)}
+			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %s in the last 24 hours: %s.orders_per_day is %d", s.ID, orders(day), s.Key, l.OrdersPerDay)}
 		case l.NotionalPerDay > 0 && dayNotional+total > l.NotionalPerDay:
 			return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}
 		}
@@ -191,6 +191,13 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 		w.add(now, len(req.Orders), total)
 	}
 	return nil
+}
+
+func orders(n int) string {
+	if n == 1 {
+		return "1 order"
+	}
+	return fmt.Sprintf("%d orders", n)
 }
 
 func amount(f float64) string {
