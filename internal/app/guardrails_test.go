@@ -29,7 +29,8 @@ import (
 // a tight order loop stops at its per-minute cap while a second bot on the
 // same key goes on; an order of a symbol not allowed, one worth more than
 // the per-order notional and one sluice cannot value are refused; cancels
-// pass; a halt refuses a bot's next order but not its cancel, a full halt
+// pass; a market order is valued at the price of the last ticker answer,
+// refused over the notional cap and passed just under it; a halt refuses a bot's next order but not its cancel, a full halt
 // refuses the cancel too, and resume lifts them. Nothing refused reaches
 // the exchange.
 func TestTradeGuardrails(t *testing.T) {
@@ -40,6 +41,10 @@ func TestTradeGuardrails(t *testing.T) {
 	var received []string // "METHOD symbol" of each order request the exchange got
 	verify := testExchange(&creds)
 	srv := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v3/ticker/price" {
+			fmt.Fprintf(w, `{"symbol":%q,"price":"20000.00000000"}`, r.URL.Query().Get("symbol"))
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		form, _ := url.ParseQuery(string(body))
 		mu.Lock()
@@ -76,9 +81,15 @@ clients:
     grants: [read, trade]
     keys: {api.binance.com: binance-main}
     limits: {orders_per_minute: 1}
+  bot4:
+    password_file: %s
+    hosts: [api.binance.com]
+    grants: [read, trade]
+    keys: {api.binance.com: binance-main}
+    limits: {notional_per_order: 500}
 groups:
   fleet-a: {clients: [bot1, bot2], limits: {notional_per_day: 50000}}
-`, write("k", binanceKey), write("s", binanceSecret), write("bot1.pass", "p1"), write("bot2.pass", "p2"), write("bot3.pass", "p3"))
+`, write("k", binanceKey), write("s", binanceSecret), write("bot1.pass", "p1"), write("bot2.pass", "p2"), write("bot3.pass", "p3"), write("bot4.pass", "p4"))
 	r := startRun(t, cfg)
 	cli := r.cliConfig()
 	pool := x509.NewCertPool()
@@ -142,6 +153,19 @@ groups:
 	code, body = send(bot1, http.MethodDelete, cancel)
 	expect("bot1's cancel, over its order limit", code, body, http.StatusOK)
 
+	// A market order is valued at the latest price sluice saw in a ticker answer.
+	bot4 := bot("bot4", "p4")
+	market := "symbol=BTCUSDT&side=BUY&type=MARKET&quantity="
+	code, body = send(bot4, http.MethodPost, market+"0.02")
+	expect("a market order before any price of BTCUSDT", code, body, http.StatusForbidden, "trade limit: unpriced")
+	if code := status(t, bot4, "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT"); code != http.StatusOK {
+		t.Fatalf("the ticker: %d", code)
+	}
+	code, body = send(bot4, http.MethodPost, market+"0.03")
+	expect("a market order worth 600 at the ticker's price", code, body, http.StatusForbidden, "notional_per_order", "worth 600, over clients.bot4.limits.notional_per_order 500")
+	code, body = send(bot4, http.MethodPost, market+"0.02")
+	expect("a market order worth 400 at the ticker's price", code, body, http.StatusOK)
+
 	// A halt: bot2's next order is refused, its cancel passes.
 	run := func(args ...string) string {
 		t.Helper()
@@ -189,7 +213,9 @@ groups:
 	mu.Lock()
 	got := strings.Join(received, ", ")
 	mu.Unlock()
-	want := strings.Repeat("POST BTCUSDT, ", 6) + "DELETE BTCUSDT, DELETE BTCUSDT, POST BTCUSDT"
+	// bot1's three and bot2's three orders, bot1's cancel, bot4's order
+	// under the cap, bot2's cancel while halted, bot2's order after resume.
+	want := strings.Repeat("POST BTCUSDT, ", 6) + "DELETE BTCUSDT, POST BTCUSDT, DELETE BTCUSDT, POST BTCUSDT"
 	if ccxtRan {
 		want += ", POST BTCUSDT, DELETE BTCUSDT"
 	}

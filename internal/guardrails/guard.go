@@ -57,10 +57,14 @@ type Guard struct {
 	mu     sync.Mutex
 	counts map[string]*window
 	halts  map[string]Halt
+	// Prices value the orders that carry no price.
+	Prices *Prices
 }
 
 // New returns a Guard with nothing counted and nothing halted.
-func New() *Guard { return &Guard{counts: map[string]*window{}, halts: map[string]Halt{}} }
+func New() *Guard {
+	return &Guard{counts: map[string]*window{}, halts: map[string]Halt{}, Prices: NewPrices()}
+}
 
 // window counts a scope's orders and notional over the last minute (by
 // second) and the last 24 hours (by minute).
@@ -158,7 +162,7 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}
 			}
 			if o.Notional == 0 && (l.NotionalPerOrder > 0 || l.NotionalPerDay > 0) && l.Unpriced != "allow" {
-				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, s.ID, s.Key)}
+				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity, and no price of %s seen in the last %s), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, o.Symbol, priceMaxAge, s.ID, s.Key)}
 			}
 			if l.NotionalPerOrder > 0 && o.Notional > l.NotionalPerOrder {
 				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}

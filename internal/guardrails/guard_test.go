@@ -17,21 +17,21 @@ func TestParse(t *testing.T) {
 		kind                                Kind
 		orders                              []Order
 	}{
-		{"binance", "POST", "/api/v3/order", "", "symbol=btcusdt&side=BUY&type=LIMIT&quantity=0.5&price=20000", Place, []Order{{"BTCUSDT", 10000}}},
-		{"binance", "POST", "/api/v3/order", "symbol=ETHUSDT&type=MARKET&quoteOrderQty=250", "", Place, []Order{{"ETHUSDT", 250}}},
-		{"binance", "POST", "/api/v3/order", "", "symbol=ETHUSDT&type=MARKET&quantity=1", Place, []Order{{"ETHUSDT", 0}}},
+		{"binance", "POST", "/api/v3/order", "", "symbol=btcusdt&side=BUY&type=LIMIT&quantity=0.5&price=20000", Place, []Order{{Symbol: "BTCUSDT", Notional: 10000}}},
+		{"binance", "POST", "/api/v3/order", "symbol=ETHUSDT&type=MARKET&quoteOrderQty=250", "", Place, []Order{{Symbol: "ETHUSDT", Notional: 250}}},
+		{"binance", "POST", "/api/v3/order", "", "symbol=ETHUSDT&type=MARKET&quantity=1", Place, []Order{{Symbol: "ETHUSDT", Quantity: 1}}},
 		{"binance", "POST", "/api/v3/order/test", "", "symbol=ETHUSDT&quantity=1&price=1", Other, nil},
-		{"binance", "POST", "/fapi/v1/batchOrders", "", "batchOrders=" + url.QueryEscape(`[{"symbol":"BTCUSDT","quantity":"0.1","price":"30000"},{"symbol":"ETHUSDT","quantity":"2","price":"2000"}]`), Place, []Order{{"BTCUSDT", 3000}, {"ETHUSDT", 4000}}},
+		{"binance", "POST", "/fapi/v1/batchOrders", "", "batchOrders=" + url.QueryEscape(`[{"symbol":"BTCUSDT","quantity":"0.1","price":"30000"},{"symbol":"ETHUSDT","quantity":"2","price":"2000"}]`), Place, []Order{{Symbol: "BTCUSDT", Notional: 3000}, {Symbol: "ETHUSDT", Notional: 4000}}},
 		{"binance", "DELETE", "/api/v3/order", "symbol=BTCUSDT&orderId=1", "", Cancel, nil},
 		{"binance", "POST", "/fapi/v1/leverage", "", "symbol=BTCUSDT&leverage=20", Leverage, nil},
 		{"binance", "GET", "/api/v3/order", "symbol=BTCUSDT&orderId=1", "", Other, nil},
-		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Limit","qty":"0.01","price":"50000"}`, Place, []Order{{"BTCUSDT", 500}}},
-		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"100","marketUnit":"quoteCoin"}`, Place, []Order{{"BTCUSDT", 100}}},
-		{"bybit", "POST", "/v5/order/create", "", `{"category":"linear","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"0.01"}`, Place, []Order{{"BTCUSDT", 0}}},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Limit","qty":"0.01","price":"50000"}`, Place, []Order{{Symbol: "BTCUSDT", Notional: 500}}},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"spot","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"100","marketUnit":"quoteCoin"}`, Place, []Order{{Symbol: "BTCUSDT", Notional: 100}}},
+		{"bybit", "POST", "/v5/order/create", "", `{"category":"linear","symbol":"BTCUSDT","side":"Buy","orderType":"Market","qty":"0.01"}`, Place, []Order{{Symbol: "BTCUSDT", Quantity: 0.01}}},
 		{"bybit", "POST", "/v5/order/cancel", "", `{"category":"spot","symbol":"BTCUSDT","orderId":"1"}`, Cancel, nil},
 		{"bybit", "POST", "/v5/position/set-leverage", "", `{"category":"linear","symbol":"BTCUSDT","buyLeverage":"10","sellLeverage":"10"}`, Leverage, nil},
-		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1.25&pair=XBTUSD&price=27500", Place, []Order{{"XBTUSD", 34375}}},
-		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1&pair=XBTUSD&price=1&leverage=5", Place, []Order{{"XBTUSD", 1}}}, // and a leverage change
+		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1.25&pair=XBTUSD&price=27500", Place, []Order{{Symbol: "XBTUSD", Notional: 34375}}},
+		{"kraken", "POST", "/0/private/AddOrder", "", "nonce=1&ordertype=limit&type=buy&volume=1&pair=XBTUSD&price=1&leverage=5", Place, []Order{{Symbol: "XBTUSD", Notional: 1}}}, // and a leverage change
 		{"kraken", "POST", "/0/private/CancelOrder", "", "nonce=1&txid=X", Cancel, nil},
 	} {
 		q, _ := url.ParseQuery(tc.query)
@@ -53,7 +53,7 @@ func TestParse(t *testing.T) {
 func TestWindows(t *testing.T) {
 	g := New()
 	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OrdersPerMinute: 2, OrdersPerDay: 3}}}
-	order := Request{Kind: Place, Orders: []Order{{"BTCUSDT", 10}}}
+	order := Request{Kind: Place, Orders: []Order{{Symbol: "BTCUSDT", Notional: 10}}}
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) *Refusal { return g.Check(scopes, order, t0.Add(d)) }
 	if at(0) != nil || at(time.Second) != nil {
@@ -104,5 +104,30 @@ func BenchmarkCheck(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestPrices reads the ticker answers of each exchange, and forgets a
+// price that is too old to value an order.
+func TestPrices(t *testing.T) {
+	p := NewPrices()
+	now := time.Now()
+	p.observe("binance", []byte(`[{"symbol":"BTCUSDT","price":"20000.5"},{"symbol":"ETHUSDT","bidPrice":"1999","askPrice":"2001","bidQty":"1","askQty":"1"}]`), now)
+	p.observe("binance", []byte(`{"symbol":"BNBUSDT","lastPrice":"300","volume":"1"}`), now)
+	p.observe("bybit", []byte(`{"retCode":0,"result":{"category":"spot","list":[{"symbol":"SOLUSDT","lastPrice":"150.25"}]}}`), now)
+	p.observe("kraken", []byte(`{"error":[],"result":{"XXBTZUSD":{"a":["1","1","1"],"c":["27500.1","0.01"]}}}`), now)
+	for _, tc := range []struct {
+		exchange, symbol string
+		want             float64
+	}{{"binance", "btcusdt", 20000.5}, {"binance", "ETHUSDT", 2000}, {"binance", "BNBUSDT", 300}, {"bybit", "SOLUSDT", 150.25}, {"kraken", "XXBTZUSD", 27500.1}} {
+		if got, ok := p.Price(tc.exchange, tc.symbol, now); !ok || got != tc.want {
+			t.Errorf("%s %s: %v %v, want %v", tc.exchange, tc.symbol, got, ok, tc.want)
+		}
+	}
+	if _, ok := p.Price("bybit", "BTCUSDT", now); ok {
+		t.Error("a price of another exchange's symbol")
+	}
+	if _, ok := p.Price("binance", "BTCUSDT", now.Add(priceMaxAge+time.Second)); ok {
+		t.Error("a price older than priceMaxAge still values orders")
 	}
 }

@@ -45,22 +45,26 @@ func (m *Metrics) Declare(scope string) {
 // maxOrderBody bounds the body read to check an order: orders are small.
 const maxOrderBody = 1 << 20
 
-// Middleware checks every trading request against the limits and halts
-// of the scopes of returns (and the exchange whose order endpoints it
-// reads; "": none, the request passes). The request's body is read whole
-// (it is small, and the next stages get it as it came).
-func Middleware(g *Guard, m *Metrics, of func(*http.Request) (scopes []Scope, exchange string)) func(http.Handler) http.Handler {
+// Middleware checks every trading request to exchange against the limits
+// and halts of the scopes of returns. The request's body is read whole (it
+// is small, and the next stages get it as it came). The prices of the
+// exchange's ticker answers that pass are kept, to value market orders.
+func Middleware(g *Guard, m *Metrics, exchange string, of func(*http.Request) []Scope) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && tickerPath(exchange, r.URL.Path) {
+				ww := &watch{ResponseWriter: w}
+				next.ServeHTTP(ww, r)
+				if ww.status == http.StatusOK {
+					g.Prices.observe(exchange, ww.body.Bytes(), time.Now())
+				}
+				return
+			}
 			if r.Method != http.MethodPost && r.Method != http.MethodDelete {
 				next.ServeHTTP(w, r) // no exchange trades by GET
 				return
 			}
-			scopes, exchange := of(r)
-			if exchange == "" {
-				next.ServeHTTP(w, r)
-				return
-			}
+			scopes := of(r)
 			rec := decision.From(r.Context())
 			var body []byte
 			if r.Body != nil && r.Body != http.NoBody {
@@ -79,7 +83,15 @@ func Middleware(g *Guard, m *Metrics, of func(*http.Request) (scopes []Scope, ex
 				r.Body = io.NopCloser(bytes.NewReader(body))
 			}
 			req := Parse(exchange, r.Method, r.URL.Path, r.URL.Query(), body)
-			if refusal := g.Check(scopes, req, time.Now()); refusal != nil {
+			now := time.Now()
+			for i, o := range req.Orders {
+				if o.Notional == 0 && o.Quantity > 0 {
+					if p, ok := g.Prices.Price(exchange, o.Symbol, now); ok {
+						req.Orders[i].Notional = p * o.Quantity
+					}
+				}
+			}
+			if refusal := g.Check(scopes, req, now); refusal != nil {
 				m.refusals.WithLabelValues(refusal.Scope, refusal.Limit).Inc()
 				reason := "trade limit: " + refusal.Limit
 				if refusal.Limit == "halt" {

@@ -26,8 +26,11 @@ const (
 type Order struct {
 	Symbol string
 	// Notional is price times quantity (or the quote quantity) in the
-	// symbol's quote currency; 0 when sluice cannot value it.
+	// symbol's quote currency; 0 when the order does not say.
 	Notional float64
+	// Quantity is the base quantity of an order without a price (a
+	// market order), for valuing it at the latest price sluice saw.
+	Quantity float64
 }
 
 // Request is what a trading request asks for.
@@ -90,16 +93,25 @@ func notional(price, qty, quoteQty string) float64 {
 	return num(price) * num(qty)
 }
 
+// unpriced keeps the quantity of an order whose value its request does
+// not give.
+func unpriced(sym string, value float64, qty string) Order {
+	if value > 0 {
+		return Order{Symbol: sym, Notional: value}
+	}
+	return Order{Symbol: sym, Quantity: num(qty)}
+}
+
 func parseBinance(method, path string, query url.Values, body []byte) Request {
 	p := params(query, body)
 	sym := strings.ToUpper(p.Get("symbol"))
 	switch {
 	case method == http.MethodPost && (path == "/api/v3/order" || path == "/api/v3/sor/order" || path == "/fapi/v1/order" || path == "/dapi/v1/order"):
-		return Request{Kind: Place, Orders: []Order{{sym, notional(p.Get("price"), p.Get("quantity"), p.Get("quoteOrderQty"))}}}
+		return Request{Kind: Place, Orders: []Order{unpriced(sym, notional(p.Get("price"), p.Get("quantity"), p.Get("quoteOrderQty")), p.Get("quantity"))}}
 	case method == http.MethodPost && (path == "/api/v3/order/oco" || strings.HasPrefix(path, "/api/v3/orderList/")):
 		// Two or three legs on one quantity: the largest leg's price values it.
 		price := max(num(p.Get("price")), num(p.Get("abovePrice")), num(p.Get("belowPrice")), num(p.Get("workingPrice")))
-		return Request{Kind: Place, Orders: []Order{{sym, price * num(p.Get("quantity"))}}}
+		return Request{Kind: Place, Orders: []Order{{Symbol: sym, Notional: price * num(p.Get("quantity"))}}}
 	case method == http.MethodPost && (path == "/fapi/v1/batchOrders" || path == "/dapi/v1/batchOrders"):
 		var batch []map[string]string
 		if json.Unmarshal([]byte(p.Get("batchOrders")), &batch) != nil || len(batch) == 0 {
@@ -107,14 +119,14 @@ func parseBinance(method, path string, query url.Values, body []byte) Request {
 		}
 		r := Request{Kind: Place}
 		for _, o := range batch {
-			r.Orders = append(r.Orders, Order{strings.ToUpper(o["symbol"]), notional(o["price"], o["quantity"], "")})
+			r.Orders = append(r.Orders, unpriced(strings.ToUpper(o["symbol"]), notional(o["price"], o["quantity"], ""), o["quantity"]))
 		}
 		return r
 	case method == http.MethodDelete && (path == "/api/v3/order" || path == "/api/v3/openOrders" || path == "/api/v3/orderList" ||
 		path == "/fapi/v1/order" || path == "/fapi/v1/allOpenOrders" || path == "/fapi/v1/batchOrders" || path == "/dapi/v1/order"):
 		return Request{Kind: Cancel, Symbol: sym}
 	case method == http.MethodPost && (path == "/api/v3/order/cancelReplace"):
-		return Request{Kind: Place, Orders: []Order{{sym, notional(p.Get("price"), p.Get("quantity"), p.Get("quoteOrderQty"))}}}
+		return Request{Kind: Place, Orders: []Order{unpriced(sym, notional(p.Get("price"), p.Get("quantity"), p.Get("quoteOrderQty")), p.Get("quantity"))}}
 	case method == http.MethodPost && (path == "/fapi/v1/leverage" || path == "/fapi/v1/marginType" || path == "/dapi/v1/leverage"):
 		return Request{Kind: Leverage, Symbol: sym}
 	}
@@ -143,16 +155,16 @@ func parseBybit(method, path string, body []byte) Request {
 	case "/v5/order/create":
 		o := Order{Symbol: sym, Notional: notional(one.Price, one.Qty, "")}
 		if one.OrderType == "Market" {
-			o.Notional = 0
+			o = Order{Symbol: sym, Quantity: num(one.Qty)}
 			if one.MarketUnit == "quoteCoin" {
-				o.Notional = num(one.Qty) // a spot market buy's qty is in the quote coin
+				o = Order{Symbol: sym, Notional: num(one.Qty)} // a spot market buy's qty is in the quote coin
 			}
 		}
 		return Request{Kind: Place, Orders: []Order{o}}
 	case "/v5/order/create-batch":
 		r := Request{Kind: Place}
 		for _, o := range one.Request {
-			r.Orders = append(r.Orders, Order{strings.ToUpper(o.Symbol), notional(o.Price, o.Qty, "")})
+			r.Orders = append(r.Orders, unpriced(strings.ToUpper(o.Symbol), notional(o.Price, o.Qty, ""), o.Qty))
 		}
 		if len(r.Orders) == 0 {
 			r.Orders = []Order{{}}
@@ -174,9 +186,9 @@ func parseKraken(method, path string, body []byte) Request {
 	sym := strings.ToUpper(form.Get("pair"))
 	switch path {
 	case "/0/private/AddOrder":
-		o := Order{Symbol: sym}
+		o := Order{Symbol: sym, Quantity: num(form.Get("volume"))}
 		if form.Get("ordertype") != "market" {
-			o.Notional = num(form.Get("price")) * num(form.Get("volume"))
+			o = Order{Symbol: sym, Notional: num(form.Get("price")) * num(form.Get("volume"))}
 		}
 		return Request{Kind: Place, Orders: []Order{o}, Leverage: form.Get("leverage") != "" && form.Get("leverage") != "none"}
 	case "/0/private/AddOrderBatch":
@@ -195,7 +207,7 @@ func parseKraken(method, path string, body []byte) Request {
 			if o.OrderType != "market" {
 				v = num(o.Price) * num(o.Volume)
 			}
-			r.Orders = append(r.Orders, Order{strings.ToUpper(batch.Pair), v})
+			r.Orders = append(r.Orders, Order{Symbol: strings.ToUpper(batch.Pair), Notional: v})
 		}
 		if len(r.Orders) == 0 {
 			r.Orders = []Order{{Symbol: sym}}

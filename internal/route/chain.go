@@ -167,9 +167,9 @@ func (t *Table) guardrails(d Deps, rt *Route) Middleware {
 	if !slices.Contains(config.Exchanges, exchange) {
 		return nil
 	}
-	return guardrails.Middleware(d.Guard, d.GuardMetrics, func(r *http.Request) ([]guardrails.Scope, string) {
+	return guardrails.Middleware(d.Guard, d.GuardMetrics, exchange, func(r *http.Request) []guardrails.Scope {
 		rec := decision.From(r.Context())
-		return t.tradeScopes(rec.Client, rec.Target.Host, rec.Rule), exchange
+		return t.tradeScopes(rec.Client, rec.Target.Host, rec.Rule)
 	})
 }
 
