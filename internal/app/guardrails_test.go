@@ -139,6 +139,26 @@ groups:
 			expect(fmt.Sprintf("bot1's order %d", i+1), code, body, http.StatusForbidden, "trade limit: orders_per_minute", "clients.bot1.limits.orders_per_minute is 3")
 		}
 	}
+	// The third order took bot1 to 80% of its per-minute limit: one warning.
+	r.waitLog(`"msg":"trade limit nearly reached"`)
+	if n := strings.Count(r.log(), `"limit":"clients.bot1.limits.orders_per_minute"`); n != 1 {
+		t.Errorf("%d warnings for clients.bot1.limits.orders_per_minute, want 1:\n%s", n, r.log())
+	}
+	// The dashboard's numbers show each limit's use.
+	statusJSON := func() string {
+		t.Helper()
+		resp, err := http.Get("http://" + r.addrs["admin"] + "/status?history=0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if st := statusJSON(); !strings.Contains(st, `{"scope":"client:bot1","limit":"orders_per_minute","used":3,"max":3}`) {
+		t.Errorf("/status lacks bot1's use of its per-minute limit:\n%s", st)
+	}
+
 	// bot2 trades with the same key and goes on.
 	for i := range 3 {
 		code, body := send(bot2, http.MethodPost, limit)
@@ -184,6 +204,9 @@ groups:
 	expect("bot2's cancel while halted", code, body, http.StatusOK)
 	if out := run("halt", "--list"); !strings.Contains(out, "client:bot2") || !strings.Contains(out, "runaway loop") {
 		t.Errorf("sluice halt --list:\n%s", out)
+	}
+	if st := statusJSON(); !strings.Contains(st, `"halts":[{"scope":"client:bot2","mode":"cancel-only","reason":"runaway loop"`) {
+		t.Errorf("/status does not show the halt:\n%s", st)
 	}
 	run("halt", "--all", "--full", "--reason", "exchange incident")
 	code, body = send(bot2, http.MethodDelete, cancel)

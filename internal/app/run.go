@@ -37,6 +37,7 @@ import (
 	"sluice/internal/dialer"
 	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
+	"sluice/internal/guardrails"
 	"sluice/internal/obs"
 	"sluice/internal/proxy"
 	"sluice/internal/resolve"
@@ -329,7 +330,8 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 			return err
 		}
 		board := dashboard.New(dashboard.Sources{Gatherer: reg, Budgets: gw.Deps.Limit.Levels, Refusals: gw.Deps.Access.Refusals,
-			Bans: bans.List, Blobs: blobStore, Pins: pinList(pins), Streams: gw.Deps.Streams.Status, Instance: instanceName(cfg), Version: Version()})
+			Bans: bans.List, Blobs: blobStore, Pins: pinList(pins), Streams: gw.Deps.Streams.Status, Instance: instanceName(cfg), Version: Version(),
+			Trading: func() ([]guardrails.Halt, []guardrails.Use) { return gw.Table().Trading(gw.Deps.Guard) }})
 		g.Go(func() error { board.Run(gctx); return nil })
 		adm := admin.New(admin.Options{Gatherer: reg, CACertPEM: root.CertPEM, Log: log, Blobs: blobStore, Bans: bans, Pins: pins, Token: token,
 			Dashboard: board,

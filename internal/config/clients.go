@@ -44,7 +44,13 @@ type TradeLimits struct {
 	// Unpriced is what a notional limit does with an order sluice cannot
 	// value (a market order by base quantity): refuse (default) or allow.
 	Unpriced string `yaml:"unpriced,omitempty"`
+	// WarnAt is the share of a limit at which sluice warns, once each time
+	// the use crosses it (default 0.8).
+	WarnAt *float64 `yaml:"warn_at,omitempty"`
 }
+
+// DefaultWarnAt is the share of a trade limit at which sluice warns.
+const DefaultWarnAt = 0.8
 
 // ClientGroup is a named set of clients whose orders count together.
 type ClientGroup struct {
@@ -185,6 +191,9 @@ func (l *TradeLimits) validate(keys ...string) []error {
 	}
 	if l.NotionalPerDay < 0 {
 		add(errors.New("must not be negative"), "notional_per_day")
+	}
+	if l.WarnAt != nil && (*l.WarnAt <= 0 || *l.WarnAt > 1) {
+		add(fmt.Errorf("%v: want a share above 0 and at most 1 (0.8: at 80%%)", *l.WarnAt), "warn_at")
 	}
 	if l.Unpriced != "" && l.Unpriced != "refuse" && l.Unpriced != "allow" {
 		add(fmt.Errorf("%q: want refuse or allow", l.Unpriced), "unpriced")

@@ -27,6 +27,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"sluice/internal/blobs"
+	"sluice/internal/guardrails"
 	"sluice/internal/obs"
 	"sluice/internal/resolve"
 	"sluice/internal/store"
@@ -46,6 +47,8 @@ type Sources struct {
 	Blobs    *blobs.Store
 	Pins     func() []resolve.Pin
 	Streams  func() []streams.HubStatus
+	// Trading are the halts in force and each trade limit's use.
+	Trading func() ([]guardrails.Halt, []guardrails.Use)
 	// Instance names this sluice (fleet.instance, or the host name).
 	Instance string
 	Version  string
@@ -70,6 +73,10 @@ type Status struct {
 	Pins      []resolve.Pin `json:"pins,omitempty"`
 	// Streams are the shared market streams, by host and market.
 	Streams []streams.HubStatus `json:"streams,omitempty"`
+	// Halts and TradeLimits are the trade guardrails' halts in force and
+	// each client's, group's and key's use of its limits.
+	Halts       []guardrails.Halt `json:"halts,omitempty"`
+	TradeLimits []guardrails.Use  `json:"trade_limits,omitempty"`
 	// History is the last minutes, a Point a second, the oldest first.
 	History []Point `json:"history,omitempty"`
 	// detailed: the fields read from the components are filled in.
@@ -254,6 +261,9 @@ func (d *Dashboard) details(ctx context.Context, st *Status) {
 	}
 	if d.src.Streams != nil {
 		st.Streams = d.src.Streams()
+	}
+	if d.src.Trading != nil {
+		st.Halts, st.TradeLimits = d.src.Trading()
 	}
 	st.detailed = true
 }

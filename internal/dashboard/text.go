@@ -85,6 +85,22 @@ func (st Status) WriteText(w io.Writer) error {
 			return fmt.Sprintf("  %s\t%s\t%s", p.Host, joinAddrs(p.Addrs), joinAddrs(p.Disagreeing))
 		})
 	}
+	if len(st.Halts) > 0 {
+		section("TRADING HALTED", "  SCOPE	MODE	UNTIL	REASON", len(st.Halts), func(i int) string {
+			h := st.Halts[i]
+			until := "sluice resume"
+			if !h.Until.IsZero() {
+				until = h.Until.Local().Format(time.DateTime)
+			}
+			return fmt.Sprintf("  %s	%s	%s	%s", h.Scope, h.Mode, until, h.Reason)
+		})
+	}
+	if len(st.TradeLimits) > 0 {
+		section("TRADE LIMITS", "  SCOPE	LIMIT	USED", len(st.TradeLimits), func(i int) string {
+			u := st.TradeLimits[i]
+			return fmt.Sprintf("  %s	%s	%g of %g (%.0f%%)", u.Scope, u.Limit, u.Used, u.Max, 100*u.Used/u.Max)
+		})
+	}
 	if len(st.Streams) > 0 {
 		section("MARKET STREAMS", "  HOST\tUPSTREAM CONNECTIONS\tCLIENTS\tSTREAMS", len(st.Streams), func(i int) string {
 			h := st.Streams[i]

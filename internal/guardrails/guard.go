@@ -109,11 +109,42 @@ func (w *window) add(now time.Time, orders int, notional float64) {
 	}
 }
 
+// Warning says that an order took a scope's use of a limit to its
+// warn_at share or past it.
+type Warning struct {
+	Scope, Limit, Key string
+	Used, Max         float64
+}
+
+// Use is how much of a limit a scope has used.
+type Use struct {
+	Scope string  `json:"scope"`
+	Limit string  `json:"limit"`
+	Used  float64 `json:"used"`
+	Max   float64 `json:"max"`
+}
+
+// uses are a scope's counted limits at the counts given.
+func uses(l *config.TradeLimits, minute, day int, notional float64) []struct {
+	limit     string
+	used, max float64
+} {
+	return []struct {
+		limit     string
+		used, max float64
+	}{
+		{"orders_per_minute", float64(minute), float64(l.OrdersPerMinute)},
+		{"orders_per_day", float64(day), float64(l.OrdersPerDay)},
+		{"notional_per_day", notional, l.NotionalPerDay},
+	}
+}
+
 // Check decides on req from the scopes it counts against, at now, and
-// counts an order that passes against each of them.
-func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
+// counts an order that passes against each of them; warnings are the
+// limits whose warn_at share the order reached.
+func (g *Guard) Check(scopes []Scope, req Request, now time.Time) (*Refusal, []Warning) {
 	if req.Kind == Other {
-		return nil
+		return nil, nil
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -135,18 +166,18 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 			if !h.Until.IsZero() {
 				until = "until " + h.Until.Format(time.DateTime) + " (or sluice resume)"
 			}
-			return &Refusal{id, "halt", fmt.Sprintf("%s is halted (%s: %s) %s: %s", id, h.Mode, what, until, h.Reason)}
+			return &Refusal{id, "halt", fmt.Sprintf("%s is halted (%s: %s) %s: %s", id, h.Mode, what, until, h.Reason)}, nil
 		}
 	}
 	if req.Kind == Leverage || req.Leverage {
 		for _, s := range scopes {
 			if s.Limits != nil && !s.Limits.Leverage {
-				return &Refusal{s.ID, "leverage", fmt.Sprintf("leverage changes are refused for %s; %s.leverage: true allows them", s.ID, s.Key)}
+				return &Refusal{s.ID, "leverage", fmt.Sprintf("leverage changes are refused for %s; %s.leverage: true allows them", s.ID, s.Key)}, nil
 			}
 		}
 	}
 	if req.Kind != Place {
-		return nil
+		return nil, nil
 	}
 	total := 0.0
 	for _, o := range req.Orders {
@@ -159,13 +190,13 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 		}
 		for _, o := range req.Orders {
 			if len(l.Symbols) > 0 && !slices.ContainsFunc(l.Symbols, func(x string) bool { return strings.EqualFold(x, o.Symbol) }) {
-				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}
+				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}, nil
 			}
 			if o.Notional == 0 && (l.NotionalPerOrder > 0 || l.NotionalPerDay > 0) && l.Unpriced != "allow" {
-				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity, and no price of %s seen in the last %s), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, o.Symbol, priceMaxAge, s.ID, s.Key)}
+				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity, and no price of %s seen in the last %s), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, o.Symbol, priceMaxAge, s.ID, s.Key)}, nil
 			}
 			if l.NotionalPerOrder > 0 && o.Notional > l.NotionalPerOrder {
-				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}
+				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}, nil
 			}
 		}
 		w := g.counts[s.ID]
@@ -176,13 +207,14 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 		n := len(req.Orders)
 		switch {
 		case l.OrdersPerMinute > 0 && minute+n > l.OrdersPerMinute:
-			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}
+			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}, nil
 		case l.OrdersPerDay > 0 && day+n > l.OrdersPerDay:
-			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %s in the last 24 hours: %s.orders_per_day is %d", s.ID, orders(day), s.Key, l.OrdersPerDay)}
+			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %s in the last 24 hours: %s.orders_per_day is %d", s.ID, orders(day), s.Key, l.OrdersPerDay)}, nil
 		case l.NotionalPerDay > 0 && dayNotional+total > l.NotionalPerDay:
-			return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}
+			return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}, nil
 		}
 	}
+	var warnings []Warning
 	for _, s := range scopes {
 		if s.Limits == nil {
 			continue
@@ -192,9 +224,43 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) *Refusal {
 			w = &window{}
 			g.counts[s.ID] = w
 		}
+		m0, d0, n0 := w.sum(now)
 		w.add(now, len(req.Orders), total)
+		warnAt := config.DefaultWarnAt
+		if s.Limits.WarnAt != nil {
+			warnAt = *s.Limits.WarnAt
+		}
+		before := uses(s.Limits, m0, d0, n0)
+		for i, u := range uses(s.Limits, m0+len(req.Orders), d0+len(req.Orders), n0+total) {
+			if u.max > 0 && u.used >= warnAt*u.max && before[i].used < warnAt*u.max {
+				warnings = append(warnings, Warning{s.ID, u.limit, s.Key + "." + u.limit, u.used, u.max})
+			}
+		}
 	}
-	return nil
+	return nil, warnings
+}
+
+// Uses are the limits' use by each scope of scopes that has limits, at now.
+func (g *Guard) Uses(scopes []Scope, now time.Time) []Use {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []Use
+	for _, s := range scopes {
+		if s.Limits == nil {
+			continue
+		}
+		var minute, day int
+		var notional float64
+		if w := g.counts[s.ID]; w != nil {
+			minute, day, notional = w.sum(now)
+		}
+		for _, u := range uses(s.Limits, minute, day, notional) {
+			if u.max > 0 {
+				out = append(out, Use{s.ID, u.limit, u.used, u.max})
+			}
+		}
+	}
+	return out
 }
 
 func orders(n int) string {

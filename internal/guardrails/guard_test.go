@@ -55,7 +55,7 @@ func TestWindows(t *testing.T) {
 	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OrdersPerMinute: 2, OrdersPerDay: 3}}}
 	order := Request{Kind: Place, Orders: []Order{{Symbol: "BTCUSDT", Notional: 10}}}
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	at := func(d time.Duration) *Refusal { return g.Check(scopes, order, t0.Add(d)) }
+	at := func(d time.Duration) *Refusal { r, _ := g.Check(scopes, order, t0.Add(d)); return r }
 	if at(0) != nil || at(time.Second) != nil {
 		t.Fatal("the first two orders of the minute refused")
 	}
@@ -99,11 +99,36 @@ func BenchmarkCheck(b *testing.B) {
 			now := time.Now()
 			for b.Loop() {
 				req := Parse("binance", http.MethodPost, "/api/v3/order", nil, body)
-				if g.Check(bc.scopes, req, now) != nil {
+				if r, _ := g.Check(bc.scopes, req, now); r != nil {
 					b.Fatal("refused")
 				}
 			}
 		})
+	}
+}
+
+// TestWarnings: an order that takes a limit's use to its warn_at share
+// warns once; the next, past it, does not warn again.
+func TestWarnings(t *testing.T) {
+	g := New()
+	half := 0.5
+	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OrdersPerMinute: 4, NotionalPerDay: 100, WarnAt: &half}}}
+	now := time.Now()
+	var got []string
+	for _, v := range []float64{10, 10, 40, 10} {
+		_, ws := g.Check(scopes, Request{Kind: Place, Orders: []Order{{Symbol: "BTCUSDT", Notional: v}}}, now)
+		var names []string
+		for _, w := range ws {
+			names = append(names, w.Key)
+		}
+		got = append(got, strings.Join(names, "+"))
+	}
+	if want := []string{"", "clients.b.limits.orders_per_minute", "clients.b.limits.notional_per_day", ""}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("warnings per order: %q, want %q", got, want)
+	}
+	uses := g.Uses(scopes, now)
+	if len(uses) != 2 || uses[0] != (Use{"client:b", "orders_per_minute", 4, 4}) || uses[1] != (Use{"client:b", "notional_per_day", 70, 100}) {
+		t.Errorf("Uses: %+v", uses)
 	}
 }
 

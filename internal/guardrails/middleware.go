@@ -3,6 +3,7 @@ package guardrails
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 type Metrics struct {
 	refusals *prometheus.CounterVec
 	orders   *prometheus.CounterVec
+	warnings *prometheus.CounterVec
 }
 
 // NewMetrics registers the guardrails' series with reg.
@@ -26,9 +28,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Trading requests sluice refused, by the scope whose limit or halt refused them and the limit (orders_per_minute, symbols, halt, ...)."}, []string{"scope", "limit"}),
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_guardrails_orders_total",
 			Help: "Orders that passed the guardrails, counted against each scope with limits."}, []string{"scope"}),
+		warnings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_guardrails_warnings_total",
+			Help: "Times an order took a scope's use of a limit to its warn_at share (default 80%)."}, []string{"scope", "limit"}),
 	}
 	m.refusals.WithLabelValues(HaltAll, "halt")
-	return m, metrics.Register(reg, m.refusals, m.orders)
+	return m, metrics.Register(reg, m.refusals, m.orders, m.warnings)
 }
 
 // Limits are the limit label values of the refusals.
@@ -40,6 +44,9 @@ func (m *Metrics) Declare(scope string) {
 	for _, l := range Limits {
 		m.refusals.WithLabelValues(scope, l)
 	}
+	for _, l := range []string{"orders_per_minute", "orders_per_day", "notional_per_day"} {
+		m.warnings.WithLabelValues(scope, l)
+	}
 }
 
 // maxOrderBody bounds the body read to check an order: orders are small.
@@ -49,7 +56,7 @@ const maxOrderBody = 1 << 20
 // and halts of the scopes of returns. The request's body is read whole (it
 // is small, and the next stages get it as it came). The prices of the
 // exchange's ticker answers that pass are kept, to value market orders.
-func Middleware(g *Guard, m *Metrics, exchange string, of func(*http.Request) []Scope) func(http.Handler) http.Handler {
+func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func(*http.Request) []Scope) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && tickerPath(exchange, r.URL.Path) {
@@ -91,7 +98,12 @@ func Middleware(g *Guard, m *Metrics, exchange string, of func(*http.Request) []
 					}
 				}
 			}
-			if refusal := g.Check(scopes, req, now); refusal != nil {
+			refusal, warnings := g.Check(scopes, req, now)
+			for _, w := range warnings {
+				m.warnings.WithLabelValues(w.Scope, w.Limit).Inc()
+				log.Warn("trade limit nearly reached", "scope", w.Scope, "limit", w.Key, "used", w.Used, "max", w.Max, "client", rec.Client)
+			}
+			if refusal != nil {
 				m.refusals.WithLabelValues(refusal.Scope, refusal.Limit).Inc()
 				reason := "trade limit: " + refusal.Limit
 				if refusal.Limit == "halt" {

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"sluice/internal/blobs"
 	"sluice/internal/cache"
@@ -167,7 +168,7 @@ func (t *Table) guardrails(d Deps, rt *Route) Middleware {
 	if !slices.Contains(config.Exchanges, exchange) {
 		return nil
 	}
-	return guardrails.Middleware(d.Guard, d.GuardMetrics, exchange, func(r *http.Request) []guardrails.Scope {
+	return guardrails.Middleware(d.Guard, d.GuardMetrics, d.Log.With("component", "guardrails"), exchange, func(r *http.Request) []guardrails.Scope {
 		rec := decision.From(r.Context())
 		return t.tradeScopes(rec.Client, rec.Target.Host, rec.Rule)
 	})
@@ -194,6 +195,29 @@ func (t *Table) tradeScopes(client, host, rule string) []guardrails.Scope {
 		scopes = append(scopes, guardrails.Scope{ID: "key:" + k, Key: config.KeyPath("keys", k, "limits"), Limits: key.Limits})
 	}
 	return scopes
+}
+
+// Trading is what the dashboard shows of the guardrails: the halts in
+// force, and the use of each limit of the table's clients, groups and keys.
+func (t *Table) Trading(g *guardrails.Guard) ([]guardrails.Halt, []guardrails.Use) {
+	var scopes []guardrails.Scope
+	for _, name := range slices.Sorted(maps.Keys(t.Config.Clients)) {
+		if c := t.Config.Clients[name]; c != nil && c.Limits != nil {
+			scopes = append(scopes, guardrails.Scope{ID: "client:" + name, Limits: c.Limits})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(t.Config.Groups)) {
+		if gr := t.Config.Groups[name]; gr != nil && gr.Limits != nil {
+			scopes = append(scopes, guardrails.Scope{ID: "group:" + name, Limits: gr.Limits})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(t.Config.Keys)) {
+		if k := t.Config.Keys[name]; k != nil && k.Limits != nil {
+			scopes = append(scopes, guardrails.Scope{ID: "key:" + name, Limits: k.Limits})
+		}
+	}
+	now := time.Now()
+	return g.Halts(now), g.Uses(scopes, now)
 }
 
 // HaltScope checks that a halt's scope names a client or group of the

@@ -157,6 +157,10 @@ function render(st) {
       d => bytes(d.rate) + "/s", d => d.readers,
     ], "none");
   }
+  const halts = st.halts || [], limits = st.trade_limits || [];
+  $("trading-section").hidden = halts.length === 0 && limits.length === 0;
+  fill("halts", halts, [h => h.scope, h => h.mode, h => h.until ? datetime(h.until) : "sluice resume", h => h.reason], "nothing halted");
+  fill("trade-limits", limits, [u => u.scope, u => u.limit, u => bar(u.max > 0 ? 1 - u.used / u.max : 0), u => num(u.used) + " of " + num(u.max)], "no limits");
   const hubs = st.streams || [];
   $("streams-section").hidden = hubs.length === 0;
   fill("stream-hubs", hubs, [h => h.host, h => h.upstream_connections, h => h.clients, h => (h.streams || []).length], "none");
