@@ -340,3 +340,105 @@ const ccxt = require("ccxt");
   }
 })().catch(e => { console.error(String(e)); process.exit(1); });
 `
+
+// TestOpenOrders: open orders are counted across place, cancel and fill:
+// a test exchange keeps a book of each order's status; an order over
+// open_orders is refused until a cancel, or until the bot asks for its
+// open orders after one filled; a market order that fills at once never
+// counts as open.
+func TestOpenOrders(t *testing.T) {
+	upCA := testpki.NewCA(t, "exchange CA")
+	var mu sync.Mutex
+	status := map[int]string{} // orderId -> NEW, FILLED or CANCELED
+	placed := 0
+	srv := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		p, _ := url.ParseQuery(string(body))
+		for k, v := range r.URL.Query() {
+			p[k] = v
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/api/v3/order":
+			placed++
+			status[placed] = "NEW"
+			if p.Get("type") == "MARKET" {
+				status[placed] = "FILLED"
+			}
+			fmt.Fprintf(w, `{"symbol":%q,"orderId":%d,"status":%q}`, p.Get("symbol"), placed, status[placed])
+		case r.Method == http.MethodDelete && r.URL.Path == "/api/v3/order":
+			id, _ := strconv.Atoi(p.Get("orderId"))
+			status[id] = "CANCELED"
+			fmt.Fprintf(w, `{"symbol":%q,"orderId":%d,"status":"CANCELED"}`, p.Get("symbol"), id)
+		case r.Method == http.MethodGet && r.URL.Path == "/api/v3/openOrders":
+			var open []string
+			for id := 1; id <= placed; id++ {
+				if status[id] == "NEW" {
+					open = append(open, fmt.Sprintf(`{"symbol":"BTCUSDT","orderId":%d,"status":"NEW"}`, id))
+				}
+			}
+			fmt.Fprintf(w, "[%s]", strings.Join(open, ","))
+		default:
+			http.NotFound(w, r)
+		}
+	}), "api.binance.com")
+	r := startRun(t, baseConfig(fmt.Sprintf("  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}\n", upCA.WritePEM(t, t.TempDir()), srv.Listener.Addr()))+
+		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade], limits: {open_orders: 2}}\n")
+	c := r.client()
+	do := func(method, params string) int {
+		t.Helper()
+		u := "https://api.binance.com/api/v3/order"
+		if method == http.MethodGet {
+			u = "https://api.binance.com/api/v3/openOrders?" + params
+		}
+		var body io.Reader
+		if method != http.MethodGet {
+			body = strings.NewReader(params)
+		}
+		req, _ := http.NewRequest(method, u, body)
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-MBX-APIKEY", "the-bots-own-key")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	limit := "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=0.001&price=20000"
+	steps := []struct {
+		what          string
+		method, param string
+		want          int
+	}{
+		{"order 1", http.MethodPost, limit, 200},
+		{"order 2", http.MethodPost, limit, 200},
+		{"a third open order", http.MethodPost, limit, 403},
+		{"a market order, filled at once, over the open count", http.MethodPost, "symbol=BTCUSDT&side=BUY&type=MARKET&quoteOrderQty=10", 403},
+		{"the cancel of order 1", http.MethodDelete, "symbol=BTCUSDT&orderId=1", 200},
+		{"a market order with room for one", http.MethodPost, "symbol=BTCUSDT&side=BUY&type=MARKET&quoteOrderQty=10", 200},
+		{"order 4 (the market order never stayed open)", http.MethodPost, limit, 200},
+		{"a third open order again", http.MethodPost, limit, 403},
+	}
+	for _, s := range steps {
+		if got := do(s.method, s.param); got != s.want {
+			t.Errorf("%s: %d, want %d", s.what, got, s.want)
+		}
+	}
+	// Order 2 fills at the exchange; sluice learns it when the bot asks.
+	mu.Lock()
+	status[2] = "FILLED"
+	mu.Unlock()
+	if got := do(http.MethodPost, limit); got != 403 {
+		t.Errorf("an order before the bot asked for its open orders: %d, want 403 (sluice still counts order 2)", got)
+	}
+	if got := do(http.MethodGet, "symbol=BTCUSDT"); got != 200 {
+		t.Fatalf("GET openOrders: %d", got)
+	}
+	if got := do(http.MethodPost, limit); got != 200 {
+		t.Errorf("an order after the open-orders answer showed order 2 filled: %d, want 200", got)
+	}
+}

@@ -37,6 +37,10 @@ type TradeLimits struct {
 	// quantity of a market order that names one.
 	NotionalPerOrder float64 `yaml:"notional_per_order,omitempty"`
 	NotionalPerDay   float64 `yaml:"notional_per_day,omitempty"`
+	// OpenOrders bounds the orders open at once: counted from the orders
+	// placed and the cancels and fills sluice saw, corrected by the
+	// exchange's open-orders answer whenever a bot asks for it (Binance).
+	OpenOrders int `yaml:"open_orders,omitempty"`
 	// Symbols, when given, are the only symbols it may order.
 	Symbols []string `yaml:"symbols,omitempty,flow"`
 	// Leverage allows leverage changes, which are refused otherwise.
@@ -185,6 +189,9 @@ func (l *TradeLimits) validate(keys ...string) []error {
 	}
 	if l.OrdersPerDay < 0 {
 		add(errors.New("must not be negative"), "orders_per_day")
+	}
+	if l.OpenOrders < 0 {
+		add(errors.New("must not be negative"), "open_orders")
 	}
 	if l.NotionalPerOrder < 0 {
 		add(errors.New("must not be negative"), "notional_per_order")

@@ -57,13 +57,14 @@ type Guard struct {
 	mu     sync.Mutex
 	counts map[string]*window
 	halts  map[string]Halt
+	open   map[string]map[string]bool // by scope: the orders open (see open.go)
 	// Prices value the orders that carry no price.
 	Prices *Prices
 }
 
 // New returns a Guard with nothing counted and nothing halted.
 func New() *Guard {
-	return &Guard{counts: map[string]*window{}, halts: map[string]Halt{}, Prices: NewPrices()}
+	return &Guard{counts: map[string]*window{}, halts: map[string]Halt{}, open: map[string]map[string]bool{}, Prices: NewPrices()}
 }
 
 // window counts a scope's orders and notional over the last minute (by
@@ -199,12 +200,15 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) (*Refusal, []W
 				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}, nil
 			}
 		}
+		n := len(req.Orders)
+		if open := g.openCount(s.ID); l.OpenOrders > 0 && open+n > l.OpenOrders {
+			return &Refusal{s.ID, "open_orders", fmt.Sprintf("%s has %s open: %s.open_orders is %d (an order filled since is counted until a bot asks the exchange for its open orders)", s.ID, orders(open), s.Key, l.OpenOrders)}, nil
+		}
 		w := g.counts[s.ID]
 		if w == nil {
 			continue // nothing counted yet
 		}
 		minute, day, dayNotional := w.sum(now)
-		n := len(req.Orders)
 		switch {
 		case l.OrdersPerMinute > 0 && minute+n > l.OrdersPerMinute:
 			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}, nil

@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Limits are the limit label values of the refusals.
-var Limits = []string{"halt", "symbols", "leverage", "unpriced", "notional_per_order", "orders_per_minute", "orders_per_day", "notional_per_day"}
+var Limits = []string{"halt", "symbols", "leverage", "unpriced", "notional_per_order", "open_orders", "orders_per_minute", "orders_per_day", "notional_per_day"}
 
 // Declare creates scope's series at zero.
 func (m *Metrics) Declare(scope string) {
@@ -68,6 +68,17 @@ func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func
 				return
 			}
 			if r.Method != http.MethodPost && r.Method != http.MethodDelete {
+				if r.Method == http.MethodGet && answersOrders(exchange, r.Method, r.URL.Path) {
+					if scopes := of(r); tracksOpen(scopes) {
+						// A bot asking for its orders: the exchange's answer corrects what is open.
+						ww := &watch{ResponseWriter: w}
+						next.ServeHTTP(ww, r)
+						if ww.status == http.StatusOK {
+							g.observeOrders(scopes, account(scopes, r), r.Method, r.URL.Path, r.URL.Query(), ww.body.Bytes())
+						}
+						return
+					}
+				}
 				next.ServeHTTP(w, r) // no exchange trades by GET
 				return
 			}
@@ -119,6 +130,14 @@ func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func
 						m.orders.WithLabelValues(s.ID).Add(float64(len(req.Orders)))
 					}
 				}
+			}
+			if req.Kind != Other && answersOrders(exchange, r.Method, r.URL.Path) && tracksOpen(scopes) {
+				ww := &watch{ResponseWriter: w}
+				next.ServeHTTP(ww, r)
+				if ww.status == http.StatusOK {
+					g.observeOrders(scopes, account(scopes, r), r.Method, r.URL.Path, params(r.URL.Query(), body), ww.body.Bytes())
+				}
+				return
 			}
 			next.ServeHTTP(w, r)
 		})
