@@ -37,7 +37,7 @@ import (
 
 // running is one `sluice run` inside the test process.
 type running struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    string
 	dir    string
 	stderr *testenv.Buffer
@@ -57,7 +57,7 @@ func (r *running) log() string {
 }
 
 // metrics is the admin listener's scrape.
-func (r *running) metrics(t *testing.T) string {
+func (r *running) metrics(t testing.TB) string {
 	t.Helper()
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
 	if err != nil {
@@ -72,24 +72,24 @@ func (r *running) metrics(t *testing.T) string {
 }
 
 // startRun writes cfg (with %s for the data dir) and runs `sluice run -c`.
-func startRun(t *testing.T, cfgYAML string) *running {
+func startRun(t testing.TB, cfgYAML string) *running {
 	t.Helper()
 	return startRunLogging(t, cfgYAML, "")
 }
 
 // startRunLogFile is startRun for a config whose log.file is logs/sluice.log.
-func startRunLogFile(t *testing.T, cfgYAML string) *running {
+func startRunLogFile(t testing.TB, cfgYAML string) *running {
 	t.Helper()
 	return startRunLogging(t, cfgYAML, filepath.Join("logs", "sluice.log"))
 }
 
-func startRunLogging(t *testing.T, cfgYAML, logFile string) *running {
+func startRunLogging(t testing.TB, cfgYAML, logFile string) *running {
 	t.Helper()
 	return startRunIn(t, t.TempDir(), cfgYAML, logFile)
 }
 
 // startRunIn is startRun in dir, which may hold what an earlier run left.
-func startRunIn(t *testing.T, dir, cfgYAML, logFile string) *running {
+func startRunIn(t testing.TB, dir, cfgYAML, logFile string) *running {
 	t.Helper()
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfgYAML), 0o644); err != nil {
@@ -181,7 +181,7 @@ func baseConfig(hosts string) string {
 	return "listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nhosts:\n" + hosts
 }
 
-func status(t *testing.T, c *http.Client, u string) int {
+func status(t testing.TB, c *http.Client, u string) int {
 	t.Helper()
 	resp, err := c.Get(u)
 	if err != nil {

@@ -96,7 +96,7 @@ func TestCAImport(t *testing.T) {
 	}
 }
 
-func readBytes(t *testing.T, path string) []byte {
+func readBytes(t testing.TB, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
