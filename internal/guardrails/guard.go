@@ -68,46 +68,53 @@ func New() *Guard {
 }
 
 // window counts a scope's orders and notional over the last minute (by
-// second) and the last 24 hours (by minute).
+// second) and the last 24 hours (by minute), with running totals: the
+// buckets that fall out of a window as time passes are taken out of its
+// total then, so a check costs the same whatever the history.
 type window struct {
-	secs [60]bucket
-	mins [1440]bucket
+	secs             [60]bucket
+	mins             [1440]bucket
+	lastSec, lastMin int64
+	minute, day      int
+	dayNotional      float64
 }
 
 type bucket struct {
-	at       int64 // the second or minute the bucket holds
 	orders   int
 	notional float64
 }
 
-func (w *window) sum(now time.Time) (minute, day int, dayNotional float64) {
+// advance takes out of the totals what is older than each window at now.
+func (w *window) advance(now time.Time) {
 	s, m := now.Unix(), now.Unix()/60
-	for _, b := range w.secs {
-		if b.at > s-60 {
-			minute += b.orders
-		}
+	for t := max(w.lastSec+1, s-59); t <= s; t++ {
+		b := &w.secs[t%60]
+		w.minute -= b.orders
+		*b = bucket{}
 	}
-	for _, b := range w.mins {
-		if b.at > m-1440 {
-			day += b.orders
-			dayNotional += b.notional
-		}
+	for t := max(w.lastMin+1, m-1439); t <= m; t++ {
+		b := &w.mins[t%1440]
+		w.day -= b.orders
+		w.dayNotional -= b.notional
+		*b = bucket{}
 	}
-	return
+	w.lastSec, w.lastMin = max(w.lastSec, s), max(w.lastMin, m)
+}
+
+func (w *window) sum(now time.Time) (minute, day int, dayNotional float64) {
+	w.advance(now)
+	return w.minute, w.day, w.dayNotional
 }
 
 func (w *window) add(now time.Time, orders int, notional float64) {
-	s, m := now.Unix(), now.Unix()/60
-	for _, slot := range []struct {
-		b  *bucket
-		at int64
-	}{{&w.secs[s%60], s}, {&w.mins[m%1440], m}} {
-		if slot.b.at != slot.at {
-			*slot.b = bucket{at: slot.at}
-		}
-		slot.b.orders += orders
-		slot.b.notional += notional
-	}
+	w.advance(now)
+	s, m := w.lastSec, w.lastMin
+	w.secs[s%60].orders += orders
+	w.mins[m%1440].orders += orders
+	w.mins[m%1440].notional += notional
+	w.minute += orders
+	w.day += orders
+	w.dayNotional += notional
 }
 
 // Warning says that an order took a scope's use of a limit to its
