@@ -39,7 +39,7 @@ type TradeLimits struct {
 	NotionalPerDay   float64 `yaml:"notional_per_day,omitempty"`
 	// OpenOrders bounds the orders open at once: counted from the orders
 	// placed and the cancels and fills sluice saw, corrected by the
-	// exchange's open-orders answer whenever a bot asks for it (Binance).
+	// exchange's open-orders answer whenever a bot asks for it.
 	OpenOrders int `yaml:"open_orders,omitempty"`
 	// Symbols, when given, are the only symbols it may order.
 	Symbols []string `yaml:"symbols,omitempty,flow"`

@@ -1,6 +1,7 @@
 package guardrails
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -154,5 +155,41 @@ func TestPrices(t *testing.T) {
 	}
 	if _, ok := p.Price("binance", "BTCUSDT", now.Add(priceMaxAge+time.Second)); ok {
 		t.Error("a price older than priceMaxAge still values orders")
+	}
+}
+
+// TestOpenOrdersBybitKraken: Bybit's and Kraken's answers open and close
+// orders, and their open-orders lists correct the count.
+func TestOpenOrdersBybitKraken(t *testing.T) {
+	g := New()
+	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OpenOrders: 5}}}
+	count := func() int { g.mu.Lock(); defer g.mu.Unlock(); return g.openCount("client:b") }
+	form := func(s string) url.Values { v, _ := url.ParseQuery(s); return v }
+	// Bybit: two limit orders open, a market order does not stay, a cancel closes one.
+	for i, body := range []string{`{"symbol":"BTCUSDT","orderType":"Limit","qty":"1","price":"1"}`, `{"symbol":"BTCUSDT","orderType":"Limit","qty":"1","price":"1"}`, `{"symbol":"BTCUSDT","orderType":"Market","qty":"1"}`} {
+		g.observeOrders(scopes, "key:by", "bybit", "POST", "/v5/order/create", nil, []byte(body), fmt.Appendf(nil, `{"retCode":0,"result":{"orderId":"o%d"}}`, i))
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("after two Bybit limit orders and a market order: %d open, want 2", n)
+	}
+	g.observeOrders(scopes, "key:by", "bybit", "POST", "/v5/order/cancel", nil, []byte(`{"symbol":"BTCUSDT","orderId":"o0"}`), []byte(`{"retCode":0,"result":{"orderId":"o0"}}`))
+	if n := count(); n != 1 {
+		t.Fatalf("after a Bybit cancel: %d open, want 1", n)
+	}
+	g.observeOrders(scopes, "key:by", "bybit", "GET", "/v5/order/realtime", form("category=spot&symbol=BTCUSDT"), nil, []byte(`{"retCode":0,"result":{"list":[]}}`))
+	if n := count(); n != 0 {
+		t.Fatalf("after Bybit's open orders listed none: %d open, want 0", n)
+	}
+	// Kraken: txids open, a cancel by txid, OpenOrders corrects.
+	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/AddOrder", form("ordertype=limit&pair=XBTUSD"), nil, []byte(`{"error":[],"result":{"txid":["T1"]}}`))
+	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/AddOrder", form("ordertype=limit&pair=XBTUSD"), nil, []byte(`{"error":[],"result":{"txid":["T2"]}}`))
+	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/AddOrder", form("ordertype=market&pair=XBTUSD"), nil, []byte(`{"error":[],"result":{"txid":["T3"]}}`))
+	if n := count(); n != 2 {
+		t.Fatalf("after two Kraken limit orders and a market order: %d open, want 2", n)
+	}
+	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/CancelOrder", form("txid=T1"), nil, []byte(`{"error":[],"result":{"count":1}}`))
+	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/OpenOrders", form(""), nil, []byte(`{"error":[],"result":{"open":{}}}`))
+	if n := count(); n != 0 {
+		t.Fatalf("after a Kraken cancel and an empty OpenOrders: %d open, want 0", n)
 	}
 }

@@ -74,7 +74,7 @@ func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func
 						ww := &watch{ResponseWriter: w}
 						next.ServeHTTP(ww, r)
 						if ww.status == http.StatusOK {
-							g.observeOrders(scopes, account(scopes, r), r.Method, r.URL.Path, r.URL.Query(), ww.body.Bytes())
+							g.observeOrders(scopes, account(scopes, r), exchange, r.Method, r.URL.Path, r.URL.Query(), nil, ww.body.Bytes())
 						}
 						return
 					}
@@ -131,11 +131,11 @@ func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func
 					}
 				}
 			}
-			if req.Kind != Other && answersOrders(exchange, r.Method, r.URL.Path) && tracksOpen(scopes) {
+			if answersOrders(exchange, r.Method, r.URL.Path) && tracksOpen(scopes) {
 				ww := &watch{ResponseWriter: w}
 				next.ServeHTTP(ww, r)
 				if ww.status == http.StatusOK {
-					g.observeOrders(scopes, account(scopes, r), r.Method, r.URL.Path, params(r.URL.Query(), body), ww.body.Bytes())
+					g.observeOrders(scopes, account(scopes, r), exchange, r.Method, r.URL.Path, params(r.URL.Query(), body), body, ww.body.Bytes())
 				}
 				return
 			}

@@ -2,18 +2,21 @@ package guardrails
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
 // Open orders are tracked per scope as "account symbol orderId": placed
 // orders the exchange left open, until a cancel, a fill or the exchange's
-// own list of open orders says otherwise. Binance's answers are read
-// (spot and USD-M futures).
+// own list of open orders says otherwise. Binance's (spot and USD-M
+// futures), Bybit v5's and Kraken's answers are read; Kraken's orders are
+// tracked by txid alone.
 
 // orderState is one order as an exchange's answer describes it.
 type orderState struct {
@@ -101,21 +104,38 @@ func (g *Guard) correct(scopes []Scope, account, symbol string, listed []orderSt
 // answersOrders reports whether the answer to method and path on exchange
 // tells which orders are open.
 func answersOrders(exchange, method, path string) bool {
-	if exchange != "binance" {
-		return false
-	}
-	switch path {
-	case "/api/v3/order", "/fapi/v1/order":
-		return true
-	case "/api/v3/openOrders", "/fapi/v1/openOrders", "/fapi/v1/batchOrders", "/fapi/v1/allOpenOrders":
-		return method != http.MethodPost || path == "/fapi/v1/batchOrders"
+	switch exchange {
+	case "binance":
+		switch path {
+		case "/api/v3/order", "/fapi/v1/order":
+			return true
+		case "/api/v3/openOrders", "/fapi/v1/openOrders", "/fapi/v1/batchOrders", "/fapi/v1/allOpenOrders":
+			return method != http.MethodPost || path == "/fapi/v1/batchOrders"
+		}
+	case "bybit":
+		return method == http.MethodPost && (path == "/v5/order/create" || path == "/v5/order/cancel" || path == "/v5/order/cancel-all") ||
+			method == http.MethodGet && path == "/v5/order/realtime"
+	case "kraken":
+		return method == http.MethodPost && (path == "/0/private/AddOrder" || path == "/0/private/CancelOrder" || path == "/0/private/CancelAll" || path == "/0/private/OpenOrders")
 	}
 	return false
 }
 
 // observeOrders reads an answer about orders (to a request of method and
-// path with reqParams) and updates what is open.
-func (g *Guard) observeOrders(scopes []Scope, account, method, path string, reqParams url.Values, body []byte) {
+// path on exchange, with reqParams: the query and a form body, or
+// reqBody's JSON) and updates what is open.
+func (g *Guard) observeOrders(scopes []Scope, account, exchange, method, path string, reqParams url.Values, reqBody, body []byte) {
+	switch exchange {
+	case "binance":
+		g.observeBinance(scopes, account, method, path, reqParams, body)
+	case "bybit":
+		g.observeBybit(scopes, account, path, reqParams, reqBody, body)
+	case "kraken":
+		g.observeKraken(scopes, account, path, reqParams, body)
+	}
+}
+
+func (g *Guard) observeBinance(scopes []Scope, account, method, path string, reqParams url.Values, body []byte) {
 	var list []orderState
 	if bytes.HasPrefix(bytes.TrimSpace(body), []byte("[")) {
 		json.Unmarshal(body, &list)
@@ -148,6 +168,94 @@ func (g *Guard) observeOrders(scopes []Scope, account, method, path string, reqP
 	}
 }
 
+// observeBybit reads Bybit v5: a create answers the order's id (open
+// unless it was a market order, which fills at once), a cancel the id it
+// cancelled, /v5/order/realtime the open orders.
+func (g *Guard) observeBybit(scopes []Scope, account, path string, reqParams url.Values, reqBody, body []byte) {
+	var answer struct {
+		RetCode int `json:"retCode"`
+		Result  struct {
+			OrderID string `json:"orderId"`
+			List    []struct {
+				OrderID     string `json:"orderId"`
+				Symbol      string `json:"symbol"`
+				OrderStatus string `json:"orderStatus"`
+			} `json:"list"`
+		} `json:"result"`
+	}
+	if json.Unmarshal(body, &answer) != nil || answer.RetCode != 0 {
+		return
+	}
+	var req struct{ Symbol, OrderType, OrderID string }
+	json.Unmarshal(reqBody, &req)
+	sym := strings.ToUpper(req.Symbol)
+	id := func(s string) json.RawMessage { return json.RawMessage(strconv.Quote(s)) }
+	switch path {
+	case "/v5/order/create":
+		status := "NEW"
+		if req.OrderType == "Market" {
+			status = "FILLED"
+		}
+		g.track(scopes, account, []orderState{{sym, id(answer.Result.OrderID), status}})
+	case "/v5/order/cancel":
+		g.track(scopes, account, []orderState{{sym, id(cmp.Or(answer.Result.OrderID, req.OrderID)), "CANCELED"}})
+	case "/v5/order/cancel-all":
+		if sym != "" {
+			g.closeSymbol(scopes, account, sym)
+		}
+	case "/v5/order/realtime":
+		var open []orderState
+		for _, o := range answer.Result.List {
+			if o.OrderStatus == "New" || o.OrderStatus == "PartiallyFilled" || o.OrderStatus == "Untriggered" {
+				open = append(open, orderState{strings.ToUpper(o.Symbol), id(o.OrderID), "NEW"})
+			}
+		}
+		g.correct(scopes, account, strings.ToUpper(reqParams.Get("symbol")), open)
+	}
+}
+
+// observeKraken reads Kraken: AddOrder answers its txids (open unless a
+// market order), CancelOrder names the txid in the request, OpenOrders
+// lists every open order by txid.
+func (g *Guard) observeKraken(scopes []Scope, account, path string, reqParams url.Values, body []byte) {
+	var answer struct {
+		Error  []string        `json:"error"`
+		Result json.RawMessage `json:"result"`
+	}
+	if json.Unmarshal(body, &answer) != nil || len(answer.Error) > 0 {
+		return
+	}
+	id := func(s string) json.RawMessage { return json.RawMessage(strconv.Quote(s)) }
+	switch path {
+	case "/0/private/AddOrder":
+		var r struct{ Txid []string }
+		json.Unmarshal(answer.Result, &r)
+		status := "NEW"
+		if reqParams.Get("ordertype") == "market" {
+			status = "FILLED"
+		}
+		var list []orderState
+		for _, t := range r.Txid {
+			list = append(list, orderState{"", id(t), status})
+		}
+		g.track(scopes, account, list)
+	case "/0/private/CancelOrder":
+		g.track(scopes, account, []orderState{{"", id(reqParams.Get("txid")), "CANCELED"}})
+	case "/0/private/CancelAll":
+		g.correct(scopes, account, "", nil)
+	case "/0/private/OpenOrders":
+		var r struct {
+			Open map[string]json.RawMessage `json:"open"`
+		}
+		json.Unmarshal(answer.Result, &r)
+		var open []orderState
+		for t := range r.Open {
+			open = append(open, orderState{"", id(t), "NEW"})
+		}
+		g.correct(scopes, account, "", open)
+	}
+}
+
 // account names the exchange account of a request: the vault key it is
 // signed with, or (a hash of) the API key the bot sent.
 func account(scopes []Scope, r *http.Request) string {
@@ -156,7 +264,8 @@ func account(scopes []Scope, r *http.Request) string {
 			return s.ID
 		}
 	}
-	sum := sha256.Sum256([]byte(r.Header.Get("X-MBX-APIKEY")))
+	key := cmp.Or(r.Header.Get("X-MBX-APIKEY"), r.Header.Get("X-BAPI-API-KEY"), r.Header.Get("API-Key"))
+	sum := sha256.Sum256([]byte(key))
 	return "apikey:" + hex.EncodeToString(sum[:6])
 }
 
