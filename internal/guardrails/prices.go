@@ -39,7 +39,8 @@ func (p *Prices) Price(exchange, symbol string, now time.Time) (float64, bool) {
 	return pr.value, true
 }
 
-func (p *Prices) set(exchange, symbol string, v float64, at time.Time) {
+// Set records symbol's price on exchange, seen at at.
+func (p *Prices) Set(exchange, symbol string, v float64, at time.Time) {
 	if symbol == "" || v <= 0 {
 		return
 	}
@@ -99,7 +100,7 @@ func (p *Prices) observe(exchange string, body []byte, at time.Time) {
 			}
 		}
 		for _, q := range list {
-			p.set(exchange, q.Symbol, value(q), at)
+			p.Set(exchange, q.Symbol, value(q), at)
 		}
 	case "bybit":
 		var r struct {
@@ -109,7 +110,7 @@ func (p *Prices) observe(exchange string, body []byte, at time.Time) {
 		}
 		json.Unmarshal(body, &r)
 		for _, q := range r.Result.List {
-			p.set(exchange, q.Symbol, value(q), at)
+			p.Set(exchange, q.Symbol, value(q), at)
 		}
 	case "kraken":
 		var r struct {
@@ -120,7 +121,7 @@ func (p *Prices) observe(exchange string, body []byte, at time.Time) {
 		json.Unmarshal(body, &r)
 		for pair, t := range r.Result {
 			if len(t.C) > 0 {
-				p.set(exchange, pair, num(t.C[0]), at)
+				p.Set(exchange, pair, num(t.C[0]), at)
 			}
 		}
 	}

@@ -115,6 +115,10 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
 		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding,
 		Tail: obs.NewTail(tailLines), Guard: guardrails.New(), GuardMetrics: guardMetrics}
+	// Prices seen on the shared streams value market orders too.
+	gw.Deps.Streams.OnPrice = func(exchange, symbol string, price float64) {
+		gw.Deps.Guard.Prices.Set(exchange, symbol, price, time.Now())
+	}
 	gw.Install(t)
 	return gw, srv, nil
 }

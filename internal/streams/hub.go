@@ -100,6 +100,10 @@ type Dialer func(ctx context.Context, path string) (*websocket.Conn, *http.Respo
 // Hubs holds a hub per host and market, for the life of the process: a
 // reload keeps every shared stream and its clients.
 type Hubs struct {
+	// OnPrice (nil: none) gets each price a price-carrying stream's event
+	// shows, by exchange and symbol: the guardrails value orders with it.
+	OnPrice func(exchange, symbol string, price float64)
+
 	log     *slog.Logger
 	metrics *Metrics
 	limit   *throttle.Limiter

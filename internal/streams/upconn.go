@@ -259,6 +259,11 @@ func (c *upConn) read(ws *websocket.Conn) error {
 			h.mu.RUnlock()
 			if s != nil {
 				m.ev.at = time.Now()
+				if on := h.hubs.OnPrice; on != nil {
+					if sym, p, ok := eventPrice(h.spec.proto.Name(), m.stream, m.ev.raw); ok {
+						on(h.spec.proto.Name(), sym, p)
+					}
+				}
 				s.deliver(c, m.ev)
 			}
 		case upstreamAnswer:
