@@ -316,16 +316,17 @@ func New(opts Options) *Server {
 		})
 		private.HandleFunc("DELETE /v1/halts", func(w http.ResponseWriter, r *http.Request) {
 			scope := r.URL.Query().Get("scope")
-			if !opts.Guard.Resume(scope) {
-				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no halt of " + scope})
-				return
-			}
+			// The fleet first: a resume Redis cannot take changes nothing,
+			// so that no instance keeps a halt the others lifted.
 			if opts.Halts != nil {
 				if err := opts.Halts.Remove(r.Context(), scope); err != nil {
-					opts.Log.Error("the resume is not shared with the fleet", "scope", scope, "error", err)
-					writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "resumed on this instance only; the fleet still holds the halt: " + err.Error()})
+					writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "not resumed: the fleet's Redis did not answer (" + err.Error() + "); the halt holds everywhere"})
 					return
 				}
+			}
+			if !opts.Guard.Resume(scope) && opts.Halts == nil {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no halt of " + scope})
+				return
 			}
 			opts.Log.Warn("trading resumed", "scope", scope)
 			writeJSON(w, http.StatusOK, map[string]string{"status": "resumed", "scope": scope})

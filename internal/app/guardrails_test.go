@@ -442,3 +442,45 @@ func TestOpenOrders(t *testing.T) {
 		t.Errorf("an order after the open-orders answer showed order 2 filled: %d, want 200", got)
 	}
 }
+
+// TestFleetTradeCounts: with fleet.redis, a client's limits hold for the
+// fleet: orders through two instances count together in Redis.
+func TestFleetTradeCounts(t *testing.T) {
+	redis := testredis.Start(t)
+	upCA := testpki.NewCA(t, "exchange CA")
+	srv := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"orderId":1,"status":"NEW"}`) }), "api.binance.com")
+	caPath := upCA.WritePEM(t, t.TempDir())
+	var fleet []*running
+	for i := range 2 {
+		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
+data_dir: data
+timeouts: {shutdown: 5s}
+fleet: {redis: %q, instance: sluice%d, timeout: 1s}
+hosts:
+  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}
+clients:
+  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade], limits: {orders_per_minute: 3}}
+`, redis.URL(), i, caPath, srv.Listener.Addr())))
+	}
+	send := func(r *running) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, "https://api.binance.com/api/v3/order", strings.NewReader("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=1"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := r.client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	a, b := fleet[0], fleet[1]
+	for i, tc := range []struct {
+		via  *running
+		want int
+	}{{a, 200}, {a, 200}, {b, 200}, {b, 403}, {a, 403}} {
+		if got := send(tc.via); got != tc.want {
+			t.Errorf("order %d: %d, want %d (three a minute for the fleet)", i+1, got, tc.want)
+		}
+	}
+}

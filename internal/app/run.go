@@ -189,12 +189,14 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 	var meters store.Meters = store.MemoryMeters{}
 	var sharedBans store.BanList = banList
 	var fleet *redisstore.Fleet
-	var fleetCache cache.Shared // an interface: nil unless set, never a nil *redisstore.Cache
+	var fleetCache cache.Shared             // an interface: nil unless set, never a nil *redisstore.Cache
+	var tradeCounts guardrails.SharedCounts // likewise
 	if table.FleetRedis != nil {
 		if fleet, err = redisstore.NewFleet(table.FleetRedis, cfg.Fleet.Instance, cfg.Fleet.Timeout.D(), log.With("component", "fleet"), reg); err != nil {
 			return nil, err
 		}
 		meters = fleet.Meters()
+		tradeCounts = fleet.TradeCounts()
 		fleetBans := fleet.Bans(ctx, banList)
 		p.closers = append(p.closers, func() { fleetBans.Close() })
 		sharedBans = fleetBans
@@ -217,7 +219,7 @@ func build(ctx context.Context, cfgPath string, stderr io.Writer) (_ *process, e
 		accessLines = logOut // the access line without slog's generic path
 	}
 	gw, srv, err := route.NewGateway(table, route.Components{Root: root, Log: log, AccessLines: accessLines, Registerer: reg,
-		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache, Context: ctx})
+		Blobs: blobStore, Bans: bans, Meters: meters, FleetCache: fleetCache, TradeCounts: tradeCounts, Context: ctx})
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@
 package guardrails
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -60,6 +61,14 @@ type Guard struct {
 	open   map[string]map[string]bool // by scope: the orders open (see open.go)
 	// Prices value the orders that carry no price.
 	Prices *Prices
+	// Shared (nil: none) counts a fleet's orders in one place; while it
+	// does not answer, this instance counts alone.
+	Shared SharedCounts
+}
+
+// SharedCounts count a fleet's orders per scope (see redisstore.TradeCounts).
+type SharedCounts interface {
+	CheckAdd(ctx context.Context, ids []string, limits [][3]float64, n int, notional float64, now time.Time) (refused int, limit string, before [][3]float64, err error)
 }
 
 // New returns a Guard with nothing counted and nothing halted.
@@ -154,6 +163,74 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) (*Refusal, []W
 	if req.Kind == Other {
 		return nil, nil
 	}
+	if r := g.checkOrder(scopes, req, now); r != nil || req.Kind != Place {
+		return r, nil
+	}
+	total := 0.0
+	for _, o := range req.Orders {
+		total += o.Notional
+	}
+	var counted []Scope
+	for _, s := range scopes {
+		if s.Limits != nil {
+			counted = append(counted, s)
+		}
+	}
+	if len(counted) == 0 {
+		return nil, nil
+	}
+	if g.Shared != nil {
+		ids := make([]string, len(counted))
+		limits := make([][3]float64, len(counted))
+		for i, s := range counted {
+			ids[i] = s.ID
+			limits[i] = [3]float64{float64(s.Limits.OrdersPerMinute), float64(s.Limits.OrdersPerDay), s.Limits.NotionalPerDay}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		refused, limit, before, err := g.Shared.CheckAdd(ctx, ids, limits, len(req.Orders), total, now)
+		cancel()
+		if err == nil && len(before) == len(counted) {
+			if refused >= 0 {
+				t := before[refused]
+				return countRefusal(counted[refused], limit, int(t[0]), int(t[1]), t[2], total), nil
+			}
+			var warnings []Warning
+			for i, s := range counted {
+				warnings = append(warnings, crossed(s, int(before[i][0]), int(before[i][1]), before[i][2], len(req.Orders), total)...)
+			}
+			return nil, warnings
+		}
+		// Redis did not answer: this instance counts alone meanwhile.
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range counted {
+		if w := g.counts[s.ID]; w != nil {
+			minute, day, dayNotional := w.sum(now)
+			for _, u := range uses(s.Limits, minute+len(req.Orders), day+len(req.Orders), dayNotional+total) {
+				if u.max > 0 && u.used > u.max {
+					return countRefusal(s, u.limit, minute, day, dayNotional, total), nil
+				}
+			}
+		}
+	}
+	var warnings []Warning
+	for _, s := range counted {
+		w := g.counts[s.ID]
+		if w == nil {
+			w = &window{}
+			g.counts[s.ID] = w
+		}
+		m0, d0, n0 := w.sum(now)
+		w.add(now, len(req.Orders), total)
+		warnings = append(warnings, crossed(s, m0, d0, n0, len(req.Orders), total)...)
+	}
+	return nil, warnings
+}
+
+// checkOrder checks what needs no counts: halts, leverage, symbols, value
+// and open orders.
+func (g *Guard) checkOrder(scopes []Scope, req Request, now time.Time) *Refusal {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, id := range append([]string{HaltAll}, ids(scopes)...) {
@@ -174,22 +251,18 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) (*Refusal, []W
 			if !h.Until.IsZero() {
 				until = "until " + h.Until.Format(time.DateTime) + " (or sluice resume)"
 			}
-			return &Refusal{id, "halt", fmt.Sprintf("%s is halted (%s: %s) %s: %s", id, h.Mode, what, until, h.Reason)}, nil
+			return &Refusal{id, "halt", fmt.Sprintf("%s is halted (%s: %s) %s: %s", id, h.Mode, what, until, h.Reason)}
 		}
 	}
 	if req.Kind == Leverage || req.Leverage {
 		for _, s := range scopes {
 			if s.Limits != nil && !s.Limits.Leverage {
-				return &Refusal{s.ID, "leverage", fmt.Sprintf("leverage changes are refused for %s; %s.leverage: true allows them", s.ID, s.Key)}, nil
+				return &Refusal{s.ID, "leverage", fmt.Sprintf("leverage changes are refused for %s; %s.leverage: true allows them", s.ID, s.Key)}
 			}
 		}
 	}
 	if req.Kind != Place {
-		return nil, nil
-	}
-	total := 0.0
-	for _, o := range req.Orders {
-		total += o.Notional
+		return nil
 	}
 	for _, s := range scopes {
 		l := s.Limits
@@ -198,57 +271,50 @@ func (g *Guard) Check(scopes []Scope, req Request, now time.Time) (*Refusal, []W
 		}
 		for _, o := range req.Orders {
 			if len(l.Symbols) > 0 && !slices.ContainsFunc(l.Symbols, func(x string) bool { return strings.EqualFold(x, o.Symbol) }) {
-				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}, nil
+				return &Refusal{s.ID, "symbols", fmt.Sprintf("%s may not trade %s: %s.symbols is %v", s.ID, o.Symbol, s.Key, l.Symbols)}
 			}
 			if o.Notional == 0 && (l.NotionalPerOrder > 0 || l.NotionalPerDay > 0) && l.Unpriced != "allow" {
-				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity, and no price of %s seen in the last %s), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, o.Symbol, priceMaxAge, s.ID, s.Key)}, nil
+				return &Refusal{s.ID, "unpriced", fmt.Sprintf("sluice cannot value this order of %s (a market order by base quantity, and no price of %s seen in the last %s), and %s has a notional limit; give a price or quote quantity, or set %s.unpriced: allow", o.Symbol, o.Symbol, priceMaxAge, s.ID, s.Key)}
 			}
 			if l.NotionalPerOrder > 0 && o.Notional > l.NotionalPerOrder {
-				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}, nil
+				return &Refusal{s.ID, "notional_per_order", fmt.Sprintf("the order of %s is worth %s, over %s.notional_per_order %s", o.Symbol, amount(o.Notional), s.Key, amount(l.NotionalPerOrder))}
 			}
 		}
-		n := len(req.Orders)
-		if open := g.openCount(s.ID); l.OpenOrders > 0 && open+n > l.OpenOrders {
-			return &Refusal{s.ID, "open_orders", fmt.Sprintf("%s has %s open: %s.open_orders is %d (an order filled since is counted until a bot asks the exchange for its open orders)", s.ID, orders(open), s.Key, l.OpenOrders)}, nil
-		}
-		w := g.counts[s.ID]
-		if w == nil {
-			continue // nothing counted yet
-		}
-		minute, day, dayNotional := w.sum(now)
-		switch {
-		case l.OrdersPerMinute > 0 && minute+n > l.OrdersPerMinute:
-			return &Refusal{s.ID, "orders_per_minute", fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}, nil
-		case l.OrdersPerDay > 0 && day+n > l.OrdersPerDay:
-			return &Refusal{s.ID, "orders_per_day", fmt.Sprintf("%s placed %s in the last 24 hours: %s.orders_per_day is %d", s.ID, orders(day), s.Key, l.OrdersPerDay)}, nil
-		case l.NotionalPerDay > 0 && dayNotional+total > l.NotionalPerDay:
-			return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}, nil
+		if open := g.openCount(s.ID); l.OpenOrders > 0 && open+len(req.Orders) > l.OpenOrders {
+			return &Refusal{s.ID, "open_orders", fmt.Sprintf("%s has %s open: %s.open_orders is %d (an order filled since is counted until a bot asks the exchange for its open orders)", s.ID, orders(open), s.Key, l.OpenOrders)}
 		}
 	}
-	var warnings []Warning
-	for _, s := range scopes {
-		if s.Limits == nil {
-			continue
-		}
-		w := g.counts[s.ID]
-		if w == nil {
-			w = &window{}
-			g.counts[s.ID] = w
-		}
-		m0, d0, n0 := w.sum(now)
-		w.add(now, len(req.Orders), total)
-		warnAt := config.DefaultWarnAt
-		if s.Limits.WarnAt != nil {
-			warnAt = *s.Limits.WarnAt
-		}
-		before := uses(s.Limits, m0, d0, n0)
-		for i, u := range uses(s.Limits, m0+len(req.Orders), d0+len(req.Orders), n0+total) {
-			if u.max > 0 && u.used >= warnAt*u.max && before[i].used < warnAt*u.max {
-				warnings = append(warnings, Warning{s.ID, u.limit, s.Key + "." + u.limit, u.used, u.max})
-			}
+	return nil
+}
+
+// countRefusal says which counted limit of s an order worth total refused
+// at the counts minute, day and dayNotional.
+func countRefusal(s Scope, limit string, minute, day int, dayNotional, total float64) *Refusal {
+	l := s.Limits
+	switch limit {
+	case "orders_per_minute":
+		return &Refusal{s.ID, limit, fmt.Sprintf("%s placed %s in the last minute: %s.orders_per_minute is %d", s.ID, orders(minute), s.Key, l.OrdersPerMinute)}
+	case "orders_per_day":
+		return &Refusal{s.ID, limit, fmt.Sprintf("%s placed %s in the last 24 hours: %s.orders_per_day is %d", s.ID, orders(day), s.Key, l.OrdersPerDay)}
+	}
+	return &Refusal{s.ID, "notional_per_day", fmt.Sprintf("%s ordered %s in the last 24 hours, and this order adds %s: %s.notional_per_day is %s", s.ID, amount(dayNotional), amount(total), s.Key, amount(l.NotionalPerDay))}
+}
+
+// crossed are the warnings of the limits of s whose warn_at share n orders
+// worth total reached from the counts before them.
+func crossed(s Scope, minute, day int, dayNotional float64, n int, total float64) []Warning {
+	warnAt := config.DefaultWarnAt
+	if s.Limits.WarnAt != nil {
+		warnAt = *s.Limits.WarnAt
+	}
+	var out []Warning
+	before := uses(s.Limits, minute, day, dayNotional)
+	for i, u := range uses(s.Limits, minute+n, day+n, dayNotional+total) {
+		if u.max > 0 && u.used >= warnAt*u.max && before[i].used < warnAt*u.max {
+			out = append(out, Warning{s.ID, u.limit, s.Key + "." + u.limit, u.used, u.max})
 		}
 	}
-	return nil, warnings
+	return out
 }
 
 // Uses are the limits' use by each scope of scopes that has limits, at now.

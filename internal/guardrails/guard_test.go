@@ -1,6 +1,8 @@
 package guardrails
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -191,5 +193,33 @@ func TestOpenOrdersBybitKraken(t *testing.T) {
 	g.observeOrders(scopes, "key:kr", "kraken", "POST", "/0/private/OpenOrders", form(""), nil, []byte(`{"error":[],"result":{"open":{}}}`))
 	if n := count(); n != 0 {
 		t.Fatalf("after a Kraken cancel and an empty OpenOrders: %d open, want 0", n)
+	}
+}
+
+// downRedis is a fleet's shared counts while Redis does not answer.
+type downRedis struct{}
+
+func (downRedis) CheckAdd(context.Context, []string, [][3]float64, int, float64, time.Time) (int, string, [][3]float64, error) {
+	return -1, "", nil, errors.New("dial tcp: connection refused")
+}
+
+// TestSharedCountsDown: while the fleet's counts do not answer, an
+// instance counts its orders alone.
+func TestSharedCountsDown(t *testing.T) {
+	g := New()
+	g.Shared = downRedis{}
+	scopes := []Scope{{ID: "client:b", Key: "clients.b.limits", Limits: &config.TradeLimits{OrdersPerMinute: 2}}}
+	order := Request{Kind: Place, Orders: []Order{{Symbol: "BTCUSDT", Notional: 1}}}
+	now := time.Now()
+	for i, want := range []string{"", "", "orders_per_minute"} {
+		r, _ := g.Check(scopes, order, now)
+		if got := ""; r != nil {
+			got = r.Limit
+			if got != want {
+				t.Errorf("order %d: refused by %s, want %q", i+1, got, want)
+			}
+		} else if want != "" {
+			t.Errorf("order %d passed, want it refused by %s", i+1, want)
+		}
 	}
 }

@@ -37,6 +37,8 @@ type Components struct {
 	Bans        *filter.Bans
 	Meters      store.Meters // nil: in memory
 	FleetCache  cache.Shared // nil: none
+	// TradeCounts (nil: none) counts a fleet's orders for the guardrails.
+	TradeCounts guardrails.SharedCounts
 	// Context ends the work that outlives requests: the shared market
 	// streams' upstream connections and their clients. nil: never.
 	Context context.Context
@@ -115,6 +117,7 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 	gw.Deps = Deps{Log: c.Log, Access: access, Proxy: srv, Cache: respCache, Blobs: c.Blobs, Limit: limiter, Bans: c.Bans, Reports: reports, Clients: clients,
 		AccessLines: c.AccessLines, Streams: streams.NewHubs(ctx, c.Log, streamMetrics, limiter), Onboarding: onboarding,
 		Tail: obs.NewTail(tailLines), Guard: guardrails.New(), GuardMetrics: guardMetrics}
+	gw.Deps.Guard.Shared = c.TradeCounts
 	// Prices seen on the shared streams value market orders too.
 	gw.Deps.Streams.OnPrice = func(exchange, symbol string, price float64) {
 		gw.Deps.Guard.Prices.Set(exchange, symbol, price, time.Now())
