@@ -238,7 +238,41 @@ type event struct {
 	at time.Time
 }
 
+// splitCombined reads an event as Binance frames every event of a
+// combined stream, {"stream":"<name>","data":<payload>}, without decoding
+// the payload (a depth diff is kilobytes that sluice passes on as they
+// came); ok is false for anything else, which is decoded whole.
+func splitCombined(msg []byte) (stream string, data []byte, ok bool) {
+	rest, found := bytes.CutPrefix(msg, []byte(`{"stream":"`))
+	if !found {
+		return "", nil, false
+	}
+	name, rest, found := bytes.Cut(rest, []byte(`"`))
+	if !found || len(name) == 0 || bytes.IndexByte(name, '\\') >= 0 {
+		return "", nil, false
+	}
+	rest, found = bytes.CutPrefix(rest, []byte(`,"data":`))
+	if !found {
+		return "", nil, false
+	}
+	rest = bytes.TrimRight(rest, " \t\r\n")
+	if len(rest) < 3 || rest[len(rest)-1] != '}' {
+		return "", nil, false
+	}
+	data = bytes.TrimRight(rest[:len(rest)-1], " \t\r\n")
+	if len(data) < 2 || data[0] != '{' || data[len(data)-1] != '}' {
+		return "", nil, false
+	}
+	return string(name), data, true
+}
+
 func (binance) Upstream(msg []byte) upstreamMsg {
+	if stream, data, ok := splitCombined(msg); ok {
+		if bytes.Contains(data[:min(len(data), 64)], []byte(`"serverShutdown"`)) {
+			return upstreamMsg{kind: upstreamShutdown, detail: "serverShutdown"}
+		}
+		return upstreamMsg{kind: upstreamEvent, stream: stream, ev: event{raw: data, combined: msg}}
+	}
 	var m upstreamMessage
 	if err := json.Unmarshal(msg, &m); err != nil {
 		return upstreamMsg{detail: err.Error()}

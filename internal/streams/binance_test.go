@@ -1,6 +1,8 @@
 package streams
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/http/httptest"
 	"slices"
 	"testing"
@@ -97,5 +99,36 @@ func TestBybitClientMessages(t *testing.T) {
 		if rq.op != tc.op || !slices.Equal(rq.names, tc.names) || string(got) != tc.answer {
 			t.Errorf("%s: op %v names %v answer %s; want op %v names %v answer %s", tc.msg, rq.op, rq.names, got, tc.op, tc.names, tc.answer)
 		}
+	}
+}
+
+// TestSplitCombined: an event in Binance's combined frame is split
+// without decoding its payload; anything else is left to the decoder,
+// and reads the same through it.
+func TestSplitCombined(t *testing.T) {
+	p := binance{}
+	for _, msg := range []string{
+		`{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","U":1,"u":2,"b":[["1","2"]],"a":[]}}`,
+		`{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":5}}` + "\n",
+		`{"data":{"e":"trade"},"stream":"btcusdt@trade"}`,
+		`{"stream":"btcusdt@trade", "data": {"e":"trade"}}`,
+	} {
+		got := p.Upstream([]byte(msg))
+		var m upstreamMessage
+		if err := json.Unmarshal([]byte(msg), &m); err != nil {
+			t.Fatal(err)
+		}
+		if got.kind != upstreamEvent || got.stream != m.Stream || !bytes.Equal(bytes.TrimSpace(got.ev.raw), bytes.TrimSpace(m.Data)) {
+			t.Errorf("%s: %+v, want the event of %s with data %s", msg, got, m.Stream, m.Data)
+		}
+	}
+	for _, msg := range []string{`{"result":null,"id":3}`, `{"stream":"x","data":{"e":"serverShutdown","E":1}}`, `{"stream":"","data":{}}`} {
+		got := p.Upstream([]byte(msg))
+		if got.kind == upstreamEvent && got.stream == "" {
+			t.Errorf("%s read as an event of no stream", msg)
+		}
+	}
+	if got := p.Upstream([]byte(`{"stream":"x","data":{"e":"serverShutdown","E":1}}`)); got.kind != upstreamShutdown {
+		t.Errorf("serverShutdown: %+v", got)
 	}
 }
