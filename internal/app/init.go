@@ -1,8 +1,6 @@
 package app
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"strings"
 
 	"sluice/internal/config"
-	"sluice/internal/hostport"
 	"sluice/internal/route"
 )
 
@@ -87,41 +84,21 @@ func defaultHosts() []starterHost {
 	return out
 }
 
-// readAPIList reads an old stack's api-list as it is: one host a line,
-// blank lines and # comments skipped, CRLF and upper case accepted,
-// duplicates dropped. Every line that is not a host is an error with its
-// line number.
+// readAPIList reads an old stack's api-list as hosts_file reads it
+// (config.ParseHostList), each host with the profile the embedded default
+// gives it.
 func readAPIList(path string) ([]starterHost, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	names, err := config.ParseHostList(data, path)
+	if err != nil {
+		return nil, err
+	}
 	var hosts []starterHost
-	seen := map[string]bool{}
-	var errs []error
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; sc.Scan(); line++ {
-		text, _, _ := strings.Cut(sc.Text(), "#")
-		text = strings.TrimSpace(text)
-		if text == "" {
-			continue
-		}
-		name, err := hostport.ParsePattern(text)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %q: %w", path, line, text, err))
-			continue
-		}
-		if seen[name] {
-			continue
-		}
-		seen[name] = true
+	for _, name := range names {
 		hosts = append(hosts, starterHost{name: name, profile: config.DefaultProfile(name)})
-	}
-	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("%s: %w", path, err))
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
 	}
 	if len(hosts) == 0 {
 		return nil, fmt.Errorf("%s lists no host", path)

@@ -31,6 +31,28 @@ func (c *Config) loadHostsFile() error {
 			listed[n] = true
 		}
 	}
+	names, err := ParseHostList(data, path)
+	for _, n := range names {
+		if listed[n] {
+			continue
+		}
+		listed[n] = true
+		h := &Host{Mode: ModeIntercept, Ports: []uint16{443}}
+		h.applyProfileDefault(n)
+		c.Hosts[n] = h
+	}
+	return err
+}
+
+// ParseHostList reads a plain host list (hosts_file, an old stack's
+// api-list): one host pattern a line, blank lines and "#" comments
+// skipped, CRLF and upper case accepted, each pattern normalised and
+// listed once, in the file's order. Every line that is no pattern is an
+// error with path and its line number; the patterns read are returned
+// with them.
+func ParseHostList(data []byte, path string) ([]string, error) {
+	var names []string
+	seen := map[string]bool{}
 	var errs []error
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for line := 1; sc.Scan(); line++ {
@@ -41,21 +63,18 @@ func (c *Config) loadHostsFile() error {
 		}
 		n, err := hostport.ParsePattern(text)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", path, line, err))
+			errs = append(errs, fmt.Errorf("%s:%d: %q: %w", path, line, text, err))
 			continue
 		}
-		if listed[n] {
-			continue
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
 		}
-		listed[n] = true
-		h := &Host{Mode: ModeIntercept, Ports: []uint16{443}}
-		h.applyProfileDefault(n)
-		c.Hosts[n] = h
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", path, err))
 	}
-	return errors.Join(errs...)
+	return names, errors.Join(errs...)
 }
 
 // defaultProfiles maps the embedded default's host patterns to their profiles.
