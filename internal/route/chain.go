@@ -15,17 +15,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"sluice/internal/blobs"
 	"sluice/internal/cache"
 	"sluice/internal/canon"
-	"sluice/internal/config"
 	"sluice/internal/decision"
 	"sluice/internal/filter"
 	"sluice/internal/guardrails"
@@ -97,20 +94,9 @@ func (t *Table) Build(d Deps) {
 		rt.handler = chain(forward, t.tail(d, rt, forward))
 	}
 	d.Clients.Declare(t.Vault)
-	for name, c := range t.Config.Clients {
-		if c != nil && c.Limits != nil {
-			d.GuardMetrics.Declare("client:" + name)
-		}
-	}
-	for name, g := range t.Config.Groups {
-		if g != nil && g.Limits != nil {
-			d.GuardMetrics.Declare("group:" + name)
-		}
-	}
-	for name, k := range t.Config.Keys {
-		if k != nil && k.Limits != nil {
-			d.GuardMetrics.Declare("key:" + name)
-		}
+	t.groupScopes = t.clientGroupScopes()
+	for _, sc := range t.limitScopes() {
+		d.GuardMetrics.Declare(sc.ID)
 	}
 	t.handler = chain(http.HandlerFunc(t.dispatch), t.head(d))
 }
@@ -159,80 +145,6 @@ func (t *Table) tail(d Deps, rt *Route, forward http.Handler) []stage {
 		{"throttle", budget},                // a miss waits for upstream budget, or gets sluice's own 429
 		{"signing", vault.Sign(d.Log.With("component", "vault"), d.Clients, t.vault)}, // last: the real key in, signed as forwarded, one audit line
 	}
-}
-
-// guardrails is the route's trade limits stage: only the hosts of an
-// exchange whose orders sluice reads have one.
-func (t *Table) guardrails(d Deps, rt *Route) Middleware {
-	exchange := rt.Settings.Profile
-	if !slices.Contains(config.Exchanges, exchange) {
-		return nil
-	}
-	return guardrails.Middleware(d.Guard, d.GuardMetrics, d.Log.With("component", "guardrails"), exchange, func(r *http.Request) []guardrails.Scope {
-		rec := decision.From(r.Context())
-		return t.tradeScopes(rec.Client, rec.Target.Host, rec.Rule)
-	})
-}
-
-// tradeScopes are the limits a client's order to host counts against: the
-// client's own, its groups', and those of the key it trades with there.
-func (t *Table) tradeScopes(client, host, rule string) []guardrails.Scope {
-	c := t.Config.Clients[client]
-	if c == nil {
-		return nil
-	}
-	scopes := []guardrails.Scope{{ID: "client:" + client, Key: config.KeyPath("clients", client, "limits"), Limits: c.Limits}}
-	for _, name := range slices.Sorted(maps.Keys(t.Config.Groups)) {
-		if g := t.Config.Groups[name]; g != nil && slices.Contains(g.Clients, client) {
-			scopes = append(scopes, guardrails.Scope{ID: "group:" + name, Key: config.KeyPath("groups", name, "limits"), Limits: g.Limits})
-		}
-	}
-	k := c.Keys[host]
-	if k == "" {
-		k = c.Keys[rule]
-	}
-	if key := t.Config.Keys[k]; key != nil {
-		scopes = append(scopes, guardrails.Scope{ID: "key:" + k, Key: config.KeyPath("keys", k, "limits"), Limits: key.Limits})
-	}
-	return scopes
-}
-
-// Trading is what the dashboard shows of the guardrails: the halts in
-// force, and the use of each limit of the table's clients, groups and keys.
-func (t *Table) Trading(g *guardrails.Guard) ([]guardrails.Halt, []guardrails.Use) {
-	var scopes []guardrails.Scope
-	for _, name := range slices.Sorted(maps.Keys(t.Config.Clients)) {
-		if c := t.Config.Clients[name]; c != nil && c.Limits != nil {
-			scopes = append(scopes, guardrails.Scope{ID: "client:" + name, Limits: c.Limits})
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(t.Config.Groups)) {
-		if gr := t.Config.Groups[name]; gr != nil && gr.Limits != nil {
-			scopes = append(scopes, guardrails.Scope{ID: "group:" + name, Limits: gr.Limits})
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(t.Config.Keys)) {
-		if k := t.Config.Keys[name]; k != nil && k.Limits != nil {
-			scopes = append(scopes, guardrails.Scope{ID: "key:" + name, Limits: k.Limits})
-		}
-	}
-	now := time.Now()
-	return g.Halts(now), g.Uses(scopes, now)
-}
-
-// HaltScope checks that a halt's scope names a client or group of the
-// table's config, or is all.
-func (t *Table) HaltScope(scope string) error {
-	kind, name, _ := strings.Cut(scope, ":")
-	switch {
-	case scope == guardrails.HaltAll:
-		return nil
-	case kind == "client" && t.Config.Clients[name] != nil, kind == "group" && t.Config.Groups[name] != nil:
-		return nil
-	case kind == "client" || kind == "group":
-		return fmt.Errorf("no %s %q in the running config", kind, name)
-	}
-	return fmt.Errorf("scope %q: want client:NAME, group:NAME or all", scope)
 }
 
 // chain is Chain over the stages that are there.

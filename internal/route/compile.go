@@ -24,6 +24,7 @@ import (
 	"sluice/internal/dialer"
 	"sluice/internal/dnsserver"
 	"sluice/internal/filter"
+	"sluice/internal/guardrails"
 	"sluice/internal/hostport"
 	"sluice/internal/onboard"
 	"sluice/internal/policy"
@@ -42,7 +43,10 @@ import (
 // a reload compiles a new one and swaps it in whole.
 type Table struct {
 	Config *config.Config
-	Policy *policy.Policy
+	// groupScopes are, by client, the trade limit scopes of its groups
+	// (made by Build).
+	groupScopes map[string][]guardrails.Scope
+	Policy      *policy.Policy
 	// Backend is the reverse listener's backend; nil without one.
 	Backend *proxy.Backend
 	// DNS is what sluice's DNS server answers under this table.
