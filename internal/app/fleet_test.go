@@ -207,20 +207,13 @@ func TestFleetCache(t *testing.T) {
 	// timeout an instance rightly fills alone, and a machine loaded by the
 	// parallel test run can take that long; this test is about the fleet
 	// that Redis answers.
-	var fleet []*running
-	for i := range 3 {
-		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
-data_dir: data
-timeouts: {shutdown: 5s}
-fleet: {redis: %q, instance: sluice%d, cache: true, timeout: 1s}
-hosts:
+	fleet := startFleet(t, 3, redis.URL(), ", cache: true, timeout: 1s", fmt.Sprintf(`hosts:
   api.test:
     upstream_ca: %s
     connect_to: %s
     allow_private: true
     cache: {rules: [{path: /api/, ttl: %s, public: true}]}
-`, redis.URL(), i, caPath, srv.Listener.Addr(), ttl)))
-	}
+`, caPath, srv.Listener.Addr(), ttl))
 	keys := []string{"/api/v3/ticker?symbol=BTCUSDT", "/api/v3/ticker?symbol=ETHUSDT", "/api/v3/depth?symbol=BTCUSDT"}
 	poll := func(d time.Duration, header http.Header) (served, failed int64) {
 		var wg sync.WaitGroup
@@ -331,20 +324,13 @@ func TestCachePurge(t *testing.T) {
 	upCA := testpki.NewCA(t, "upstream CA")
 	srv := upCA.Upstream(t, up, "api.test")
 	caPath := upCA.WritePEM(t, t.TempDir())
-	var fleet []*running
-	for i := range 2 {
-		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
-data_dir: data
-timeouts: {shutdown: 5s}
-fleet: {redis: %q, instance: sluice%d, cache: true, timeout: 1s}
-hosts:
+	fleet := startFleet(t, 2, redis.URL(), ", cache: true, timeout: 1s", fmt.Sprintf(`hosts:
   api.test:
     upstream_ca: %s
     connect_to: %s
     allow_private: true
     cache: {rules: [{path: /api/, ttl: 1h, public: true}]}
-`, redis.URL(), i, caPath, srv.Listener.Addr())))
-	}
+`, caPath, srv.Listener.Addr()))
 	a, b := fleet[0].client(), fleet[1].client()
 	called := func(path string) int { mu.Lock(); defer mu.Unlock(); return calls[path] }
 	status(t, a, "https://api.test/api/x")

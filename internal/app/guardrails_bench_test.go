@@ -1,7 +1,6 @@
 package app
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -24,29 +23,12 @@ func BenchmarkFleetHalt(b *testing.B) {
 	upCA := testpki.NewCA(b, "exchange CA")
 	srv := upCA.Upstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"orderId":1,"status":"NEW"}`) }), "api.binance.com")
 	caPath := upCA.WritePEM(b, b.TempDir())
-	var fleet []*running
-	for i := range 2 {
-		fleet = append(fleet, startRun(b, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
-data_dir: data
-timeouts: {shutdown: 5s}
-fleet: {redis: %q, instance: sluice%d, timeout: 1s}
-hosts:
-  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}
-clients:
-  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade]}
-`, redis.URL(), i, caPath, srv.Listener.Addr())))
-	}
+	fleet := startFleet(b, 2, redis.URL(), ", timeout: 1s", "hosts:\n"+binanceEntry(caPath, srv)+
+		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade]}\n")
 	c := fleet[1].client()
 	order := func() int {
-		req, _ := http.NewRequest(http.MethodPost, "https://api.binance.com/api/v3/order", strings.NewReader("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=1"))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		resp, err := c.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := binanceOrder(b, c, http.MethodPost, "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=1", "", "")
+		return code
 	}
 	token := readFile(b, fleet[0].dir+"/data/admin.token")
 	admin := func(method, path, body string) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -104,17 +105,7 @@ groups:
 	// As ccxt sends them: form bodies signed with the bot's own secret.
 	send := func(c *http.Client, method, params string) (int, string) {
 		t.Helper()
-		params += "&timestamp=" + strconv.FormatInt(time.Now().UnixMilli(), 10)
-		req, _ := http.NewRequest(method, "https://api.binance.com/api/v3/order", strings.NewReader(params+"&signature="+hmacHex256(placeholderSecret, params)))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("X-MBX-APIKEY", "sluice")
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, params, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return binanceOrder(t, c, method, params, "sluice", placeholderSecret)
 	}
 	limit := "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000"
 	cancel := "symbol=BTCUSDT&orderId=1"
@@ -261,32 +252,13 @@ func TestFleetHalt(t *testing.T) {
 	creds.Store(&[2]string{binanceKey, binanceSecret})
 	srv := upCA.Upstream(t, testExchange(&creds), "api.binance.com")
 	caPath := upCA.WritePEM(t, t.TempDir())
-	var fleet []*running
-	for i := range 3 {
-		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
-data_dir: data
-timeouts: {shutdown: 5s}
-fleet: {redis: %q, instance: sluice%d, timeout: 1s}
-hosts:
-  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}
-clients:
-  bot1: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade]}
-`, redis.URL(), i, caPath, srv.Listener.Addr())))
-	}
+	fleet := startFleet(t, 3, redis.URL(), ", timeout: 1s", "hosts:\n"+binanceEntry(caPath, srv)+
+		"clients:\n  bot1: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade]}\n")
 	// The bot signs with the real key itself: no vault here.
 	send := func(r *running, method string) int {
 		t.Helper()
-		params := "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000&timestamp=" + strconv.FormatInt(time.Now().UnixMilli(), 10)
-		req, _ := http.NewRequest(method, "https://api.binance.com/api/v3/order", strings.NewReader(params+"&signature="+hmacHex256(binanceSecret, params)))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("X-MBX-APIKEY", binanceKey)
-		resp, err := r.client().Do(req)
-		if err != nil {
-			t.Fatalf("%s through %s: %v", method, r.addrs["proxy"], err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := binanceOrder(t, r.client(), method, "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=20000", binanceKey, binanceSecret)
+		return code
 	}
 	for i, r := range fleet {
 		if code := send(r, http.MethodPost); code != http.StatusOK {
@@ -450,29 +422,12 @@ func TestFleetTradeCounts(t *testing.T) {
 	upCA := testpki.NewCA(t, "exchange CA")
 	srv := upCA.Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"orderId":1,"status":"NEW"}`) }), "api.binance.com")
 	caPath := upCA.WritePEM(t, t.TempDir())
-	var fleet []*running
-	for i := range 2 {
-		fleet = append(fleet, startRun(t, fmt.Sprintf(`listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}
-data_dir: data
-timeouts: {shutdown: 5s}
-fleet: {redis: %q, instance: sluice%d, timeout: 1s}
-hosts:
-  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}
-clients:
-  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade], limits: {orders_per_minute: 3}}
-`, redis.URL(), i, caPath, srv.Listener.Addr())))
-	}
+	fleet := startFleet(t, 2, redis.URL(), ", timeout: 1s", "hosts:\n"+binanceEntry(caPath, srv)+
+		"clients:\n  bot: {addresses: [127.0.0.1], hosts: [api.binance.com], grants: [read, trade], limits: {orders_per_minute: 3}}\n")
 	send := func(r *running) int {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, "https://api.binance.com/api/v3/order", strings.NewReader("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=1"))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		resp, err := r.client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		code, _ := binanceOrder(t, r.client(), http.MethodPost, "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=1", "", "")
+		return code
 	}
 	a, b := fleet[0], fleet[1]
 	for i, tc := range []struct {
@@ -483,4 +438,38 @@ clients:
 			t.Errorf("order %d: %d, want %d (three a minute for the fleet)", i+1, got, tc.want)
 		}
 	}
+}
+
+// binanceOrder sends a Binance order request (form params, with a
+// timestamp added) through c, as ccxt sends one: signed with secret, with
+// apiKey in X-MBX-APIKEY. It returns the status and the body.
+func binanceOrder(t testing.TB, c *http.Client, method, params, apiKey, secret string) (int, string) {
+	t.Helper()
+	params += "&timestamp=" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	req, _ := http.NewRequest(method, "https://api.binance.com/api/v3/order", strings.NewReader(params+"&signature="+hmacHex256(secret, params)))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-MBX-APIKEY", apiKey)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, params, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// startFleet starts n instances sharing the Redis at redisURL (fleet
+// options after the instance's, e.g. ", cache: true"), each with the rest
+// of the config in body (hosts, clients).
+func startFleet(t testing.TB, n int, redisURL, fleetOpts, body string) []*running {
+	var fleet []*running
+	for i := range n {
+		fleet = append(fleet, startRun(t, fmt.Sprintf("listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\ndata_dir: data\ntimeouts: {shutdown: 5s}\nfleet: {redis: %q, instance: sluice%d%s}\n", redisURL, i, fleetOpts)+body))
+	}
+	return fleet
+}
+
+// binanceEntry is the hosts entry of api.binance.com for a test exchange.
+func binanceEntry(caPath string, srv *httptest.Server) string {
+	return fmt.Sprintf("  api.binance.com: {profile: binance, upstream_ca: %s, connect_to: %s, allow_private: true}\n", caPath, srv.Listener.Addr())
 }

@@ -117,18 +117,7 @@ func (x *Binance) Start(ctx context.Context) {
 	}
 	x.books, x.history, x.conns = map[string]*book{}, map[string]map[int64]bookState{}, map[*conn]struct{}{}
 	ctx, x.stop = context.WithCancel(ctx)
-	go func() {
-		t := time.NewTicker(x.Step)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				x.tick()
-			}
-		}
-	}()
+	go every(ctx, x.Step, x.tick)
 }
 
 func lot(q int64) string { return strconv.FormatFloat(float64(q)/1000, 'f', 3, 64) }
@@ -527,4 +516,18 @@ func (c *conn) expire() {
 	c.x.Closed1001.Add(1)
 	c.ws.Close(websocket.StatusGoingAway, "lifetime")
 	c.cancel()
+}
+
+// every runs f every d until ctx ends: an exchange's clock.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
 }

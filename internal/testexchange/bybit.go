@@ -47,18 +47,7 @@ func (x *Bybit) Start(ctx context.Context) {
 		x.Step = 20 * time.Millisecond
 	}
 	x.books, x.history, x.conns = map[string]*book{}, map[string]map[int64]bookState{}, map[*bybitConn]struct{}{}
-	go func() {
-		t := time.NewTicker(x.Step)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				x.tick()
-			}
-		}
-	}()
+	go every(ctx, x.Step, x.tick)
 }
 
 // tick runs under the lock whole, so that a subscription (its snapshot)
