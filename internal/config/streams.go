@@ -69,6 +69,11 @@ type HostStreams struct {
 	// ClientQueue caps the bytes waiting to be sent to one client; a
 	// client that falls that far behind is closed. Default 4MiB.
 	ClientQueue ByteSize `yaml:"client_queue,omitempty"`
+	// Standby opens every upstream connection twice, both carrying the
+	// same streams, so that one dropping without notice costs no client
+	// an event (each is merged by update id, trade id or event time).
+	// It doubles the connections and the messages sluice reads.
+	Standby bool `yaml:"standby,omitempty"`
 	// Connections replaces the profile's budget of new upstream
 	// connections, for an address that other programs share.
 	Connections *StreamConnections `yaml:"connections,omitempty"`

@@ -471,6 +471,76 @@ func TestRollover(t *testing.T) {
 	}
 }
 
+// TestStandbyDrop: with streams.standby every upstream connection is open
+// twice with the same streams, so the exchange dropping one without notice
+// (no serverShutdown, no close frame), again and again while it is
+// redialed, costs no client an event: books stay in sequence and right,
+// trades consecutive. Without a standby the dropped connection is redialed
+// and the streams go on in order, after a gap a client can see.
+func TestStandbyDrop(t *testing.T) {
+	for _, tc := range []struct {
+		name, streams string
+		legs          int64
+	}{
+		{"standby", "    streams: {standby: true}\n", 2},
+		{"single", "", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := &testexchange.Binance{}
+			h := streamHarness(t, x, tc.streams)
+			var clients []*wsClient
+			var books []*depthBook
+			for i := range 3 {
+				c := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+				books = append(books, syncBook(t, h, c, "ETHUSDT", i+1))
+				clients = append(clients, c)
+			}
+			trades := h.dialWS(t, "wss://stream.binance.com:9443/ws/ethusdt@trade")
+			var lastTrade float64
+			gapless := tc.legs == 2
+			follow := func() {
+				if gapless {
+					for i, b := range books {
+						b.follow(t, clients[i], 10)
+					}
+				}
+				for range 10 {
+					ev, _ := trades.nextEvent()
+					id := ev["t"].(float64)
+					if lastTrade != 0 && (id <= lastTrade || gapless && id != lastTrade+1) {
+						t.Fatalf("trade %v after %v", id, lastTrade)
+					}
+					lastTrade = id
+				}
+			}
+			for range 4 {
+				testenv.WaitFor(t, 10*time.Second, "every upstream connection open", func() bool {
+					follow()
+					return x.ConnsOpen.Load() == tc.legs
+				})
+				if !x.DropOne() {
+					t.Fatal("no upstream connection to drop")
+				}
+			}
+			follow()
+			if gapless {
+				for i, b := range books {
+					if ok, why := b.matches(x, "ETHUSDT"); !ok {
+						t.Errorf("client %d: %s", i+1, why)
+					}
+				}
+			}
+			testenv.WaitFor(t, 10*time.Second, "the last drop redialed", func() bool { return x.ConnsOpen.Load() == tc.legs })
+			if got := x.ConnsOpened.Load(); got != 4+tc.legs {
+				t.Errorf("the exchange saw %d connections opened, want %d: the first ones and a redial for each drop", got, 4+tc.legs)
+			}
+			if got := h.metricOf("sluice_streams_upstream_connections", "host", "stream.binance.com"); got != float64(tc.legs) {
+				t.Errorf("sluice_streams_upstream_connections %v, want %d", got, tc.legs)
+			}
+		})
+	}
+}
+
 // TestSlowClient: a client that stops reading is closed once its queue
 // is full, with the reason logged and counted; the others go on without
 // a gap.
@@ -952,6 +1022,45 @@ func TestBybitRollover(t *testing.T) {
 	}
 	if got := h.metricOf("sluice_streams_rollovers_total", "host", "stream.bybit.com", "cause", "lifetime"); got < 2 {
 		t.Errorf("%v rollovers in 3 s of 800 ms connections, want at least 2", got)
+	}
+}
+
+// TestBybitStandbyDrop: with streams.standby, Bybit connections dropped
+// without notice, one at a time, cost a client's book no delta.
+func TestBybitStandbyDrop(t *testing.T) {
+	x := &testexchange.Bybit{}
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.bybit.com")
+	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
+		"    profile: bybit\n    streams: {standby: true}\n"))
+	c := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
+	c.send(`{"req_id":"r1","op":"subscribe","args":["orderbook.50.ETHUSDT"]}`)
+	b := &bybitBook{}
+	follow := func(n int) {
+		for n > 0 {
+			if m := c.next(); m["topic"] == "orderbook.50.ETHUSDT" {
+				b.take(t, m)
+				n--
+			}
+		}
+	}
+	for range 4 {
+		testenv.WaitFor(t, 10*time.Second, "both upstream connections open", func() bool {
+			follow(10)
+			return h.metricOf("sluice_streams_upstream_connections", "host", "stream.bybit.com") == 2
+		})
+		if !x.DropOne() {
+			t.Fatal("no upstream connection to drop")
+		}
+	}
+	follow(30)
+	bids, asks, ok := x.Book("ETHUSDT", int64(b.u))
+	if !ok || !sameBook(bids, asks, b.bids, b.asks) {
+		t.Errorf("book at u=%v differs from the exchange's", b.u)
+	}
+	if got := x.ConnsOpened.Load(); got != 6 {
+		t.Errorf("the exchange saw %d connections opened, want 6: two and a redial for each drop", got)
 	}
 }
 

@@ -329,6 +329,7 @@ func (binance) Diffs(stream string) bool {
 type order struct {
 	first, last int64
 	seq         bool
+	reset       bool // the stream starts again here (its ids from 1)
 }
 
 func (binance) Order(raw []byte) (order, bool) {

@@ -257,14 +257,15 @@ func (t *bybitTicker) Catchup() []event {
 	return []event{{raw: msg, combined: msg}}
 }
 
-// Order: a book's update id (a snapshot covers everything before it), else
-// the event's time.
+// Order: a book's update id (a snapshot covers everything before it; one
+// at u=1 is a reset, sent when Bybit's service restarted), else the
+// event's time.
 func (bybit) Order(raw []byte) (order, bool) {
 	var e struct {
 		Type string `json:"type"`
 		TS   int64  `json:"ts"`
 		Data struct {
-			U int64 `json:"u"`
+			U *int64 `json:"u"`
 		} `json:"data"`
 	}
 	// data is an object for books and tickers, a list for trades and
@@ -278,11 +279,11 @@ func (bybit) Order(raw []byte) (order, bool) {
 		}
 		return order{first: t.TS, last: t.TS}, true
 	}
-	switch {
-	case e.Data.U > 0 && e.Type == "snapshot":
-		return order{first: 0, last: e.Data.U, seq: true}, true
-	case e.Data.U > 0:
-		return order{first: e.Data.U, last: e.Data.U, seq: true}, true
+	switch u := e.Data.U; {
+	case u != nil && e.Type == "snapshot":
+		return order{first: 0, last: *u, seq: true, reset: *u == 1}, true
+	case u != nil:
+		return order{first: *u, last: *u, seq: true}, true
 	}
 	return order{first: e.TS, last: e.TS}, e.TS > 0
 }

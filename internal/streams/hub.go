@@ -37,6 +37,7 @@ type Spec struct {
 	replay      time.Duration
 	linger      time.Duration
 	clientQueue int64
+	legs        int            // WebSockets per upstream connection: 2 with a standby
 	budget      *throttle.Spec // new upstream connections
 }
 
@@ -61,8 +62,12 @@ func Compile(p *config.StreamsProfile, h *config.HostStreams) (*Spec, error) {
 		// second is left for them.
 		msgInterval: time.Second / time.Duration(p.MessagesPerSecond-1),
 		clientQueue: 4 << 20,
+		legs:        1,
 	}
 	if h != nil {
+		if h.Standby {
+			s.legs = 2
+		}
 		if h.Lifetime > 0 {
 			s.lifetime = h.Lifetime.D()
 		}
@@ -276,6 +281,9 @@ type stream struct {
 	next    *upConn
 	pending []event
 	last    event
+	// merges holds, per upstream connection with a standby, where its two
+	// legs stand in s.
+	merges map[*upConn]*legMerge
 	// state is what a late joiner gets first (nil: nothing).
 	state streamState
 }
@@ -307,11 +315,21 @@ func (s *stream) count() int {
 	return len(s.subs) + s.waiting
 }
 
-// deliver takes an event of s from upstream connection c.
-func (s *stream) deliver(c *upConn, ev event) {
+// deliver takes an event of s from leg l of an upstream connection.
+func (s *stream) deliver(l *leg, ev event) {
 	s.markLive()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if l.other() != nil {
+		s.merge(l, ev)
+		return
+	}
+	s.take(l.c, ev)
+}
+
+// take handles an event of s from upstream connection c: its owner's are
+// published, its replacement's held until they continue the owner's.
+func (s *stream) take(c *upConn, ev event) {
 	switch {
 	case s.owner == nil:
 		s.owner = c
@@ -346,6 +364,7 @@ func (s *stream) rollTo(c *upConn) {
 func (s *stream) release(c *upConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.merges, c)
 	if s.owner != c {
 		return
 	}
@@ -439,7 +458,14 @@ type HubStatus struct {
 
 func (h *Hub) status() HubStatus {
 	h.mu.Lock()
-	st := HubStatus{Host: h.host + h.ns, Connections: len(h.conns), Clients: h.sessions.Load()}
+	st := HubStatus{Host: h.host + h.ns, Clients: h.sessions.Load()}
+	for c := range h.conns {
+		for _, l := range c.legs {
+			if l.up.Load() {
+				st.Connections++
+			}
+		}
+	}
 	streams := make([]*stream, 0, len(h.streams))
 	for _, s := range h.streams {
 		streams = append(streams, s)

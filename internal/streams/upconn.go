@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,25 +16,38 @@ import (
 	"sluice/internal/throttle"
 )
 
-// upConn is one of sluice's upstream connections: the streams it carries,
-// the subscribe and unsubscribe requests waiting to be sent (paced under
-// the exchange's message limit), and its replacement when it nears the
-// end of its life.
+// upConn is one of sluice's upstream connections: the streams it carries
+// and its replacement when it nears the end of its life. It is one
+// WebSocket (a leg), or two with streams.standby, which carry the same
+// streams so that either can drop without notice and lose nothing.
 type upConn struct {
-	h  *Hub
-	id int64
+	h    *Hub
+	id   int64
+	legs []*leg
 
 	// Guarded by the hub's mu.
 	names    map[string]struct{}
-	ops      []upOp
-	sent     map[int64][]string // subscribe requests not answered yet, by id
-	retiring bool               // replaced: carries its streams until the replacement has them
+	retiring bool // replaced: carries its streams until the replacement has them
 	closed   bool
 
-	wake   chan struct{}
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	done   chan struct{} // closed when run returns
+	done   chan struct{} // closed when every leg's run returns
+}
+
+// leg is one WebSocket of an upConn: the subscribe and unsubscribe
+// requests waiting to be sent on it (paced under the exchange's message
+// limit) and those not answered yet.
+type leg struct {
+	c *upConn
+	n int // its index in c.legs
+
+	// Guarded by the hub's mu.
+	ops  []upOp
+	sent map[int64][]string // subscribe requests not answered yet, by id
+
+	up   atomic.Bool // connected
+	wake chan struct{}
 }
 
 type upOp struct {
@@ -48,11 +62,20 @@ var connIDs atomic.Int64
 const maxBatch = 200
 
 func (h *Hub) openLocked() *upConn {
-	c := &upConn{h: h, id: connIDs.Add(1), names: map[string]struct{}{}, sent: map[int64][]string{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &upConn{h: h, id: connIDs.Add(1), names: map[string]struct{}{}, done: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancelCause(h.hubs.ctx)
+	for n := range h.spec.legs {
+		c.legs = append(c.legs, &leg{c: c, n: n, sent: map[int64][]string{}, wake: make(chan struct{}, 1)})
+	}
 	h.conns[c] = struct{}{}
-	h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Inc()
-	go c.run()
+	var running sync.WaitGroup
+	for _, l := range c.legs {
+		running.Go(l.run)
+	}
+	go func() {
+		running.Wait()
+		close(c.done)
+	}()
 	return c
 }
 
@@ -63,48 +86,58 @@ func (h *Hub) closeLocked(c *upConn, why string) {
 	}
 	c.closed = true
 	delete(h.conns, c)
-	h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Dec()
 	c.cancel(errors.New(why))
 }
 
 func (c *upConn) queueLocked(name string, unsub bool) {
-	c.ops = append(c.ops, upOp{name: name, unsub: unsub})
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	for _, l := range c.legs {
+		l.ops = append(l.ops, upOp{name: name, unsub: unsub})
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// other is c's other leg with a standby (nil without).
+func (l *leg) other() *leg {
+	if len(l.c.legs) < 2 {
+		return nil
+	}
+	return l.c.legs[1-l.n]
 }
 
 // take returns the next request to send: consecutive operations of one
 // kind, up to maxBatch streams, and its id.
-func (c *upConn) take() (names []string, unsub bool, id int64) {
-	c.h.mu.Lock()
-	defer c.h.mu.Unlock()
-	if len(c.ops) == 0 {
+func (l *leg) take() (names []string, unsub bool, id int64) {
+	h := l.c.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(l.ops) == 0 {
 		return nil, false, 0
 	}
-	unsub = c.ops[0].unsub
+	unsub = l.ops[0].unsub
 	i := 0
-	for ; i < len(c.ops) && i < c.h.spec.proto.Batch() && c.ops[i].unsub == unsub; i++ {
-		names = append(names, c.ops[i].name)
+	for ; i < len(l.ops) && i < h.spec.proto.Batch() && l.ops[i].unsub == unsub; i++ {
+		names = append(names, l.ops[i].name)
 	}
-	c.ops = c.ops[i:]
-	id = c.h.nextID.Add(1)
+	l.ops = l.ops[i:]
+	id = h.nextID.Add(1)
 	if !unsub {
-		c.sent[id] = names
+		l.sent[id] = names
 	}
 	return names, unsub, id
 }
 
-// run keeps c connected until it is closed: after a connection drops, it
-// dials again (within the connection budget, backing off) and subscribes
-// every stream it carries.
-func (c *upConn) run() {
-	defer close(c.done)
+// run keeps l connected until its upConn is closed: after a connection
+// drops, it dials again (within the connection budget, backing off) and
+// subscribes every stream the upConn carries.
+func (l *leg) run() {
+	c := l.c
 	h := c.h
 	backoff := time.Second
 	for c.ctx.Err() == nil {
-		ws, wait, err := c.connect()
+		ws, wait, err := l.connect()
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return
@@ -112,7 +145,7 @@ func (c *upConn) run() {
 			wait = max(wait, backoff)
 			backoff = min(2*backoff, time.Minute)
 			h.hubs.metrics.upstreamOpened.WithLabelValues(h.host, "failed").Inc()
-			h.log.Warn("upstream stream connection failed", "conn", c.id, "error", err, "retry_in", wait.String())
+			h.log.Warn("upstream stream connection failed", "conn", c.id, "leg", l.n, "error", err, "retry_in", wait.String())
 			select {
 			case <-time.After(wait):
 			case <-c.ctx.Done():
@@ -122,10 +155,10 @@ func (c *upConn) run() {
 		backoff = time.Second
 		h.hubs.metrics.upstreamOpened.WithLabelValues(h.host, "ok").Inc()
 		h.mu.Lock()
-		c.ops = c.ops[:0]
-		clear(c.sent)
+		l.ops = l.ops[:0]
+		clear(l.sent)
 		for _, name := range slices.Sorted(maps.Keys(c.names)) {
-			c.ops = append(c.ops, upOp{name: name})
+			l.ops = append(l.ops, upOp{name: name})
 		}
 		retiring := c.retiring
 		h.mu.Unlock()
@@ -133,7 +166,11 @@ func (c *upConn) run() {
 			ws.CloseNow()
 			return
 		}
-		err = c.serve(ws)
+		h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Inc()
+		l.up.Store(true)
+		err = l.serve(ws)
+		l.up.Store(false)
+		h.hubs.metrics.upstreamConns.WithLabelValues(h.host).Dec()
 		if c.ctx.Err() != nil {
 			return
 		}
@@ -143,13 +180,34 @@ func (c *upConn) run() {
 		if retiring {
 			return // the replacement has its streams
 		}
+		if o := l.other(); o != nil {
+			h.forEachStream(c, func(s *stream) { s.legDown(l) })
+			h.log.Warn("upstream stream connection lost; its standby carries the streams while it reconnects", "conn", c.id, "leg", l.n, "standby_up", o.up.Load(), "error", err)
+			continue
+		}
 		h.log.Warn("upstream stream connection lost; reconnecting", "conn", c.id, "error", err)
+	}
+}
+
+// forEachStream calls f for each stream c carries.
+func (h *Hub) forEachStream(c *upConn, f func(*stream)) {
+	h.mu.RLock()
+	streams := make([]*stream, 0, len(c.names))
+	for name := range c.names {
+		if s := h.streams[name]; s != nil {
+			streams = append(streams, s)
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range streams {
+		f(s)
 	}
 }
 
 // connect dials the upstream once the connection budget has room. wait is
 // how long the exchange asked sluice to wait when it refused.
-func (c *upConn) connect() (*websocket.Conn, time.Duration, error) {
+func (l *leg) connect() (*websocket.Conn, time.Duration, error) {
+	c := l.c
 	h := c.h
 	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, "https://"+h.host+h.spec.proto.UpstreamPath(h.ns), nil)
 	if err != nil {
@@ -177,10 +235,11 @@ func (c *upConn) connect() (*websocket.Conn, time.Duration, error) {
 
 // serve runs one upstream connection until it ends: its events go to
 // their streams, its requests go out paced.
-func (c *upConn) serve(ws *websocket.Conn) error {
+func (l *leg) serve(ws *websocket.Conn) error {
+	c := l.c
 	h := c.h
 	readErr := make(chan error, 1)
-	go func() { readErr <- c.read(ws) }()
+	go func() { readErr <- l.read(ws) }()
 	life := time.NewTimer(h.spec.lifetime - min(h.spec.lifetime/10, 5*time.Minute))
 	defer life.Stop()
 	pace := time.NewTimer(0)
@@ -195,7 +254,7 @@ func (c *upConn) serve(ws *websocket.Conn) error {
 	for {
 		var wake <-chan struct{}
 		if paced {
-			wake = c.wake
+			wake = l.wake
 		}
 		select {
 		case err := <-readErr:
@@ -219,11 +278,11 @@ func (c *upConn) serve(ws *websocket.Conn) error {
 		case <-pace.C:
 			paced = true
 			select {
-			case c.wake <- struct{}{}: // look again for requests left waiting
+			case l.wake <- struct{}{}: // look again for requests left waiting
 			default:
 			}
 		case <-wake:
-			names, unsub, id := c.take()
+			names, unsub, id := l.take()
 			if len(names) == 0 {
 				continue
 			}
@@ -243,7 +302,8 @@ func (c *upConn) serve(ws *websocket.Conn) error {
 
 // read delivers c's events until the connection ends. Pings are answered
 // by the WebSocket library as they are read.
-func (c *upConn) read(ws *websocket.Conn) error {
+func (l *leg) read(ws *websocket.Conn) error {
+	c := l.c
 	h := c.h
 	for {
 		_, msg, err := ws.Read(c.ctx)
@@ -264,14 +324,14 @@ func (c *upConn) read(ws *websocket.Conn) error {
 						on(h.spec.proto.Name(), sym, p)
 					}
 				}
-				s.deliver(c, m.ev)
+				s.deliver(l, m.ev)
 			}
 		case upstreamAnswer:
-			c.answered(m.id)
+			l.answered(m.id)
 		case upstreamShutdown:
 			go h.roll(c, m.detail)
 		case upstreamError:
-			c.answered(m.id)
+			l.answered(m.id)
 			h.log.Warn("upstream refused a stream request", "conn", c.id, "request", m.id, "error", m.detail)
 		case upstreamUnknown:
 			h.log.Debug("upstream stream message not understood", "conn", c.id, "detail", m.detail)
@@ -281,11 +341,11 @@ func (c *upConn) read(ws *websocket.Conn) error {
 
 // answered marks the streams of sluice's subscribe request id live: the
 // exchange answers once a subscription is in force.
-func (c *upConn) answered(id int64) {
-	h := c.h
+func (l *leg) answered(id int64) {
+	h := l.c.h
 	h.mu.Lock()
-	names := c.sent[id]
-	delete(c.sent, id)
+	names := l.sent[id]
+	delete(l.sent, id)
 	streams := make([]*stream, 0, len(names))
 	for _, name := range names {
 		if s := h.streams[name]; s != nil {

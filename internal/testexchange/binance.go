@@ -427,6 +427,19 @@ func (c *conn) handle(msg []byte) {
 	}
 }
 
+// DropOne ends one open connection without a close frame, as a network
+// failure does; false when none is open.
+func (x *Binance) DropOne() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		delete(x.conns, c)
+		c.ws.CloseNow()
+		return true
+	}
+	return false
+}
+
 // Subscribed counts the connections subscribed to each stream.
 func (x *Binance) Subscribed() map[string]int {
 	x.mu.Lock()

@@ -41,6 +41,19 @@ type bybitConn struct {
 	cancel context.CancelFunc
 }
 
+// DropOne ends one open connection without a close frame, as a network
+// failure does; false when none is open.
+func (x *Bybit) DropOne() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.conns {
+		delete(x.conns, c)
+		c.ws.CloseNow()
+		return true
+	}
+	return false
+}
+
 // Start runs the exchange's clock until ctx ends.
 func (x *Bybit) Start(ctx context.Context) {
 	if x.Step == 0 {
