@@ -74,6 +74,10 @@ type HostStreams struct {
 	// an event (each is merged by update id, trade id or event time).
 	// It doubles the connections and the messages sluice reads.
 	Standby bool `yaml:"standby,omitempty"`
+	// Silence is how long an upstream connection may bring nothing (no
+	// event, no ping) before sluice pings it; one that does not answer
+	// within as long again is taken as dropped and redialed. Default 30s.
+	Silence Duration `yaml:"silence,omitempty"`
 	// Connections replaces the profile's budget of new upstream
 	// connections, for an address that other programs share.
 	Connections *StreamConnections `yaml:"connections,omitempty"`

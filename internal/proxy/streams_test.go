@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -538,6 +540,105 @@ func TestStandbyDrop(t *testing.T) {
 				t.Errorf("sluice_streams_upstream_connections %v, want %d", got, tc.legs)
 			}
 		})
+	}
+}
+
+// TestSilentUpstream: an upstream connection that goes silent without a
+// close or a reset (a lost route) is pinged after streams.silence, and
+// redialed when the ping gets no answer; the streams go on.
+func TestSilentUpstream(t *testing.T) {
+	x := &testexchange.Binance{}
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.binance.com")
+	route := newFreezer(t, up.Listener.Addr().String())
+	h := newHarness(t, upstreamEntry(t, "stream.binance.com", upCA.WritePEM(t, t.TempDir()), route.addr(),
+		"    profile: binance\n    ports: [9443]\n    streams: {silence: 300ms}\n"))
+	c := h.dialWS(t, "wss://stream.binance.com:9443/ws/ethusdt@trade")
+	last := func() float64 {
+		ev, _ := c.nextEvent()
+		return ev["t"].(float64)
+	}
+	last()
+	route.freeze()
+	testenv.WaitFor(t, 10*time.Second, "the silent connection redialed", func() bool {
+		last()
+		return h.metricOf("sluice_streams_upstream_dials_total", "host", "stream.binance.com", "result", "ok") == 2
+	})
+	if a, b := last(), last(); b <= a {
+		t.Errorf("trade %v after %v on the redialed connection", b, a)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "no answer to a ping") {
+		t.Errorf("no warning of the silent connection in the log:\n%s", logs)
+	}
+}
+
+// freezer forwards TCP connections to an address until frozen: from then
+// on the connections open stay open and pass nothing either way, as when
+// a route is lost; new ones pass.
+type freezer struct {
+	ln     net.Listener
+	to     string
+	mu     sync.Mutex
+	frozen []*atomic.Bool
+}
+
+func newFreezer(t *testing.T, to string) *freezer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, to: to}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", to)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			frozen := &atomic.Bool{}
+			f.mu.Lock()
+			f.frozen = append(f.frozen, frozen)
+			f.mu.Unlock()
+			pass := func(dst, src net.Conn) {
+				defer dst.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if frozen.Load() {
+						<-done
+						return
+					}
+					if n > 0 {
+						if _, err := dst.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			go pass(out, in)
+			go pass(in, out)
+		}
+	}()
+	return f
+}
+
+func (f *freezer) addr() string { return f.ln.Addr().String() }
+
+func (f *freezer) freeze() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fr := range f.frozen {
+		fr.Store(true)
 	}
 }
 

@@ -38,6 +38,7 @@ type Spec struct {
 	linger      time.Duration
 	clientQueue int64
 	legs        int            // WebSockets per upstream connection: 2 with a standby
+	silence     time.Duration  // an upstream connection this quiet is pinged
 	budget      *throttle.Spec // new upstream connections
 }
 
@@ -63,10 +64,14 @@ func Compile(p *config.StreamsProfile, h *config.HostStreams) (*Spec, error) {
 		msgInterval: time.Second / time.Duration(p.MessagesPerSecond-1),
 		clientQueue: 4 << 20,
 		legs:        1,
+		silence:     30 * time.Second,
 	}
 	if h != nil {
 		if h.Standby {
 			s.legs = 2
+		}
+		if h.Silence > 0 {
+			s.silence = h.Silence.D()
 		}
 		if h.Lifetime > 0 {
 			s.lifetime = h.Lifetime.D()

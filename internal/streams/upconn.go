@@ -46,8 +46,9 @@ type leg struct {
 	ops  []upOp
 	sent map[int64][]string // subscribe requests not answered yet, by id
 
-	up   atomic.Bool // connected
-	wake chan struct{}
+	up       atomic.Bool  // connected
+	lastRead atomic.Int64 // when the connection last brought a message (Unix ns)
+	wake     chan struct{}
 }
 
 type upOp struct {
@@ -244,6 +245,9 @@ func (l *leg) serve(ws *websocket.Conn) error {
 	defer life.Stop()
 	pace := time.NewTimer(0)
 	defer pace.Stop()
+	l.lastRead.Store(time.Now().UnixNano())
+	quiet := time.NewTicker(h.spec.silence / 4)
+	defer quiet.Stop()
 	var pings <-chan time.Time
 	if h.spec.ping > 0 && h.spec.proto.Ping() != nil {
 		t := time.NewTicker(h.spec.ping)
@@ -275,6 +279,22 @@ func (l *leg) serve(ws *websocket.Conn) error {
 				<-readErr
 				return fmt.Errorf("sending a ping: %w", err)
 			}
+		case <-quiet.C:
+			// A connection can die without a close or a reset (a lost
+			// route, a stuck peer): one that brought nothing for a while
+			// must answer a ping.
+			if time.Since(time.Unix(0, l.lastRead.Load())) < h.spec.silence {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(c.ctx, h.spec.silence)
+			err := ws.Ping(pctx)
+			cancel()
+			if err != nil {
+				ws.CloseNow()
+				<-readErr
+				return fmt.Errorf("silent for %v and no answer to a ping: %w", time.Since(time.Unix(0, l.lastRead.Load())).Round(time.Second), err)
+			}
+			l.lastRead.Store(time.Now().UnixNano())
 		case <-pace.C:
 			paced = true
 			select {
@@ -310,6 +330,8 @@ func (l *leg) read(ws *websocket.Conn) error {
 		if err != nil {
 			return err
 		}
+		now := time.Now()
+		l.lastRead.Store(now.UnixNano())
 		h.upstreamMessages.Inc()
 		m := h.spec.proto.Upstream(msg)
 		switch m.kind {
@@ -318,7 +340,7 @@ func (l *leg) read(ws *websocket.Conn) error {
 			s := h.streams[m.stream]
 			h.mu.RUnlock()
 			if s != nil {
-				m.ev.at = time.Now()
+				m.ev.at = now
 				if on := h.hubs.OnPrice; on != nil {
 					if sym, p, ok := eventPrice(h.spec.proto.Name(), m.stream, m.ev.raw); ok {
 						on(h.spec.proto.Name(), sym, p)
