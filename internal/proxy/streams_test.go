@@ -409,6 +409,17 @@ func TestLateJoinerBook(t *testing.T) {
 	checkDelayCounted(t, h, "stream.binance.com")
 }
 
+// depthClients are n clients, each with its book of sym synced.
+func depthClients(t *testing.T, h *harness, n int, sym string) (clients []*wsClient, books []*depthBook) {
+	t.Helper()
+	for i := range n {
+		c := h.dialWS(t, "wss://stream.binance.com:9443/ws")
+		books = append(books, syncBook(t, h, c, sym, i+1))
+		clients = append(clients, c)
+	}
+	return clients, books
+}
+
 // checkDelayCounted: the delivery delay is observed for the live events
 // written to clients, and for nothing else (not the late joiners'
 // replayed diffs, which are not live): never more than were fanned out.
@@ -435,13 +446,7 @@ func TestRollover(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			x := tc.x
 			h := streamHarness(t, x, tc.streams)
-			var clients []*wsClient
-			var books []*depthBook
-			for i := range 3 {
-				c := h.dialWS(t, "wss://stream.binance.com:9443/ws")
-				books = append(books, syncBook(t, h, c, "ETHUSDT", i+1))
-				clients = append(clients, c)
-			}
+			clients, books := depthClients(t, h, 3, "ETHUSDT")
 			trades := h.dialWS(t, "wss://stream.binance.com:9443/ws/ethusdt@trade")
 			// About 3 s: three or four upstream connections in turn.
 			for range 6 {
@@ -490,13 +495,7 @@ func TestStandbyDrop(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			x := &testexchange.Binance{}
 			h := streamHarness(t, x, tc.streams)
-			var clients []*wsClient
-			var books []*depthBook
-			for i := range 3 {
-				c := h.dialWS(t, "wss://stream.binance.com:9443/ws")
-				books = append(books, syncBook(t, h, c, "ETHUSDT", i+1))
-				clients = append(clients, c)
-			}
+			clients, books := depthClients(t, h, 3, "ETHUSDT")
 			trades := h.dialWS(t, "wss://stream.binance.com:9443/ws/ethusdt@trade")
 			var lastTrade float64
 			gapless := tc.legs == 2
@@ -977,6 +976,15 @@ type bybitBook struct {
 	u          float64
 }
 
+// check: the book equals the exchange's at the same update id.
+func (b *bybitBook) check(t *testing.T, x *testexchange.Bybit, sym string) {
+	t.Helper()
+	bids, asks, ok := x.Book(sym, int64(b.u))
+	if !ok || !sameBook(bids, asks, b.bids, b.asks) {
+		t.Errorf("%s book at u=%v differs from the exchange's", sym, b.u)
+	}
+}
+
 func (b *bybitBook) take(t *testing.T, m map[string]any) {
 	t.Helper()
 	data := m["data"].(map[string]any)
@@ -1011,10 +1019,7 @@ func (b *bybitBook) take(t *testing.T, m map[string]any) {
 // whole ticker, after which its book follows the exchange's exactly.
 func TestBybitSharedStreams(t *testing.T) {
 	x := &testexchange.Bybit{}
-	x.Start(t.Context())
-	upCA := testpki.NewCA(t, "exchange CA")
-	up := upCA.Upstream(t, x, "stream.bybit.com")
-	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(), "    profile: bybit\n"))
+	h := bybitHarness(t, x, "")
 
 	next := func(c *wsClient, topic string) map[string]any {
 		t.Helper()
@@ -1092,17 +1097,24 @@ func TestBybitSharedStreams(t *testing.T) {
 	}
 }
 
+// bybitHarness is sluice before x, started, serving Bybit's streams at
+// stream.bybit.com with the bybit profile and streamsYAML.
+func bybitHarness(t *testing.T, x *testexchange.Bybit, streamsYAML string) *harness {
+	t.Helper()
+	x.Start(t.Context())
+	upCA := testpki.NewCA(t, "exchange CA")
+	up := upCA.Upstream(t, x, "stream.bybit.com")
+	return newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
+		"    profile: bybit\n"+streamsYAML))
+}
+
 // TestBybitRollover: sluice replaces its Bybit connections every 800 ms; a
 // client's book goes on without a gap or a step back (a replacement's
 // snapshot may come through, never an older one) and ends equal to the
 // exchange's.
 func TestBybitRollover(t *testing.T) {
 	x := &testexchange.Bybit{}
-	x.Start(t.Context())
-	upCA := testpki.NewCA(t, "exchange CA")
-	up := upCA.Upstream(t, x, "stream.bybit.com")
-	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
-		"    profile: bybit\n    streams: {lifetime: 800ms}\n"))
+	h := bybitHarness(t, x, "    streams: {lifetime: 800ms}\n")
 	c := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
 	c.send(`{"req_id":"r1","op":"subscribe","args":["orderbook.50.ETHUSDT"]}`)
 	b := &bybitBook{}
@@ -1117,10 +1129,7 @@ func TestBybitRollover(t *testing.T) {
 		b.take(t, m)
 		n++
 	}
-	bids, asks, ok := x.Book("ETHUSDT", int64(b.u))
-	if !ok || !sameBook(bids, asks, b.bids, b.asks) {
-		t.Errorf("book at u=%v differs from the exchange's", b.u)
-	}
+	b.check(t, x, "ETHUSDT")
 	if got := h.metricOf("sluice_streams_rollovers_total", "host", "stream.bybit.com", "cause", "lifetime"); got < 2 {
 		t.Errorf("%v rollovers in 3 s of 800 ms connections, want at least 2", got)
 	}
@@ -1130,11 +1139,7 @@ func TestBybitRollover(t *testing.T) {
 // without notice, one at a time, cost a client's book no delta.
 func TestBybitStandbyDrop(t *testing.T) {
 	x := &testexchange.Bybit{}
-	x.Start(t.Context())
-	upCA := testpki.NewCA(t, "exchange CA")
-	up := upCA.Upstream(t, x, "stream.bybit.com")
-	h := newHarness(t, upstreamEntry(t, "stream.bybit.com", upCA.WritePEM(t, t.TempDir()), up.Listener.Addr().String(),
-		"    profile: bybit\n    streams: {standby: true}\n"))
+	h := bybitHarness(t, x, "    streams: {standby: true}\n")
 	c := h.dialWS(t, "wss://stream.bybit.com/v5/public/linear")
 	c.send(`{"req_id":"r1","op":"subscribe","args":["orderbook.50.ETHUSDT"]}`)
 	b := &bybitBook{}
@@ -1156,10 +1161,7 @@ func TestBybitStandbyDrop(t *testing.T) {
 		}
 	}
 	follow(30)
-	bids, asks, ok := x.Book("ETHUSDT", int64(b.u))
-	if !ok || !sameBook(bids, asks, b.bids, b.asks) {
-		t.Errorf("book at u=%v differs from the exchange's", b.u)
-	}
+	b.check(t, x, "ETHUSDT")
 	if got := x.ConnsOpened.Load(); got != 6 {
 		t.Errorf("the exchange saw %d connections opened, want 6: two and a redial for each drop", got)
 	}

@@ -340,6 +340,27 @@ func (bt *bot) run(ctx context.Context, seed uint64, pause time.Duration) {
 	}
 }
 
+// runEvery asks once every period (a request late by more than a period
+// is followed by the next at once), from offset on, as a bot on a
+// schedule does.
+func (bt *bot) runEvery(ctx context.Context, seed uint64, offset, period time.Duration) {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(offset):
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		bt.one(ctx, rng)
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+}
+
 // exchangeFor starts the test exchange on 127.0.0.1 and 127.0.0.2 (one
 // port), named exchange.soak by the returned resolver.
 func exchangeFor(b *testing.B) (*exchange, int, *testdns.Resolver, string) {
@@ -518,6 +539,11 @@ func BenchmarkScale(b *testing.B) {
 	if d, err := time.ParseDuration(os.Getenv("SLUICE_SCALE_DURATION")); err == nil {
 		run = d
 	}
+	// SLUICE_SCALE_RATE (answers a second, all bots together) holds the
+	// load equal across rows, so that a row differs from the next in its
+	// bots alone; unset, each bot polls every 100 ms and the load grows
+	// with the bots.
+	rate, _ := strconv.ParseFloat(os.Getenv("SLUICE_SCALE_RATE"), 64)
 	var rows []string
 	for _, tt := range []struct{ bots, markets int }{{5, 100}, {50, 100}, {500, 100}, {5, 1000}} {
 		b.Run(fmt.Sprintf("bots=%d/markets=%d", tt.bots, tt.markets), func(b *testing.B) {
@@ -525,6 +551,20 @@ func BenchmarkScale(b *testing.B) {
 			g := startGateway(b, port, dns.Addr, exchangeCA, "throttle: {max_wait: 2s}")
 			for b.Loop() {
 				t := &tally{outcomes: map[string]int{}}
+				// The bots connect (each asks once) before anything is
+				// measured: a bot's connection is set up once in its life,
+				// not once per request.
+				bots := make([]*bot, tt.bots)
+				warm := &tally{outcomes: map[string]int{}}
+				var connecting sync.WaitGroup
+				for i := range bots {
+					bots[i] = newBot(g, tt.markets, warm)
+					connecting.Go(func() { bots[i].one(context.Background(), rand.New(rand.NewPCG(0, uint64(i)))) })
+				}
+				connecting.Wait()
+				for _, bt := range bots {
+					bt.tally = t
+				}
 				// What sluice spends with no request at all (timers, the
 				// collector), measured first and taken off the load's CPU.
 				idleFrom, err := g.sample()
@@ -539,11 +579,16 @@ func BenchmarkScale(b *testing.B) {
 				idleRate := (before.cpu - idleFrom.cpu) / idle.Seconds()
 				ctx, cancel := context.WithTimeout(context.Background(), run)
 				var wg sync.WaitGroup
-				for i := range tt.bots {
-					bt := newBot(g, tt.markets, t)
-					// Each bot polls as a bot does (every 100 ms), not as
-					// fast as it can: load grows with the bots.
-					wg.Go(func() { bt.run(ctx, uint64(i), 100*time.Millisecond) })
+				for i, bt := range bots {
+					// Each bot polls as a bot does, not as fast as it can.
+					if rate > 0 {
+						// Bots that run apart ask apart: each starts at
+						// its own point of the period.
+						period := time.Duration(float64(tt.bots) / rate * float64(time.Second))
+						wg.Go(func() { bt.runEvery(ctx, uint64(i), period*time.Duration(i)/time.Duration(tt.bots), period) })
+					} else {
+						wg.Go(func() { bt.run(ctx, uint64(i), 100*time.Millisecond) })
+					}
 				}
 				wg.Wait()
 				cancel()
@@ -574,8 +619,8 @@ func BenchmarkScale(b *testing.B) {
 			}
 		})
 	}
-	b.Logf("scale, %s per row (idle CPU measured over %s before each):\n| bots | markets | answers | answers/s | sluice CPU s per 1k answers | the same less idle CPU | p99 ms | RSS MiB | upstream requests | upstream connections | lost or wrong |\n|---|---|---|---|---|---|---|---|---|---|---|\n%s",
-		run, idle, strings.Join(rows, "\n"))
+	b.Logf("scale, %s per row (idle CPU measured over %s before each; SLUICE_SCALE_RATE=%q):\n| bots | markets | answers | answers/s | sluice CPU s per 1k answers | the same less idle CPU | p99 ms | RSS MiB | upstream requests | upstream connections | lost or wrong |\n|---|---|---|---|---|---|---|---|---|---|---|\n%s",
+		run, idle, os.Getenv("SLUICE_SCALE_RATE"), strings.Join(rows, "\n"))
 }
 
 func poolOf(b *testing.B, pem []byte) *x509.CertPool {

@@ -432,9 +432,15 @@ func (c *conn) handle(msg []byte) {
 func (x *Binance) DropOne() bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for c := range x.conns {
-		delete(x.conns, c)
-		c.ws.CloseNow()
+	return dropOne(x.conns, func(c *conn) *websocket.Conn { return c.ws })
+}
+
+// dropOne takes one of conns out and ends its WebSocket without a close
+// frame.
+func dropOne[C comparable](conns map[C]struct{}, ws func(C) *websocket.Conn) bool {
+	for c := range conns {
+		delete(conns, c)
+		ws(c).CloseNow()
 		return true
 	}
 	return false

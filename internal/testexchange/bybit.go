@@ -46,12 +46,7 @@ type bybitConn struct {
 func (x *Bybit) DropOne() bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for c := range x.conns {
-		delete(x.conns, c)
-		c.ws.CloseNow()
-		return true
-	}
-	return false
+	return dropOne(x.conns, func(c *bybitConn) *websocket.Conn { return c.ws })
 }
 
 // Start runs the exchange's clock until ctx ends.
