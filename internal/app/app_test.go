@@ -57,6 +57,18 @@ func (r *running) log() string {
 }
 
 // metrics is the admin listener's scrape.
+// status is the dashboard's GET /status, without its history.
+func (r *running) status(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + r.addrs["admin"] + "/status?history=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
 func (r *running) metrics(t testing.TB) string {
 	t.Helper()
 	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")

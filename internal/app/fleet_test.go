@@ -3,10 +3,12 @@ package app
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"sluice/internal/testenv"
 	"sluice/internal/testpki"
 	"sluice/internal/testredis"
+	"sluice/internal/throttle"
 )
 
 // strictUpstream allows limit requests in any window (sliding, exact) and
@@ -100,13 +104,28 @@ hosts:
 	}
 	// Each instance's first request opens its upstream connection, whose
 	// handshake (slow under -race) could deliver it after sluice's hold of
-	// it ended: one request each, and a window for them to leave.
+	// it ended: one request each, and then the shared budget whole again
+	// (the fleet's meter has let them go).
 	for _, r := range fleet {
 		if resp, err := r.client().Get("https://api.test/api/v3/order"); err == nil {
 			resp.Body.Close()
 		}
 	}
-	time.Sleep(5300 * time.Millisecond)
+	testenv.WaitFor(t, 10*time.Second, "the fleet's budget whole again", func() bool {
+		var st struct{ Budgets []throttle.Level }
+		if err := json.Unmarshal([]byte(fleet[0].status(t)), &st); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(st.Budgets, func(l throttle.Level) bool { return l.Budget == "exchange" })
+		return i >= 0 && st.Budgets[i].Available == st.Budgets[i].Capacity
+	})
+	up.mu.Lock()
+	lastServed := up.served[len(up.served)-1]
+	up.mu.Unlock()
+	// sluice's meter holds each spending 5% past the upstream's window.
+	if wait := time.Until(lastServed.Add(5 * time.Second)); wait > 0 {
+		t.Fatalf("the fleet's budget was whole again %v before the upstream's window let its requests go", wait)
+	}
 	warm := up.accepted.Load()
 	start := time.Now()
 	load(11 * time.Second)

@@ -136,16 +136,7 @@ groups:
 		t.Errorf("%d warnings for clients.bot1.limits.orders_per_minute, want 1:\n%s", n, r.log())
 	}
 	// The dashboard's numbers show each limit's use.
-	statusJSON := func() string {
-		t.Helper()
-		resp, err := http.Get("http://" + r.addrs["admin"] + "/status?history=0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
+	statusJSON := func() string { return r.status(t) }
 	if st := statusJSON(); !strings.Contains(st, `{"scope":"client:bot1","limit":"orders_per_minute","used":3,"max":3}`) {
 		t.Errorf("/status lacks bot1's use of its per-minute limit:\n%s", st)
 	}
