@@ -29,6 +29,9 @@ type session struct {
 	queue  []queued
 	queued int64 // bytes in queue
 	wake   chan struct{}
+	// spare is the writer's last batch, emptied: the queue's next backing
+	// array, so that a busy stream does not allocate one per burst.
+	spare []queued
 
 	// The client's subscriptions as its messages so far make them, in
 	// order (LIST_SUBSCRIPTIONS): read and written only by the reading
@@ -91,6 +94,9 @@ func (ss *session) enqueue(q queued) {
 	}
 }
 
+// maxSpare bounds the batch a session keeps for its next queue.
+const maxSpare = 1024
+
 func (ss *session) write() {
 	for {
 		select {
@@ -100,7 +106,7 @@ func (ss *session) write() {
 		}
 		ss.mu.Lock()
 		batch := ss.queue
-		ss.queue = nil
+		ss.queue, ss.spare = ss.spare, nil
 		ss.mu.Unlock()
 		ss.conn.cork()
 		for _, q := range batch {
@@ -129,6 +135,12 @@ func (ss *session) write() {
 				ss.h.delay.Observe(sent.Sub(q.at).Seconds())
 			}
 		}
+		clear(batch) // its events' bytes may go
+		ss.mu.Lock()
+		if ss.spare == nil && cap(batch) <= maxSpare {
+			ss.spare = batch[:0]
+		}
+		ss.mu.Unlock()
 	}
 }
 

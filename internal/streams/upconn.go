@@ -1,6 +1,7 @@
 package streams
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -320,15 +321,30 @@ func (l *leg) serve(ws *websocket.Conn) error {
 	}
 }
 
-// read delivers c's events until the connection ends. Pings are answered
+// maxScratch bounds the buffer an upstream reader keeps between messages.
+const maxScratch = 1 << 20
+
+// read delivers the events l brings until its connection ends. Pings are answered
 // by the WebSocket library as they are read.
 func (l *leg) read(ws *websocket.Conn) error {
 	c := l.c
 	h := c.h
+	// Each message is read into scratch and copied out at its size: its
+	// bytes stay queued for clients, and reading them whole grows a new
+	// buffer by doubling, two or three times the message.
+	var scratch bytes.Buffer
 	for {
-		_, msg, err := ws.Read(c.ctx)
+		_, r, err := ws.Reader(c.ctx)
 		if err != nil {
 			return err
+		}
+		scratch.Reset()
+		if _, err := scratch.ReadFrom(r); err != nil {
+			return err
+		}
+		msg := bytes.Clone(scratch.Bytes())
+		if scratch.Cap() > maxScratch {
+			scratch = bytes.Buffer{}
 		}
 		now := time.Now()
 		l.lastRead.Store(now.UnixNano())
