@@ -56,22 +56,16 @@ func (r *running) log() string {
 	return r.stderr.String()
 }
 
-// metrics is the admin listener's scrape.
 // status is the dashboard's GET /status, without its history.
-func (r *running) status(t testing.TB) string {
-	t.Helper()
-	resp, err := http.Get("http://" + r.addrs["admin"] + "/status?history=0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
+func (r *running) status(t testing.TB) string { return r.admin(t, "/status?history=0") }
 
-func (r *running) metrics(t testing.TB) string {
+// metrics is the admin listener's scrape.
+func (r *running) metrics(t testing.TB) string { return r.admin(t, "/metrics") }
+
+// admin is the body of a GET of path on the admin listener.
+func (r *running) admin(t testing.TB, path string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + r.addrs["admin"] + "/metrics")
+	resp, err := http.Get("http://" + r.addrs["admin"] + path)
 	if err != nil {
 		t.Fatal(err)
 	}
