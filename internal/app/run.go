@@ -264,9 +264,9 @@ func (p *process) serve(ctx context.Context, lns map[string]net.Listener, dnsUDP
 	g, gctx := errgroup.WithContext(ctx)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		g.Go(func() error { tuneMemory(gctx, gw.Deps.Cache, idleCollect); return nil })
-		if every := cfg.Blobs.ScrubEvery.D(); every > 0 {
-			g.Go(func() error { scrubBlobs(gctx, blobStore, every, log.With("component", "blobs")); return nil })
-		}
+	}
+	if every := cfg.Blobs.ScrubEvery.D(); every > 0 {
+		g.Go(func() error { scrubBlobs(gctx, blobStore, every, log.With("component", "blobs")); return nil })
 	}
 	if dnsUDP != nil {
 		rl := 0
