@@ -538,6 +538,9 @@ func TestStandbyDrop(t *testing.T) {
 			if got := h.metricOf("sluice_streams_upstream_connections", "host", "stream.binance.com"); got != float64(tc.legs) {
 				t.Errorf("sluice_streams_upstream_connections %v, want %d", got, tc.legs)
 			}
+			if got := h.metricOf("sluice_streams_upstream_lost_total", "host", "stream.binance.com", "cause", "dropped"); got != 4 {
+				t.Errorf("sluice_streams_upstream_lost_total{cause=dropped} %v, want 4", got)
+			}
 		})
 	}
 }
@@ -566,6 +569,9 @@ func TestSilentUpstream(t *testing.T) {
 	})
 	if a, b := last(), last(); b <= a {
 		t.Errorf("trade %v after %v on the redialed connection", b, a)
+	}
+	if got := h.metricOf("sluice_streams_upstream_lost_total", "host", "stream.binance.com", "cause", "silent"); got != 1 {
+		t.Errorf("sluice_streams_upstream_lost_total{cause=silent} %v, want 1", got)
 	}
 	if logs := h.logs.String(); !strings.Contains(logs, "no answer to a ping") {
 		t.Errorf("no warning of the silent connection in the log:\n%s", logs)

@@ -16,6 +16,7 @@ type Metrics struct {
 	fanout           *prometheus.CounterVec
 	dropped          *prometheus.CounterVec
 	rollovers        *prometheus.CounterVec
+	lost             *prometheus.CounterVec
 	delay            *prometheus.HistogramVec
 }
 
@@ -38,12 +39,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Clients sluice closed, by reason (slow: the send queue filled up)."}, []string{"host", "reason"}),
 		rollovers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_streams_rollovers_total",
 			Help: "Upstream stream connections replaced, by cause (lifetime, serverShutdown)."}, []string{"host", "cause"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_streams_upstream_lost_total",
+			Help: "Upstream stream connections lost without notice and redialed, by cause (dropped: closed or reset; silent: no answer to a ping after streams.silence)."}, []string{"host", "cause"}),
 		delay: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sluice_streams_delivery_delay_seconds",
 			Help: "Time from reading a stream event from the exchange to writing it to a client's connection, per event and client: the delay sluice adds.",
 			// Sub-millisecond buckets: the goal is under 1 ms.
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1}}, []string{"host"}),
 	}
-	return m, metrics.Register(reg, m.upstreamConns, m.upstreamOpened, m.upstreamMessages, m.subscriptions, m.clients, m.fanout, m.dropped, m.rollovers, m.delay)
+	return m, metrics.Register(reg, m.upstreamConns, m.upstreamOpened, m.upstreamMessages, m.subscriptions, m.clients, m.fanout, m.dropped, m.rollovers, m.lost, m.delay)
 }
 
 // Declare creates host's series at zero, so that alerts on them work from
@@ -64,5 +67,8 @@ func (hs *Hubs) Declare(host string) {
 	}
 	for _, c := range []string{"lifetime", "serverShutdown"} {
 		m.rollovers.WithLabelValues(host, c)
+	}
+	for _, c := range []string{"dropped", "silent"} {
+		m.lost.WithLabelValues(host, c)
 	}
 }

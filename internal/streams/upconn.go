@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/http"
 	"slices"
@@ -182,8 +183,18 @@ func (l *leg) run() {
 		if retiring {
 			return // the replacement has its streams
 		}
+		cause := "dropped"
+		if errors.Is(err, errSilent) {
+			cause = "silent"
+		}
+		h.hubs.metrics.lost.WithLabelValues(h.host, cause).Inc()
 		if o := l.other(); o != nil {
-			h.forEachStream(c, func(s *stream) { s.legDown(l) })
+			h.mu.RLock()
+			streams := h.streamsLocked(maps.Keys(c.names))
+			h.mu.RUnlock()
+			for _, s := range streams {
+				s.legDown(l)
+			}
 			h.log.Warn("upstream stream connection lost; its standby carries the streams while it reconnects", "conn", c.id, "leg", l.n, "standby_up", o.up.Load(), "error", err)
 			continue
 		}
@@ -191,19 +202,20 @@ func (l *leg) run() {
 	}
 }
 
-// forEachStream calls f for each stream c carries.
-func (h *Hub) forEachStream(c *upConn, f func(*stream)) {
-	h.mu.RLock()
-	streams := make([]*stream, 0, len(c.names))
-	for name := range c.names {
+// errSilent ends an upstream connection that brought nothing for
+// streams.silence and then left a ping unanswered.
+var errSilent = errors.New("upstream silent")
+
+// streamsLocked are the hub's streams of names that it still has; the
+// caller holds h.mu and calls into them after letting it go.
+func (h *Hub) streamsLocked(names iter.Seq[string]) []*stream {
+	var streams []*stream
+	for name := range names {
 		if s := h.streams[name]; s != nil {
 			streams = append(streams, s)
 		}
 	}
-	h.mu.RUnlock()
-	for _, s := range streams {
-		f(s)
-	}
+	return streams
 }
 
 // connect dials the upstream once the connection budget has room. wait is
@@ -293,7 +305,7 @@ func (l *leg) serve(ws *websocket.Conn) error {
 			if err != nil {
 				ws.CloseNow()
 				<-readErr
-				return fmt.Errorf("silent for %v and no answer to a ping: %w", time.Since(time.Unix(0, l.lastRead.Load())).Round(time.Second), err)
+				return fmt.Errorf("%w for %v: no answer to a ping: %w", errSilent, time.Since(time.Unix(0, l.lastRead.Load())).Round(time.Second), err)
 			}
 			l.lastRead.Store(time.Now().UnixNano())
 		case <-pace.C:
@@ -382,14 +394,8 @@ func (l *leg) read(ws *websocket.Conn) error {
 func (l *leg) answered(id int64) {
 	h := l.c.h
 	h.mu.Lock()
-	names := l.sent[id]
+	streams := h.streamsLocked(slices.Values(l.sent[id]))
 	delete(l.sent, id)
-	streams := make([]*stream, 0, len(names))
-	for _, name := range names {
-		if s := h.streams[name]; s != nil {
-			streams = append(streams, s)
-		}
-	}
 	h.mu.Unlock()
 	for _, s := range streams {
 		s.markLive()
