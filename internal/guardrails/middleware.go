@@ -59,7 +59,7 @@ const maxOrderBody = 1 << 20
 func Middleware(g *Guard, m *Metrics, log *slog.Logger, exchange string, of func(*http.Request) []Scope) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && tickerPath(exchange, r.URL.Path) {
+			if r.Method == http.MethodGet && g.Prices.Wanted() && tickerPath(exchange, r.URL.Path) {
 				ww := &watch{ResponseWriter: w}
 				next.ServeHTTP(ww, r)
 				if ww.status == http.StatusOK {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,9 +14,17 @@ import (
 // by exchange and symbol: what a market order without a price is valued
 // at.
 type Prices struct {
+	wanted atomic.Bool
 	mu     sync.Mutex
 	prices map[string]price // "exchange symbol"
 }
+
+// Want says whether prices are needed (a notional limit is configured);
+// while they are not, tickers and streams are not read for them.
+func (p *Prices) Want(on bool) { p.wanted.Store(on) }
+
+// Wanted reports what Want last said.
+func (p *Prices) Wanted() bool { return p.wanted.Load() }
 
 type price struct {
 	value float64

@@ -119,9 +119,7 @@ func NewGateway(t *Table, c Components) (*Gateway, *proxy.Server, error) {
 		Tail: obs.NewTail(tailLines), Guard: guardrails.New(), GuardMetrics: guardMetrics}
 	gw.Deps.Guard.Shared = c.TradeCounts
 	// Prices seen on the shared streams value market orders too.
-	gw.Deps.Streams.OnPrice = func(exchange, symbol string, price float64) {
-		gw.Deps.Guard.Prices.Set(exchange, symbol, price, time.Now())
-	}
+	gw.Deps.Streams.Prices = gw.Deps.Guard.Prices
 	gw.Install(t)
 	return gw, srv, nil
 }

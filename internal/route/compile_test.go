@@ -62,3 +62,29 @@ func TestOnboardingNameInDNS(t *testing.T) {
 		}
 	}
 }
+
+// TestValuesOrders: prices are read from tickers and streams only while a
+// client, group or key has a notional limit to value orders against.
+func TestValuesOrders(t *testing.T) {
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "bot.pass")
+	os.WriteFile(pass, []byte("p\n"), 0o600)
+	for _, tc := range []struct {
+		limits string
+		want   bool
+	}{
+		{"", false},
+		{"    limits: {orders_per_minute: 3}\n", false},
+		{"    limits: {notional_per_order: 500}\n", true},
+		{"    limits: {notional_per_day: 50000}\n", true},
+	} {
+		cfg := "listen: {proxy: 127.0.0.1:0, admin: \"off\"}\ndata_dir: " + dir + "\nhosts:\n  api.binance.com: {}\nclients:\n  bot:\n    password_file: " + pass + "\n    hosts: [api.binance.com]\n" + tc.limits
+		table, err := Parse([]byte(cfg), "test", dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := table.valuesOrders(); got != tc.want {
+			t.Errorf("%q: orders valued %v, want %v", tc.limits, got, tc.want)
+		}
+	}
+}

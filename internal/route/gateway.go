@@ -19,6 +19,7 @@ type Gateway struct {
 // finish on the table they started with.
 func (g *Gateway) Install(t *Table) {
 	t.Build(g.Deps)
+	g.Deps.Guard.Prices.Want(t.valuesOrders())
 	if old := g.live.Swap(t); old != nil {
 		old.Close()
 	}

@@ -114,3 +114,22 @@ func (t *Table) HaltScope(scope string) error {
 	}
 	return fmt.Errorf("scope %q: want client:NAME, group:NAME or all", scope)
 }
+
+// valuesOrders reports whether a client, group or key has a notional
+// limit: only then are prices read from tickers and streams to value
+// orders that carry none.
+func (t *Table) valuesOrders() bool {
+	var all []*config.TradeLimits
+	for _, c := range t.Config.Clients {
+		all = append(all, c.Limits)
+	}
+	for _, g := range t.Config.Groups {
+		all = append(all, g.Limits)
+	}
+	for _, k := range t.Config.Keys {
+		all = append(all, k.Limits)
+	}
+	return slices.ContainsFunc(all, func(l *config.TradeLimits) bool {
+		return l != nil && (l.NotionalPerOrder > 0 || l.NotionalPerDay > 0)
+	})
+}

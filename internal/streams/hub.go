@@ -103,6 +103,13 @@ func Compile(p *config.StreamsProfile, h *config.HostStreams) (*Spec, error) {
 // Budgets is the connection budget, for the throttle's metrics.
 func (s *Spec) Budgets() throttle.Specs { return throttle.Specs{s.budget} }
 
+// PriceBook keeps the prices the streams show. Wanted is asked per event,
+// before the event is read for its price.
+type PriceBook interface {
+	Wanted() bool
+	Set(exchange, symbol string, price float64, at time.Time)
+}
+
 // Dialer opens a WebSocket to a hub's upstream at path, through sluice's
 // verified, pinned transport.
 type Dialer func(ctx context.Context, path string) (*websocket.Conn, *http.Response, error)
@@ -110,9 +117,10 @@ type Dialer func(ctx context.Context, path string) (*websocket.Conn, *http.Respo
 // Hubs holds a hub per host and market, for the life of the process: a
 // reload keeps every shared stream and its clients.
 type Hubs struct {
-	// OnPrice (nil: none) gets each price a price-carrying stream's event
-	// shows, by exchange and symbol: the guardrails value orders with it.
-	OnPrice func(exchange, symbol string, price float64)
+	// Prices (nil: none) get each price a price-carrying stream's event
+	// shows, by exchange and symbol, while they want them: the guardrails
+	// value orders with them.
+	Prices PriceBook
 
 	log     *slog.Logger
 	metrics *Metrics

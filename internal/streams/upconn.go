@@ -369,9 +369,9 @@ func (l *leg) read(ws *websocket.Conn) error {
 			h.mu.RUnlock()
 			if s != nil {
 				m.ev.at = now
-				if on := h.hubs.OnPrice; on != nil {
+				if book := h.hubs.Prices; book != nil && book.Wanted() {
 					if sym, p, ok := eventPrice(h.spec.proto.Name(), m.stream, m.ev.raw); ok {
-						on(h.spec.proto.Name(), sym, p)
+						book.Set(h.spec.proto.Name(), sym, p, now)
 					}
 				}
 				s.deliver(l, m.ev)
