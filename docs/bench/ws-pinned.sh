@@ -19,7 +19,7 @@ share() { # before-file after-file
 sluice_run() { # cpus-for-load pin-sluice label
   SLUICE_BIN=$SLUICE_BIN ./sluice-stack.sh start >/dev/null 2>&1
   PID=$(awk '{print $1}' .work/pids/sluice.pids)
-  [[ $2 == yes ]] && taskset -cp 0 "$PID" >/dev/null
+  [[ $2 == yes ]] && taskset -a -cp 0 "$PID" >/dev/null # every thread, not the main one alone
   buckets >/tmp/ws-pinned.b0
   c0=$(awk '{print $14+$15}' /proc/$PID/stat)
   out=$(run "$1" -proxy 127.0.0.1:18400 -cafile .work/sluice/ca.pem)
