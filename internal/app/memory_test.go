@@ -48,3 +48,32 @@ func TestIdleMemoryIsReturned(t *testing.T) {
 	t.Errorf("5 s after a burst: %d forced collections, %d MiB more released to the system; want the burst's memory back",
 		samples[0].Value.Uint64()-forced, (int64(samples[1].Value.Uint64())-int64(released))>>20)
 }
+
+// TestMemoryLimitLeavesRoom: whatever else the runtime holds (a crowd of
+// connections' stacks, metadata), the limit lets the heap grow to twice
+// the live heap plus the stacks before it binds, as GOGC=100 would; a
+// large cache gets twice its bytes; a small process gets the floor.
+func TestMemoryLimitLeavesRoom(t *testing.T) {
+	const mib = 1 << 20
+	for _, tt := range []struct {
+		name  string
+		m     runtimeMemory
+		cache int64
+		room  int64 // what the heap may hold when the limit binds, at least
+	}{
+		{"500 bots", runtimeMemory{live: 12 * mib, objects: 16 * mib, free: 3 * mib, stacks: 9 * mib, total: 45 * mib}, 2 * mib, 2*12*mib + 9*mib},
+		{"large cache", runtimeMemory{live: 70 * mib, objects: 80 * mib, stacks: 1 * mib, total: 90 * mib}, 64 * mib, 2 * 70 * mib},
+		{"cache over half the heap", runtimeMemory{live: 70 * mib, objects: 80 * mib, stacks: 1 * mib, total: 90 * mib}, 100 * mib, 200 * mib},
+	} {
+		limit := memoryLimit(tt.m, tt.cache)
+		overhead := tt.m.total - tt.m.released - tt.m.objects - tt.m.free
+		if room := limit - overhead; room < tt.room {
+			t.Errorf("%s: limit %d MiB leaves the heap %d MiB besides %d MiB of stacks, metadata and fragmentation; want at least %d MiB",
+				tt.name, limit/mib, room/mib, overhead/mib, tt.room/mib)
+		}
+	}
+	small := runtimeMemory{live: 2 * mib, objects: 3 * mib, stacks: mib, total: 8 * mib}
+	if limit := memoryLimit(small, 0); limit != minMemoryLimit {
+		t.Errorf("a small process's limit is %d MiB; want the floor, %d MiB", limit/mib, minMemoryLimit/mib)
+	}
+}

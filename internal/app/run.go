@@ -384,10 +384,8 @@ func tuneRuntime() {
 // a few hundred connections.
 const minMemoryLimit = 24 << 20
 
-// tuneMemory keeps the soft memory limit near what sluice holds: twice the
-// live heap (the cache's bodies are part of it), twice the response
-// cache's bytes, at least minMemoryLimit, plus the goroutine stacks,
-// checked every second until ctx ends. The collector then
+// tuneMemory keeps the soft memory limit near what sluice holds (see
+// memoryLimit), checked every second until ctx ends. The collector then
 // gives back what a burst allocated instead of holding five times the live
 // heap (GOGC=400), while a filling cache or a crowd of connections still
 // has room: the limit follows them up within a second.
@@ -399,48 +397,69 @@ const minMemoryLimit = 24 << 20
 func tuneMemory(ctx context.Context, c *cache.Cache, idle time.Duration) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	samples := []metrics.Sample{
-		{Name: "/gc/heap/live:bytes"},
-		{Name: "/gc/cycles/total:gc-cycles"},
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/heap/free:bytes"},
-		{Name: "/memory/classes/heap/stacks:bytes"},
-		{Name: "/memory/classes/os-stacks:bytes"},
-	}
-	value := func(i int) int64 {
-		if samples[i].Value.Kind() != metrics.KindUint64 {
-			return 0
-		}
-		return int64(samples[i].Value.Uint64())
-	}
+	var m runtimeMemory
 	var lastCycles, heldAfterCollect int64
 	var sinceCollect time.Duration
 	for {
-		metrics.Read(samples)
-		live, cycles, held := value(0), value(1), value(2)+value(3)
-		if cycles != lastCycles {
-			lastCycles, sinceCollect = cycles, 0
-		} else if sinceCollect += time.Second; sinceCollect >= idle && held-heldAfterCollect > idleSlack {
+		m.read()
+		if m.cycles != lastCycles {
+			lastCycles, sinceCollect = m.cycles, 0
+		} else if sinceCollect += time.Second; sinceCollect >= idle && m.held()-heldAfterCollect > idleSlack {
 			// Two collections: the first leaves what sync.Pools held (the
 			// closed connections' buffers) to the second.
 			runtime.GC()
 			debug.FreeOSMemory()
-			metrics.Read(samples)
-			lastCycles, heldAfterCollect, sinceCollect = value(1), value(2)+value(3), 0
-			live = value(0)
+			m.read()
+			lastCycles, heldAfterCollect, sinceCollect = m.cycles, m.held(), 0
 		}
-		// Goroutine stacks count against the limit but are no garbage: a
-		// crowd of WebSocket clients (several goroutines each) under a
-		// limit of twice the live heap alone made the collector run
-		// without pause.
-		stacks := value(4) + value(5)
-		debug.SetMemoryLimit(max(minMemoryLimit, 2*c.Bytes(), 2*live) + stacks)
+		debug.SetMemoryLimit(memoryLimit(m, c.Bytes()))
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// runtimeMemory is what tuneMemory reads of the runtime's memory, in bytes.
+type runtimeMemory struct {
+	samples                                              []metrics.Sample
+	live, cycles, objects, free, stacks, total, released int64
+}
+
+func (m *runtimeMemory) read() {
+	if m.samples == nil {
+		for _, name := range []string{"/gc/heap/live:bytes", "/gc/cycles/total:gc-cycles", "/memory/classes/heap/objects:bytes",
+			"/memory/classes/heap/free:bytes", "/memory/classes/heap/stacks:bytes", "/memory/classes/os-stacks:bytes",
+			"/memory/classes/total:bytes", "/memory/classes/heap/released:bytes"} {
+			m.samples = append(m.samples, metrics.Sample{Name: name})
+		}
+	}
+	metrics.Read(m.samples)
+	v := make([]int64, len(m.samples))
+	for i, s := range m.samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = int64(s.Value.Uint64())
+		}
+	}
+	m.live, m.cycles, m.objects, m.free = v[0], v[1], v[2], v[3]
+	m.stacks, m.total, m.released = v[4]+v[5], v[6], v[7]
+}
+
+// held is the heap's memory not given back to the system.
+func (m *runtimeMemory) held() int64 { return m.objects + m.free }
+
+// memoryLimit is the soft memory limit for m: what the runtime holds
+// besides the heap's objects and free pages (goroutine stacks, metadata,
+// fragmentation), plus room for the heap to reach the live heap twice
+// over and the stacks once more (GOGC=100, Go's default, which counts the
+// stacks because the collector scans them), or twice the response cache's
+// bytes; at least minMemoryLimit. Room of twice the live heap alone, less
+// than GOGC=100 once 500 bots' goroutines held 9.5 MiB of stacks, ran the
+// collector about once a second and cost a fifth of sluice's CPU.
+func memoryLimit(m runtimeMemory, cacheBytes int64) int64 {
+	overhead := m.total - m.released - m.objects - m.free
+	return max(minMemoryLimit, overhead+max(2*m.live+m.stacks, 2*cacheBytes))
 }
 
 // scrubBlobs hashes every stored blob again every period until ctx ends.

@@ -253,6 +253,20 @@ type tally struct {
 	firstLost []string
 }
 
+// summary is the answers counted and their p99 latency.
+func (t *tally) summary() (answers int, p99 time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, n := range t.outcomes {
+		answers += n
+	}
+	slices.Sort(t.latencies)
+	if len(t.latencies) > 0 {
+		p99 = t.latencies[len(t.latencies)*99/100]
+	}
+	return answers, p99
+}
+
 func (t *tally) add(outcome string, d time.Duration, detail string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -265,10 +279,60 @@ func (t *tally) add(outcome string, d time.Duration, detail string) {
 	}
 }
 
-func newBot(g *gateway, markets int, t *tally) *bot {
-	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: g.proxyAddr}), TLSClientConfig: g.roots.Clone(),
-		MaxIdleConnsPerHost: 2, ForceAttemptHTTP2: true}
+func newBot(g *gateway, markets int, t *tally) *bot { return botOver(g.transport(), markets, t) }
+
+// transport reaches the exchange through sluice.
+func (g *gateway) transport() *http.Transport {
+	return &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: g.proxyAddr}), TLSClientConfig: g.roots.Clone()}
+}
+
+// botOver makes a bot that asks over tr, set up as bots' clients are
+// (HTTP/2 where the server offers it, two idle connections).
+func botOver(tr *http.Transport, markets int, t *tally) *bot {
+	tr.MaxIdleConnsPerHost, tr.ForceAttemptHTTP2 = 2, true
 	return &bot{c: &http.Client{Transport: tr, Timeout: 30 * time.Second}, markets: markets, tally: t}
+}
+
+// connectBots makes n bots over transports from tr and has each ask
+// once, uncounted, before anything is measured: a bot's connection is
+// set up once in its life, not once per request.
+func connectBots(n, markets int, t *tally, tr func() *http.Transport) []*bot {
+	bots := make([]*bot, n)
+	warm := &tally{outcomes: map[string]int{}}
+	var connecting sync.WaitGroup
+	for i := range bots {
+		bots[i] = botOver(tr(), markets, warm)
+		connecting.Go(func() { bots[i].one(context.Background(), rand.New(rand.NewPCG(0, uint64(i)))) })
+	}
+	connecting.Wait()
+	for _, bt := range bots {
+		bt.tally = t
+	}
+	return bots
+}
+
+func closeBots(bots []*bot) {
+	for _, bt := range bots {
+		bt.c.CloseIdleConnections()
+	}
+}
+
+// drive runs the bots for run: at rate answers a second all together,
+// each bot on its own point of the period, or (rate 0) each polling
+// every 100 ms.
+func drive(bots []*bot, rate float64, run time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), run)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, bt := range bots {
+		if rate > 0 {
+			period := time.Duration(float64(len(bots)) / rate * float64(time.Second))
+			wg.Go(func() { bt.runEvery(ctx, uint64(i), period*time.Duration(i)/time.Duration(len(bots)), period) })
+		} else {
+			wg.Go(func() { bt.run(ctx, uint64(i), 100*time.Millisecond) })
+		}
+	}
+	wg.Wait()
 }
 
 // one asks for one market's ticker price (or, one request in twenty, one
@@ -533,7 +597,9 @@ func report(b *testing.B, duration time.Duration, samples []sample, events []str
 // BenchmarkScale measures sluice's CPU per thousand answers, p99 latency
 // and RSS as bots grow at 100 markets (5, 50, 500 bots), and as markets
 // grow at 5 bots (1,000): CPU per answer should stay flat as bots grow,
-// and RSS grow with the keys cached, not with the bots.
+// and RSS grow with the keys cached, not with the bots. Each row also
+// runs the same bots against a bare HTTPS server, the baseline for
+// sluice's CPU per answer in the same run.
 func BenchmarkScale(b *testing.B) {
 	run, idle := 30*time.Second, 10*time.Second
 	if d, err := time.ParseDuration(os.Getenv("SLUICE_SCALE_DURATION")); err == nil {
@@ -544,6 +610,7 @@ func BenchmarkScale(b *testing.B) {
 	// bots alone; unset, each bot polls every 100 ms and the load grows
 	// with the bots.
 	rate, _ := strconv.ParseFloat(os.Getenv("SLUICE_SCALE_RATE"), 64)
+	bare := startBare(b)
 	var rows []string
 	for _, tt := range []struct{ bots, markets int }{{5, 100}, {50, 100}, {500, 100}, {5, 1000}} {
 		b.Run(fmt.Sprintf("bots=%d/markets=%d", tt.bots, tt.markets), func(b *testing.B) {
@@ -551,20 +618,7 @@ func BenchmarkScale(b *testing.B) {
 			g := startGateway(b, port, dns.Addr, exchangeCA, "throttle: {max_wait: 2s}")
 			for b.Loop() {
 				t := &tally{outcomes: map[string]int{}}
-				// The bots connect (each asks once) before anything is
-				// measured: a bot's connection is set up once in its life,
-				// not once per request.
-				bots := make([]*bot, tt.bots)
-				warm := &tally{outcomes: map[string]int{}}
-				var connecting sync.WaitGroup
-				for i := range bots {
-					bots[i] = newBot(g, tt.markets, warm)
-					connecting.Go(func() { bots[i].one(context.Background(), rand.New(rand.NewPCG(0, uint64(i)))) })
-				}
-				connecting.Wait()
-				for _, bt := range bots {
-					bt.tally = t
-				}
+				bots := connectBots(tt.bots, tt.markets, t, g.transport)
 				// What sluice spends with no request at all (timers, the
 				// collector), measured first and taken off the load's CPU.
 				idleFrom, err := g.sample()
@@ -577,40 +631,39 @@ func BenchmarkScale(b *testing.B) {
 					b.Fatal(err)
 				}
 				idleRate := (before.cpu - idleFrom.cpu) / idle.Seconds()
-				ctx, cancel := context.WithTimeout(context.Background(), run)
-				var wg sync.WaitGroup
-				for i, bt := range bots {
-					// Each bot polls as a bot does, not as fast as it can.
-					if rate > 0 {
-						// Bots that run apart ask apart: each starts at
-						// its own point of the period.
-						period := time.Duration(float64(tt.bots) / rate * float64(time.Second))
-						wg.Go(func() { bt.runEvery(ctx, uint64(i), period*time.Duration(i)/time.Duration(tt.bots), period) })
-					} else {
-						wg.Go(func() { bt.run(ctx, uint64(i), 100*time.Millisecond) })
-					}
-				}
-				wg.Wait()
-				cancel()
+				drive(bots, rate, run)
 				after, err := g.sample()
 				if err != nil {
 					b.Fatal(err)
 				}
-				answers := 0
-				for _, n := range t.outcomes {
-					answers += n
+				closeBots(bots)
+				answers, p99 := t.summary()
+				// The same bots on the same schedule, straight to a bare
+				// HTTPS server of Go's (HTTP/2, the same answers, nothing
+				// of sluice's): what the runtime and the kernel spend per
+				// answer at this many connections, the baseline that
+				// tells sluice's own growth from theirs.
+				bt := &tally{outcomes: map[string]int{}}
+				bareBots := connectBots(tt.bots, tt.markets, bt, bare.transport)
+				bareBefore, err := bare.cpu()
+				if err != nil {
+					b.Fatal(err)
 				}
-				slices.Sort(t.latencies)
-				p99 := time.Duration(0)
-				if len(t.latencies) > 0 {
-					p99 = t.latencies[len(t.latencies)*99/100]
+				drive(bareBots, rate, run)
+				bareAfter, err := bare.cpu()
+				if err != nil {
+					b.Fatal(err)
 				}
+				closeBots(bareBots)
+				bareAnswers, _ := bt.summary()
+				barePerK := (bareAfter - bareBefore) / float64(bareAnswers) * 1000
 				cpuPerK := (after.cpu - before.cpu) / float64(answers) * 1000
 				netPerK := (after.cpu - before.cpu - idleRate*run.Seconds()) / float64(answers) * 1000
-				rows = append(rows, fmt.Sprintf("| %d | %d | %d | %.1f | %.3f | %.3f | %.2f | %.1f | %d | %d | %d |", tt.bots, tt.markets, answers,
-					float64(answers)/run.Seconds(), cpuPerK, netPerK, float64(p99.Microseconds())/1000, after.rss/(1<<20), x.requests.Load(), x.conns.Load(),
+				rows = append(rows, fmt.Sprintf("| %d | %d | %d | %.1f | %.3f | %.3f | %.3f | %.2f | %.2f | %.1f | %d | %d | %d |", tt.bots, tt.markets, answers,
+					float64(answers)/run.Seconds(), cpuPerK, netPerK, barePerK, cpuPerK/barePerK, float64(p99.Microseconds())/1000, after.rss/(1<<20), x.requests.Load(), x.conns.Load(),
 					t.outcomes["lost"]+t.outcomes["wrong"]))
 				b.ReportMetric(cpuPerK, "cpu-s/1k-answers")
+				b.ReportMetric(cpuPerK/barePerK, "x-bare-server")
 				b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
 				b.ReportMetric(after.rss/(1<<20), "rss-MiB")
 				if n := t.outcomes["lost"] + t.outcomes["wrong"]; n > 0 {
@@ -619,7 +672,7 @@ func BenchmarkScale(b *testing.B) {
 			}
 		})
 	}
-	b.Logf("scale, %s per row (idle CPU measured over %s before each; SLUICE_SCALE_RATE=%q):\n| bots | markets | answers | answers/s | sluice CPU s per 1k answers | the same less idle CPU | p99 ms | RSS MiB | upstream requests | upstream connections | lost or wrong |\n|---|---|---|---|---|---|---|---|---|---|---|\n%s",
+	b.Logf("scale, %s per row (idle CPU measured over %s before each; SLUICE_SCALE_RATE=%q):\n| bots | markets | answers | answers/s | sluice CPU s per 1k answers | the same less idle CPU | bare server CPU s per 1k answers | sluice / bare | p99 ms | RSS MiB | upstream requests | upstream connections | lost or wrong |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n%s",
 		run, idle, os.Getenv("SLUICE_SCALE_RATE"), strings.Join(rows, "\n"))
 }
 
