@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -95,15 +94,6 @@ func (ss *session) enqueue(q queued) {
 	}
 }
 
-// maxYields bounds how often a writer lets the reader add to its batch.
-const maxYields = 4
-
-func (ss *session) queuedLen() int {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return len(ss.queue)
-}
-
 // maxSpare bounds the batch a session keeps for its next queue.
 const maxSpare = 1024
 
@@ -113,17 +103,6 @@ func (ss *session) write() {
 		case <-ss.ctx.Done():
 			return
 		case <-ss.wake:
-		}
-		// The events of a burst (every symbol's diff at once) come one by
-		// one from the reader: yielding while the queue still grows lets
-		// the rest of the burst join it, so it goes out in one write, not
-		// one each, and the clients behind this one wait on fewer writes.
-		for range maxYields {
-			n := ss.queuedLen()
-			runtime.Gosched()
-			if ss.queuedLen() == n {
-				break
-			}
 		}
 		ss.mu.Lock()
 		batch := ss.queue
