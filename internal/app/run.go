@@ -436,7 +436,7 @@ func (m *runtimeMemory) read() {
 		}
 	}
 	metrics.Read(m.samples)
-	v := make([]int64, len(m.samples))
+	var v [8]int64
 	for i, s := range m.samples {
 		if s.Value.Kind() == metrics.KindUint64 {
 			v[i] = int64(s.Value.Uint64())

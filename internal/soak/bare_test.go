@@ -12,10 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"sluice/internal/testpki"
 )
@@ -105,16 +106,13 @@ func (s *bare) transport() *http.Transport {
 
 // cpu is the CPU seconds the bare server has used (user and system).
 func (s *bare) cpu() (float64, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid))
+	p, err := procfs.NewProc(s.pid)
 	if err != nil {
 		return 0, err
 	}
-	// The fields after the command name, which is in parentheses.
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	utime, err1 := strconv.ParseFloat(fields[11], 64)
-	stime, err2 := strconv.ParseFloat(fields[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", s.pid, stat)
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
 	}
-	return (utime + stime) / 100, nil // USER_HZ
+	return st.CPUTime(), nil
 }

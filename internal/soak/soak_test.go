@@ -311,6 +311,8 @@ func connectBots(n, markets int, t *tally, tr func() *http.Transport) []*bot {
 	return bots
 }
 
+// closeBots lets the bots' connections go, so that the next row starts
+// with its own alone.
 func closeBots(bots []*bot) {
 	for _, bt := range bots {
 		bt.c.CloseIdleConnections()
